@@ -1,0 +1,566 @@
+//! The listener, the connection threads, the limits and shutdown.
+//!
+//! One acceptor thread takes connections and gives each its own thread. A connection
+//! thread reads what the socket has, cuts it into lines, answers the requests that
+//! need no data (PING, STATS, QUIT, unknown commands, over-long lines) itself, and
+//! groups the rest by owning worker: one [`Batch`] per worker per read. It sends the
+//! batches, waits for all of them to come back, puts every reply back in request
+//! order, and writes them all with one `write`. Replies are written before the next
+//! read, so a client that never reads its replies stops being read: its memory is
+//! bounded by one read's worth of requests.
+//!
+//! This file owns sockets and threads; what a request means is in `protocol.rs` and
+//! `worker.rs`.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+
+use crate::protocol::{self, Command, Frame, LineReader};
+use crate::worker::{self, Batch, WorkerShared};
+
+/// Default port, the guide's.
+pub const DEFAULT_PORT: u16 = 4040;
+
+/// Default cap on open client connections.
+///
+/// Each connection is a thread with a small stack, so 10,000 fit a small host's
+/// memory while staying under common `ulimit -n` and thread limits.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Stack size of a connection thread.
+///
+/// The deepest path a connection takes is formatting a log line or a STATS reply:
+/// well under this. Threads default to 2 MiB of address space each; with a small
+/// explicit stack 10,000 idle connections reserve 1.25 GiB instead of 20 GiB.
+pub const CONNECTION_STACK_SIZE: usize = 128 * 1024;
+
+/// Most requests a connection sends to the workers in one round. Bounds how much a
+/// single read can make the server hold (requests and their replies) before the
+/// replies are written out.
+const MAX_REQUESTS_PER_ROUND: usize = 1024;
+
+/// Once this many reply bytes are waiting, they are written before more requests are
+/// dispatched, so a pipeline of large GETs is not buffered whole.
+const OUT_HIGH_WATER: usize = 256 * 1024;
+
+/// How long shutdown waits for connection threads to finish their last round.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+/// Everything a server is started with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub bind: IpAddr,
+    /// Port to listen on; 0 picks a free one.
+    pub port: u16,
+    /// Number of worker threads, each owning one partition.
+    pub workers: usize,
+    /// Longest request line in bytes.
+    pub max_line: usize,
+    /// Most client connections open at once.
+    pub max_connections: usize,
+    /// This node's name, reported by STATS.
+    pub node: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: DEFAULT_PORT,
+            workers: default_workers(),
+            max_line: protocol::DEFAULT_MAX_LINE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            node: "kv".to_string(),
+        }
+    }
+}
+
+/// One worker per core: workers do little besides taking channel messages, so more
+/// would only add context switches.
+pub fn default_workers() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// State shared by the acceptor, every connection thread and STATS.
+#[derive(Debug)]
+struct State {
+    config: Config,
+    started: Instant,
+    /// Each worker's partition and counters.
+    workers: Vec<Arc<WorkerShared>>,
+    /// Each worker's inbox. Taken (set to `None`) at shutdown so the workers exit
+    /// once the last connection holding a clone is gone.
+    inboxes: Mutex<Option<Vec<Sender<Batch>>>>,
+    connections: AtomicUsize,
+    connections_total: AtomicU64,
+    rejected_connections: AtomicU64,
+    commands_total: AtomicU64,
+    shutting_down: AtomicBool,
+    /// A handle on every open client socket, so shutdown can wake their threads.
+    open: Mutex<HashMap<u64, TcpStream>>,
+}
+
+/// A bound server, not yet accepting.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<State>,
+    worker_threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds the listening socket and starts the workers.
+    pub fn bind(config: Config) -> io::Result<Server> {
+        if config.workers == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "--workers must be at least 1"));
+        }
+        let listener = TcpListener::bind((config.bind, config.port))?;
+        let mut workers = Vec::with_capacity(config.workers);
+        let mut inboxes = Vec::with_capacity(config.workers);
+        let mut worker_threads = Vec::with_capacity(config.workers);
+        for index in 0..config.workers {
+            let shared = Arc::new(WorkerShared::default());
+            let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
+            let thread_shared = shared.clone();
+            let handle = thread::Builder::new()
+                .name(format!("kv-worker-{index}"))
+                .spawn(move || worker::run(thread_shared, inbox_rx))?;
+            workers.push(shared);
+            inboxes.push(inbox_tx);
+            worker_threads.push(handle);
+        }
+        let state = Arc::new(State {
+            config,
+            started: Instant::now(),
+            workers,
+            inboxes: Mutex::new(Some(inboxes)),
+            connections: AtomicUsize::new(0),
+            connections_total: AtomicU64::new(0),
+            rejected_connections: AtomicU64::new(0),
+            commands_total: AtomicU64::new(0),
+            shutting_down: AtomicBool::new(false),
+            open: Mutex::new(HashMap::new()),
+        });
+        Ok(Server { listener, state, worker_threads })
+    }
+
+    /// The address the server listens on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections on this thread until the server is shut down.
+    pub fn run(self) -> io::Result<()> {
+        let addr = self.local_addr()?;
+        log::info!(
+            "kv listening on {addr} with {} workers (node {})",
+            self.state.config.workers,
+            self.state.config.node
+        );
+        accept_loop(&self.listener, &self.state);
+        Ok(())
+    }
+
+    /// Starts accepting on a background thread and returns a handle that stops the
+    /// server when asked or dropped. This is how tests and benchmarks run a server.
+    pub fn spawn(self) -> io::Result<ServerHandle> {
+        let addr = self.local_addr()?;
+        log::info!("kv listening on {addr} with {} workers", self.state.config.workers);
+        let Server { listener, state, worker_threads } = self;
+        let acceptor_state = state.clone();
+        let acceptor = thread::Builder::new()
+            .name("kv-acceptor".into())
+            .spawn(move || accept_loop(&listener, &acceptor_state))?;
+        Ok(ServerHandle { addr, state, acceptor: Some(acceptor), worker_threads })
+    }
+}
+
+/// A running server. Dropping it shuts the server down.
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    state: Arc<State>,
+    acceptor: Option<JoinHandle<()>>,
+    worker_threads: Vec<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Where the server listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets every connection finish the requests it has read, closes
+    /// the connections and joins the workers.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let Some(acceptor) = self.acceptor.take() else {
+            return;
+        };
+        self.state.shutting_down.store(true, Ordering::SeqCst);
+        // The acceptor is blocked in accept(): a connection to ourselves wakes it.
+        let _ = TcpStream::connect_timeout(&wake_address(self.addr), Duration::from_secs(1));
+        let _ = acceptor.join();
+        for stream in self.state.open.lock().values() {
+            let _ = stream.shutdown(Shutdown::Read);
+        }
+        self.state.inboxes.lock().take();
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while self.state.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        if self.state.connections.load(Ordering::SeqCst) == 0 {
+            for worker in self.worker_threads.drain(..) {
+                let _ = worker.join();
+            }
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The address to connect to in order to wake an acceptor bound to `addr`.
+fn wake_address(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
+fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
+    for incoming in listener.incoming() {
+        if state.shutting_down.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match incoming {
+            Ok(stream) => stream,
+            Err(error) => {
+                // Typically out of file descriptors: back off instead of spinning.
+                log::warn!("accept failed: {error}");
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let open = state.connections.fetch_add(1, Ordering::SeqCst);
+        if open >= state.config.max_connections {
+            state.connections.fetch_sub(1, Ordering::SeqCst);
+            state.rejected_connections.fetch_add(1, Ordering::Relaxed);
+            log::warn!("refusing a connection: {open} open, the limit");
+            reject(stream, protocol::TOO_MANY_CONNECTIONS);
+            continue;
+        }
+        let id = state.connections_total.fetch_add(1, Ordering::Relaxed);
+        let connection_state = state.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("kv-conn-{id}"))
+            .stack_size(CONNECTION_STACK_SIZE)
+            .spawn(move || serve_connection(stream, id, connection_state));
+        if let Err(error) = spawned {
+            // The closure, and with it the stream, is dropped: the client sees a close.
+            state.connections.fetch_sub(1, Ordering::SeqCst);
+            log::error!("cannot start a connection thread: {error}");
+        }
+    }
+}
+
+/// Sends `line` to a connection we will not serve, then closes it.
+fn reject(mut stream: TcpStream, line: &[u8]) {
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = stream.write_all(line);
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// Undoes a connection's registration when its thread ends, however it ends.
+struct ConnectionGuard {
+    id: u64,
+    state: Arc<State>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.state.open.lock().remove(&self.id);
+        self.state.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn serve_connection(stream: TcpStream, id: u64, state: Arc<State>) {
+    let guard = ConnectionGuard { id, state };
+    let peer = stream.peer_addr().ok();
+    log::debug!("connection {id} from {peer:?} opened");
+    let inboxes = guard.state.inboxes.lock().clone();
+    let Some(inboxes) = inboxes else {
+        // Shutdown began between accept and here.
+        reject(stream, b"ERROR shutting down\r\n");
+        return;
+    };
+    if let Ok(clone) = stream.try_clone() {
+        guard.state.open.lock().insert(id, clone);
+    }
+    let mut connection = Connection::new(stream, &guard.state, inboxes);
+    match connection.serve() {
+        Ok(()) => log::debug!("connection {id} closed"),
+        Err(error) => log::debug!("connection {id} closed: {error}"),
+    }
+}
+
+/// Marks a request answered by the connection itself in [`Connection::order`].
+const LOCAL: u32 = u32::MAX;
+
+/// One client connection's buffers, reused for its whole life.
+struct Connection<'s> {
+    stream: TcpStream,
+    state: &'s State,
+    inboxes: Vec<Sender<Batch>>,
+    /// Where batches come back.
+    replies: crossbeam_channel::Receiver<Batch>,
+    /// Each worker's batch; `None` while it is with the worker.
+    batches: Vec<Option<Batch>>,
+    /// For each request of the round, in order: the worker answering it, or `LOCAL`.
+    order: Vec<u32>,
+    /// Replies the connection wrote itself, and where each ends.
+    local: Vec<u8>,
+    local_ends: Vec<usize>,
+    /// How many replies of each worker's batch have been copied out.
+    cursors: Vec<usize>,
+    /// Replies in request order, waiting to be written.
+    out: Vec<u8>,
+    /// Requests seen since the last flush to the shared counter.
+    commands: u64,
+}
+
+impl<'s> Connection<'s> {
+    fn new(stream: TcpStream, state: &'s State, inboxes: Vec<Sender<Batch>>) -> Self {
+        let workers = inboxes.len();
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(workers);
+        Connection {
+            stream,
+            state,
+            batches: (0..workers).map(|w| Some(Batch::new(w, reply_tx.clone()))).collect(),
+            inboxes,
+            replies: reply_rx,
+            order: Vec::new(),
+            local: Vec::new(),
+            local_ends: Vec::new(),
+            cursors: vec![0; workers],
+            out: Vec::new(),
+            commands: 0,
+        }
+    }
+
+    fn serve(&mut self) -> io::Result<()> {
+        self.stream.set_nodelay(true)?;
+        let mut reader = LineReader::new(self.state.config.max_line);
+        loop {
+            let read = reader.fill_from(&mut &self.stream)?;
+            if read == 0 {
+                // The client closed (or shutdown woke us): answer what we have.
+                self.finish_round()?;
+                return Ok(());
+            }
+            let mut quit = false;
+            while let Some(frame) = reader.next_frame() {
+                self.commands += 1;
+                let line = match frame {
+                    Frame::Line(line) => line,
+                    Frame::TooLong => {
+                        self.answer_locally(protocol::LINE_TOO_LONG);
+                        continue;
+                    }
+                };
+                let command = protocol::parse(line);
+                match command {
+                    Command::Ping => self.answer_locally(protocol::PONG),
+                    Command::Unknown => self.answer_locally(protocol::UNKNOWN_COMMAND),
+                    Command::Stats => {
+                        // Replies before STATS must reflect the requests before it.
+                        self.flush_round();
+                        self.publish_command_count();
+                        write_stats(self.state, &mut self.out);
+                    }
+                    Command::Quit => {
+                        self.flush_round();
+                        self.out.extend_from_slice(protocol::OK);
+                        quit = true;
+                        break;
+                    }
+                    Command::Create { bucket }
+                    | Command::Put { bucket, .. }
+                    | Command::Get { bucket, .. }
+                    | Command::Delete { bucket, .. } => {
+                        let w = worker::worker_for(bucket, self.inboxes.len());
+                        if let Some(batch) = &mut self.batches[w] {
+                            batch.push_request(line);
+                        }
+                        self.order.push(w as u32);
+                    }
+                }
+                if self.order.len() >= MAX_REQUESTS_PER_ROUND {
+                    self.flush_round();
+                }
+                if self.out.len() >= OUT_HIGH_WATER {
+                    self.stream.write_all(&self.out)?;
+                    self.out.clear();
+                }
+            }
+            self.finish_round()?;
+            if quit {
+                let _ = self.stream.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+        }
+    }
+
+    fn answer_locally(&mut self, reply: &[u8]) {
+        self.local.extend_from_slice(reply);
+        self.local_ends.push(self.local.len());
+        self.order.push(LOCAL);
+    }
+
+    /// Dispatches and collects the round, then writes every reply out.
+    fn finish_round(&mut self) -> io::Result<()> {
+        self.flush_round();
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out)?;
+            self.out.clear();
+        }
+        self.publish_command_count();
+        Ok(())
+    }
+
+    /// Adds the requests counted since the last call to the shared total.
+    fn publish_command_count(&mut self) {
+        if self.commands > 0 {
+            self.state.commands_total.fetch_add(self.commands, Ordering::Relaxed);
+            self.commands = 0;
+        }
+    }
+
+    /// Sends each worker its batch, waits for all of them, and appends the replies
+    /// to `out` in request order.
+    fn flush_round(&mut self) {
+        if self.order.is_empty() {
+            return;
+        }
+        let mut in_flight = 0;
+        for (w, slot) in self.batches.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|batch| !batch.is_empty()) {
+                if let Some(batch) = slot.take() {
+                    match self.inboxes[w].send(batch) {
+                        Ok(()) => in_flight += 1,
+                        Err(crossbeam_channel::SendError(mut batch)) => {
+                            fail_batch(&mut batch, b"ERROR worker unavailable\r\n");
+                            *slot = Some(batch);
+                        }
+                    }
+                }
+            }
+        }
+        while in_flight > 0 {
+            match worker::recv_spinning(&self.replies) {
+                Ok(batch) => {
+                    let w = batch.worker;
+                    self.batches[w] = Some(batch);
+                    in_flight -= 1;
+                }
+                // Cannot happen while we hold batches' senders; be safe anyway.
+                Err(_) => break,
+            }
+        }
+        self.assemble();
+    }
+
+    /// Copies every reply of the round into `out`, in request order, and empties
+    /// the round's buffers.
+    fn assemble(&mut self) {
+        let mut local_index = 0;
+        let mut local_start = 0;
+        self.cursors.iter_mut().for_each(|c| *c = 0);
+        for &source in &self.order {
+            if source == LOCAL {
+                let end = self.local_ends[local_index];
+                self.out.extend_from_slice(&self.local[local_start..end]);
+                local_start = end;
+                local_index += 1;
+                continue;
+            }
+            let w = source as usize;
+            let cursor = self.cursors[w];
+            match &self.batches[w] {
+                Some(batch) if cursor < batch.reply_ends.len() => {
+                    let start = if cursor == 0 { 0 } else { batch.reply_ends[cursor - 1] };
+                    let end = batch.reply_ends[cursor];
+                    self.out.extend_from_slice(&batch.replies[start..end]);
+                }
+                // A batch that did not come back, or came back short.
+                _ => self.out.extend_from_slice(b"ERROR worker unavailable\r\n"),
+            }
+            self.cursors[w] = cursor + 1;
+        }
+        self.order.clear();
+        self.local.clear();
+        self.local_ends.clear();
+        for batch in self.batches.iter_mut().flatten() {
+            batch.clear();
+        }
+    }
+}
+
+/// Answers every request of a batch that cannot be served with `line`.
+fn fail_batch(batch: &mut Batch, line: &[u8]) {
+    batch.replies.clear();
+    batch.reply_ends.clear();
+    let count = batch.requests.iter().filter(|&&b| b == b'\n').count();
+    for _ in 0..count {
+        batch.replies.extend_from_slice(line);
+        batch.reply_ends.push(batch.replies.len());
+    }
+}
+
+/// Appends the STATS reply: one `<name> <value>` line per figure, then `OK`.
+fn write_stats(state: &State, out: &mut Vec<u8>) {
+    use protocol::write_stat;
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let buckets: usize = state.workers.iter().map(|w| w.stats.buckets.load(Ordering::Relaxed)).sum();
+    let keys: usize = state.workers.iter().map(|w| w.stats.keys.load(Ordering::Relaxed)).sum();
+    let restarts: u64 = state.workers.iter().map(|w| load(&w.stats.restarts)).sum();
+    write_stat(out, "node", &state.config.node);
+    write_stat(out, "uptime_s", state.started.elapsed().as_secs());
+    write_stat(out, "connections", state.connections.load(Ordering::Relaxed));
+    write_stat(out, "connections_total", load(&state.connections_total));
+    write_stat(out, "rejected_connections", load(&state.rejected_connections));
+    write_stat(out, "commands_total", load(&state.commands_total));
+    write_stat(out, "buckets", buckets);
+    write_stat(out, "keys", keys);
+    write_stat(out, "workers", state.workers.len());
+    write_stat(out, "worker_restarts", restarts);
+    // A single node forwards nothing; the cluster fills these in.
+    write_stat(out, "forwarded_total", 0);
+    write_stat(out, "peer_errors_total", 0);
+    let inboxes = state.inboxes.lock();
+    for (i, worker) in state.workers.iter().enumerate() {
+        let queue = inboxes.as_ref().map_or(0, |inboxes| inboxes[i].len());
+        write_stat(out, &format!("worker.{i}.queue"), queue);
+        write_stat(out, &format!("worker.{i}.buckets"), worker.stats.buckets.load(Ordering::Relaxed));
+        write_stat(out, &format!("worker.{i}.keys"), worker.stats.keys.load(Ordering::Relaxed));
+        write_stat(out, &format!("worker.{i}.restarts"), load(&worker.stats.restarts));
+    }
+    out.extend_from_slice(protocol::OK);
+}
