@@ -35,7 +35,9 @@ impl fmt::Display for Error {
             Error::NotFound => f.write_str("bucket not found"),
             Error::UnknownCommand => f.write_str("server answered UNKNOWN COMMAND"),
             Error::Server(text) => write!(f, "server error: {text}"),
-            Error::InvalidWord => f.write_str("a bucket, key or value must be non-empty and hold no whitespace"),
+            Error::InvalidWord => {
+                f.write_str("a bucket, key or value must be non-empty and hold no whitespace")
+            }
             Error::Protocol(text) => write!(f, "unexpected reply: {text}"),
         }
     }
@@ -172,7 +174,12 @@ impl Client {
     }
 
     /// `PUT bucket key value`.
-    pub fn put(&mut self, bucket: impl AsRef<[u8]>, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+    pub fn put(
+        &mut self,
+        bucket: impl AsRef<[u8]>,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<()> {
         self.simple(&[b"PUT", bucket.as_ref(), key.as_ref(), value.as_ref()])
     }
 
@@ -215,9 +222,8 @@ impl Client {
             if line == "OK" {
                 break;
             }
-            let (name, value) = line
-                .split_once(' ')
-                .ok_or_else(|| Error::Protocol(format!("bad STATS line {line:?}")))?;
+            let (name, value) =
+                line.split_once(' ').ok_or_else(|| Error::Protocol(format!("bad STATS line {line:?}")))?;
             pairs.push((name.to_string(), value.to_string()));
         }
         Ok(pairs)
@@ -230,10 +236,7 @@ impl Client {
             .iter()
             .find(|(n, _)| n == name)
             .ok_or_else(|| Error::Protocol(format!("STATS has no {name}")))?;
-        value
-            .1
-            .parse()
-            .map_err(|_| Error::Protocol(format!("STATS {name} is not a number: {}", value.1)))
+        value.1.parse().map_err(|_| Error::Protocol(format!("STATS {name} is not a number: {}", value.1)))
     }
 
     /// `QUIT`: the server answers OK and closes.

@@ -38,11 +38,7 @@ pub enum Command<'a> {
     /// `CREATE <bucket>`
     Create { bucket: &'a [u8] },
     /// `PUT <bucket> <key> <value>`
-    Put {
-        bucket: &'a [u8],
-        key: &'a [u8],
-        value: &'a [u8],
-    },
+    Put { bucket: &'a [u8], key: &'a [u8], value: &'a [u8] },
     /// `GET <bucket> <key>`
     Get { bucket: &'a [u8], key: &'a [u8] },
     /// `DELETE <bucket> <key>`
@@ -358,14 +354,8 @@ mod tests {
             (b"CREATE shopping", Command::Create { bucket: b"shopping" }),
             (b"create shopping", Command::Create { bucket: b"shopping" }),
             (b"CrEaTe shopping\r\n", Command::Create { bucket: b"shopping" }),
-            (
-                b"PUT shopping milk 1",
-                Command::Put { bucket: b"shopping", key: b"milk", value: b"1" },
-            ),
-            (
-                b"  PUT   shopping  milk  1 ",
-                Command::Put { bucket: b"shopping", key: b"milk", value: b"1" },
-            ),
+            (b"PUT shopping milk 1", Command::Put { bucket: b"shopping", key: b"milk", value: b"1" }),
+            (b"  PUT   shopping  milk  1 ", Command::Put { bucket: b"shopping", key: b"milk", value: b"1" }),
             (
                 b"PUT\tshopping\x0bmilk\x0c1\r",
                 Command::Put { bucket: b"shopping", key: b"milk", value: b"1" },
@@ -453,7 +443,7 @@ mod tests {
     #[test]
     fn line_at_the_limit_passes_and_one_over_fails() {
         let at = vec![b'x'; 10];
-        let over = vec![b'y'; 11];
+        let over = [b'y'; 11];
         let input = [&at[..], b"\r\n", &over[..], b"\r\n", b"after\n"].concat();
         assert_eq!(frames_of(10, &[&input]), [at.clone(), b"!".to_vec(), b"after".to_vec()]);
     }
@@ -464,10 +454,7 @@ mod tests {
         let input = [&b"PING\n"[..], &long, b"\nQUIT\n"].concat();
         // Fed in small chunks so the limit is hit before the newline arrives.
         let chunks: Vec<&[u8]> = input.chunks(7).collect();
-        assert_eq!(
-            frames_of(64, &chunks),
-            [b"PING".to_vec(), b"!".to_vec(), b"QUIT".to_vec()]
-        );
+        assert_eq!(frames_of(64, &chunks), [b"PING".to_vec(), b"!".to_vec(), b"QUIT".to_vec()]);
     }
 
     #[test]

@@ -461,14 +461,14 @@ impl<'s> Connection<'s> {
         }
         let mut in_flight = 0;
         for (w, slot) in self.batches.iter_mut().enumerate() {
-            if slot.as_ref().is_some_and(|batch| !batch.is_empty()) {
-                if let Some(batch) = slot.take() {
-                    match self.inboxes[w].send(batch) {
-                        Ok(()) => in_flight += 1,
-                        Err(crossbeam_channel::SendError(mut batch)) => {
-                            fail_batch(&mut batch, b"ERROR worker unavailable\r\n");
-                            *slot = Some(batch);
-                        }
+            if slot.as_ref().is_some_and(|batch| !batch.is_empty())
+                && let Some(batch) = slot.take()
+            {
+                match self.inboxes[w].send(batch) {
+                    Ok(()) => in_flight += 1,
+                    Err(crossbeam_channel::SendError(mut batch)) => {
+                        fail_batch(&mut batch, b"ERROR worker unavailable\r\n");
+                        *slot = Some(batch);
                     }
                 }
             }

@@ -43,13 +43,7 @@ pub struct Batch {
 impl Batch {
     /// An empty batch for `worker` that returns to `reply_to`.
     pub fn new(worker: usize, reply_to: Sender<Batch>) -> Self {
-        Batch {
-            requests: Vec::new(),
-            replies: Vec::new(),
-            reply_ends: Vec::new(),
-            reply_to,
-            worker,
-        }
+        Batch { requests: Vec::new(), replies: Vec::new(), reply_ends: Vec::new(), reply_to, worker }
     }
 
     /// Adds one request line (without its newline).
