@@ -18,12 +18,15 @@
 //!   and replies, and which worker owns a bucket.
 //! - [`server`]: the listener, connection threads, limits and shutdown.
 //! - [`client`]: the blocking [`Client`] used by `kv cli`, the tests and the bench.
+//! - [`bench`]: `kv bench`, the load generator; off the data path, it only talks to
+//!   a server over TCP like any client.
 //!
 //! Each worker owns a fixed partition of the buckets (chosen by a hash of the bucket
 //! name), held in an `Arc` behind a lock so that the data outlives the thread that
 //! serves it. A connection sends each worker at most one batch per read, so a deep
 //! pipeline costs one cross-thread round trip per worker, not one per request.
 
+pub mod bench;
 pub mod client;
 pub mod protocol;
 pub mod server;

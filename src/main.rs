@@ -1,4 +1,5 @@
-//! The `kv` binary: argument parsing and nothing else. `kv` alone is `kv serve`.
+//! The `kv` binary: argument parsing and nothing else. `kv` alone is `kv serve`;
+//! `kv bench` lives in `bench.rs`.
 
 use std::io::{self, BufRead, Write};
 use std::net::IpAddr;
@@ -22,6 +23,7 @@ struct Args {
 enum Subcommand {
     Serve(ServeArgs),
     Cli(CliArgs),
+    Bench(kv::bench::BenchArgs),
 }
 
 /// Run the server (the default).
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         }),
         Some(Subcommand::Serve(serve_args)) => serve(serve_args),
         Some(Subcommand::Cli(cli_args)) => cli(cli_args),
+        Some(Subcommand::Bench(bench_args)) => kv::bench::main(bench_args),
     }
 }
 

@@ -1,0 +1,140 @@
+//! `kv bench` end to end: the real binary against a real server over loopback TCP.
+//!
+//! One test shows a clean run is clean (work done, nothing wrong); the other that the
+//! verification can fail, against a fake server that answers every GET wrongly.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills the child if a test fails before it exits.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `kv bench` with `args`; returns whether it exited 0 and its stdout and stderr.
+fn kv_bench(args: &[&str]) -> (bool, String, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_kv"))
+        .arg("bench")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "kv bench did not finish in 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    guard.0.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    guard.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status.success(), stdout, stderr)
+}
+
+/// The number after `"name":` in a one-line JSON summary.
+fn field(json: &str, name: &str) -> f64 {
+    let key = format!("\"{name}\":");
+    let start = json.find(&key).unwrap_or_else(|| panic!("no {name} in {json}")) + key.len();
+    let rest = &json[start..];
+    let end = rest.find([',', '}']).unwrap();
+    rest[..end].parse().unwrap()
+}
+
+#[test]
+fn bench_against_kv_does_work_and_finds_no_mismatch() {
+    let server =
+        kv::Server::bind(kv::Config { port: 0, workers: 2, ..Default::default() }).unwrap().spawn().unwrap();
+    let addr = server.addr().to_string();
+    let (ok, stdout, stderr) = kv_bench(&[
+        "--addr",
+        &addr,
+        "--requests",
+        "4000",
+        "--conns",
+        "3",
+        "--pipeline",
+        "5",
+        "--keys",
+        "50",
+        "--buckets",
+        "4",
+        "--duration",
+        "30",
+        "--json",
+    ]);
+    assert!(ok, "kv bench failed: {stdout}{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert_eq!(field(&stdout, "ops"), 4000.0);
+    assert_eq!(field(&stdout, "gets") + field(&stdout, "sets"), 4000.0);
+    assert!(field(&stdout, "ops_per_sec") > 0.0);
+    assert_eq!(field(&stdout, "mismatches"), 0.0);
+    assert_eq!(field(&stdout, "errors"), 0.0);
+    // 50 keys and about 2000 GETs: most GETs find a value written by this run.
+    assert!(field(&stdout, "hits") > 1000.0, "{stdout}");
+    assert!(field(&stdout, "p99_us") >= field(&stdout, "p50_us"));
+    // The buckets exist and hold the keys written.
+    let mut client = kv::Client::connect(&addr).unwrap();
+    assert_eq!(client.request(b"CREATE b3").unwrap(), b"OK\r\n");
+    let keys = client.stat("keys").unwrap();
+    assert!(keys > 0 && keys <= 50, "{keys}");
+}
+
+#[test]
+fn bench_counts_wrong_values_as_mismatches() {
+    // A server that acknowledges every write and answers every GET with "x".
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let fake = std::thread::spawn(move || {
+        // kv bench makes one connection for CREATE, then one per --conns.
+        for _ in 0..2 {
+            let (stream, _) = listener.accept().unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut writer = stream.try_clone().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut line = Vec::new();
+            for _ in 0..10_000 {
+                line.clear();
+                if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let reply: &[u8] = if line.starts_with(b"GET ") { b"x\r\nOK\r\n" } else { b"OK\r\n" };
+                if writer.write_all(reply).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let (ok, stdout, stderr) = kv_bench(&[
+        "--addr",
+        &addr,
+        "--requests",
+        "200",
+        "--conns",
+        "1",
+        "--keys",
+        "5",
+        "--buckets",
+        "1",
+        "--duration",
+        "30",
+        "--json",
+    ]);
+    fake.join().unwrap();
+    assert!(!ok, "a run with mismatches must fail");
+    assert!(field(&stdout, "mismatches") > 0.0, "{stdout}");
+    assert_eq!(field(&stdout, "hits"), 0.0);
+    assert!(stderr.contains("mismatch: key:0000000"), "{stderr}");
+    assert!(stderr.contains("got x"), "{stderr}");
+}
