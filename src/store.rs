@@ -4,10 +4,15 @@
 //! values. No threads, no locks, no I/O: the worker that owns a partition wraps it in
 //! a lock and applies requests to it; everything here is tested directly.
 //!
-//! Every mutating method changes the partition in one step (one map insert or remove)
-//! after all of its checks have passed, so a panic raised before it returns leaves the
-//! request either fully applied or not applied at all. The supervisor relies on that
-//! to hand a crashed worker's partition to its replacement as it is.
+//! Every mutating method leaves the partition whole wherever it could stop: a new
+//! record is written to the arena before the index refers to it, and a rebuilt table
+//! or arena replaces the old one in one assignment. So a panic raised before it
+//! returns leaves the request either fully applied or not applied at all. The
+//! supervisor relies on that to hand a crashed worker's partition to its replacement
+//! as it is.
+//!
+//! [`Bucket`] is laid out for memory: one packed record per pair and an 8-byte index
+//! slot, about 57 bytes per 12-byte key with a 32-byte value (see its docs).
 
 use std::collections::HashMap;
 
@@ -19,50 +24,321 @@ type Hasher = ahash::RandomState;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NoSuchBucket;
 
-/// One bucket's key-value pairs.
-#[derive(Debug, Default)]
+/// One bucket's key-value pairs, stored compactly.
+///
+/// A general-purpose map of `Box<[u8]>` to `Box<[u8]>` costs about 125 bytes for a
+/// 12-byte key and a 32-byte value: two heap allocations, each rounded up and carrying
+/// the allocator's header, plus two fat pointers per slot. Here each pair is instead
+/// one record packed into a per-bucket byte arena, `[key len][value len][key][value]`
+/// with LEB128 lengths (46 bytes for that pair), and the index is an open-addressing
+/// table of 8-byte slots. A slot holds the record's offset in the arena (40 bits) and
+/// 24 other bits of the key's hash, so a probe compares keys only when those bits
+/// agree: one arena read per lookup in the common case.
+///
+/// The table uses linear probing, grows by half when more than 4/5 full (so it is
+/// never less than about half full), and deletes by shifting the following slots back
+/// (no tombstones). A value overwritten with one of the same length is written in
+/// place; otherwise the new record goes to the end of the arena and the old one
+/// becomes garbage, which is reclaimed by compacting the arena once it is more than
+/// half garbage. Amortised, every operation is O(1); a compaction or a growth is
+/// O(keys) once in a while.
+///
+/// All of it is safe code: records are found by offset, never by pointer.
+#[derive(Default)]
 pub struct Bucket {
-    entries: HashMap<Box<[u8]>, Box<[u8]>, Hasher>,
+    /// Index: 0 for an empty slot, else `tag << OFFSET_BITS | (offset + 1)`.
+    slots: Vec<u64>,
+    /// The records, back to back; some may be garbage (see `garbage`).
+    arena: Vec<u8>,
+    /// Keys in the bucket.
+    len: usize,
+    /// Bytes of `arena` that no slot refers to any more.
+    garbage: usize,
+    hasher: Hasher,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bucket")
+            .field("len", &self.len)
+            .field("slots", &self.slots.len())
+            .field("arena", &self.arena.len())
+            .field("garbage", &self.garbage)
+            .finish()
+    }
+}
+
+/// Bits of a slot that hold the record's offset (plus one): arenas up to 1 TiB.
+const OFFSET_BITS: u32 = 40;
+const OFFSET_MASK: u64 = (1 << OFFSET_BITS) - 1;
+/// The rest of a slot: that many low bits of the key's hash. The table position uses
+/// the high bits, so the two are independent.
+const TAG_MASK: u64 = (1 << (64 - OFFSET_BITS)) - 1;
+/// Smallest table, allocated by the first insert.
+const MIN_SLOTS: usize = 8;
+/// Arenas smaller than this are never compacted: not worth the copy.
+const MIN_COMPACT: usize = 4096;
+
+/// Most keys a table of `slots` slots holds before it grows: 4/5 full keeps linear
+/// probing short (about 3 probes for a hit, 13 for a miss in the worst case).
+fn max_len(slots: usize) -> usize {
+    slots / 5 * 4 + slots % 5 * 4 / 5
+}
+
+/// The table position of `hash` in a table of `slots` slots: the high bits of the
+/// hash scaled to the table size, so any size works, not only powers of two.
+#[inline]
+fn home(hash: u64, slots: usize) -> usize {
+    ((hash as u128 * slots as u128) >> 64) as usize
+}
+
+#[inline]
+fn slot_offset(slot: u64) -> usize {
+    ((slot & OFFSET_MASK) - 1) as usize
+}
+
+/// A slot for the record at `offset` of a key with `hash`.
+#[inline]
+fn make_slot(hash: u64, offset: usize) -> u64 {
+    let offset = offset as u64 + 1;
+    // A terabyte in one bucket would need more than this machine class has memory;
+    // fail loudly rather than corrupt the index.
+    assert!(offset <= OFFSET_MASK, "bucket arena over 1 TiB");
+    (hash & TAG_MASK) << OFFSET_BITS | offset
+}
+
+#[inline]
+fn slot_tag(slot: u64) -> u64 {
+    slot >> OFFSET_BITS
+}
+
+/// Appends `n` as LEB128: 7 bits per byte, high bit set on all but the last.
+#[inline]
+fn push_varint(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Reads a LEB128 number at `*at`, moving `*at` past it.
+#[inline]
+fn read_varint(bytes: &[u8], at: &mut usize) -> usize {
+    let mut n = 0usize;
+    let mut shift = 0;
+    loop {
+        let byte = bytes[*at];
+        *at += 1;
+        n |= ((byte & 0x7f) as usize) << shift;
+        if byte < 0x80 {
+            return n;
+        }
+        shift += 7;
+    }
+}
+
+/// Where a record's parts lie in the arena.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    key_start: usize,
+    key_len: usize,
+    value_len: usize,
+    /// Whole record, lengths included.
+    size: usize,
+}
+
+impl Record {
+    fn value_start(&self) -> usize {
+        self.key_start + self.key_len
+    }
 }
 
 impl Bucket {
+    #[inline]
+    fn record(&self, offset: usize) -> Record {
+        let mut at = offset;
+        let key_len = read_varint(&self.arena, &mut at);
+        let value_len = read_varint(&self.arena, &mut at);
+        Record { key_start: at, key_len, value_len, size: at - offset + key_len + value_len }
+    }
+
+    #[inline]
+    fn key_of(&self, slot: u64) -> &[u8] {
+        let record = self.record(slot_offset(slot));
+        &self.arena[record.key_start..record.key_start + record.key_len]
+    }
+
+    /// Appends a record to the arena and returns its offset.
+    fn append(&mut self, key: &[u8], value: &[u8]) -> usize {
+        let offset = self.arena.len();
+        push_varint(&mut self.arena, key.len());
+        push_varint(&mut self.arena, value.len());
+        self.arena.extend_from_slice(key);
+        self.arena.extend_from_slice(value);
+        offset
+    }
+
+    /// The slot index holding `key`, if any.
+    #[inline]
+    fn find(&self, key: &[u8], hash: u64) -> Option<usize> {
+        let n = self.slots.len();
+        if n == 0 {
+            return None;
+        }
+        let tag = hash & TAG_MASK;
+        let mut i = home(hash, n);
+        // The table is never full, so an empty slot ends every probe; the count is a
+        // guard, not a limit that is ever reached.
+        for _ in 0..n {
+            let slot = self.slots[i];
+            if slot == 0 {
+                return None;
+            }
+            if slot_tag(slot) == tag && self.key_of(slot) == key {
+                return Some(i);
+            }
+            i += 1;
+            if i == n {
+                i = 0;
+            }
+        }
+        None
+    }
+
+    /// Puts `slot` in the first empty slot from its home in `slots`.
+    fn place(slots: &mut [u64], hash: u64, slot: u64) {
+        let n = slots.len();
+        let mut i = home(hash, n);
+        while slots[i] != 0 {
+            i += 1;
+            if i == n {
+                i = 0;
+            }
+        }
+        slots[i] = slot;
+    }
+
+    /// Rebuilds the table with room for at least one more key.
+    fn grow(&mut self) {
+        let mut n = self.slots.len().max(MIN_SLOTS);
+        while max_len(n) < self.len + 1 {
+            n += n / 2;
+        }
+        let mut slots = vec![0u64; n];
+        for &slot in self.slots.iter().filter(|&&slot| slot != 0) {
+            let hash = self.hasher.hash_one(self.key_of(slot));
+            Self::place(&mut slots, hash, slot);
+        }
+        self.slots = slots;
+    }
+
+    /// Copies the live records into a new arena of exactly their size, once garbage
+    /// is more than half of the arena.
+    fn maybe_compact(&mut self) {
+        if self.arena.len() < MIN_COMPACT || self.garbage * 2 <= self.arena.len() {
+            return;
+        }
+        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+        let mut slots = self.slots.clone();
+        for slot in slots.iter_mut().filter(|slot| **slot != 0) {
+            let offset = slot_offset(*slot);
+            let record = self.record(offset);
+            let new_offset = arena.len();
+            arena.extend_from_slice(&self.arena[offset..offset + record.size]);
+            *slot = slot_tag(*slot) << OFFSET_BITS | (new_offset as u64 + 1);
+        }
+        // Both replaced together: the bucket is never seen half compacted.
+        self.arena = arena;
+        self.slots = slots;
+        self.garbage = 0;
+    }
+
     /// The value stored under `key`.
+    #[inline]
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.entries.get(key).map(|value| &**value)
+        let i = self.find(key, self.hasher.hash_one(key))?;
+        let record = self.record(slot_offset(self.slots[i]));
+        Some(&self.arena[record.value_start()..record.value_start() + record.value_len])
     }
 
     /// Stores `value` under `key`, replacing any value there. Returns true if the key
     /// is new.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> bool {
-        match self.entries.get_mut(key) {
-            Some(slot) => {
-                if slot.len() == value.len() {
-                    slot.copy_from_slice(value);
-                } else {
-                    *slot = value.into();
-                }
-                false
+        let hash = self.hasher.hash_one(key);
+        if let Some(i) = self.find(key, hash) {
+            let offset = slot_offset(self.slots[i]);
+            let record = self.record(offset);
+            if record.value_len == value.len() {
+                let start = record.value_start();
+                self.arena[start..start + value.len()].copy_from_slice(value);
+            } else {
+                let new_offset = self.append(key, value);
+                self.slots[i] = make_slot(hash, new_offset);
+                self.garbage += record.size;
+                self.maybe_compact();
             }
-            None => {
-                self.entries.insert(key.into(), value.into());
-                true
-            }
+            return false;
         }
+        if self.len + 1 > max_len(self.slots.len()) {
+            self.grow();
+        }
+        let offset = self.append(key, value);
+        Self::place(&mut self.slots, hash, make_slot(hash, offset));
+        self.len += 1;
+        true
     }
 
     /// Removes `key`. Returns true if it was there.
     pub fn delete(&mut self, key: &[u8]) -> bool {
-        self.entries.remove(key).is_some()
+        let Some(mut hole) = self.find(key, self.hasher.hash_one(key)) else {
+            return false;
+        };
+        self.garbage += self.record(slot_offset(self.slots[hole])).size;
+        // Backward-shift deletion: move later slots of the same run into the hole
+        // when their home is at or before it, so no probe ever stops early.
+        let n = self.slots.len();
+        let mut i = hole;
+        loop {
+            i = if i + 1 == n { 0 } else { i + 1 };
+            let slot = self.slots[i];
+            if slot == 0 {
+                break;
+            }
+            let home = home(self.hasher.hash_one(self.key_of(slot)), n);
+            // Distance travelled from home to i, and from home to the hole, wrapping.
+            let from_home = (i + n - home) % n;
+            let hole_from_home = (hole + n - home) % n;
+            if hole_from_home <= from_home {
+                self.slots[hole] = slot;
+                hole = i;
+            }
+        }
+        self.slots[hole] = 0;
+        self.len -= 1;
+        if self.len == 0 {
+            // An emptied bucket gives its memory back.
+            *self = Bucket { hasher: std::mem::take(&mut self.hasher), ..Bucket::default() };
+        } else {
+            self.maybe_compact();
+        }
+        true
     }
 
     /// Number of keys in the bucket.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     /// True when the bucket holds no key.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
+    }
+
+    /// Bytes of memory the bucket holds: table, arena and garbage (capacity, not
+    /// length). For tests and for judging the layout.
+    pub fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * 8 + self.arena.capacity()
     }
 }
 
@@ -208,5 +484,101 @@ mod tests {
         assert_eq!(b.len(), 1);
         assert!(b.delete(b"\xff"));
         assert!(!b.delete(b"\xff"));
+    }
+
+    /// A tiny deterministic generator for the model tests.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn bucket_matches_a_model_through_random_puts_overwrites_and_deletes() {
+        let mut bucket = Bucket::default();
+        let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let mut state = 0x2545_f491_4f6c_dd1d;
+        for step in 0..60_000u64 {
+            let r = next(&mut state);
+            let key = format!("k{}", r % 3000).into_bytes();
+            match (r >> 20) % 10 {
+                0..=5 => {
+                    // Values of varying length force records to move and the arena
+                    // to be compacted.
+                    let len = ((r >> 32) % 40) as usize + if step % 997 == 0 { 300 } else { 1 };
+                    let value = vec![b'a' + (step % 26) as u8; len];
+                    let new = bucket.put(&key, &value);
+                    assert_eq!(new, model.insert(key.clone(), value).is_none());
+                }
+                6..=7 => assert_eq!(bucket.delete(&key), model.remove(&key).is_some()),
+                _ => assert_eq!(bucket.get(&key), model.get(&key).map(|v| &v[..])),
+            }
+            assert_eq!(bucket.len(), model.len());
+        }
+        for (key, value) in &model {
+            assert_eq!(bucket.get(key), Some(&value[..]));
+        }
+        // Garbage never exceeds half the arena (beyond the small-arena threshold).
+        assert!(bucket.garbage * 2 <= bucket.arena.len().max(MIN_COMPACT));
+        for key in model.keys() {
+            assert!(bucket.delete(key));
+        }
+        assert!(bucket.is_empty());
+        assert_eq!(bucket.heap_bytes(), 0, "an emptied bucket keeps no memory");
+        assert_eq!(bucket.get(b"k1"), None);
+    }
+
+    #[test]
+    fn delete_keeps_every_other_key_of_a_probe_run_reachable() {
+        // Many keys in a small table make long runs; delete from the middle of them.
+        let mut bucket = Bucket::default();
+        let keys: Vec<Vec<u8>> = (0..500).map(|i| format!("{i}").into_bytes()).collect();
+        for key in &keys {
+            bucket.put(key, key);
+        }
+        for key in keys.iter().step_by(3) {
+            assert!(bucket.delete(key));
+        }
+        for (i, key) in keys.iter().enumerate() {
+            let expected = if i % 3 == 0 { None } else { Some(&key[..]) };
+            assert_eq!(bucket.get(key), expected, "key {i}");
+        }
+    }
+
+    #[test]
+    fn long_keys_and_values_use_multi_byte_lengths() {
+        let mut bucket = Bucket::default();
+        let key = vec![b'k'; 200];
+        let value = vec![0u8; 70_000];
+        assert!(bucket.put(&key, &value));
+        assert!(bucket.put(b"short", b"v"));
+        assert_eq!(bucket.get(&key), Some(&value[..]));
+        assert_eq!(bucket.get(b"short"), Some(&b"v"[..]));
+        assert_eq!(bucket.get(&key[..199]), None);
+        let mut lengths = Vec::new();
+        for n in [0, 1, 127, 128, 16_383, 16_384, 1 << 40] {
+            lengths.clear();
+            push_varint(&mut lengths, n);
+            let mut at = 0;
+            assert_eq!(read_varint(&lengths, &mut at), n);
+            assert_eq!(at, lengths.len());
+        }
+    }
+
+    #[test]
+    fn a_million_small_pairs_fit_in_64_bytes_each() {
+        // The layout's promise, measured on the structure itself (RSS, which also
+        // counts the allocator, is in BENCHMARKS.md). 16 buckets of 62,500 keys.
+        let mut buckets: Vec<Bucket> = (0..16).map(|_| Bucket::default()).collect();
+        let value = [b'v'; 32];
+        for i in 0..1_000_000u64 {
+            buckets[(i % 16) as usize].put(format!("key:{i:08}").as_bytes(), &value);
+        }
+        let bytes: usize = buckets.iter().map(Bucket::heap_bytes).sum();
+        let per_key = bytes as f64 / 1e6;
+        eprintln!("bucket layout: {per_key:.1} bytes per key");
+        assert!(per_key <= 64.0, "{per_key} bytes per key");
+        assert_eq!(buckets[3].get(b"key:00000003"), Some(&value[..]));
     }
 }
