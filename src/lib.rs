@@ -17,6 +17,8 @@
 //! - [`worker`]: the worker loop, the [`Batch`](worker::Batch) that carries requests
 //!   and replies, and which worker owns a bucket.
 //! - [`server`]: the listener, connection threads, limits and shutdown.
+//! - [`supervisor`]: starts, watches and restarts the workers and the acceptor.
+//! - [`signals`]: SIGINT and SIGTERM as a graceful shutdown.
 //! - [`client`]: the blocking [`Client`] used by `kv cli`, the tests and the bench.
 //!
 //! Each worker owns a fixed partition of the buckets (chosen by a hash of the bucket
@@ -27,8 +29,11 @@
 pub mod client;
 pub mod protocol;
 pub mod server;
+pub mod signals;
 pub mod store;
+pub mod supervisor;
 pub mod worker;
 
 pub use client::Client;
-pub use server::{Config, Server, ServerHandle};
+pub use server::{Config, Server, ServerHandle, Stopper};
+pub use supervisor::StopReason;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 
+use kv::StopReason;
 use kv::client::{Client, ReplyShape};
 use kv::server::{self, Config, Server};
 
@@ -43,6 +44,17 @@ struct ServeArgs {
     /// most client connections open at once; one more gets "ERROR too many connections" (default 10000)
     #[argh(option, default = "server::DEFAULT_MAX_CONNECTIONS")]
     max_connections: usize,
+    /// restart intensity: if workers crash more than this many times within --max-seconds, the
+    /// server gives up and exits with status 1 (default 3)
+    #[argh(option, default = "kv::supervisor::DEFAULT_MAX_RESTARTS")]
+    max_restarts: u32,
+    /// the window, in seconds, for --max-restarts (default 5)
+    #[argh(option, default = "kv::supervisor::DEFAULT_MAX_SECONDS")]
+    max_seconds: u64,
+    /// enable fault injection: DEBUG CRASH <bucket> panics the worker owning <bucket>,
+    /// DEBUG CRASH-CONNECTION panics the connection's thread (never in production)
+    #[argh(switch)]
+    debug: bool,
 }
 
 /// Send commands to a server and print the replies: the words given as one command,
@@ -67,6 +79,9 @@ fn main() -> ExitCode {
             workers: None,
             max_line: kv::protocol::DEFAULT_MAX_LINE,
             max_connections: server::DEFAULT_MAX_CONNECTIONS,
+            max_restarts: kv::supervisor::DEFAULT_MAX_RESTARTS,
+            max_seconds: kv::supervisor::DEFAULT_MAX_SECONDS,
+            debug: false,
         }),
         Some(Subcommand::Serve(serve_args)) => serve(serve_args),
         Some(Subcommand::Cli(cli_args)) => cli(cli_args),
@@ -79,6 +94,12 @@ fn init_logging() {
 
 fn serve(args: ServeArgs) -> ExitCode {
     init_logging();
+    // Before any thread exists, so that only the signal thread ever sees them.
+    if let Err(error) = kv::signals::block_shutdown_signals() {
+        log::error!("cannot set up signal handling: {error}");
+        return ExitCode::FAILURE;
+    }
+    std::panic::set_hook(Box::new(|info| log::error!("{info}")));
     let port = match args.port {
         Some(port) => port,
         None => match std::env::var("PORT") {
@@ -102,6 +123,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         workers: args.workers.unwrap_or_else(server::default_workers),
         max_line: args.max_line,
         max_connections: args.max_connections,
+        debug: args.debug,
+        max_restarts: args.max_restarts,
+        max_seconds: args.max_seconds,
         ..Config::default()
     };
     let server = match Server::bind(config) {
@@ -111,10 +135,21 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server.run() {
-        Ok(()) => ExitCode::SUCCESS,
+    let handle = match server.spawn() {
+        Ok(handle) => handle,
         Err(error) => {
-            log::error!("server failed: {error}");
+            log::error!("cannot start the server: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(error) = kv::signals::stop_on_signals(handle.stopper()) {
+        log::error!("cannot start the signal thread: {error}");
+        return ExitCode::FAILURE;
+    }
+    match handle.wait() {
+        StopReason::Requested => ExitCode::SUCCESS,
+        StopReason::GaveUp(why) => {
+            log::error!("exiting: {why}");
             ExitCode::FAILURE
         }
     }

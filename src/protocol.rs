@@ -24,6 +24,11 @@ pub const LINE_TOO_LONG: &[u8] = b"ERROR line too long\r\n";
 /// The line a client gets when the server is at its connection limit.
 pub const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR too many connections\r\n";
 
+/// The reply to requests that arrive once the server has begun shutting down.
+pub const SHUTTING_DOWN: &[u8] = b"ERROR shutting down\r\n";
+/// The reply to the request a worker was serving when it crashed.
+pub const WORKER_CRASHED: &[u8] = b"ERROR worker crashed\r\n";
+
 /// Default longest request line, in bytes, not counting its `\r\n`.
 ///
 /// 64 KiB is what the protocol promises: room for a 60 KiB value with its bucket and
@@ -49,6 +54,11 @@ pub enum Command<'a> {
     Stats,
     /// `QUIT`
     Quit,
+    /// `DEBUG CRASH <bucket>`: the worker owning `<bucket>` panics while serving it.
+    /// Served only by a server started with `--debug`; otherwise `UNKNOWN COMMAND`.
+    DebugCrash { bucket: &'a [u8] },
+    /// `DEBUG CRASH-CONNECTION`: the connection's own thread panics. `--debug` only.
+    DebugCrashConnection,
     /// Anything else: an unknown word, a wrong number of words, an empty line.
     /// Not an error to propagate but a request like any other, answered
     /// `UNKNOWN COMMAND`.
@@ -63,8 +73,13 @@ impl<'a> Command<'a> {
             Command::Create { bucket }
             | Command::Put { bucket, .. }
             | Command::Get { bucket, .. }
-            | Command::Delete { bucket, .. } => Some(bucket),
-            Command::Ping | Command::Stats | Command::Quit | Command::Unknown => None,
+            | Command::Delete { bucket, .. }
+            | Command::DebugCrash { bucket } => Some(bucket),
+            Command::Ping
+            | Command::Stats
+            | Command::Quit
+            | Command::DebugCrashConnection
+            | Command::Unknown => None,
         }
     }
 }
@@ -151,6 +166,12 @@ pub fn parse(line: &[u8]) -> Command<'_> {
         (None, None, None) if is(b"PING") => Command::Ping,
         (None, None, None) if is(b"STATS") => Command::Stats,
         (None, None, None) if is(b"QUIT") => Command::Quit,
+        (Some(what), Some(bucket), None) if is(b"DEBUG") && what.eq_ignore_ascii_case(b"CRASH") => {
+            Command::DebugCrash { bucket }
+        }
+        (Some(what), None, None) if is(b"DEBUG") && what.eq_ignore_ascii_case(b"CRASH-CONNECTION") => {
+            Command::DebugCrashConnection
+        }
         _ => Command::Unknown,
     }
 }
@@ -384,6 +405,10 @@ mod tests {
             (b"STATS all", Command::Unknown),
             (b"QUIT now", Command::Unknown),
             (b"PUTS shopping milk 1", Command::Unknown),
+            (b"DEBUG CRASH b", Command::DebugCrash { bucket: b"b" }),
+            (b"debug crash-connection", Command::DebugCrashConnection),
+            (b"DEBUG CRASH", Command::Unknown),
+            (b"DEBUG b", Command::Unknown),
             // Command words are ASCII: a Unicode space is part of the word.
             ("PUT\u{2003}shopping milk 1".as_bytes(), Command::Unknown),
         ];

@@ -20,10 +20,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use std::panic::{self, AssertUnwindSafe};
+
+use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::protocol::{self, Command, Frame, LineReader};
+use crate::supervisor::{
+    AcceptorStart, ChildExit, Control, DEFAULT_MAX_RESTARTS, DEFAULT_MAX_SECONDS, RestartIntensity,
+    StopReason, Supervisor,
+};
 use crate::worker::{self, Batch, WorkerShared};
 
 /// Default port, the guide's.
@@ -51,8 +57,12 @@ const MAX_REQUESTS_PER_ROUND: usize = 1024;
 /// dispatched, so a pipeline of large GETs is not buffered whole.
 const OUT_HIGH_WATER: usize = 256 * 1024;
 
-/// How long shutdown waits for connection threads to finish their last round.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// How long shutdown lets connection threads finish the requests they have read
+/// before it closes their sockets under them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// How long shutdown then waits for the workers to finish what is queued.
+const WORKER_GRACE: Duration = Duration::from_secs(1);
 
 /// Everything a server is started with.
 #[derive(Debug, Clone)]
@@ -69,6 +79,12 @@ pub struct Config {
     pub max_connections: usize,
     /// This node's name, reported by STATS.
     pub node: String,
+    /// Serve the `DEBUG` fault-injection commands.
+    pub debug: bool,
+    /// Restart intensity: at most this many crashes ...
+    pub max_restarts: u32,
+    /// ... within this many seconds, or the supervisor gives up.
+    pub max_seconds: u64,
 }
 
 impl Default for Config {
@@ -80,6 +96,9 @@ impl Default for Config {
             max_line: protocol::DEFAULT_MAX_LINE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             node: "kv".to_string(),
+            debug: false,
+            max_restarts: DEFAULT_MAX_RESTARTS,
+            max_seconds: DEFAULT_MAX_SECONDS,
         }
     }
 }
@@ -112,13 +131,13 @@ struct State {
 /// A bound server, not yet accepting.
 #[derive(Debug)]
 pub struct Server {
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     state: Arc<State>,
-    worker_threads: Vec<JoinHandle<()>>,
+    worker_inboxes: Vec<Receiver<Batch>>,
 }
 
 impl Server {
-    /// Binds the listening socket and starts the workers.
+    /// Binds the listening socket and prepares the partitions; nothing runs yet.
     pub fn bind(config: Config) -> io::Result<Server> {
         if config.workers == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "--workers must be at least 1"));
@@ -126,17 +145,12 @@ impl Server {
         let listener = TcpListener::bind((config.bind, config.port))?;
         let mut workers = Vec::with_capacity(config.workers);
         let mut inboxes = Vec::with_capacity(config.workers);
-        let mut worker_threads = Vec::with_capacity(config.workers);
-        for index in 0..config.workers {
-            let shared = Arc::new(WorkerShared::default());
+        let mut worker_inboxes = Vec::with_capacity(config.workers);
+        for _ in 0..config.workers {
             let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
-            let thread_shared = shared.clone();
-            let handle = thread::Builder::new()
-                .name(format!("kv-worker-{index}"))
-                .spawn(move || worker::run(thread_shared, inbox_rx))?;
-            workers.push(shared);
+            workers.push(Arc::new(WorkerShared::default()));
             inboxes.push(inbox_tx);
-            worker_threads.push(handle);
+            worker_inboxes.push(inbox_rx);
         }
         let state = Arc::new(State {
             config,
@@ -150,7 +164,7 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             open: Mutex::new(HashMap::new()),
         });
-        Ok(Server { listener, state, worker_threads })
+        Ok(Server { listener: Arc::new(listener), state, worker_inboxes })
     }
 
     /// The address the server listens on (with the real port when bound to port 0).
@@ -158,29 +172,60 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Accepts connections on this thread until the server is shut down.
-    pub fn run(self) -> io::Result<()> {
-        let addr = self.local_addr()?;
-        log::info!(
-            "kv listening on {addr} with {} workers (node {})",
-            self.state.config.workers,
-            self.state.config.node
-        );
-        accept_loop(&self.listener, &self.state);
-        Ok(())
+    /// Runs the server on this thread until it is stopped (by a [`Stopper`]) or its
+    /// supervisor gives up, then shuts it down gracefully. Returns why it stopped.
+    pub fn run(self) -> io::Result<StopReason> {
+        let handle = self.spawn()?;
+        Ok(handle.wait())
     }
 
-    /// Starts accepting on a background thread and returns a handle that stops the
-    /// server when asked or dropped. This is how tests and benchmarks run a server.
+    /// Starts the supervisor, which starts the workers and the acceptor, and returns
+    /// a handle that stops the server when asked or dropped. This is how tests and
+    /// benchmarks run a server.
     pub fn spawn(self) -> io::Result<ServerHandle> {
         let addr = self.local_addr()?;
-        log::info!("kv listening on {addr} with {} workers", self.state.config.workers);
-        let Server { listener, state, worker_threads } = self;
+        let Server { listener, state, worker_inboxes } = self;
+        let (stop_tx, stop_rx) = crossbeam_channel::unbounded();
+        let workers = state.workers.iter().cloned().zip(worker_inboxes).collect();
+        let intensity =
+            RestartIntensity::new(state.config.max_restarts, Duration::from_secs(state.config.max_seconds));
         let acceptor_state = state.clone();
-        let acceptor = thread::Builder::new()
-            .name("kv-acceptor".into())
-            .spawn(move || accept_loop(&listener, &acceptor_state))?;
-        Ok(ServerHandle { addr, state, acceptor: Some(acceptor), worker_threads })
+        let acceptor_start: AcceptorStart = Box::new(move |exits| {
+            let listener = listener.clone();
+            let state = acceptor_state.clone();
+            thread::Builder::new().name("kv-acceptor".into()).spawn(move || {
+                let accepted = panic::catch_unwind(AssertUnwindSafe(|| accept_loop(&listener, &state)));
+                let panic = accepted.err().map(|payload| worker::panic_message(&*payload));
+                let _ = exits.send(ChildExit::Acceptor { panic });
+            })
+        });
+        let (control, supervisor) = Supervisor::spawn(workers, acceptor_start, intensity, stop_tx.clone())?;
+        log::info!(
+            "kv listening on {addr} with {} workers (node {})",
+            state.config.workers,
+            state.config.node
+        );
+        Ok(ServerHandle {
+            addr,
+            state,
+            stop_tx,
+            stop_rx,
+            control,
+            supervisor: Some(supervisor),
+            stopped: None,
+        })
+    }
+}
+
+/// Asks a running server to shut down gracefully; cheap to clone and to send to
+/// another thread (the signal handler holds one).
+#[derive(Debug, Clone)]
+pub struct Stopper(Sender<StopReason>);
+
+impl Stopper {
+    /// Begins a graceful shutdown.
+    pub fn stop(&self) {
+        let _ = self.0.send(StopReason::Requested);
     }
 }
 
@@ -189,8 +234,11 @@ impl Server {
 pub struct ServerHandle {
     addr: SocketAddr,
     state: Arc<State>,
-    acceptor: Option<JoinHandle<()>>,
-    worker_threads: Vec<JoinHandle<()>>,
+    stop_tx: Sender<StopReason>,
+    stop_rx: Receiver<StopReason>,
+    control: Sender<Control>,
+    supervisor: Option<JoinHandle<()>>,
+    stopped: Option<StopReason>,
 }
 
 impl ServerHandle {
@@ -199,39 +247,67 @@ impl ServerHandle {
         self.addr
     }
 
-    /// Stops accepting, lets every connection finish the requests it has read, closes
-    /// the connections and joins the workers.
-    pub fn shutdown(mut self) {
-        self.stop();
+    /// A handle that can stop this server from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop_tx.clone())
     }
 
-    fn stop(&mut self) {
-        let Some(acceptor) = self.acceptor.take() else {
+    /// Blocks until the server is asked to stop or its supervisor gives up, shuts it
+    /// down, and says why it stopped.
+    pub fn wait(mut self) -> StopReason {
+        let reason = self.stop_rx.recv().unwrap_or(StopReason::Requested);
+        self.stop(reason.clone());
+        reason
+    }
+
+    /// If the supervisor has given up, why; the server then still needs shutting down.
+    pub fn gave_up(&self) -> Option<String> {
+        match self.stop_rx.try_recv() {
+            Ok(StopReason::GaveUp(why)) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// Shuts the server down gracefully: stops accepting, lets every connection
+    /// finish the requests it has read (later ones get `ERROR shutting down`), closes
+    /// the connections and lets the workers finish.
+    pub fn shutdown(mut self) {
+        self.stop(StopReason::Requested);
+    }
+
+    fn stop(&mut self, reason: StopReason) {
+        let Some(supervisor) = self.supervisor.take() else {
             return;
         };
-        self.state.shutting_down.store(true, Ordering::SeqCst);
+        log::info!("shutting down ({reason:?})");
+        self.stopped = Some(reason);
+        let state = &self.state;
+        state.shutting_down.store(true, Ordering::SeqCst);
         // The acceptor is blocked in accept(): a connection to ourselves wakes it.
         let _ = TcpStream::connect_timeout(&wake_address(self.addr), Duration::from_secs(1));
-        let _ = acceptor.join();
-        for stream in self.state.open.lock().values() {
+        // Wake every connection blocked in read(): it answers what it has read and
+        // closes (see Connection::serve).
+        for stream in state.open.lock().values() {
             let _ = stream.shutdown(Shutdown::Read);
         }
-        self.state.inboxes.lock().take();
         let deadline = Instant::now() + SHUTDOWN_GRACE;
-        while self.state.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(5));
+        while state.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(2));
         }
-        if self.state.connections.load(Ordering::SeqCst) == 0 {
-            for worker in self.worker_threads.drain(..) {
-                let _ = worker.join();
-            }
+        // Connections still there are stuck writing to clients that do not read.
+        for stream in state.open.lock().values() {
+            let _ = stream.shutdown(Shutdown::Both);
         }
+        state.inboxes.lock().take();
+        let _ = self.control.send(Control::Stop(WORKER_GRACE));
+        let _ = supervisor.join();
+        log::info!("stopped");
     }
 }
 
 impl Drop for ServerHandle {
     fn drop(&mut self) {
-        self.stop();
+        self.stop(StopReason::Requested);
     }
 }
 
@@ -305,19 +381,23 @@ fn serve_connection(stream: TcpStream, id: u64, state: Arc<State>) {
     let guard = ConnectionGuard { id, state };
     let peer = stream.peer_addr().ok();
     log::debug!("connection {id} from {peer:?} opened");
-    let inboxes = guard.state.inboxes.lock().clone();
-    let Some(inboxes) = inboxes else {
-        // Shutdown began between accept and here.
-        reject(stream, b"ERROR shutting down\r\n");
-        return;
-    };
     if let Ok(clone) = stream.try_clone() {
         guard.state.open.lock().insert(id, clone);
     }
-    let mut connection = Connection::new(stream, &guard.state, inboxes);
-    match connection.serve() {
-        Ok(()) => log::debug!("connection {id} closed"),
-        Err(error) => log::debug!("connection {id} closed: {error}"),
+    // Checked after registering: shutdown sets the flag before it walks `open`, so
+    // either it saw this connection or this connection sees the flag.
+    let inboxes = guard.state.inboxes.lock().clone();
+    let Some(inboxes) = inboxes.filter(|_| !guard.state.shutting_down.load(Ordering::SeqCst)) else {
+        reject(stream, protocol::SHUTTING_DOWN);
+        return;
+    };
+    let served =
+        panic::catch_unwind(AssertUnwindSafe(|| Connection::new(stream, &guard.state, inboxes).serve()));
+    match served {
+        Ok(Ok(())) => log::debug!("connection {id} closed"),
+        Ok(Err(error)) => log::debug!("connection {id} closed: {error}"),
+        // The stream was dropped while unwinding: only this client sees a close.
+        Err(payload) => log::error!("connection {id} crashed: {}", worker::panic_message(&*payload)),
     }
 }
 
@@ -369,10 +449,19 @@ impl<'s> Connection<'s> {
         self.stream.set_nodelay(true)?;
         let mut reader = LineReader::new(self.state.config.max_line);
         loop {
+            let stopping = self.state.shutting_down.load(Ordering::Relaxed);
             let read = reader.fill_from(&mut &self.stream)?;
             if read == 0 {
-                // The client closed (or shutdown woke us): answer what we have.
+                // The client closed, or shutdown woke us: what we had is answered.
+                return Ok(());
+            }
+            if stopping {
+                // Read after shutdown began: refuse each complete line, then close.
+                while reader.next_frame().is_some() {
+                    self.answer_locally(protocol::SHUTTING_DOWN);
+                }
                 self.finish_round()?;
+                let _ = self.stream.shutdown(Shutdown::Both);
                 return Ok(());
             }
             let mut quit = false;
@@ -401,10 +490,20 @@ impl<'s> Connection<'s> {
                         quit = true;
                         break;
                     }
+                    Command::DebugCrash { .. } | Command::DebugCrashConnection
+                        if !self.state.config.debug =>
+                    {
+                        self.answer_locally(protocol::UNKNOWN_COMMAND)
+                    }
+                    Command::DebugCrashConnection => {
+                        // Fault injection: only this connection's thread dies.
+                        panic!("DEBUG CRASH-CONNECTION requested");
+                    }
                     Command::Create { bucket }
                     | Command::Put { bucket, .. }
                     | Command::Get { bucket, .. }
-                    | Command::Delete { bucket, .. } => {
+                    | Command::Delete { bucket, .. }
+                    | Command::DebugCrash { bucket } => {
                         let w = worker::worker_for(bucket, self.inboxes.len());
                         if let Some(batch) = &mut self.batches[w] {
                             batch.push_request(line);
