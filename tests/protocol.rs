@@ -177,6 +177,29 @@ fn wrong_number_of_words_is_an_unknown_command() {
 }
 
 #[test]
+fn lone_carriage_return_does_not_end_a_line() {
+    let server = start_server();
+    let mut conn = Conn::connect(server.addr());
+    // One line, "PING\rPING", of two words: one reply, and it is not PONG.
+    conn.send(b"PING\rPING\r\n");
+    conn.expect(b"UNKNOWN COMMAND\r\n");
+    conn.roundtrip(b"PING\r\n", b"PONG\r\n");
+}
+
+#[test]
+fn half_closed_client_gets_every_reply_then_a_clean_close() {
+    // What `printf ... | nc -N` does: send everything, shut the sending side, read.
+    let server = start_server();
+    let mut conn = Conn::connect(server.addr());
+    conn.send(b"CREATE shopping\r\nPUT shopping eggs 3\r\nGET shopping eggs\r\nPING\r\nSTATS\r\nPING\n");
+    conn.try_clone_stream().shutdown(std::net::Shutdown::Write).unwrap();
+    conn.expect(b"OK\r\nOK\r\n3\r\nOK\r\nPONG\r\n");
+    let stats = conn.read_stats_reply();
+    assert_eq!(stat_of(&stats, "keys"), 1);
+    assert_eq!(show(&conn.read_to_close()), show(b"PONG\r\n"));
+}
+
+#[test]
 fn ping_answers_pong() {
     let server = start_server();
     let mut conn = Conn::connect(server.addr());
@@ -296,6 +319,8 @@ fn line_exactly_at_the_limit_is_served_and_one_byte_more_is_too_long() {
 
     let over = put_line_of_length(MAX_LINE + 1, b'b');
     conn.roundtrip(&[&over[..], b"\r\n"].concat(), b"ERROR line too long\r\n");
+    conn.roundtrip(b"GET b k\r\n", &[value, b"\r\nOK\r\n"].concat());
+    conn.roundtrip(&[&over[..], b"\n"].concat(), b"ERROR line too long\r\n");
     conn.roundtrip(b"GET b k\r\n", &[value, b"\r\nOK\r\n"].concat());
 }
 
@@ -466,7 +491,7 @@ fn pipelined_mixed_commands_across_many_buckets_are_answered_in_request_order() 
                     model.entry(bucket.clone()).or_default();
                     push(format!("CREATE {bucket}"), Expected::Bytes(b"OK\r\n".to_vec()));
                 }
-                1 | 2 | 3 => {
+                1..=3 => {
                     let value = format!("v{round}.{b}");
                     let reply = match model.get_mut(&bucket) {
                         Some(keys) => {

@@ -126,6 +126,17 @@ impl Conn {
         assert_eq!(show(&got), show(reply), "reply to {}", show(request));
     }
 
+    /// Sends `requests` in one write from another thread while this one reads exactly
+    /// `reply_len` bytes, so a pipeline larger than the socket buffers cannot deadlock
+    /// the two sides. Returns the bytes read.
+    pub fn pipeline(&mut self, requests: Vec<u8>, reply_len: usize) -> Vec<u8> {
+        let mut writer = self.try_clone_stream();
+        let writing = thread::spawn(move || writer.write_all(&requests));
+        let got = self.read_exact_bytes(reply_len);
+        writing.join().unwrap().expect("write the pipeline");
+        got
+    }
+
     /// Reads until the server closes the connection and returns everything read.
     /// A reset fails the test: the server is expected to close cleanly.
     pub fn read_to_close(&mut self) -> Vec<u8> {
