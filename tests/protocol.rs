@@ -2,7 +2,7 @@
 //! over real TCP: the guide's sequence, word splitting, bytes that are not UTF-8,
 //! command case, unknown and malformed lines, the line limit, QUIT, STATS and
 //! pipelining. Each test states the exact request bytes and the exact reply bytes
-//! that `PROTOCOL.md` promises.
+//! that `docs/PROTOCOL.md` promises.
 
 mod common;
 
@@ -405,6 +405,7 @@ fn stats_lists_every_field_the_protocol_names() {
         "worker_restarts",
         "forwarded_total",
         "peer_errors_total",
+        "rejected_connections",
     ]
     .iter()
     .map(|name| name.to_string())
@@ -412,6 +413,8 @@ fn stats_lists_every_field_the_protocol_names() {
     for i in 0..workers {
         required.push(format!("worker.{i}.queue"));
         required.push(format!("worker.{i}.buckets"));
+        required.push(format!("worker.{i}.keys"));
+        required.push(format!("worker.{i}.restarts"));
     }
     for name in &required {
         assert!(names.contains(&name.as_str()), "STATS lacks {name}: {names:?}");
@@ -442,6 +445,9 @@ fn stats_lists_every_field_the_protocol_names() {
     );
     let per_worker: u64 = (0..workers).map(|i| stat_of(&stats, &format!("worker.{i}.buckets"))).sum();
     assert_eq!(per_worker, 5, "worker.<i>.buckets must add up to buckets");
+    let per_worker: u64 = (0..workers).map(|i| stat_of(&stats, &format!("worker.{i}.keys"))).sum();
+    assert_eq!(per_worker, 14, "worker.<i>.keys must add up to keys");
+    assert_eq!(stat_of(&stats, "rejected_connections"), 0);
     for i in 0..workers {
         // Nothing else is going on, so no queue can be waiting.
         assert_eq!(stat_of(&stats, &format!("worker.{i}.queue")), 0);
