@@ -103,6 +103,18 @@ fn kv_cli_sends_its_words_as_one_command_and_prints_the_reply() {
     let mut command = kv_binary();
     command.args(["cli", "--addr", &addr, "GET", "shopping", "eggs"]);
     assert_eq!(show(&run_to_end(command, b"").stdout), "3\\nOK\\n");
+    let mut command = kv_binary();
+    command.args(["cli", "--addr", &addr, "GET", "shopping", "milk"]);
+    assert_eq!(show(&run_to_end(command, b"").stdout), "\\nOK\\n");
+
+    // STATS: all of its lines, up to and including OK.
+    let mut command = kv_binary();
+    command.args(["cli", "--addr", &addr, "STATS"]);
+    let stdout = String::from_utf8(run_to_end(command, b"").stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.last(), Some(&"OK"), "{stdout}");
+    assert!(lines.contains(&"keys 1") && lines.contains(&"buckets 1"), "{stdout}");
+    assert!(lines.len() > 12, "{stdout}");
 }
 
 #[test]
