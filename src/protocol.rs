@@ -59,6 +59,9 @@ pub enum Command<'a> {
     DebugCrash { bucket: &'a [u8] },
     /// `DEBUG CRASH-CONNECTION`: the connection's own thread panics. `--debug` only.
     DebugCrashConnection,
+    /// `DEBUG CRASH-ACCEPTOR`: the acceptor thread panics (and is restarted).
+    /// `--debug` only.
+    DebugCrashAcceptor,
     /// Anything else: an unknown word, a wrong number of words, an empty line.
     /// Not an error to propagate but a request like any other, answered
     /// `UNKNOWN COMMAND`.
@@ -79,6 +82,7 @@ impl<'a> Command<'a> {
             | Command::Stats
             | Command::Quit
             | Command::DebugCrashConnection
+            | Command::DebugCrashAcceptor
             | Command::Unknown => None,
         }
     }
@@ -171,6 +175,9 @@ pub fn parse(line: &[u8]) -> Command<'_> {
         }
         (Some(what), None, None) if is(b"DEBUG") && what.eq_ignore_ascii_case(b"CRASH-CONNECTION") => {
             Command::DebugCrashConnection
+        }
+        (Some(what), None, None) if is(b"DEBUG") && what.eq_ignore_ascii_case(b"CRASH-ACCEPTOR") => {
+            Command::DebugCrashAcceptor
         }
         _ => Command::Unknown,
     }
@@ -407,6 +414,7 @@ mod tests {
             (b"PUTS shopping milk 1", Command::Unknown),
             (b"DEBUG CRASH b", Command::DebugCrash { bucket: b"b" }),
             (b"debug crash-connection", Command::DebugCrashConnection),
+            (b"DEBUG CRASH-ACCEPTOR", Command::DebugCrashAcceptor),
             (b"DEBUG CRASH", Command::Unknown),
             (b"DEBUG b", Command::Unknown),
             // Command words are ASCII: a Unicode space is part of the word.

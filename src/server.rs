@@ -124,6 +124,8 @@ struct State {
     rejected_connections: AtomicU64,
     commands_total: AtomicU64,
     shutting_down: AtomicBool,
+    /// Set by `DEBUG CRASH-ACCEPTOR`: the acceptor panics at its next connection.
+    crash_acceptor: AtomicBool,
     /// A handle on every open client socket, so shutdown can wake their threads.
     open: Mutex<HashMap<u64, TcpStream>>,
 }
@@ -143,6 +145,7 @@ impl Server {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "--workers must be at least 1"));
         }
         let listener = TcpListener::bind((config.bind, config.port))?;
+        raise_backlog(&listener)?;
         let mut workers = Vec::with_capacity(config.workers);
         let mut inboxes = Vec::with_capacity(config.workers);
         let mut worker_inboxes = Vec::with_capacity(config.workers);
@@ -162,6 +165,7 @@ impl Server {
             rejected_connections: AtomicU64::new(0),
             commands_total: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
+            crash_acceptor: AtomicBool::new(false),
             open: Mutex::new(HashMap::new()),
         });
         Ok(Server { listener: Arc::new(listener), state, worker_inboxes })
@@ -311,6 +315,26 @@ impl Drop for ServerHandle {
     }
 }
 
+/// Pending-connection queue length asked of the kernel (capped by
+/// `net.core.somaxconn`, 4096 on current Linux).
+///
+/// std's `bind` asks for 128: a burst of clients, such as a load generator opening
+/// its connections, overflows that and each overflowing client waits a full second
+/// for its SYN to be retried.
+const LISTEN_BACKLOG: libc::c_int = 1024;
+
+/// Calls `listen` again with [`LISTEN_BACKLOG`]; Linux updates the queue length of a
+/// socket that is already listening.
+fn raise_backlog(listener: &TcpListener) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is a valid, listening TCP socket owned by `listener`.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The address to connect to in order to wake an acceptor bound to `addr`.
 fn wake_address(addr: SocketAddr) -> SocketAddr {
     let ip = match addr.ip() {
@@ -335,6 +359,9 @@ fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
                 continue;
             }
         };
+        if state.crash_acceptor.swap(false, Ordering::SeqCst) {
+            panic!("DEBUG CRASH-ACCEPTOR requested");
+        }
         let open = state.connections.fetch_add(1, Ordering::SeqCst);
         if open >= state.config.max_connections {
             state.connections.fetch_sub(1, Ordering::SeqCst);
@@ -490,7 +517,9 @@ impl<'s> Connection<'s> {
                         quit = true;
                         break;
                     }
-                    Command::DebugCrash { .. } | Command::DebugCrashConnection
+                    Command::DebugCrash { .. }
+                    | Command::DebugCrashConnection
+                    | Command::DebugCrashAcceptor
                         if !self.state.config.debug =>
                     {
                         self.answer_locally(protocol::UNKNOWN_COMMAND)
@@ -498,6 +527,20 @@ impl<'s> Connection<'s> {
                     Command::DebugCrashConnection => {
                         // Fault injection: only this connection's thread dies.
                         panic!("DEBUG CRASH-CONNECTION requested");
+                    }
+                    Command::DebugCrashAcceptor => {
+                        // Fault injection: the acceptor panics on the next connection
+                        // it takes, which we make ourselves to wake it.
+                        self.state.crash_acceptor.store(true, Ordering::SeqCst);
+                        let woke = self
+                            .stream
+                            .local_addr()
+                            .and_then(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(1)));
+                        self.answer_locally(if woke.is_ok() {
+                            protocol::OK
+                        } else {
+                            b"ERROR cannot wake the acceptor\r\n"
+                        });
                     }
                     Command::Create { bucket }
                     | Command::Put { bucket, .. }

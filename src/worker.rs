@@ -153,7 +153,12 @@ pub fn apply(partition: &mut Partition, command: Command<'_>, out: &mut Vec<u8>)
             // the partition stays exactly as it was.
             panic!("DEBUG CRASH requested");
         }
-        Command::Ping | Command::Stats | Command::Quit | Command::DebugCrashConnection | Command::Unknown => {
+        Command::Ping
+        | Command::Stats
+        | Command::Quit
+        | Command::DebugCrashConnection
+        | Command::DebugCrashAcceptor
+        | Command::Unknown => {
             out.extend_from_slice(protocol::UNKNOWN_COMMAND);
             return;
         }
