@@ -44,6 +44,10 @@ struct ServeArgs {
     /// most client connections open at once; one more gets "ERROR too many connections" (default 10000)
     #[argh(option, default = "server::DEFAULT_MAX_CONNECTIONS")]
     max_connections: usize,
+    /// close a connection that sends no complete request for this many seconds; 0 = never
+    /// (default 0, as in Redis and memcached)
+    #[argh(option, default = "0")]
+    idle_timeout: u64,
     /// restart intensity: if workers crash more than this many times within --max-seconds, the
     /// server gives up and exits with status 1 (default 3)
     #[argh(option, default = "kv::supervisor::DEFAULT_MAX_RESTARTS")]
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
             workers: None,
             max_line: kv::protocol::DEFAULT_MAX_LINE,
             max_connections: server::DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: 0,
             max_restarts: kv::supervisor::DEFAULT_MAX_RESTARTS,
             max_seconds: kv::supervisor::DEFAULT_MAX_SECONDS,
             debug: false,
@@ -124,6 +129,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         max_line: args.max_line,
         max_connections: args.max_connections,
         debug: args.debug,
+        idle_timeout: (args.idle_timeout > 0).then(|| std::time::Duration::from_secs(args.idle_timeout)),
         max_restarts: args.max_restarts,
         max_seconds: args.max_seconds,
         ..Config::default()

@@ -48,10 +48,12 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// explicit stack 10,000 idle connections reserve 1.25 GiB instead of 20 GiB.
 pub const CONNECTION_STACK_SIZE: usize = 128 * 1024;
 
-/// Most requests a connection sends to the workers in one round. Bounds how much a
-/// single read can make the server hold (requests and their replies) before the
-/// replies are written out.
-const MAX_REQUESTS_PER_ROUND: usize = 1024;
+/// Most requests a connection sends to the workers in one round. Bounds what one
+/// client can make the server hold before its replies are written out: at most this
+/// many replies, so even GETs of the largest values stay around 16 MiB, and typically
+/// a few KiB. Large enough that a deep pipeline still shares each channel round trip
+/// among hundreds of requests.
+const MAX_REQUESTS_PER_ROUND: usize = 256;
 
 /// Once this many reply bytes are waiting, they are written before more requests are
 /// dispatched, so a pipeline of large GETs is not buffered whole.
@@ -79,6 +81,8 @@ pub struct Config {
     pub max_connections: usize,
     /// This node's name, reported by STATS.
     pub node: String,
+    /// Close a connection that sends no complete request for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
     /// Serve the `DEBUG` fault-injection commands.
     pub debug: bool,
     /// Restart intensity: at most this many crashes ...
@@ -96,6 +100,7 @@ impl Default for Config {
             max_line: protocol::DEFAULT_MAX_LINE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             node: "kv".to_string(),
+            idle_timeout: None,
             debug: false,
             max_restarts: DEFAULT_MAX_RESTARTS,
             max_seconds: DEFAULT_MAX_SECONDS,
@@ -385,8 +390,21 @@ fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
 }
 
 /// Sends `line` to a connection we will not serve, then closes it.
+///
+/// Runs on the acceptor, so it never blocks: whatever the client already sent is
+/// read and dropped first (closing a socket with unread input makes the kernel send
+/// a reset, which can destroy our line before the client reads it).
 fn reject(mut stream: TcpStream, line: &[u8]) {
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    use std::io::Read;
+    if stream.set_nonblocking(true).is_ok() {
+        let mut scratch = [0u8; 1024];
+        for _ in 0..16 {
+            match stream.read(&mut scratch) {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+    }
     let _ = stream.write_all(line);
     let _ = stream.shutdown(Shutdown::Write);
 }
@@ -475,9 +493,33 @@ impl<'s> Connection<'s> {
     fn serve(&mut self) -> io::Result<()> {
         self.stream.set_nodelay(true)?;
         let mut reader = LineReader::new(self.state.config.max_line);
+        let mut idle = self.state.config.idle_timeout.map(IdleClock::new);
+        if let Some(clock) = &idle {
+            self.stream.set_read_timeout(Some(clock.limit))?;
+        }
         loop {
             let stopping = self.state.shutting_down.load(Ordering::Relaxed);
-            let read = reader.fill_from(&mut &self.stream)?;
+            let read = match reader.fill_from(&mut &self.stream) {
+                Ok(read) => Some(read),
+                Err(error) if is_timeout(&error) && idle.is_some() => None,
+                Err(error) => return Err(error),
+            };
+            if let Some(clock) = &mut idle {
+                // Closed once no complete request came for the whole limit, also for a
+                // client that trickles bytes without ever finishing a line.
+                match clock.remaining() {
+                    None => {
+                        log::debug!("closing a connection idle for {:?}", clock.limit);
+                        return Ok(());
+                    }
+                    Some(left) if read.is_none() => {
+                        clock.shorten(&self.stream, left)?;
+                        continue;
+                    }
+                    Some(_) => {}
+                }
+            }
+            let read = read.unwrap_or(0);
             if read == 0 {
                 // The client closed, or shutdown woke us: what we had is answered.
                 return Ok(());
@@ -492,8 +534,10 @@ impl<'s> Connection<'s> {
                 return Ok(());
             }
             let mut quit = false;
+            let mut saw_request = false;
             while let Some(frame) = reader.next_frame() {
                 self.commands += 1;
+                saw_request = true;
                 let line = match frame {
                     Frame::Line(line) => line,
                     Frame::TooLong => {
@@ -504,6 +548,16 @@ impl<'s> Connection<'s> {
                 let command = protocol::parse(line);
                 match command {
                     Command::Ping => self.answer_locally(protocol::PONG),
+                    Command::Unknown if protocol::is_http_request_line(line) => {
+                        // A browser was made to talk to us: answer what came before,
+                        // run nothing after.
+                        log::warn!(
+                            "closing connection from {:?}: it sent an HTTP request (cross-protocol attack?)",
+                            self.stream.peer_addr().ok()
+                        );
+                        self.finish_round()?;
+                        return Ok(());
+                    }
                     Command::Unknown => self.answer_locally(protocol::UNKNOWN_COMMAND),
                     Command::Stats => {
                         // Replies before STATS must reflect the requests before it.
@@ -560,6 +614,14 @@ impl<'s> Connection<'s> {
                 if self.out.len() >= OUT_HIGH_WATER {
                     self.stream.write_all(&self.out)?;
                     self.out.clear();
+                }
+            }
+            if let Some(clock) = &mut idle {
+                if saw_request {
+                    clock.reset(&self.stream)?;
+                } else if let Some(left) = clock.remaining() {
+                    // Bytes but no whole request: the clock keeps running.
+                    clock.shorten(&self.stream, left)?;
                 }
             }
             self.finish_round()?;
@@ -663,6 +725,46 @@ impl<'s> Connection<'s> {
             batch.clear();
         }
     }
+}
+
+/// When a connection last completed a request, for `--idle-timeout`.
+struct IdleClock {
+    limit: Duration,
+    last_request: Instant,
+    /// The socket's read timeout is shorter than `limit` (a partial line is pending).
+    shortened: bool,
+}
+
+impl IdleClock {
+    fn new(limit: Duration) -> Self {
+        IdleClock { limit, last_request: Instant::now(), shortened: false }
+    }
+
+    /// A request completed: the full limit applies again. Touches the socket only
+    /// if the timeout had been shortened, so the common path costs no syscall.
+    fn reset(&mut self, stream: &TcpStream) -> io::Result<()> {
+        self.last_request = Instant::now();
+        if self.shortened {
+            self.shortened = false;
+            stream.set_read_timeout(Some(self.limit))?;
+        }
+        Ok(())
+    }
+
+    /// Wake up when the limit runs out rather than a full limit from now.
+    fn shorten(&mut self, stream: &TcpStream, left: Duration) -> io::Result<()> {
+        self.shortened = true;
+        stream.set_read_timeout(Some(left))
+    }
+
+    /// Time left before the connection counts as idle; `None` once it does.
+    fn remaining(&self) -> Option<Duration> {
+        self.limit.checked_sub(self.last_request.elapsed()).filter(|left| !left.is_zero())
+    }
+}
+
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
 /// Answers every request of a batch that cannot be served with `line`.
