@@ -19,6 +19,7 @@
 //! - [`server`]: the listener, connection threads, limits and shutdown.
 //! - [`supervisor`]: starts, watches and restarts the workers and the acceptor.
 //! - [`signals`]: SIGINT and SIGTERM as a graceful shutdown.
+//! - [`top`]: `kv top`, a live terminal view built on STATS.
 //! - [`client`]: the blocking [`Client`] used by `kv cli`, the tests and the bench.
 //!
 //! Each worker owns a fixed partition of the buckets (chosen by a hash of the bucket
@@ -32,6 +33,7 @@ pub mod server;
 pub mod signals;
 pub mod store;
 pub mod supervisor;
+pub mod top;
 pub mod worker;
 
 pub use client::Client;

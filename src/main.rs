@@ -23,6 +23,23 @@ struct Args {
 enum Subcommand {
     Serve(ServeArgs),
     Cli(CliArgs),
+    Top(TopArgs),
+}
+
+/// Watch nodes live: connections, commands per second, worker queues and restarts,
+/// peers and subscribers, redrawn every interval.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "top")]
+struct TopArgs {
+    /// a node to watch; repeat for several (default 127.0.0.1:4040)
+    #[argh(option)]
+    addr: Vec<String>,
+    /// seconds between frames (default 1)
+    #[argh(option, default = "1.0")]
+    interval: f64,
+    /// print one frame (two samples one interval apart, for rates) and exit
+    #[argh(switch)]
+    once: bool,
 }
 
 /// Run the server (the default).
@@ -90,6 +107,7 @@ fn main() -> ExitCode {
         }),
         Some(Subcommand::Serve(serve_args)) => serve(serve_args),
         Some(Subcommand::Cli(cli_args)) => cli(cli_args),
+        Some(Subcommand::Top(top_args)) => top(top_args),
     }
 }
 
@@ -209,6 +227,24 @@ fn cli(args: CliArgs) -> ExitCode {
         print_reply(&mut stdout, &reply);
         if kv::protocol::parse(request) == kv::protocol::Command::Quit {
             return ExitCode::SUCCESS;
+        }
+    }
+}
+
+fn top(args: TopArgs) -> ExitCode {
+    let addrs = if args.addr.is_empty() { vec!["127.0.0.1:4040".to_string()] } else { args.addr };
+    if !(args.interval.is_finite() && args.interval > 0.0 && args.interval <= 3600.0) {
+        eprintln!("kv top: --interval must be between 0 and 3600 seconds");
+        return ExitCode::from(2);
+    }
+    let interval = std::time::Duration::from_secs_f64(args.interval);
+    match kv::top::run(&addrs, interval, args.once, &mut io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The terminal went away (for example `kv top | head`): not an error.
+        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kv top: {error}");
+            ExitCode::FAILURE
         }
     }
 }
