@@ -17,6 +17,7 @@
 //! - [`worker`]: the worker loop, the [`Batch`](worker::Batch) that carries requests
 //!   and replies, and which worker owns a bucket.
 //! - [`server`]: the listener, connection threads, limits and shutdown.
+//! - [`subscribe`]: SUBSCRIBE's event streams, never able to slow a worker down.
 //! - [`supervisor`]: starts, watches and restarts the workers and the acceptor.
 //! - [`signals`]: SIGINT and SIGTERM as a graceful shutdown.
 //! - [`top`]: `kv top`, a live terminal view built on STATS.
@@ -32,6 +33,7 @@ pub mod protocol;
 pub mod server;
 pub mod signals;
 pub mod store;
+pub mod subscribe;
 pub mod supervisor;
 pub mod top;
 pub mod worker;

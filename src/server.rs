@@ -26,6 +26,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::protocol::{self, Command, Frame, LineReader};
+use crate::subscribe;
 use crate::supervisor::{
     AcceptorStart, ChildExit, Control, DEFAULT_MAX_RESTARTS, DEFAULT_MAX_SECONDS, RestartIntensity,
     StopReason, Supervisor,
@@ -83,6 +84,8 @@ pub struct Config {
     pub node: String,
     /// Close a connection that sends no complete request for this long (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// Most bytes of events a subscriber may leave unread before it is dropped.
+    pub subscriber_backlog: usize,
     /// Serve the `DEBUG` fault-injection commands.
     pub debug: bool,
     /// Restart intensity: at most this many crashes ...
@@ -101,6 +104,7 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             node: "kv".to_string(),
             idle_timeout: None,
+            subscriber_backlog: subscribe::DEFAULT_SUBSCRIBER_BACKLOG,
             debug: false,
             max_restarts: DEFAULT_MAX_RESTARTS,
             max_seconds: DEFAULT_MAX_SECONDS,
@@ -596,6 +600,29 @@ impl<'s> Connection<'s> {
                             b"ERROR cannot wake the acceptor\r\n"
                         });
                     }
+                    Command::Subscribe { bucket } => {
+                        let w = worker::worker_for(bucket, self.inboxes.len());
+                        let (subscriber, subscription) =
+                            subscribe::subscription(self.state.config.subscriber_backlog);
+                        if let Some(batch) = &mut self.batches[w] {
+                            batch.push_request(line);
+                            batch.subscriber = Some(subscriber);
+                        }
+                        self.order.push(w as u32);
+                        // The worker registers it in its request order; its reply
+                        // (nothing, or NOT FOUND) follows everything before it.
+                        self.flush_round();
+                        let refused = self.batches[w].as_mut().and_then(|batch| batch.subscriber.take());
+                        if refused.is_none() {
+                            self.finish_round()?;
+                            // From here on input is ignored and events are written.
+                            return subscribe::stream_events(
+                                &self.stream,
+                                subscription,
+                                &self.state.shutting_down,
+                            );
+                        }
+                    }
                     Command::Create { bucket }
                     | Command::Put { bucket, .. }
                     | Command::Get { bucket, .. }
@@ -795,6 +822,10 @@ fn write_stats(state: &State, out: &mut Vec<u8>) {
     write_stat(out, "keys", keys);
     write_stat(out, "workers", state.workers.len());
     write_stat(out, "worker_restarts", restarts);
+    let subscribers: usize = state.workers.iter().map(|w| w.stats.subscribers.load(Ordering::Relaxed)).sum();
+    let dropped: u64 = state.workers.iter().map(|w| load(&w.stats.subscribers_dropped)).sum();
+    write_stat(out, "subscribers", subscribers);
+    write_stat(out, "subscribers_dropped", dropped);
     // A single node forwards nothing; the cluster fills these in.
     write_stat(out, "forwarded_total", 0);
     write_stat(out, "peer_errors_total", 0);
