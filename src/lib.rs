@@ -17,6 +17,10 @@
 //! - [`worker`]: the worker loop, the [`Batch`](worker::Batch) that carries requests
 //!   and replies, and which worker owns a bucket.
 //! - [`server`]: the listener, connection threads, limits and shutdown.
+//! - [`subscribe`]: SUBSCRIBE's event streams, never able to slow a worker down.
+//! - [`supervisor`]: starts, watches and restarts the workers and the acceptor.
+//! - [`signals`]: SIGINT and SIGTERM as a graceful shutdown.
+//! - [`top`]: `kv top`, a live terminal view built on STATS.
 //! - [`client`]: the blocking [`Client`] used by `kv cli`, the tests and the bench.
 //! - [`bench`]: `kv bench`, the load generator; off the data path, it only talks to
 //!   a server over TCP like any client.
@@ -30,8 +34,13 @@ pub mod bench;
 pub mod client;
 pub mod protocol;
 pub mod server;
+pub mod signals;
 pub mod store;
+pub mod subscribe;
+pub mod supervisor;
+pub mod top;
 pub mod worker;
 
 pub use client::Client;
-pub use server::{Config, Server, ServerHandle};
+pub use server::{Config, Server, ServerHandle, Stopper};
+pub use supervisor::StopReason;
