@@ -22,7 +22,7 @@
 //! - [`signals`]: SIGINT and SIGTERM as a graceful shutdown.
 //! - [`top`]: `kv top`, a live terminal view built on STATS.
 //! - [`client`]: the blocking [`Client`] used by `kv cli`, the tests and the bench.
-//! - [`bench`]: `kv bench`, the load generator; off the data path, it only talks to
+//! - [`bench`](mod@bench): `kv bench`, the load generator; off the data path, it only talks to
 //!   a server over TCP like any client.
 //!
 //! Each worker owns a fixed partition of the buckets (chosen by a hash of the bucket

@@ -7,7 +7,10 @@
 //! batches, waits for all of them to come back, puts every reply back in request
 //! order, and writes them all with one `write`. Replies are written before the next
 //! read, so a client that never reads its replies stops being read: its memory is
-//! bounded by one read's worth of requests.
+//! bounded by one read's worth of requests. While a node has no more connections than
+//! cores, a batch whose partition is free is applied by the connection thread itself
+//! under the worker's locks ([`worker::apply_inline`]): at one request at a time the
+//! hop to the worker and back was most of the cost.
 //!
 //! This file owns sockets and threads; what a request means is in `protocol.rs` and
 //! `worker.rs`.
@@ -450,6 +453,14 @@ fn serve_connection(stream: TcpStream, id: u64, state: Arc<State>) {
     }
 }
 
+/// Most open connections at which a connection applies its requests itself when the
+/// partition is free: one per core, so a thread holding a partition lock is not
+/// preempted by another connection's.
+fn inline_connection_limit() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Marks a request answered by the connection itself in [`Connection::order`].
 const LOCAL: u32 = u32::MAX;
 
@@ -691,7 +702,18 @@ impl<'s> Connection<'s> {
             return;
         }
         let mut in_flight = 0;
+        // Few connections: skip the worker hop when a partition is free (see
+        // worker::apply_inline). Never with fault injection on, whose crashes must
+        // happen on workers.
+        let inline = !self.state.config.debug
+            && self.state.connections.load(Ordering::Relaxed) <= inline_connection_limit();
         for (w, slot) in self.batches.iter_mut().enumerate() {
+            if inline
+                && let Some(batch) = slot.as_mut().filter(|batch| !batch.is_empty())
+                && worker::apply_inline(&self.state.workers[w], batch)
+            {
+                continue;
+            }
             if slot.as_ref().is_some_and(|batch| !batch.is_empty())
                 && let Some(batch) = slot.take()
             {

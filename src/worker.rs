@@ -290,6 +290,45 @@ pub fn recv_spinning<T>(channel: &Receiver<T>) -> Result<T, RecvError> {
     channel.recv()
 }
 
+/// Applies `batch` on the calling (connection) thread instead of its worker's, if
+/// the worker's partition is free this instant. Returns true when every request of
+/// the batch has its reply; false leaves the batch to be sent to the worker as usual.
+///
+/// The worker hop is the whole cost of a request at pipeline depth 1 (two thread
+/// hand-offs per request; BENCHMARKS.md, "What the worker hop costs"), so a
+/// connection may skip it, but only while the server has no more connections than
+/// cores (the caller checks): with more, a connection thread holding a partition
+/// lock gets preempted and everyone queues behind it (p99 went up 7-10x in the
+/// experiment), while the worker batching many connections' requests per lock is
+/// what wins there anyway.
+///
+/// Same locks, same order of application as the worker: to every other client the
+/// request looks served by the worker. Batches that register a subscription always
+/// go to the worker. If applying panics, the partial reply is dropped and false is
+/// returned: the worker then replays the failed request from the batch's cursor and
+/// crashes on it the supervised way (`ERROR worker crashed`, restart counted).
+pub fn apply_inline(shared: &WorkerShared, batch: &mut Batch) -> bool {
+    if batch.subscriber.is_some() {
+        return false;
+    }
+    let Some(mut partition) = shared.partition.try_lock() else {
+        return false;
+    };
+    let Some(mut subscriptions) = shared.subscriptions.try_lock() else {
+        return false;
+    };
+    let applied = panic::catch_unwind(AssertUnwindSafe(|| {
+        batch.apply_with(&mut partition, &mut subscriptions);
+        shared.publish(&partition, &subscriptions);
+    }));
+    if applied.is_err() {
+        let complete = batch.reply_ends.last().copied().unwrap_or(0);
+        batch.replies.truncate(complete);
+        return false;
+    }
+    true
+}
+
 /// Most batches a worker applies under one lock before sending replies back, so
 /// one busy worker does not hold early clients' replies back for long.
 const MAX_BATCHES_PER_LOCK: usize = 64;
@@ -509,6 +548,51 @@ mod tests {
         let batch = reply_rx.try_recv().unwrap();
         assert_eq!(batch.replies, b"OK\r\nOK\r\nERROR worker crashed\r\nOK\r\n2\r\nOK\r\n");
         assert_eq!(batch.reply_ends.len(), 5);
+    }
+
+    #[test]
+    fn apply_inline_serves_a_batch_when_the_partition_is_free_and_not_when_held() {
+        let shared = WorkerShared::default();
+        let (reply_tx, _reply_rx) = crossbeam_channel::unbounded();
+        let mut batch = Batch::new(0, reply_tx);
+        for line in [&b"CREATE shopping"[..], b"PUT shopping eggs 3", b"GET shopping eggs"] {
+            batch.push_request(line);
+        }
+        {
+            let _held = shared.partition.lock();
+            assert!(!apply_inline(&shared, &mut batch), "a held partition must be left to the worker");
+            assert!(batch.replies.is_empty());
+        }
+        assert!(apply_inline(&shared, &mut batch));
+        assert_eq!(batch.replies, b"OK\r\nOK\r\n3\r\nOK\r\n");
+        assert_eq!(shared.stats.keys.load(Ordering::Relaxed), 1, "STATS figures are published");
+    }
+
+    #[test]
+    fn a_crash_inline_is_replayed_by_the_worker_as_a_worker_crash() {
+        let shared = WorkerShared::default();
+        let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
+        let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+        let mut batch = Batch::new(0, reply_tx);
+        for line in [&b"CREATE b"[..], b"PUT b k 1", b"DEBUG CRASH b", b"GET b k"] {
+            batch.push_request(line);
+        }
+        assert!(!apply_inline(&shared, &mut batch));
+        // The requests before the crash are applied and answered, nothing after.
+        assert_eq!(batch.replies, b"OK\r\nOK\r\n");
+        assert_eq!(batch.reply_ends.len(), 2);
+        // The locks were released while unwinding.
+        assert_eq!(shared.partition.try_lock().map(|p| p.key_count()), Some(1));
+        // The connection sends it to the worker, which crashes on the same request,
+        // and its replacement finishes the batch.
+        inbox_tx.send(batch).unwrap();
+        let Outcome::Crashed { unfinished, .. } = run(&shared, &inbox_rx, None) else {
+            panic!("the worker should have crashed on the replayed request");
+        };
+        drop(inbox_tx);
+        assert!(matches!(run(&shared, &inbox_rx, unfinished), Outcome::Clean));
+        let batch = reply_rx.try_recv().unwrap();
+        assert_eq!(batch.replies, b"OK\r\nOK\r\nERROR worker crashed\r\n1\r\nOK\r\n");
     }
 
     #[test]
