@@ -16,6 +16,10 @@
 //! - [`store`]: [`Partition`](store::Partition) and [`Bucket`](store::Bucket). Plain data.
 //! - [`worker`]: the worker loop, the [`Batch`](worker::Batch) that carries requests
 //!   and replies, and which worker owns a bucket.
+//! - [`router`]: the static cluster description and the route table: first byte of a
+//!   bucket name -> this node, a peer, or nobody.
+//! - [`peer`]: forwarding requests to the node that owns their bucket: pooled
+//!   connections, timeouts, marking peers down and probing them back up.
 //! - [`server`]: the listener, connection threads, limits and shutdown.
 //! - [`client`]: the blocking [`Client`] used by `kv cli`, the tests and the bench.
 //!
@@ -25,7 +29,9 @@
 //! pipeline costs one cross-thread round trip per worker, not one per request.
 
 pub mod client;
+pub mod peer;
 pub mod protocol;
+pub mod router;
 pub mod server;
 pub mod store;
 pub mod worker;
