@@ -26,7 +26,9 @@ fn free_port() -> u16 {
 
 fn start(node: &str, port: u16, cluster: Option<Cluster>) -> ServerHandle {
     let config = Config { port, node: node.to_string(), cluster, workers: 1, ..Config::default() };
-    Server::bind(config).and_then(Server::spawn).unwrap_or_else(|error| panic!("cannot start {node}: {error}"))
+    Server::bind(config)
+        .and_then(Server::spawn)
+        .unwrap_or_else(|error| panic!("cannot start {node}: {error}"))
 }
 
 /// Requests per second for `depth`-deep pipelines of `GET bucket k` for `seconds`.
@@ -56,14 +58,17 @@ fn main() {
     let (foo_port, bar_port) = (free_port(), free_port());
     let text = format!("foo 127.0.0.1:{foo_port} a-m\nbar 127.0.0.1:{bar_port} n-z\n");
     let cluster = Cluster::parse("(forward_throughput)", &text).expect("cluster");
-    let foo = start("foo", foo_port, Some(cluster.clone()));
+    let foo_node = start("foo", foo_port, Some(cluster.clone()));
     let _bar = start("bar", bar_port, Some(cluster));
     let alone = start("alone", 0, None);
-    println!("{:>6}  {:>14}  {:>14}  {:>14}  {:>9}", "depth", "standalone/s", "local/s", "forwarded/s", "fwd/local");
+    println!(
+        "{:>6}  {:>14}  {:>14}  {:>14}  {:>9}",
+        "depth", "standalone/s", "local/s", "forwarded/s", "fwd/local"
+    );
     for depth in [1, 16, 128, 1024] {
         let standalone = measure(alone.addr(), "apple", depth, seconds);
-        let local = measure(foo.addr(), "apple", depth, seconds);
-        let forwarded = measure(foo.addr(), "nuts", depth, seconds);
+        let local = measure(foo_node.addr(), "apple", depth, seconds);
+        let forwarded = measure(foo_node.addr(), "nuts", depth, seconds);
         println!(
             "{depth:>6}  {standalone:>14.0}  {local:>14.0}  {forwarded:>14.0}  {:>9.2}",
             forwarded / local

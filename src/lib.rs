@@ -21,6 +21,9 @@
 //! - [`peer`]: forwarding requests to the node that owns their bucket: pooled
 //!   connections, timeouts, marking peers down and probing them back up.
 //! - [`server`]: the listener, connection threads, limits and shutdown.
+//! - [`supervisor`]: starts, watches and restarts the workers and the acceptor.
+//! - [`signals`]: SIGINT and SIGTERM as a graceful shutdown.
+//! - [`top`]: `kv top`, a live terminal view built on STATS.
 //! - [`client`]: the blocking [`Client`] used by `kv cli`, the tests and the bench.
 //!
 //! Each worker owns a fixed partition of the buckets (chosen by a hash of the bucket
@@ -33,8 +36,12 @@ pub mod peer;
 pub mod protocol;
 pub mod router;
 pub mod server;
+pub mod signals;
 pub mod store;
+pub mod supervisor;
+pub mod top;
 pub mod worker;
 
 pub use client::Client;
-pub use server::{Config, Server, ServerHandle};
+pub use server::{Config, Server, ServerHandle, Stopper};
+pub use supervisor::StopReason;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
+use kv::StopReason;
 use kv::client::{Client, ReplyShape};
 use kv::peer::{self, PeerConfig};
 use kv::router::Cluster;
@@ -26,12 +27,29 @@ struct Args {
 enum Subcommand {
     Serve(ServeArgs),
     Cli(CliArgs),
+    Top(TopArgs),
+}
+
+/// Watch nodes live: connections, commands per second, worker queues and restarts,
+/// peers and subscribers, redrawn every interval.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "top")]
+struct TopArgs {
+    /// a node to watch; repeat for several (default 127.0.0.1:4040)
+    #[argh(option)]
+    addr: Vec<String>,
+    /// seconds between frames (default 1)
+    #[argh(option, default = "1.0")]
+    interval: f64,
+    /// print one frame (two samples one interval apart, for rates) and exit
+    #[argh(switch)]
+    once: bool,
 }
 
 /// Run the server (the default). With --cluster FILE --node NAME it runs as node NAME of
 /// the cluster that FILE describes, listening on that node's address from the file
 /// unless --bind or --port say otherwise.
-#[derive(Default, FromArgs)]
+#[derive(FromArgs)]
 #[argh(subcommand, name = "serve")]
 struct ServeArgs {
     /// address to listen on (default 127.0.0.1, or with --cluster the IP of this node's
@@ -51,6 +69,21 @@ struct ServeArgs {
     /// most client connections open at once; one more gets "ERROR too many connections" (default 10000)
     #[argh(option, default = "server::DEFAULT_MAX_CONNECTIONS")]
     max_connections: usize,
+    /// close a connection that sends no complete request for this many seconds; 0 = never
+    /// (default 0, as in Redis and memcached)
+    #[argh(option, default = "0")]
+    idle_timeout: u64,
+    /// restart intensity: if workers crash more than this many times within --max-seconds, the
+    /// server gives up and exits with status 1 (default 3)
+    #[argh(option, default = "kv::supervisor::DEFAULT_MAX_RESTARTS")]
+    max_restarts: u32,
+    /// the window, in seconds, for --max-restarts (default 5)
+    #[argh(option, default = "kv::supervisor::DEFAULT_MAX_SECONDS")]
+    max_seconds: u64,
+    /// enable fault injection: DEBUG CRASH <bucket> panics the worker owning <bucket>,
+    /// DEBUG CRASH-CONNECTION panics the connection's thread (never in production)
+    #[argh(switch)]
+    debug: bool,
     /// the cluster file: one line per node, `name IP:PORT ranges` (see docs/CLUSTER.md);
     /// without it this node owns every bucket
     #[argh(option)]
@@ -99,12 +132,25 @@ fn main() -> ExitCode {
     let args: Args = argh::from_env();
     match args.command {
         None => serve(ServeArgs {
+            bind: None,
+            port: None,
+            workers: None,
             max_line: kv::protocol::DEFAULT_MAX_LINE,
             max_connections: server::DEFAULT_MAX_CONNECTIONS,
-            ..ServeArgs::default()
+            idle_timeout: 0,
+            max_restarts: kv::supervisor::DEFAULT_MAX_RESTARTS,
+            max_seconds: kv::supervisor::DEFAULT_MAX_SECONDS,
+            debug: false,
+            cluster: None,
+            node: None,
+            peer_connect_timeout: None,
+            peer_timeout: None,
+            peer_backoff_max: None,
+            peer_connections: None,
         }),
         Some(Subcommand::Serve(serve_args)) => serve(serve_args),
         Some(Subcommand::Cli(cli_args)) => cli(cli_args),
+        Some(Subcommand::Top(top_args)) => top(top_args),
     }
 }
 
@@ -114,6 +160,12 @@ fn init_logging() {
 
 fn serve(args: ServeArgs) -> ExitCode {
     init_logging();
+    // Before any thread exists, so that only the signal thread ever sees them.
+    if let Err(error) = kv::signals::block_shutdown_signals() {
+        log::error!("cannot set up signal handling: {error}");
+        return ExitCode::FAILURE;
+    }
+    std::panic::set_hook(Box::new(|info| log::error!("{info}")));
     // With a cluster file, this node's entry says where to listen; --bind and --port
     // override its halves (say, 0.0.0.0 to listen on every interface at the file's port).
     let mut cluster = None;
@@ -168,6 +220,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         workers: args.workers.unwrap_or_else(server::default_workers),
         max_line: args.max_line,
         max_connections: args.max_connections,
+        debug: args.debug,
+        idle_timeout: (args.idle_timeout > 0).then(|| std::time::Duration::from_secs(args.idle_timeout)),
+        max_restarts: args.max_restarts,
+        max_seconds: args.max_seconds,
         node,
         cluster,
         peer,
@@ -179,10 +235,21 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server.run() {
-        Ok(()) => ExitCode::SUCCESS,
+    let handle = match server.spawn() {
+        Ok(handle) => handle,
         Err(error) => {
-            log::error!("server failed: {error}");
+            log::error!("cannot start the server: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(error) = kv::signals::stop_on_signals(handle.stopper()) {
+        log::error!("cannot start the signal thread: {error}");
+        return ExitCode::FAILURE;
+    }
+    match handle.wait() {
+        StopReason::Requested => ExitCode::SUCCESS,
+        StopReason::GaveUp(why) => {
+            log::error!("exiting: {why}");
             ExitCode::FAILURE
         }
     }
@@ -236,6 +303,24 @@ fn cli(args: CliArgs) -> ExitCode {
         print_reply(&mut stdout, &reply);
         if kv::protocol::parse(request) == kv::protocol::Command::Quit {
             return ExitCode::SUCCESS;
+        }
+    }
+}
+
+fn top(args: TopArgs) -> ExitCode {
+    let addrs = if args.addr.is_empty() { vec!["127.0.0.1:4040".to_string()] } else { args.addr };
+    if !(args.interval.is_finite() && args.interval > 0.0 && args.interval <= 3600.0) {
+        eprintln!("kv top: --interval must be between 0 and 3600 seconds");
+        return ExitCode::from(2);
+    }
+    let interval = std::time::Duration::from_secs_f64(args.interval);
+    match kv::top::run(&addrs, interval, args.once, &mut io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The terminal went away (for example `kv top | head`): not an error.
+        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kv top: {error}");
+            ExitCode::FAILURE
         }
     }
 }

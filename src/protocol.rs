@@ -24,6 +24,11 @@ pub const LINE_TOO_LONG: &[u8] = b"ERROR line too long\r\n";
 /// The line a client gets when the server is at its connection limit.
 pub const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR too many connections\r\n";
 
+/// The reply to requests that arrive once the server has begun shutting down.
+pub const SHUTTING_DOWN: &[u8] = b"ERROR shutting down\r\n";
+/// The reply to the request a worker was serving when it crashed.
+pub const WORKER_CRASHED: &[u8] = b"ERROR worker crashed\r\n";
+
 /// Default longest request line, in bytes, not counting its `\r\n`.
 ///
 /// 64 KiB is what the protocol promises: room for a 60 KiB value with its bucket and
@@ -49,6 +54,14 @@ pub enum Command<'a> {
     Stats,
     /// `QUIT`
     Quit,
+    /// `DEBUG CRASH <bucket>`: the worker owning `<bucket>` panics while serving it.
+    /// Served only by a server started with `--debug`; otherwise `UNKNOWN COMMAND`.
+    DebugCrash { bucket: &'a [u8] },
+    /// `DEBUG CRASH-CONNECTION`: the connection's own thread panics. `--debug` only.
+    DebugCrashConnection,
+    /// `DEBUG CRASH-ACCEPTOR`: the acceptor thread panics (and is restarted).
+    /// `--debug` only.
+    DebugCrashAcceptor,
     /// Anything else: an unknown word, a wrong number of words, an empty line.
     /// Not an error to propagate but a request like any other, answered
     /// `UNKNOWN COMMAND`.
@@ -63,8 +76,14 @@ impl<'a> Command<'a> {
             Command::Create { bucket }
             | Command::Put { bucket, .. }
             | Command::Get { bucket, .. }
-            | Command::Delete { bucket, .. } => Some(bucket),
-            Command::Ping | Command::Stats | Command::Quit | Command::Unknown => None,
+            | Command::Delete { bucket, .. }
+            | Command::DebugCrash { bucket } => Some(bucket),
+            Command::Ping
+            | Command::Stats
+            | Command::Quit
+            | Command::DebugCrashConnection
+            | Command::DebugCrashAcceptor
+            | Command::Unknown => None,
         }
     }
 }
@@ -151,6 +170,15 @@ pub fn parse(line: &[u8]) -> Command<'_> {
         (None, None, None) if is(b"PING") => Command::Ping,
         (None, None, None) if is(b"STATS") => Command::Stats,
         (None, None, None) if is(b"QUIT") => Command::Quit,
+        (Some(what), Some(bucket), None) if is(b"DEBUG") && what.eq_ignore_ascii_case(b"CRASH") => {
+            Command::DebugCrash { bucket }
+        }
+        (Some(what), None, None) if is(b"DEBUG") && what.eq_ignore_ascii_case(b"CRASH-CONNECTION") => {
+            Command::DebugCrashConnection
+        }
+        (Some(what), None, None) if is(b"DEBUG") && what.eq_ignore_ascii_case(b"CRASH-ACCEPTOR") => {
+            Command::DebugCrashAcceptor
+        }
         _ => Command::Unknown,
     }
 }
@@ -215,13 +243,19 @@ pub struct LineReader {
     scanned: usize,
     /// Inside a too-long line: drop bytes until the next `\n`.
     discarding: bool,
+    /// The last read filled all free space: the client has more, read bigger.
+    last_read_filled: bool,
     max_line: usize,
 }
 
-/// First size of a connection's read buffer. Most requests are a few dozen bytes;
-/// this holds a deep pipeline per read without touching more memory than an idle
-/// connection needs.
-const INITIAL_READ_BUFFER: usize = 16 * 1024;
+/// First size of a connection's read buffer: enough for any ordinary request, small
+/// enough that ten thousand idle connections cost little.
+const INITIAL_READ_BUFFER: usize = 4 * 1024;
+
+/// The buffer doubles up to this size while reads keep filling it, so a client that
+/// pipelines deeply is served in large reads (fewer syscalls, larger batches).
+/// Separately, a single line may grow it up to the line limit.
+const READ_AHEAD_MAX: usize = 64 * 1024;
 
 impl LineReader {
     /// A reader for lines of at most `max_line` bytes (not counting `\r\n`).
@@ -233,6 +267,7 @@ impl LineReader {
             end: 0,
             scanned: 0,
             discarding: false,
+            last_read_filled: false,
             max_line,
         }
     }
@@ -251,8 +286,10 @@ impl LineReader {
     /// the number of bytes read; 0 means end of stream.
     pub fn fill_from<R: Read + ?Sized>(&mut self, source: &mut R) -> io::Result<usize> {
         self.make_room();
+        let free = self.buf.len() - self.end;
         let n = source.read(&mut self.buf[self.end..])?;
         self.end += n;
+        self.last_read_filled = n == free;
         Ok(n)
     }
 
@@ -268,28 +305,31 @@ impl LineReader {
     }
 
     /// Ensures there is free space after `end`: moves a partial line to the front,
-    /// and grows the buffer (up to the limit) when the partial line fills it.
+    /// and grows the buffer when a partial line fills it (up to the line limit) or
+    /// when the last read filled it (up to [`READ_AHEAD_MAX`]).
     fn make_room(&mut self) {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
             self.scanned = 0;
         }
-        if self.end < self.buf.len() {
+        let read_ahead = self.last_read_filled && self.buf.len() < READ_AHEAD_MAX;
+        if self.end < self.buf.len() && !read_ahead {
             return;
         }
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
-            if self.end < self.buf.len() {
+            if self.end < self.buf.len() && !read_ahead {
                 return;
             }
         }
-        // A full buffer holding one partial line: it is still within the limit (or
-        // next_frame would have discarded it), so grow toward limit + "\r\n".
-        let cap = self.max_line + 2;
-        let new_len = (self.buf.len() * 2).min(cap).max(self.buf.len() + 1);
+        // A full buffer holds one partial line still within the limit (next_frame
+        // would have discarded it otherwise): it may grow toward limit + "\r\n".
+        let partial_fills = self.end == self.buf.len();
+        let limit = if partial_fills { (self.max_line + 2).max(READ_AHEAD_MAX) } else { READ_AHEAD_MAX };
+        let new_len = (self.buf.len() * 2).min(limit).max(self.buf.len() + usize::from(partial_fills));
         self.buf.resize(new_len, 0);
     }
 
@@ -339,6 +379,24 @@ impl LineReader {
     }
 }
 
+/// True for a line that starts like an HTTP request carrying a body: its first word
+/// is `POST` or `Host:` (any case).
+///
+/// A web page can make a browser send such a request to `127.0.0.1:4040`, and the
+/// body's lines would run as commands (the cross-protocol attack Redis guards
+/// against the same way). No kv command starts with either word.
+///
+/// ```
+/// assert!(kv::protocol::is_http_request_line(b"POST / HTTP/1.1"));
+/// assert!(kv::protocol::is_http_request_line(b"host: 127.0.0.1:4040"));
+/// assert!(!kv::protocol::is_http_request_line(b"PUT posts host: 1"));
+/// ```
+pub fn is_http_request_line(line: &[u8]) -> bool {
+    words(line)
+        .next()
+        .is_some_and(|first| first.eq_ignore_ascii_case(b"POST") || first.eq_ignore_ascii_case(b"Host:"))
+}
+
 #[inline]
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| b == b'\n')
@@ -384,6 +442,11 @@ mod tests {
             (b"STATS all", Command::Unknown),
             (b"QUIT now", Command::Unknown),
             (b"PUTS shopping milk 1", Command::Unknown),
+            (b"DEBUG CRASH b", Command::DebugCrash { bucket: b"b" }),
+            (b"debug crash-connection", Command::DebugCrashConnection),
+            (b"DEBUG CRASH-ACCEPTOR", Command::DebugCrashAcceptor),
+            (b"DEBUG CRASH", Command::Unknown),
+            (b"DEBUG b", Command::Unknown),
             // Command words are ASCII: a Unicode space is part of the word.
             ("PUT\u{2003}shopping milk 1".as_bytes(), Command::Unknown),
         ];
@@ -470,6 +533,33 @@ mod tests {
         reader.push(b"\n");
         assert_eq!(reader.next_frame(), Some(Frame::Line(&long[..])));
         assert!(reader.buf.len() <= 100_002);
+    }
+
+    #[test]
+    fn buffer_reads_ahead_while_reads_fill_it_and_stops_at_its_cap() {
+        let mut reader = LineReader::new(DEFAULT_MAX_LINE);
+        assert_eq!(reader.buf.len(), INITIAL_READ_BUFFER);
+        let pipeline = b"PING\n".repeat(100_000);
+        let mut source = &pipeline[..];
+        let mut lines = 0;
+        while reader.fill_from(&mut source).unwrap() > 0 {
+            while let Some(frame) = reader.next_frame() {
+                assert_eq!(frame, Frame::Line(b"PING"));
+                lines += 1;
+            }
+        }
+        assert_eq!(lines, 100_000);
+        assert_eq!(reader.buf.len(), READ_AHEAD_MAX);
+    }
+
+    #[test]
+    fn http_lines_are_recognised_by_their_first_word_only() {
+        for line in [&b"POST / HTTP/1.1"[..], b"post /x", b"  Host: a", b"HOST: b", b"host:"] {
+            assert!(is_http_request_line(line), "{:?}", String::from_utf8_lossy(line));
+        }
+        for line in [&b"GET / HTTP/1.1"[..], b"PUT post host: x", b"POSTS a", b"Host", b""] {
+            assert!(!is_http_request_line(line), "{:?}", String::from_utf8_lossy(line));
+        }
     }
 
     #[test]

@@ -26,12 +26,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use std::panic::{self, AssertUnwindSafe};
+
+use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::peer::{self, Forwarder, Hello, PeerConfig, Peers};
 use crate::protocol::{self, Command, Frame, LineReader};
 use crate::router::{self, Cluster, Route, RouteTable};
+use crate::supervisor::{
+    AcceptorStart, ChildExit, Control, DEFAULT_MAX_RESTARTS, DEFAULT_MAX_SECONDS, RestartIntensity,
+    StopReason, Supervisor,
+};
 use crate::worker::{self, Batch, WorkerShared};
 
 /// Default port, the guide's.
@@ -50,17 +56,23 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// explicit stack 10,000 idle connections reserve 1.25 GiB instead of 20 GiB.
 pub const CONNECTION_STACK_SIZE: usize = 128 * 1024;
 
-/// Most requests a connection sends to the workers in one round. Bounds how much a
-/// single read can make the server hold (requests and their replies) before the
-/// replies are written out.
-const MAX_REQUESTS_PER_ROUND: usize = 1024;
+/// Most requests a connection sends to the workers in one round. Bounds what one
+/// client can make the server hold before its replies are written out: at most this
+/// many replies, so even GETs of the largest values stay around 16 MiB, and typically
+/// a few KiB. Large enough that a deep pipeline still shares each channel round trip
+/// among hundreds of requests.
+const MAX_REQUESTS_PER_ROUND: usize = 256;
 
 /// Once this many reply bytes are waiting, they are written before more requests are
 /// dispatched, so a pipeline of large GETs is not buffered whole.
 const OUT_HIGH_WATER: usize = 256 * 1024;
 
-/// How long shutdown waits for connection threads to finish their last round.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// How long shutdown lets connection threads finish the requests they have read
+/// before it closes their sockets under them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// How long shutdown then waits for the workers to finish what is queued.
+const WORKER_GRACE: Duration = Duration::from_secs(1);
 
 /// Everything a server is started with.
 #[derive(Debug, Clone)]
@@ -83,6 +95,14 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     /// How to reach the other nodes of the cluster.
     pub peer: PeerConfig,
+    /// Close a connection that sends no complete request for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Serve the `DEBUG` fault-injection commands.
+    pub debug: bool,
+    /// Restart intensity: at most this many crashes ...
+    pub max_restarts: u32,
+    /// ... within this many seconds, or the supervisor gives up.
+    pub max_seconds: u64,
 }
 
 impl Default for Config {
@@ -96,6 +116,10 @@ impl Default for Config {
             node: "kv".to_string(),
             cluster: None,
             peer: PeerConfig::default(),
+            idle_timeout: None,
+            debug: false,
+            max_restarts: DEFAULT_MAX_RESTARTS,
+            max_seconds: DEFAULT_MAX_SECONDS,
         }
     }
 }
@@ -121,6 +145,8 @@ struct State {
     rejected_connections: AtomicU64,
     commands_total: AtomicU64,
     shutting_down: AtomicBool,
+    /// Set by `DEBUG CRASH-ACCEPTOR`: the acceptor panics at its next connection.
+    crash_acceptor: AtomicBool,
     /// A handle on every open client socket, so shutdown can wake their threads.
     open: Mutex<HashMap<u64, TcpStream>>,
     /// First byte of a bucket name -> who serves it.
@@ -132,18 +158,19 @@ struct State {
 /// A bound server, not yet accepting.
 #[derive(Debug)]
 pub struct Server {
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     state: Arc<State>,
-    worker_threads: Vec<JoinHandle<()>>,
+    worker_inboxes: Vec<Receiver<Batch>>,
 }
 
 impl Server {
-    /// Binds the listening socket and starts the workers.
+    /// Binds the listening socket and prepares the partitions; nothing runs yet.
     pub fn bind(config: Config) -> io::Result<Server> {
         if config.workers == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "--workers must be at least 1"));
         }
         let listener = TcpListener::bind((config.bind, config.port))?;
+        raise_backlog(&listener)?;
         // Without a cluster file, the embedded default: one node owning every byte.
         let standalone;
         let cluster = match &config.cluster {
@@ -160,17 +187,12 @@ impl Server {
         let peers = Peers::start(cluster, this, &config.peer)?;
         let mut workers = Vec::with_capacity(config.workers);
         let mut inboxes = Vec::with_capacity(config.workers);
-        let mut worker_threads = Vec::with_capacity(config.workers);
-        for index in 0..config.workers {
-            let shared = Arc::new(WorkerShared::default());
+        let mut worker_inboxes = Vec::with_capacity(config.workers);
+        for _ in 0..config.workers {
             let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
-            let thread_shared = shared.clone();
-            let handle = thread::Builder::new()
-                .name(format!("kv-worker-{index}"))
-                .spawn(move || worker::run(thread_shared, inbox_rx))?;
-            workers.push(shared);
+            workers.push(Arc::new(WorkerShared::default()));
             inboxes.push(inbox_tx);
-            worker_threads.push(handle);
+            worker_inboxes.push(inbox_rx);
         }
         let state = Arc::new(State {
             config,
@@ -182,11 +204,12 @@ impl Server {
             rejected_connections: AtomicU64::new(0),
             commands_total: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
+            crash_acceptor: AtomicBool::new(false),
             open: Mutex::new(HashMap::new()),
             routes,
             peers,
         });
-        Ok(Server { listener, state, worker_threads })
+        Ok(Server { listener: Arc::new(listener), state, worker_inboxes })
     }
 
     /// The address the server listens on (with the real port when bound to port 0).
@@ -194,29 +217,60 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Accepts connections on this thread until the server is shut down.
-    pub fn run(self) -> io::Result<()> {
-        let addr = self.local_addr()?;
-        log::info!(
-            "kv listening on {addr} with {} workers (node {})",
-            self.state.config.workers,
-            self.state.config.node
-        );
-        accept_loop(&self.listener, &self.state);
-        Ok(())
+    /// Runs the server on this thread until it is stopped (by a [`Stopper`]) or its
+    /// supervisor gives up, then shuts it down gracefully. Returns why it stopped.
+    pub fn run(self) -> io::Result<StopReason> {
+        let handle = self.spawn()?;
+        Ok(handle.wait())
     }
 
-    /// Starts accepting on a background thread and returns a handle that stops the
-    /// server when asked or dropped. This is how tests and benchmarks run a server.
+    /// Starts the supervisor, which starts the workers and the acceptor, and returns
+    /// a handle that stops the server when asked or dropped. This is how tests and
+    /// benchmarks run a server.
     pub fn spawn(self) -> io::Result<ServerHandle> {
         let addr = self.local_addr()?;
-        log::info!("kv listening on {addr} with {} workers", self.state.config.workers);
-        let Server { listener, state, worker_threads } = self;
+        let Server { listener, state, worker_inboxes } = self;
+        let (stop_tx, stop_rx) = crossbeam_channel::unbounded();
+        let workers = state.workers.iter().cloned().zip(worker_inboxes).collect();
+        let intensity =
+            RestartIntensity::new(state.config.max_restarts, Duration::from_secs(state.config.max_seconds));
         let acceptor_state = state.clone();
-        let acceptor = thread::Builder::new()
-            .name("kv-acceptor".into())
-            .spawn(move || accept_loop(&listener, &acceptor_state))?;
-        Ok(ServerHandle { addr, state, acceptor: Some(acceptor), worker_threads })
+        let acceptor_start: AcceptorStart = Box::new(move |exits| {
+            let listener = listener.clone();
+            let state = acceptor_state.clone();
+            thread::Builder::new().name("kv-acceptor".into()).spawn(move || {
+                let accepted = panic::catch_unwind(AssertUnwindSafe(|| accept_loop(&listener, &state)));
+                let panic = accepted.err().map(|payload| worker::panic_message(&*payload));
+                let _ = exits.send(ChildExit::Acceptor { panic });
+            })
+        });
+        let (control, supervisor) = Supervisor::spawn(workers, acceptor_start, intensity, stop_tx.clone())?;
+        log::info!(
+            "kv listening on {addr} with {} workers (node {})",
+            state.config.workers,
+            state.config.node
+        );
+        Ok(ServerHandle {
+            addr,
+            state,
+            stop_tx,
+            stop_rx,
+            control,
+            supervisor: Some(supervisor),
+            stopped: None,
+        })
+    }
+}
+
+/// Asks a running server to shut down gracefully; cheap to clone and to send to
+/// another thread (the signal handler holds one).
+#[derive(Debug, Clone)]
+pub struct Stopper(Sender<StopReason>);
+
+impl Stopper {
+    /// Begins a graceful shutdown.
+    pub fn stop(&self) {
+        let _ = self.0.send(StopReason::Requested);
     }
 }
 
@@ -225,8 +279,11 @@ impl Server {
 pub struct ServerHandle {
     addr: SocketAddr,
     state: Arc<State>,
-    acceptor: Option<JoinHandle<()>>,
-    worker_threads: Vec<JoinHandle<()>>,
+    stop_tx: Sender<StopReason>,
+    stop_rx: Receiver<StopReason>,
+    control: Sender<Control>,
+    supervisor: Option<JoinHandle<()>>,
+    stopped: Option<StopReason>,
 }
 
 impl ServerHandle {
@@ -235,40 +292,88 @@ impl ServerHandle {
         self.addr
     }
 
-    /// Stops accepting, lets every connection finish the requests it has read, closes
-    /// the connections and joins the workers.
-    pub fn shutdown(mut self) {
-        self.stop();
+    /// A handle that can stop this server from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop_tx.clone())
     }
 
-    fn stop(&mut self) {
-        let Some(acceptor) = self.acceptor.take() else {
+    /// Blocks until the server is asked to stop or its supervisor gives up, shuts it
+    /// down, and says why it stopped.
+    pub fn wait(mut self) -> StopReason {
+        let reason = self.stop_rx.recv().unwrap_or(StopReason::Requested);
+        self.stop(reason.clone());
+        reason
+    }
+
+    /// If the supervisor has given up, why; the server then still needs shutting down.
+    pub fn gave_up(&self) -> Option<String> {
+        match self.stop_rx.try_recv() {
+            Ok(StopReason::GaveUp(why)) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// Shuts the server down gracefully: stops accepting, lets every connection
+    /// finish the requests it has read (later ones get `ERROR shutting down`), closes
+    /// the connections and lets the workers finish.
+    pub fn shutdown(mut self) {
+        self.stop(StopReason::Requested);
+    }
+
+    fn stop(&mut self, reason: StopReason) {
+        let Some(supervisor) = self.supervisor.take() else {
             return;
         };
-        self.state.shutting_down.store(true, Ordering::SeqCst);
-        self.state.peers.shutdown();
+        log::info!("shutting down ({reason:?})");
+        self.stopped = Some(reason);
+        let state = &self.state;
+        state.shutting_down.store(true, Ordering::SeqCst);
+        state.peers.shutdown();
         // The acceptor is blocked in accept(): a connection to ourselves wakes it.
         let _ = TcpStream::connect_timeout(&wake_address(self.addr), Duration::from_secs(1));
-        let _ = acceptor.join();
-        for stream in self.state.open.lock().values() {
+        // Wake every connection blocked in read(): it answers what it has read and
+        // closes (see Connection::serve).
+        for stream in state.open.lock().values() {
             let _ = stream.shutdown(Shutdown::Read);
         }
-        self.state.inboxes.lock().take();
         let deadline = Instant::now() + SHUTDOWN_GRACE;
-        while self.state.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(5));
+        while state.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(2));
         }
-        if self.state.connections.load(Ordering::SeqCst) == 0 {
-            for worker in self.worker_threads.drain(..) {
-                let _ = worker.join();
-            }
+        // Connections still there are stuck writing to clients that do not read.
+        for stream in state.open.lock().values() {
+            let _ = stream.shutdown(Shutdown::Both);
         }
+        state.inboxes.lock().take();
+        let _ = self.control.send(Control::Stop(WORKER_GRACE));
+        let _ = supervisor.join();
+        log::info!("stopped");
     }
 }
 
 impl Drop for ServerHandle {
     fn drop(&mut self) {
-        self.stop();
+        self.stop(StopReason::Requested);
+    }
+}
+
+/// Pending-connection queue length asked of the kernel (capped by
+/// `net.core.somaxconn`, 4096 on current Linux).
+///
+/// std's `bind` asks for 128: a burst of clients, such as a load generator opening
+/// its connections, overflows that and each overflowing client waits a full second
+/// for its SYN to be retried.
+const LISTEN_BACKLOG: libc::c_int = 1024;
+
+/// Calls `listen` again with [`LISTEN_BACKLOG`]; Linux updates the queue length of a
+/// socket that is already listening.
+fn raise_backlog(listener: &TcpListener) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is a valid, listening TCP socket owned by `listener`.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -296,6 +401,9 @@ fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
                 continue;
             }
         };
+        if state.crash_acceptor.swap(false, Ordering::SeqCst) {
+            panic!("DEBUG CRASH-ACCEPTOR requested");
+        }
         let open = state.connections.fetch_add(1, Ordering::SeqCst);
         if open >= state.config.max_connections {
             state.connections.fetch_sub(1, Ordering::SeqCst);
@@ -319,8 +427,21 @@ fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
 }
 
 /// Sends `line` to a connection we will not serve, then closes it.
+///
+/// Runs on the acceptor, so it never blocks: whatever the client already sent is
+/// read and dropped first (closing a socket with unread input makes the kernel send
+/// a reset, which can destroy our line before the client reads it).
 fn reject(mut stream: TcpStream, line: &[u8]) {
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    use std::io::Read;
+    if stream.set_nonblocking(true).is_ok() {
+        let mut scratch = [0u8; 1024];
+        for _ in 0..16 {
+            match stream.read(&mut scratch) {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+    }
     let _ = stream.write_all(line);
     let _ = stream.shutdown(Shutdown::Write);
 }
@@ -342,19 +463,23 @@ fn serve_connection(stream: TcpStream, id: u64, state: Arc<State>) {
     let guard = ConnectionGuard { id, state };
     let peer = stream.peer_addr().ok();
     log::debug!("connection {id} from {peer:?} opened");
-    let inboxes = guard.state.inboxes.lock().clone();
-    let Some(inboxes) = inboxes else {
-        // Shutdown began between accept and here.
-        reject(stream, b"ERROR shutting down\r\n");
-        return;
-    };
     if let Ok(clone) = stream.try_clone() {
         guard.state.open.lock().insert(id, clone);
     }
-    let mut connection = Connection::new(stream, &guard.state, inboxes);
-    match connection.serve() {
-        Ok(()) => log::debug!("connection {id} closed"),
-        Err(error) => log::debug!("connection {id} closed: {error}"),
+    // Checked after registering: shutdown sets the flag before it walks `open`, so
+    // either it saw this connection or this connection sees the flag.
+    let inboxes = guard.state.inboxes.lock().clone();
+    let Some(inboxes) = inboxes.filter(|_| !guard.state.shutting_down.load(Ordering::SeqCst)) else {
+        reject(stream, protocol::SHUTTING_DOWN);
+        return;
+    };
+    let served =
+        panic::catch_unwind(AssertUnwindSafe(|| Connection::new(stream, &guard.state, inboxes).serve()));
+    match served {
+        Ok(Ok(())) => log::debug!("connection {id} closed"),
+        Ok(Err(error)) => log::debug!("connection {id} closed: {error}"),
+        // The stream was dropped while unwinding: only this client sees a close.
+        Err(payload) => log::error!("connection {id} crashed: {}", worker::panic_message(&*payload)),
     }
 }
 
@@ -432,16 +557,51 @@ impl<'s> Connection<'s> {
         let mut reader = LineReader::new(self.state.config.max_line);
         // Only the first line of a connection may be a peer handshake.
         let mut first_line = true;
+        let mut idle = self.state.config.idle_timeout.map(IdleClock::new);
+        if let Some(clock) = &idle {
+            self.stream.set_read_timeout(Some(clock.limit))?;
+        }
         loop {
-            let read = reader.fill_from(&mut &self.stream)?;
+            let stopping = self.state.shutting_down.load(Ordering::Relaxed);
+            let read = match reader.fill_from(&mut &self.stream) {
+                Ok(read) => Some(read),
+                Err(error) if is_timeout(&error) && idle.is_some() => None,
+                Err(error) => return Err(error),
+            };
+            if let Some(clock) = &mut idle {
+                // Closed once no complete request came for the whole limit, also for a
+                // client that trickles bytes without ever finishing a line.
+                match clock.remaining() {
+                    None => {
+                        log::debug!("closing a connection idle for {:?}", clock.limit);
+                        return Ok(());
+                    }
+                    Some(left) if read.is_none() => {
+                        clock.shorten(&self.stream, left)?;
+                        continue;
+                    }
+                    Some(_) => {}
+                }
+            }
+            let read = read.unwrap_or(0);
             if read == 0 {
-                // The client closed (or shutdown woke us): answer what we have.
+                // The client closed, or shutdown woke us: what we had is answered.
+                return Ok(());
+            }
+            if stopping {
+                // Read after shutdown began: refuse each complete line, then close.
+                while reader.next_frame().is_some() {
+                    self.answer_locally(protocol::SHUTTING_DOWN);
+                }
                 self.finish_round()?;
+                let _ = self.stream.shutdown(Shutdown::Both);
                 return Ok(());
             }
             let mut quit = false;
+            let mut saw_request = false;
             while let Some(frame) = reader.next_frame() {
                 self.commands += 1;
+                saw_request = true;
                 let is_first_line = std::mem::take(&mut first_line);
                 let line = match frame {
                     Frame::Line(line) => line,
@@ -453,6 +613,16 @@ impl<'s> Connection<'s> {
                 let command = protocol::parse(line);
                 match command {
                     Command::Ping => self.answer_locally(protocol::PONG),
+                    Command::Unknown if protocol::is_http_request_line(line) => {
+                        // A browser was made to talk to us: answer what came before,
+                        // run nothing after.
+                        log::warn!(
+                            "closing connection from {:?}: it sent an HTTP request (cross-protocol attack?)",
+                            self.stream.peer_addr().ok()
+                        );
+                        self.finish_round()?;
+                        return Ok(());
+                    }
                     Command::Unknown if is_first_line => self.first_line_unknown(line),
                     Command::Unknown => self.answer_locally(protocol::UNKNOWN_COMMAND),
                     Command::Stats => {
@@ -467,10 +637,36 @@ impl<'s> Connection<'s> {
                         quit = true;
                         break;
                     }
+                    Command::DebugCrash { .. }
+                    | Command::DebugCrashConnection
+                    | Command::DebugCrashAcceptor
+                        if !self.state.config.debug =>
+                    {
+                        self.answer_locally(protocol::UNKNOWN_COMMAND)
+                    }
+                    Command::DebugCrashConnection => {
+                        // Fault injection: only this connection's thread dies.
+                        panic!("DEBUG CRASH-CONNECTION requested");
+                    }
+                    Command::DebugCrashAcceptor => {
+                        // Fault injection: the acceptor panics on the next connection
+                        // it takes, which we make ourselves to wake it.
+                        self.state.crash_acceptor.store(true, Ordering::SeqCst);
+                        let woke = self
+                            .stream
+                            .local_addr()
+                            .and_then(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(1)));
+                        self.answer_locally(if woke.is_ok() {
+                            protocol::OK
+                        } else {
+                            b"ERROR cannot wake the acceptor\r\n"
+                        });
+                    }
                     Command::Create { bucket }
                     | Command::Put { bucket, .. }
                     | Command::Get { bucket, .. }
-                    | Command::Delete { bucket, .. } => match (self.state.routes.route(bucket), &self.mode) {
+                    | Command::Delete { bucket, .. }
+                    | Command::DebugCrash { bucket } => match (self.state.routes.route(bucket), &self.mode) {
                         (Route::Local, Mode::Client | Mode::Peer) => {
                             let w = worker::worker_for(bucket, self.inboxes.len());
                             if let Some(batch) = &mut self.batches[w] {
@@ -495,6 +691,14 @@ impl<'s> Connection<'s> {
                 if self.out.len() >= OUT_HIGH_WATER {
                     self.stream.write_all(&self.out)?;
                     self.out.clear();
+                }
+            }
+            if let Some(clock) = &mut idle {
+                if saw_request {
+                    clock.reset(&self.stream)?;
+                } else if let Some(left) = clock.remaining() {
+                    // Bytes but no whole request: the clock keeps running.
+                    clock.shorten(&self.stream, left)?;
                 }
             }
             self.finish_round()?;
@@ -646,6 +850,46 @@ impl<'s> Connection<'s> {
         }
         self.forwarder.clear();
     }
+}
+
+/// When a connection last completed a request, for `--idle-timeout`.
+struct IdleClock {
+    limit: Duration,
+    last_request: Instant,
+    /// The socket's read timeout is shorter than `limit` (a partial line is pending).
+    shortened: bool,
+}
+
+impl IdleClock {
+    fn new(limit: Duration) -> Self {
+        IdleClock { limit, last_request: Instant::now(), shortened: false }
+    }
+
+    /// A request completed: the full limit applies again. Touches the socket only
+    /// if the timeout had been shortened, so the common path costs no syscall.
+    fn reset(&mut self, stream: &TcpStream) -> io::Result<()> {
+        self.last_request = Instant::now();
+        if self.shortened {
+            self.shortened = false;
+            stream.set_read_timeout(Some(self.limit))?;
+        }
+        Ok(())
+    }
+
+    /// Wake up when the limit runs out rather than a full limit from now.
+    fn shorten(&mut self, stream: &TcpStream, left: Duration) -> io::Result<()> {
+        self.shortened = true;
+        stream.set_read_timeout(Some(left))
+    }
+
+    /// Time left before the connection counts as idle; `None` once it does.
+    fn remaining(&self) -> Option<Duration> {
+        self.limit.checked_sub(self.last_request.elapsed()).filter(|left| !left.is_zero())
+    }
+}
+
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
 /// Answers every request of a batch that cannot be served with `line`.

@@ -15,7 +15,7 @@
 //!
 //! This file must not do I/O on sockets: a worker only ever talks to channels.
 
-use std::sync::Arc;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, RecvError, Sender, TryRecvError};
@@ -38,12 +38,23 @@ pub struct Batch {
     /// Index of the worker this batch is for; lets the connection put it back in
     /// its slot.
     pub worker: usize,
+    /// Where the next request to apply starts in `requests`. Everything before it has
+    /// its reply in `replies`, so a replacement worker can resume a batch that a
+    /// crashed one left half done.
+    pub cursor: usize,
 }
 
 impl Batch {
     /// An empty batch for `worker` that returns to `reply_to`.
     pub fn new(worker: usize, reply_to: Sender<Batch>) -> Self {
-        Batch { requests: Vec::new(), replies: Vec::new(), reply_ends: Vec::new(), reply_to, worker }
+        Batch {
+            requests: Vec::new(),
+            replies: Vec::new(),
+            reply_ends: Vec::new(),
+            reply_to,
+            worker,
+            cursor: 0,
+        }
     }
 
     /// Adds one request line (without its newline).
@@ -63,20 +74,59 @@ impl Batch {
         self.requests.clear();
         self.replies.clear();
         self.reply_ends.clear();
+        self.cursor = 0;
     }
 
-    /// Applies every request in the batch to `partition`, in order, writing replies.
+    /// True when every request has its reply.
+    pub fn is_done(&self) -> bool {
+        self.cursor >= self.requests.len()
+    }
+
+    /// Number of requests in the batch.
+    pub fn request_count(&self) -> usize {
+        self.requests.iter().filter(|&&b| b == b'\n').count()
+    }
+
+    /// Applies the requests from the cursor on to `partition`, in order, writing
+    /// replies. If applying one panics, the cursor still points at it and `replies`
+    /// may hold part of its reply: [`Batch::answer_crashed`] repairs both.
     pub fn apply(&mut self, partition: &mut Partition) {
-        for line in self.requests.split(|&b| b == b'\n') {
-            if line.is_empty() {
-                // The split after the final '\n'; real request lines are never empty,
-                // since the connection only forwards commands that name a bucket.
-                continue;
-            }
+        while !self.is_done() {
+            let (line, next) = request_at(&self.requests, self.cursor);
             apply(partition, protocol::parse(line), &mut self.replies);
             self.reply_ends.push(self.replies.len());
+            self.cursor = next;
         }
     }
+
+    /// Answers the request at the cursor with `reply` and moves past it: what a
+    /// worker that crashed while serving that request leaves for its client.
+    pub fn answer_crashed(&mut self, reply: &[u8]) {
+        let complete = self.reply_ends.last().copied().unwrap_or(0);
+        self.replies.truncate(complete);
+        if self.is_done() {
+            return;
+        }
+        let (_, next) = request_at(&self.requests, self.cursor);
+        self.replies.extend_from_slice(reply);
+        self.reply_ends.push(self.replies.len());
+        self.cursor = next;
+    }
+
+    /// Answers every request not yet answered with `reply` (used when no worker is
+    /// left to serve them).
+    pub fn answer_rest(&mut self, reply: &[u8]) {
+        while !self.is_done() {
+            self.answer_crashed(reply);
+        }
+    }
+}
+
+/// The request line starting at `cursor` in `requests`, and where the next starts.
+fn request_at(requests: &[u8], cursor: usize) -> (&[u8], usize) {
+    let rest = &requests[cursor..];
+    let len = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+    (&rest[..len], cursor + len + 1)
 }
 
 /// Applies one parsed command to `partition` and appends its reply to `out`.
@@ -98,7 +148,17 @@ pub fn apply(partition: &mut Partition, command: Command<'_>, out: &mut Vec<u8>)
             }
             Err(NoSuchBucket) => Err(NoSuchBucket),
         },
-        Command::Ping | Command::Stats | Command::Quit | Command::Unknown => {
+        Command::DebugCrash { .. } => {
+            // Fault injection (`kv serve --debug`): nothing has been changed yet, so
+            // the partition stays exactly as it was.
+            panic!("DEBUG CRASH requested");
+        }
+        Command::Ping
+        | Command::Stats
+        | Command::Quit
+        | Command::DebugCrashConnection
+        | Command::DebugCrashAcceptor
+        | Command::Unknown => {
             out.extend_from_slice(protocol::UNKNOWN_COMMAND);
             return;
         }
@@ -162,33 +222,104 @@ pub fn recv_spinning<T>(channel: &Receiver<T>) -> Result<T, RecvError> {
 /// one busy worker does not hold early clients' replies back for long.
 const MAX_BATCHES_PER_LOCK: usize = 64;
 
-/// The body of a worker thread: serve `inbox` until every sender is gone.
+/// How a worker thread's run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every sender of its inbox is gone: the server is shutting down. Not a crash,
+    /// and not to be restarted.
+    Clean,
+    /// It panicked. Every batch it had finished has been sent back; the request it
+    /// was serving has been answered `ERROR worker crashed`.
+    Crashed {
+        /// The panic message.
+        message: String,
+        /// The batch it was in the middle of, if requests after the failed one are
+        /// still unanswered: the replacement must serve it before its inbox.
+        unfinished: Option<Batch>,
+    },
+}
+
+/// Batches a worker holds outside its inbox. Kept outside the unwinding code so
+/// that after a panic nothing a client waits for is lost.
+#[derive(Debug, Default)]
+struct InHand {
+    /// Applied, replies written, not yet sent back.
+    done: Vec<Batch>,
+    /// Being applied.
+    current: Option<Batch>,
+}
+
+/// The body of a worker thread: serve `pending` (a batch a crashed predecessor left
+/// half done), then `inbox` until every sender is gone.
 ///
-/// Returns when the inbox is closed and empty, which is a clean exit.
-pub fn run(shared: Arc<WorkerShared>, inbox: Receiver<Batch>) {
-    let mut done: Vec<Batch> = Vec::with_capacity(MAX_BATCHES_PER_LOCK);
-    while let Ok(first) = recv_spinning(&inbox) {
+/// Never unwinds: a panic while serving is caught here and turned into
+/// [`Outcome::Crashed`], after the batches in hand have been dealt with, so that the
+/// supervisor can start a replacement on the same partition and inbox.
+pub fn run(shared: &WorkerShared, inbox: &Receiver<Batch>, pending: Option<Batch>) -> Outcome {
+    let mut in_hand = InHand { done: Vec::with_capacity(MAX_BATCHES_PER_LOCK), current: pending };
+    let served = panic::catch_unwind(AssertUnwindSafe(|| serve(shared, inbox, &mut in_hand)));
+    match served {
+        Ok(()) => Outcome::Clean,
+        Err(payload) => {
+            let message = panic_message(&*payload);
+            for batch in in_hand.done.drain(..) {
+                send_back(batch);
+            }
+            let unfinished = in_hand.current.take().and_then(|mut batch| {
+                batch.answer_crashed(protocol::WORKER_CRASHED);
+                if batch.is_done() {
+                    send_back(batch);
+                    None
+                } else {
+                    Some(batch)
+                }
+            });
+            Outcome::Crashed { message, unfinished }
+        }
+    }
+}
+
+fn serve(shared: &WorkerShared, inbox: &Receiver<Batch>, in_hand: &mut InHand) {
+    loop {
+        if in_hand.current.is_none() {
+            match recv_spinning(inbox) {
+                Ok(batch) => in_hand.current = Some(batch),
+                Err(RecvError) => return,
+            }
+        }
         {
             let mut partition = shared.partition.lock();
-            let mut batch = first;
-            loop {
+            while let Some(batch) = in_hand.current.as_mut() {
                 batch.apply(&mut partition);
-                done.push(batch);
-                if done.len() == MAX_BATCHES_PER_LOCK {
+                in_hand.done.extend(in_hand.current.take());
+                if in_hand.done.len() == MAX_BATCHES_PER_LOCK {
                     break;
                 }
-                match inbox.try_recv() {
-                    Ok(next) => batch = next,
-                    Err(_) => break,
-                }
+                in_hand.current = inbox.try_recv().ok();
             }
             shared.publish(&partition);
         }
-        for batch in done.drain(..) {
-            let reply_to = batch.reply_to.clone();
-            // A connection that went away no longer wants its replies.
-            let _ = reply_to.send(batch);
+        for batch in in_hand.done.drain(..) {
+            send_back(batch);
         }
+    }
+}
+
+/// Returns a batch to its connection. A connection that went away no longer wants
+/// its replies, so a failed send is not an error.
+fn send_back(batch: Batch) {
+    let reply_to = batch.reply_to.clone();
+    let _ = reply_to.send(batch);
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "panic with a non-text payload".to_string()
     }
 }
 
@@ -213,6 +344,7 @@ pub fn worker_for(bucket: &[u8], workers: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn run_batch(partition: &mut Partition, lines: &[&[u8]]) -> Vec<Vec<u8>> {
         let (tx, _rx) = crossbeam_channel::unbounded();
@@ -266,7 +398,7 @@ mod tests {
         let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
         let thread = {
             let shared = shared.clone();
-            std::thread::spawn(move || run(shared, inbox_rx))
+            std::thread::spawn(move || run(&shared, &inbox_rx, None))
         };
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
         let mut batch = Batch::new(0, reply_tx);
@@ -277,9 +409,52 @@ mod tests {
         assert_eq!(batch.replies, b"OK\r\nOK\r\n");
         assert_eq!(shared.stats.keys.load(Ordering::Relaxed), 1);
         drop(inbox_tx);
-        thread.join().unwrap();
+        assert!(matches!(thread.join().unwrap(), Outcome::Clean));
         // The partition outlives the thread.
         assert_eq!(shared.partition.lock().get(b"b", b"k"), Ok(Some(&b"v"[..])));
+    }
+
+    #[test]
+    fn a_crash_answers_the_request_in_flight_and_hands_on_the_rest() {
+        let shared = WorkerShared::default();
+        let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
+        let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+        let mut batch = Batch::new(0, reply_tx);
+        for line in [&b"CREATE b"[..], b"PUT b k 1", b"DEBUG CRASH b", b"PUT b k 2", b"GET b k"] {
+            batch.push_request(line);
+        }
+        inbox_tx.send(batch).unwrap();
+        let Outcome::Crashed { message, unfinished } = run(&shared, &inbox_rx, None) else {
+            panic!("the worker should have crashed");
+        };
+        assert!(message.contains("DEBUG CRASH"));
+        assert!(reply_rx.is_empty(), "a half-done batch must not go back early");
+        // The replacement finishes the batch; the first PUT happened, the crash did not
+        // undo it, and the requests after the crash are served.
+        drop(inbox_tx);
+        assert!(matches!(run(&shared, &inbox_rx, unfinished), Outcome::Clean));
+        let batch = reply_rx.try_recv().unwrap();
+        assert_eq!(batch.replies, b"OK\r\nOK\r\nERROR worker crashed\r\nOK\r\n2\r\nOK\r\n");
+        assert_eq!(batch.reply_ends.len(), 5);
+    }
+
+    #[test]
+    fn a_crash_at_the_last_request_sends_the_batch_back_at_once() {
+        let shared = WorkerShared::default();
+        let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
+        let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+        let mut finished = Batch::new(0, reply_tx.clone());
+        finished.push_request(b"CREATE a");
+        let mut crashing = Batch::new(0, reply_tx);
+        crashing.push_request(b"DEBUG CRASH a");
+        inbox_tx.send(finished).unwrap();
+        inbox_tx.send(crashing).unwrap();
+        let Outcome::Crashed { unfinished, .. } = run(&shared, &inbox_rx, None) else {
+            panic!("the worker should have crashed");
+        };
+        assert!(unfinished.is_none());
+        let replies: Vec<Vec<u8>> = reply_rx.try_iter().map(|b| b.replies).collect();
+        assert_eq!(replies, [b"OK\r\n".to_vec(), b"ERROR worker crashed\r\n".to_vec()]);
     }
 
     #[test]

@@ -66,7 +66,8 @@ fn temp_file(tag: &str, text: &str) -> TempFile {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.subsec_nanos());
-    let path = std::env::temp_dir().join(format!("kv-cluster-{tag}-{}-{unique}-{nanos}.conf", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("kv-cluster-{tag}-{}-{unique}-{nanos}.conf", std::process::id()));
     std::fs::write(&path, text).unwrap();
     TempFile(path)
 }
@@ -183,7 +184,12 @@ fn every_command_works_through_every_node_for_every_owner() {
             let bucket = format!("{base}_via_{}", NAMES[via]);
             for &reader in &trio.addrs {
                 let reply = ask(&mut connect(reader), &format!("GET {bucket} milk"));
-                assert_eq!(text(&reply), "1\r\nOK\r\n", "{bucket} (owned by {}) read through {reader}", NAMES[owner]);
+                assert_eq!(
+                    text(&reply),
+                    "1\r\nOK\r\n",
+                    "{bucket} (owned by {}) read through {reader}",
+                    NAMES[owner]
+                );
             }
         }
     }
@@ -375,7 +381,10 @@ fn a_bucket_nobody_owns_is_an_error_and_the_connection_still_serves() {
         let mut client = connect(addr);
         assert_eq!(ask(&mut client, "CREATE Shopping"), b"ERROR no route for bucket Shopping\r\n");
         assert_eq!(ask(&mut client, "PUT 42 k v"), b"ERROR no route for bucket 42\r\n");
-        assert_eq!(ask(&mut client, "GET \u{e9}t\u{e9} k"), "ERROR no route for bucket \u{e9}t\u{e9}\r\n".as_bytes());
+        assert_eq!(
+            ask(&mut client, "GET \u{e9}t\u{e9} k"),
+            "ERROR no route for bucket \u{e9}t\u{e9}\r\n".as_bytes()
+        );
         assert_eq!(ask(&mut client, "DELETE _x k"), b"ERROR no route for bucket _x\r\n");
         assert_eq!(ask(&mut client, "PING"), b"PONG\r\n");
         assert_eq!(ask(&mut client, "CREATE shopping"), b"OK\r\n");
@@ -416,8 +425,16 @@ fn a_bad_cluster_file_stops_the_node_with_a_message_naming_the_line() {
         ("overlap", "foo 127.0.0.1:4040 a-m\nbar 127.0.0.1:4041 m-z\n", "line 2: overlapping ranges: byte m"),
         ("syntax", "# fine\nfoo 127.0.0.1:4040 a-m\nbar 127.0.0.1:4041 n-z x\n", "line 3: bad range"),
         ("address", "foo 127.0.0.1:4040 a-m\nbar nowhere n-z\n", "line 2: bad address \"nowhere\""),
-        ("duplicate-name", "foo 127.0.0.1:4040 a-m\nfoo 127.0.0.1:4041 n-z\n", "line 2: duplicate node name foo"),
-        ("duplicate-address", "foo 127.0.0.1:4040 a-m\n\nbar 127.0.0.1:4040 n-z\n", "line 3: duplicate address"),
+        (
+            "duplicate-name",
+            "foo 127.0.0.1:4040 a-m\nfoo 127.0.0.1:4041 n-z\n",
+            "line 2: duplicate node name foo",
+        ),
+        (
+            "duplicate-address",
+            "foo 127.0.0.1:4040 a-m\n\nbar 127.0.0.1:4040 n-z\n",
+            "line 3: duplicate address",
+        ),
         ("backwards", "foo 127.0.0.1:4040 m-a\n", "line 1: range m-a runs backwards"),
     ];
     for (tag, contents, message) in cases {
@@ -538,7 +555,46 @@ fn large_values_through_a_peer_in_one_pipeline() {
     let mut replies = vec![0; expected.len()];
     stream.read_exact(&mut replies).unwrap();
     write.join().unwrap().unwrap();
-    assert!(replies == expected.as_bytes(), "replies differ from what was written ({requests_len} bytes sent)");
+    assert!(
+        replies == expected.as_bytes(),
+        "replies differ from what was written ({requests_len} bytes sent)"
+    );
     assert_eq!(stat(a, "peer_errors_total"), "0");
     assert_eq!(ask(&mut connect(c), "GET tomato k199"), format!("199{value}\r\nOK\r\n").as_bytes());
+}
+
+#[test]
+fn a_node_probing_a_dead_peer_still_shuts_down_promptly() {
+    let me = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let gone = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let cluster =
+        kv::router::Cluster::parse("in-process", &format!("me {me} a-m\ngone {gone} n-z\n")).unwrap();
+    let peer = kv::peer::PeerConfig {
+        connect_timeout: Duration::from_millis(500),
+        timeout: Duration::from_secs(1),
+        max_backoff: Duration::from_millis(200),
+        ..kv::peer::PeerConfig::default()
+    };
+    let config = kv::Config {
+        port: 0,
+        workers: 1,
+        node: "me".into(),
+        cluster: Some(cluster),
+        peer,
+        ..kv::Config::default()
+    };
+    let server = kv::Server::bind(config).unwrap().spawn().unwrap();
+    let mut client = connect(server.addr());
+    for _ in 0..kv::peer::DOWN_AFTER_FAILURES {
+        assert_eq!(ask(&mut client, "GET nuts k"), b"ERROR peer gone unavailable\r\n");
+    }
+    assert_eq!(stat(server.addr(), "peer.gone.state"), "down");
+    drop(client);
+    // The prober is now at work; shutting down must not wait on it.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        server.shutdown();
+        let _ = done_tx.send(());
+    });
+    done_rx.recv_timeout(PATIENCE).expect("shutdown did not finish");
 }
