@@ -1028,6 +1028,60 @@ mod tests {
         assert_eq!(peers.list[0].pool.lock().idle.len(), 1, "the connection is kept for reuse");
     }
 
+    /// Reads from `stream` until `lines` lines have arrived; returns them.
+    fn read_lines(stream: &mut TcpStream, lines: usize) -> Vec<u8> {
+        let mut received = Vec::new();
+        let mut buf = [0u8; 4096];
+        while received.iter().filter(|&&b| b == b'\n').count() < lines {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&received));
+            received.extend_from_slice(&buf[..n]);
+        }
+        received
+    }
+
+    #[test]
+    fn a_pooled_connection_that_died_while_idle_is_replaced_without_an_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+        let fake = thread::spawn(move || {
+            // First connection: one exchange, then the peer "restarts" and drops it.
+            let (mut first, _) = listener.accept().unwrap();
+            assert_eq!(read_lines(&mut first, 2), b"KV-PEER-HELLO 1 me them\nCREATE b\n");
+            first.write_all(b"OK\r\nOK\r\n").unwrap();
+            drop(first);
+            closed_tx.send(()).unwrap();
+            // The forwarder comes back on a new connection, with a new handshake.
+            let (mut second, _) = listener.accept().unwrap();
+            assert_eq!(read_lines(&mut second, 2), b"KV-PEER-HELLO 1 me them\nGET b k\n");
+            second.write_all(b"OK\r\nv\r\nOK\r\n").unwrap();
+            let third = read_lines(&mut second, 1);
+            second.write_all(b"PONG\r\n").unwrap();
+            third
+        });
+        let peers = one_peer(addr, PeerConfig::default());
+        let mut forwarder = Forwarder::new(&peers);
+        forwarder.push(0, b"CREATE b", false);
+        forwarder.exchange();
+        assert_eq!(forwarder.next_reply(0), b"OK\r\n");
+        forwarder.clear();
+        closed_rx.recv().unwrap();
+        forwarder.push(0, b"GET b k", true);
+        forwarder.exchange();
+        assert_eq!(forwarder.next_reply(0), b"v\r\nOK\r\n");
+        forwarder.clear();
+        let peer = &peers.list[0];
+        assert_eq!(peer.errors(), 0);
+        assert_eq!(peer.failures.load(Ordering::Relaxed), 0);
+        assert_eq!(peer.pool.lock().open, 1, "the dead connection's slot was reused");
+        // The new connection went back to the pool and carries the next exchange.
+        forwarder.push(0, b"PING", false);
+        forwarder.exchange();
+        assert_eq!(forwarder.next_reply(0), b"PONG\r\n");
+        assert_eq!(fake.join().unwrap(), b"PING\n", "no new handshake: the same connection");
+    }
+
     #[test]
     fn a_refused_handshake_relays_the_peers_error_lines() {
         let (addr, fake) = fake_peer(
