@@ -564,9 +564,10 @@ impl Peer {
 
     /// Reads the exchange's replies. If a reused connection fails before a single reply
     /// byte arrives, it had most likely died while idle (the peer restarted), so the
-    /// requests are sent again on a new connection, once. All four forwarded commands
-    /// are idempotent, so a request the dead connection did deliver is harmless to
-    /// repeat.
+    /// requests are sent again on a new connection, once. The four bucket commands are
+    /// idempotent, so a request the dead connection did deliver is harmless to repeat.
+    /// (A peer's `--idle-timeout` closes idle pooled connections too; this is what
+    /// makes that invisible to clients.)
     fn receive(&self, exchange: &mut Exchange, mut conn: PeerConn, deadline: Deadline) {
         let mut result = conn.read_replies(exchange, deadline);
         if result.is_err() && conn.reused && exchange.replies.is_empty() {
