@@ -21,6 +21,7 @@
 //! - [`peer`]: forwarding requests to the node that owns their bucket: pooled
 //!   connections, timeouts, marking peers down and probing them back up.
 //! - [`server`]: the listener, connection threads, limits and shutdown.
+//! - [`subscribe`]: SUBSCRIBE's event streams, never able to slow a worker down.
 //! - [`supervisor`]: starts, watches and restarts the workers and the acceptor.
 //! - [`signals`]: SIGINT and SIGTERM as a graceful shutdown.
 //! - [`top`]: `kv top`, a live terminal view built on STATS.
@@ -38,6 +39,7 @@ pub mod router;
 pub mod server;
 pub mod signals;
 pub mod store;
+pub mod subscribe;
 pub mod supervisor;
 pub mod top;
 pub mod worker;

@@ -73,6 +73,10 @@ struct ServeArgs {
     /// (default 0, as in Redis and memcached)
     #[argh(option, default = "0")]
     idle_timeout: u64,
+    /// most bytes of events a SUBSCRIBE connection may leave unread before it is dropped
+    /// (default 8388608, 8 MiB)
+    #[argh(option, default = "kv::subscribe::DEFAULT_SUBSCRIBER_BACKLOG")]
+    subscriber_backlog: usize,
     /// restart intensity: if workers crash more than this many times within --max-seconds, the
     /// server gives up and exits with status 1 (default 3)
     #[argh(option, default = "kv::supervisor::DEFAULT_MAX_RESTARTS")]
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
             max_line: kv::protocol::DEFAULT_MAX_LINE,
             max_connections: server::DEFAULT_MAX_CONNECTIONS,
             idle_timeout: 0,
+            subscriber_backlog: kv::subscribe::DEFAULT_SUBSCRIBER_BACKLOG,
             max_restarts: kv::supervisor::DEFAULT_MAX_RESTARTS,
             max_seconds: kv::supervisor::DEFAULT_MAX_SECONDS,
             debug: false,
@@ -221,6 +226,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         max_line: args.max_line,
         max_connections: args.max_connections,
         debug: args.debug,
+        subscriber_backlog: args.subscriber_backlog,
         idle_timeout: (args.idle_timeout > 0).then(|| std::time::Duration::from_secs(args.idle_timeout)),
         max_restarts: args.max_restarts,
         max_seconds: args.max_seconds,

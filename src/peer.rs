@@ -36,6 +36,14 @@
 //! reply is one line, and the error lines (`NOT FOUND`, `UNKNOWN COMMAND`, `ERROR ...`)
 //! hold a space, which a value never does. So the forwarder knows where each reply ends.
 //!
+//! The one reply that differs between nodes is SUBSCRIBE's. To a client, a subscription
+//! that succeeds is not acknowledged: the connection simply becomes a stream. On a peer
+//! connection the owner first answers `OK`, so the node relaying the stream can tell a
+//! subscription that took from one whose `NOT FOUND` has not arrived yet. A remote
+//! SUBSCRIBE gets a connection of its own ([`Peers::subscribe`]), outside the pool, and
+//! its events are relayed to the client ([`relay_subscription`]) until either end
+//! closes.
+//!
 //! # Faults
 //! A peer that refuses, resets, closes or does not answer within the request timeout
 //! fails the whole exchange: every request of it not yet answered gets
@@ -120,6 +128,10 @@ const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
 
 /// Bytes to make room for before each read of replies.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// How long a relayed subscription waits on the owner before it looks at the client and
+/// at shutdown, as the local stream does.
+const RELAY_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How a node reaches its peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -625,6 +637,12 @@ impl Peer {
             self.name,
             self.addr
         );
+        self.count_failure(failure);
+    }
+
+    /// Counts a failed exchange towards marking the peer down, and marks it down after
+    /// [`DOWN_AFTER_FAILURES`] in a row.
+    fn count_failure(&self, failure: &Failure) {
         if matches!(failure, Failure::Busy) {
             return;
         }
@@ -652,6 +670,64 @@ impl Peer {
             exchange.reply_ends.push(exchange.replies.len());
         }
         self.errors.fetch_add(exchange.gets.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Sends `SUBSCRIBE <bucket>` (the request line `line`) on a connection of its own.
+    fn subscribe(&self, line: &[u8]) -> RemoteSubscription {
+        self.forwarded.fetch_add(1, Ordering::Relaxed);
+        if !self.is_up() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            return RemoteSubscription::Answered(self.unavailable.clone());
+        }
+        match self.try_subscribe(line) {
+            Ok(outcome) => {
+                self.succeeded();
+                outcome
+            }
+            Err(failure) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                log::debug!("peer {} at {}: SUBSCRIBE failed: {failure}", self.name, self.addr);
+                self.count_failure(&failure);
+                RemoteSubscription::Answered(self.unavailable.clone())
+            }
+        }
+    }
+
+    fn try_subscribe(&self, line: &[u8]) -> Result<RemoteSubscription, Failure> {
+        let deadline = Deadline::after(self.config.timeout);
+        let mut conn = self.connect(deadline)?;
+        conn.send(&self.hello, &[line, b"\n"].concat())?;
+        let mut buffer = Vec::new();
+        let mut start = 0;
+        loop {
+            while let Some(len) = line_len(&buffer[start..]) {
+                let reply = &buffer[start..start + len];
+                let is_ok = reply == protocol::OK;
+                if conn.hello_pending {
+                    conn.hello_pending = false;
+                    if is_ok {
+                        start += len;
+                        continue;
+                    }
+                    if !reply.starts_with(b"ERROR ") {
+                        return Err(Failure::Protocol(format!(
+                            "handshake answered {:?}",
+                            String::from_utf8_lossy(reply).trim_end()
+                        )));
+                    }
+                    // Refused: the SUBSCRIBE gets the same line; relay it.
+                    return Ok(RemoteSubscription::Answered(reply.to_vec()));
+                }
+                if !is_ok {
+                    // NOT FOUND, or an ERROR line: the reply, and no stream.
+                    return Ok(RemoteSubscription::Answered(reply.to_vec()));
+                }
+                // Events that came right behind the acknowledgement go first.
+                let pending = buffer[start + len..].to_vec();
+                return Ok(RemoteSubscription::Streaming { stream: conn.stream, pending });
+            }
+            conn.read_more(&mut buffer, deadline)?;
+        }
     }
 
     /// One probe: connect, handshake, `PING`. The connection is returned for the pool.
@@ -761,6 +837,13 @@ impl Peers {
         Ok(peers)
     }
 
+    /// Sends `line`, a `SUBSCRIBE <bucket>` for a bucket `peer` owns, to that peer on a
+    /// connection of its own. Never fails as a whole: a failure is answered
+    /// `ERROR peer <name> unavailable`.
+    pub fn subscribe(&self, peer: usize, line: &[u8]) -> RemoteSubscription {
+        self.list[peer].subscribe(line)
+    }
+
     /// How many peers there are.
     pub fn len(&self) -> usize {
         self.list.len()
@@ -810,6 +893,70 @@ impl Peers {
 impl Drop for Peers {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// What became of a SUBSCRIBE sent to the node that owns the bucket.
+#[derive(Debug)]
+pub enum RemoteSubscription {
+    /// The owner registered it: relay `stream` to the client, `pending` first.
+    Streaming { stream: TcpStream, pending: Vec<u8> },
+    /// One reply line instead of a stream: `NOT FOUND`, or an `ERROR` line.
+    Answered(Vec<u8>),
+}
+
+/// Relays a subscription's events from the owning node to the client until the owner
+/// ends the stream, the client goes away or this node shuts down.
+///
+/// Like a local subscriber, a client that does not read must not pin memory: once
+/// `limit` bytes of events wait for it, it is dropped. The owner's own limit protects
+/// the owner from a relay that falls behind.
+pub fn relay_subscription(
+    owner: TcpStream,
+    mut pending: Vec<u8>,
+    client: &TcpStream,
+    limit: usize,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    owner.set_read_timeout(Some(RELAY_CHECK_INTERVAL))?;
+    client.set_write_timeout(Some(RELAY_CHECK_INTERVAL))?;
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        // As much of what waits as the client takes now.
+        while !pending.is_empty() {
+            match (&*client).write(&pending) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => {
+                    pending.drain(..written);
+                }
+                Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    break;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        if pending.len() > limit {
+            return Err(io::Error::other("relayed subscriber dropped: too far behind"));
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match (&owner).read(&mut chunk) {
+            Ok(read) if read > 0 => pending.extend_from_slice(&chunk[..read]),
+            Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                if pending.is_empty() && crate::subscribe::client_gone(client)? {
+                    return Ok(());
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            // The owner ended the stream (it dropped the subscription, or is shutting
+            // down): so does this node, after one last try at what is pending.
+            _ => {
+                let _ = (&*client).write_all(&pending);
+                return Ok(());
+            }
+        }
     }
 }
 

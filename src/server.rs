@@ -31,9 +31,10 @@ use std::panic::{self, AssertUnwindSafe};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::peer::{self, Forwarder, Hello, PeerConfig, Peers};
+use crate::peer::{self, Forwarder, Hello, PeerConfig, Peers, RemoteSubscription};
 use crate::protocol::{self, Command, Frame, LineReader};
 use crate::router::{self, Cluster, Route, RouteTable};
+use crate::subscribe;
 use crate::supervisor::{
     AcceptorStart, ChildExit, Control, DEFAULT_MAX_RESTARTS, DEFAULT_MAX_SECONDS, RestartIntensity,
     StopReason, Supervisor,
@@ -97,6 +98,8 @@ pub struct Config {
     pub peer: PeerConfig,
     /// Close a connection that sends no complete request for this long (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// Most bytes of events a subscriber may leave unread before it is dropped.
+    pub subscriber_backlog: usize,
     /// Serve the `DEBUG` fault-injection commands.
     pub debug: bool,
     /// Restart intensity: at most this many crashes ...
@@ -117,6 +120,7 @@ impl Default for Config {
             cluster: None,
             peer: PeerConfig::default(),
             idle_timeout: None,
+            subscriber_backlog: subscribe::DEFAULT_SUBSCRIBER_BACKLOG,
             debug: false,
             max_restarts: DEFAULT_MAX_RESTARTS,
             max_seconds: DEFAULT_MAX_SECONDS,
@@ -662,6 +666,54 @@ impl<'s> Connection<'s> {
                             b"ERROR cannot wake the acceptor\r\n"
                         });
                     }
+                    Command::Subscribe { bucket } => match (self.state.routes.route(bucket), &self.mode) {
+                        (Route::Local, Mode::Client | Mode::Peer) => {
+                            let w = worker::worker_for(bucket, self.inboxes.len());
+                            let (subscriber, subscription) =
+                                subscribe::subscription(self.state.config.subscriber_backlog);
+                            if let Some(batch) = &mut self.batches[w] {
+                                batch.push_request(line);
+                                batch.subscriber = Some(subscriber);
+                            }
+                            self.order.push(Source::Worker(w as u32));
+                            // The worker registers it in its request order; its reply
+                            // (nothing, or NOT FOUND) follows everything before it.
+                            self.flush_round();
+                            let refused = self.batches[w].as_mut().and_then(|batch| batch.subscriber.take());
+                            if refused.is_none() {
+                                if matches!(self.mode, Mode::Peer) {
+                                    // Between nodes a subscription is acknowledged, so the
+                                    // relaying node knows it took (see peer.rs).
+                                    self.out.extend_from_slice(protocol::OK);
+                                }
+                                self.finish_round()?;
+                                // From here on input is ignored and events are written.
+                                return subscribe::stream_events(
+                                    &self.stream,
+                                    subscription,
+                                    &self.state.shutting_down,
+                                );
+                            }
+                        }
+                        (Route::Peer(p), Mode::Client) => {
+                            // As locally, the replies before it go first.
+                            self.flush_round();
+                            match self.state.peers.subscribe(usize::from(p), line) {
+                                RemoteSubscription::Answered(reply) => self.answer_locally(&reply),
+                                RemoteSubscription::Streaming { stream, pending } => {
+                                    self.finish_round()?;
+                                    return peer::relay_subscription(
+                                        stream,
+                                        pending,
+                                        &self.stream,
+                                        self.state.config.subscriber_backlog,
+                                        &self.state.shutting_down,
+                                    );
+                                }
+                            }
+                        }
+                        (route, _) => self.answer_misrouted(route, bucket),
+                    },
                     Command::Create { bucket }
                     | Command::Put { bucket, .. }
                     | Command::Get { bucket, .. }
@@ -920,6 +972,10 @@ fn write_stats(state: &State, out: &mut Vec<u8>) {
     write_stat(out, "keys", keys);
     write_stat(out, "workers", state.workers.len());
     write_stat(out, "worker_restarts", restarts);
+    let subscribers: usize = state.workers.iter().map(|w| w.stats.subscribers.load(Ordering::Relaxed)).sum();
+    let dropped: u64 = state.workers.iter().map(|w| load(&w.stats.subscribers_dropped)).sum();
+    write_stat(out, "subscribers", subscribers);
+    write_stat(out, "subscribers_dropped", dropped);
     // forwarded_total, peer_errors_total and the peer.<name>.* lines.
     state.peers.write_stats(out);
     let inboxes = state.inboxes.lock();

@@ -598,3 +598,55 @@ fn a_node_probing_a_dead_peer_still_shuts_down_promptly() {
     });
     done_rx.recv_timeout(PATIENCE).expect("shutdown did not finish");
 }
+
+/// Polls `condition` until it holds, failing the test after [`PATIENCE`].
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads exactly `expected.len()` bytes and compares them as text.
+fn expect_bytes(stream: &mut TcpStream, expected: &[u8]) {
+    let mut got = vec![0; expected.len()];
+    stream.read_exact(&mut got).unwrap();
+    assert_eq!(text(&got), text(expected));
+}
+
+#[test]
+fn subscribe_through_any_node_streams_writes_made_through_every_node() {
+    let trio = start_trio("subscribe");
+    let [a, b, c] = trio.addrs;
+    let mut subscriber = TcpStream::connect(a).unwrap();
+    subscriber.set_read_timeout(Some(PATIENCE)).unwrap();
+    // c owns tomato, which does not exist yet: NOT FOUND, and the connection serves on.
+    subscriber.write_all(b"SUBSCRIBE tomato\r\nPING\r\nSUBSCRIBE Tomato\r\n").unwrap();
+    expect_bytes(&mut subscriber, b"NOT FOUND\r\nPONG\r\nERROR no route for bucket Tomato\r\n");
+
+    assert_eq!(ask(&mut connect(b), "CREATE tomato"), b"OK\r\n");
+    // The reply before SUBSCRIBE comes first; the line after it is ignored, not run.
+    subscriber.write_all(b"GET tomato k\r\nSUBSCRIBE tomato\r\nPUT tomato ignored 1\r\n").unwrap();
+    expect_bytes(&mut subscriber, b"\r\nOK\r\n");
+    wait_for("c has registered the subscription", || stat(c, "subscribers") == "1");
+    assert_eq!(stat(a, "subscribers"), "0", "a relays; c, the owner, holds the subscription");
+
+    // Writes through every node, including straight to the owner, reach the stream in
+    // the order the owner applied them.
+    assert_eq!(ask(&mut connect(b), "PUT tomato k 1"), b"OK\r\n");
+    assert_eq!(ask(&mut connect(c), "PUT tomato j 2"), b"OK\r\n");
+    assert_eq!(ask(&mut connect(a), "DELETE tomato k"), b"OK\r\n");
+    let mut pipeline = connect(b);
+    pipeline.send_raw(b"PUT tomato x 1\r\nPUT kiwi x 1\r\nPUT tomato x 2\r\n").unwrap();
+    expect_bytes(&mut subscriber, b"k SET TO 1\r\nj SET TO 2\r\nk DELETED\r\nx SET TO 1\r\nx SET TO 2\r\n");
+    assert_eq!(ask(&mut connect(c), "GET tomato ignored"), b"\r\nOK\r\n");
+
+    // A subscriber that leaves is forgotten by the owner too.
+    drop(subscriber);
+    wait_for("c has dropped the subscription", || {
+        // An event makes the owner notice a subscriber that is gone, if nothing else did.
+        let _ = ask(&mut connect(c), "PUT tomato poke 1");
+        stat(c, "subscribers") == "0"
+    });
+}
