@@ -133,6 +133,11 @@ const READ_CHUNK: usize = 16 * 1024;
 /// at shutdown, as the local stream does.
 const RELAY_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long one write to a relayed subscriber may block. Short, so that while the
+/// client is not reading the relay keeps taking events from the owner and reaches its
+/// limit (and drops the client) in seconds rather than minutes.
+const RELAY_WRITE_WAIT: Duration = Duration::from_millis(20);
+
 /// How a node reaches its peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
@@ -466,6 +471,11 @@ impl Peer {
     /// The peer's name in the cluster file.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// `ERROR peer <name> unavailable\r\n`.
+    pub fn unavailable_line(&self) -> &[u8] {
+        &self.unavailable
     }
 
     /// Where the peer listens.
@@ -844,6 +854,11 @@ impl Peers {
         self.list[peer].subscribe(line)
     }
 
+    /// `ERROR peer <name> unavailable\r\n` for peer `peer`.
+    pub fn unavailable_line(&self, peer: usize) -> &[u8] {
+        self.list[peer].unavailable_line()
+    }
+
     /// How many peers there are.
     pub fn len(&self) -> usize {
         self.list.len()
@@ -906,7 +921,9 @@ pub enum RemoteSubscription {
 }
 
 /// Relays a subscription's events from the owning node to the client until the owner
-/// ends the stream, the client goes away or this node shuts down.
+/// ends the stream, the client goes away or this node shuts down. When the owner ends
+/// it (it went down, or dropped us), the client gets `owner_lost` (the peer's
+/// `ERROR peer <name> unavailable` line) and is closed.
 ///
 /// Like a local subscriber, a client that does not read must not pin memory: once
 /// `limit` bytes of events wait for it, it is dropped. The owner's own limit protects
@@ -917,9 +934,10 @@ pub fn relay_subscription(
     client: &TcpStream,
     limit: usize,
     stop: &AtomicBool,
+    owner_lost: &[u8],
 ) -> io::Result<()> {
     owner.set_read_timeout(Some(RELAY_CHECK_INTERVAL))?;
-    client.set_write_timeout(Some(RELAY_CHECK_INTERVAL))?;
+    client.set_write_timeout(Some(RELAY_WRITE_WAIT))?;
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
         // As much of what waits as the client takes now.
@@ -950,9 +968,14 @@ pub fn relay_subscription(
                 }
             }
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            // The owner ended the stream (it dropped the subscription, or is shutting
-            // down): so does this node, after one last try at what is pending.
+            // The owner ended the stream (it went down, dropped the subscription, or
+            // is shutting down): so does this node, after what is pending and a
+            // line saying why.
             _ => {
+                if !stop.load(Ordering::Relaxed) {
+                    pending.extend_from_slice(owner_lost);
+                }
+                client.set_write_timeout(Some(RELAY_CHECK_INTERVAL))?;
                 let _ = (&*client).write_all(&pending);
                 return Ok(());
             }

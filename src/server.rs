@@ -708,6 +708,7 @@ impl<'s> Connection<'s> {
                                         &self.stream,
                                         self.state.config.subscriber_backlog,
                                         &self.state.shutting_down,
+                                        self.state.peers.unavailable_line(usize::from(p)),
                                     );
                                 }
                             }

@@ -650,3 +650,93 @@ fn subscribe_through_any_node_streams_writes_made_through_every_node() {
         stat(c, "subscribers") == "0"
     });
 }
+
+#[test]
+fn subscribers_on_the_owner_and_elsewhere_see_writes_from_a_third_node_exactly_once_in_order() {
+    let mut trio = start_trio("subscribe-three");
+    let [a, b, c] = trio.addrs;
+    assert_eq!(ask(&mut connect(a), "CREATE tomato"), b"OK\r\n");
+    let mut on_owner = TcpStream::connect(c).unwrap();
+    let mut elsewhere = TcpStream::connect(a).unwrap();
+    for subscriber in [&mut on_owner, &mut elsewhere] {
+        subscriber.set_read_timeout(Some(PATIENCE)).unwrap();
+        subscriber.write_all(b"SUBSCRIBE tomato\r\n").unwrap();
+    }
+    wait_for("c holds both subscriptions", || stat(c, "subscribers") == "2");
+
+    // 300 changes in one pipeline through b, which owns neither the bucket nor a
+    // subscriber.
+    let mut requests = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..300 {
+        if i % 4 == 3 {
+            requests.extend_from_slice(format!("DELETE tomato k{}\r\n", i - 1).as_bytes());
+            expected.extend_from_slice(format!("k{} DELETED\r\n", i - 1).as_bytes());
+        } else {
+            requests.extend_from_slice(format!("PUT tomato k{i} v{i}\r\n").as_bytes());
+            expected.extend_from_slice(format!("k{i} SET TO v{i}\r\n").as_bytes());
+        }
+    }
+    let mut writer = connect(b);
+    writer.send_raw(&requests).unwrap();
+    for _ in 0..300 {
+        let mut reply = Vec::new();
+        writer.read_reply(kv::client::ReplyShape::Line, &mut reply).unwrap();
+        assert_eq!(reply, b"OK\r\n");
+    }
+    expect_bytes(&mut on_owner, &expected);
+    expect_bytes(&mut elsewhere, &expected);
+
+    // The owner goes down: the relayed subscriber hears why, then the connection ends.
+    if let Some(owner) = trio.nodes[2].take() {
+        owner.kill();
+    }
+    expect_bytes(&mut elsewhere, b"ERROR peer c unavailable\r\n");
+    let mut rest = Vec::new();
+    let _ = elsewhere.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "nothing after the error line: {}", text(&rest));
+    // a itself carries on.
+    assert_eq!(ask(&mut connect(a), "PING"), b"PONG\r\n");
+}
+
+#[test]
+fn kv_top_once_shows_every_field_of_two_nodes() {
+    let trio = start_trio("top");
+    let [a, b, _] = trio.addrs;
+    // Some traffic, a restart-free worker table and a forwarded request to show.
+    assert_eq!(ask(&mut connect(a), "CREATE kiwi"), b"OK\r\n");
+    let output = Command::new(env!("CARGO_BIN_EXE_kv"))
+        .args(["top", "--once", "--interval", "0.2", "--addr", &a.to_string(), "--addr", &b.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let frame = String::from_utf8_lossy(&output.stdout);
+    for (node, addr) in [("a", a), ("b", b)] {
+        assert!(frame.contains(&format!("node {node} at {addr}   up ")), "{frame}");
+    }
+    for field in [
+        "connections ",
+        "commands/s ",
+        "buckets ",
+        "keys ",
+        "worker restarts ",
+        "forwarded ",
+        "peer errors ",
+        "subscribers ",
+        "queue",
+        "restarts",
+        "state",
+    ] {
+        assert!(frame.matches(field).count() >= 2, "{field:?} once per node in:\n{frame}");
+    }
+    // Each node lists its two peers, both up; no field is missing ("-").
+    for peer_line in ["  b ", "  c ", "  a "] {
+        assert!(
+            frame.lines().any(|l| l.starts_with(peer_line) && l.contains(" up ")),
+            "{peer_line:?} in:\n{frame}"
+        );
+    }
+    assert!(!frame.contains(" - "), "a field is missing:\n{frame}");
+    assert!(!frame.contains("unreachable"), "{frame}");
+}
