@@ -16,6 +16,10 @@
 //! - [`store`]: [`Partition`](store::Partition) and [`Bucket`](store::Bucket). Plain data.
 //! - [`worker`]: the worker loop, the [`Batch`](worker::Batch) that carries requests
 //!   and replies, and which worker owns a bucket.
+//! - [`router`]: the static cluster description and the route table: first byte of a
+//!   bucket name -> this node, a peer, or nobody.
+//! - [`peer`]: forwarding requests to the node that owns their bucket: pooled
+//!   connections, timeouts, marking peers down and probing them back up.
 //! - [`server`]: the listener, connection threads, limits and shutdown.
 //! - [`subscribe`]: SUBSCRIBE's event streams, never able to slow a worker down.
 //! - [`supervisor`]: starts, watches and restarts the workers and the acceptor.
@@ -32,7 +36,9 @@
 
 pub mod bench;
 pub mod client;
+pub mod peer;
 pub mod protocol;
+pub mod router;
 pub mod server;
 pub mod signals;
 pub mod store;

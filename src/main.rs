@@ -3,12 +3,16 @@
 
 use std::io::{self, BufRead, Write};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use argh::FromArgs;
 
 use kv::StopReason;
 use kv::client::{Client, ReplyShape};
+use kv::peer::{self, PeerConfig};
+use kv::router::Cluster;
 use kv::server::{self, Config, Server};
 
 /// kv: a distributed key-value server with the text protocol of Elixir's Mix and OTP
@@ -44,14 +48,18 @@ struct TopArgs {
     once: bool,
 }
 
-/// Run the server (the default).
+/// Run the server (the default). With --cluster FILE --node NAME it runs as node NAME of
+/// the cluster that FILE describes, listening on that node's address from the file
+/// unless --bind or --port say otherwise.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "serve")]
 struct ServeArgs {
-    /// address to listen on (default 127.0.0.1; use 0.0.0.0 to accept remote clients)
-    #[argh(option, default = "IpAddr::from([127, 0, 0, 1])")]
-    bind: IpAddr,
-    /// port to listen on (default: the PORT environment variable, else 4040; 0 picks a free port)
+    /// address to listen on (default 127.0.0.1, or with --cluster the IP of this node's
+    /// address in the file; use 0.0.0.0 to accept remote clients)
+    #[argh(option)]
+    bind: Option<IpAddr>,
+    /// port to listen on (default: with --cluster the port of this node's address in the
+    /// file, else the PORT environment variable, else 4040; 0 picks a free port)
     #[argh(option)]
     port: Option<u16>,
     /// number of worker threads, each owning a partition of the buckets (default: number of cores)
@@ -82,6 +90,35 @@ struct ServeArgs {
     /// DEBUG CRASH-CONNECTION panics the connection's thread (never in production)
     #[argh(switch)]
     debug: bool,
+    /// the cluster file: one line per node, `name IP:PORT ranges` (see docs/CLUSTER.md);
+    /// without it this node owns every bucket
+    #[argh(option)]
+    cluster: Option<PathBuf>,
+    /// which node of the cluster file this is (required with --cluster; without it, only
+    /// the name STATS reports, default "kv")
+    #[argh(option)]
+    node: Option<String>,
+    /// seconds to wait for a connection to a peer node (default 1)
+    #[argh(option, from_str_fn(parse_seconds))]
+    peer_connect_timeout: Option<Duration>,
+    /// seconds to wait for a peer node's replies before answering "ERROR peer <name>
+    /// unavailable" (default 5)
+    #[argh(option, from_str_fn(parse_seconds))]
+    peer_timeout: Option<Duration>,
+    /// longest wait in seconds between probes of a peer node that is down (default 5)
+    #[argh(option, from_str_fn(parse_seconds))]
+    peer_backoff_max: Option<Duration>,
+    /// most connections open to one peer node at once (default 32)
+    #[argh(option)]
+    peer_connections: Option<usize>,
+}
+
+/// Parses a positive number of seconds, such as `1` or `0.25`.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>().ok().and_then(|secs| Duration::try_from_secs_f64(secs).ok()) {
+        Some(duration) if !duration.is_zero() => Ok(duration),
+        _ => Err(format!("expected a positive number of seconds, not {text:?}")),
+    }
 }
 
 /// Send commands to a server and print the replies: the words given as one command,
@@ -101,7 +138,7 @@ fn main() -> ExitCode {
     let args: Args = argh::from_env();
     match args.command {
         None => serve(ServeArgs {
-            bind: IpAddr::from([127, 0, 0, 1]),
+            bind: None,
             port: None,
             workers: None,
             max_line: kv::protocol::DEFAULT_MAX_LINE,
@@ -111,6 +148,12 @@ fn main() -> ExitCode {
             max_restarts: kv::supervisor::DEFAULT_MAX_RESTARTS,
             max_seconds: kv::supervisor::DEFAULT_MAX_SECONDS,
             debug: false,
+            cluster: None,
+            node: None,
+            peer_connect_timeout: None,
+            peer_timeout: None,
+            peer_backoff_max: None,
+            peer_connections: None,
         }),
         Some(Subcommand::Serve(serve_args)) => serve(serve_args),
         Some(Subcommand::Cli(cli_args)) => cli(cli_args),
@@ -131,9 +174,34 @@ fn serve(args: ServeArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     std::panic::set_hook(Box::new(|info| log::error!("{info}")));
-    let port = match args.port {
-        Some(port) => port,
-        None => match std::env::var("PORT") {
+    // With a cluster file, this node's entry says where to listen; --bind and --port
+    // override its halves (say, 0.0.0.0 to listen on every interface at the file's port).
+    let mut cluster = None;
+    let mut node = args.node.clone().unwrap_or_else(|| Config::default().node);
+    let mut listen = None;
+    if let Some(path) = &args.cluster {
+        let Some(name) = &args.node else {
+            log::error!("--cluster needs --node NAME: which node of {} this is", path.display());
+            return ExitCode::from(2);
+        };
+        let loaded = Cluster::load(path).and_then(|c| c.node_index(name).map(|index| (c, index)));
+        match loaded {
+            Ok((loaded, index)) => {
+                listen = Some(loaded.nodes()[index].addr);
+                node = name.clone();
+                cluster = Some(loaded);
+            }
+            Err(error) => {
+                log::error!("{error}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let bind = args.bind.or(listen.map(|addr| addr.ip())).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let port = match (args.port, listen) {
+        (Some(port), _) => port,
+        (None, Some(addr)) => addr.port(),
+        (None, None) => match std::env::var("PORT") {
             Ok(text) => match text.trim().parse() {
                 Ok(port) => port,
                 Err(_) => {
@@ -144,12 +212,18 @@ fn serve(args: ServeArgs) -> ExitCode {
             Err(_) => server::DEFAULT_PORT,
         },
     };
-    if args.max_line == 0 || args.max_connections == 0 {
-        log::error!("--max-line and --max-connections must be at least 1");
+    if args.max_line == 0 || args.max_connections == 0 || args.peer_connections == Some(0) {
+        log::error!("--max-line, --max-connections and --peer-connections must be at least 1");
         return ExitCode::from(2);
     }
+    let peer = PeerConfig {
+        connect_timeout: args.peer_connect_timeout.unwrap_or(peer::DEFAULT_CONNECT_TIMEOUT),
+        timeout: args.peer_timeout.unwrap_or(peer::DEFAULT_TIMEOUT),
+        max_backoff: args.peer_backoff_max.unwrap_or(peer::DEFAULT_MAX_BACKOFF),
+        connections: args.peer_connections.unwrap_or(peer::DEFAULT_CONNECTIONS_PER_PEER),
+    };
     let config = Config {
-        bind: args.bind,
+        bind,
         port,
         workers: args.workers.unwrap_or_else(server::default_workers),
         max_line: args.max_line,
@@ -159,12 +233,14 @@ fn serve(args: ServeArgs) -> ExitCode {
         idle_timeout: (args.idle_timeout > 0).then(|| std::time::Duration::from_secs(args.idle_timeout)),
         max_restarts: args.max_restarts,
         max_seconds: args.max_seconds,
-        ..Config::default()
+        node,
+        cluster,
+        peer,
     };
     let server = match Server::bind(config) {
         Ok(server) => server,
         Err(error) => {
-            log::error!("cannot start on {}:{port}: {error}", args.bind);
+            log::error!("cannot start on {bind}:{port}: {error}");
             return ExitCode::FAILURE;
         }
     };

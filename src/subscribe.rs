@@ -224,7 +224,7 @@ fn write_patiently(
 }
 
 /// True if the client closed its end. Reads (and ignores) whatever it sent.
-fn client_gone(stream: &TcpStream) -> io::Result<bool> {
+pub fn client_gone(stream: &TcpStream) -> io::Result<bool> {
     stream.set_nonblocking(true)?;
     let mut scratch = [0u8; 4096];
     let gone = loop {
