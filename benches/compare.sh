@@ -17,6 +17,7 @@
 #   CONNS="1 8 64" PIPELINES="1 16" KEYS=100000 VALUE_SIZE=32 GET_RATIO=0.5
 #   MEM_KEYS=1000000         keys for the memory figure (0 skips the memory part)
 #   MATRIX=1                 0 skips the throughput matrix
+#   FORWARD=1                0 skips forwarded vs local (two kv nodes in a cluster)
 #   SERVERS="kv redis memcached"
 #   KV_ARGS=""               extra flags for `kv serve`, e.g. "--workers 1"
 #   OUT=target/compare       where raw results (one JSON line per run) are kept
@@ -34,6 +35,7 @@ VALUE_SIZE=${VALUE_SIZE:-32}
 GET_RATIO=${GET_RATIO:-0.5}
 MEM_KEYS=${MEM_KEYS:-1000000}
 MATRIX=${MATRIX:-1}
+FORWARD=${FORWARD:-1}
 SERVERS=${SERVERS:-"kv redis memcached"}
 KV_ARGS=${KV_ARGS:-}
 OUT=${OUT:-target/compare}
@@ -215,12 +217,10 @@ fi
 
 # ---------------------------------------------------------------------------------
 # Throughput matrix.
-if ((MATRIX == 0)); then
-    exit 0
-fi
 declare -A OPS P99 CPU
 declare -A SERVER_PID SERVER_ADDR
-for server in "${ACTIVE[@]}"; do
+((MATRIX == 0)) && ACTIVE_MATRIX=() || ACTIVE_MATRIX=("${ACTIVE[@]}")
+for server in "${ACTIVE_MATRIX[@]}"; do
     start_server "$server"
     SERVER_PID[$server]=$PID
     SERVER_ADDR[$server]=$ADDR
@@ -232,7 +232,7 @@ done
 for conns in $CONNS; do
     for pipeline in $PIPELINES; do
         for ((run = 1; run <= RUNS; run++)); do
-            for server in "${ACTIVE[@]}"; do
+            for server in "${ACTIVE_MATRIX[@]}"; do
                 PID=${SERVER_PID[$server]}
                 ADDR=${SERVER_ADDR[$server]}
                 before=$(cpu_ticks "$PID")
@@ -296,7 +296,71 @@ table() {
     [[ -n $higher ]] && echo "($higher)" && echo
 }
 
-table "Throughput, ops/s" OPS "ratio above 1: kv faster"
-table "p99 latency, microseconds" P99 "ratio below 1: kv's p99 lower"
-table "Server CPU seconds per million requests" CPU "ratio below 1: kv uses less CPU"
+if ((MATRIX != 0)); then
+    table "Throughput, ops/s" OPS "ratio above 1: kv faster"
+    table "p99 latency, microseconds" P99 "ratio below 1: kv's p99 lower"
+    table "Server CPU seconds per million requests" CPU "ratio below 1: kv uses less CPU"
+    for server in "${ACTIVE_MATRIX[@]}"; do
+        stop_server "${SERVER_PID[$server]}"
+    done
+fi
+
+# ---------------------------------------------------------------------------------
+# Forwarded vs local: two kv nodes, foo owning buckets a-m and bar n-z. The same load
+# goes to foo with buckets b0.. (foo's own) and with x0.. (every request forwarded to
+# bar and the reply relayed), alternating.
+if ((FORWARD != 0)); then
+    foo_port=$(free_port)
+    bar_port=$(free_port)
+    while [[ $bar_port == "$foo_port" ]]; do bar_port=$(free_port); done
+    cluster_file="$OUT/cluster.conf"
+    printf 'foo 127.0.0.1:%s a-m\nbar 127.0.0.1:%s n-z\n' "$foo_port" "$bar_port" >"$cluster_file"
+    # shellcheck disable=SC2086
+    "$KV" serve --cluster "$cluster_file" --node foo $KV_ARGS 2>>"$OUT/kv-foo.log" &
+    FOO_PID=$!
+    STARTED+=("$FOO_PID")
+    # shellcheck disable=SC2086
+    "$KV" serve --cluster "$cluster_file" --node bar $KV_ARGS 2>>"$OUT/kv-bar.log" &
+    BAR_PID=$!
+    STARTED+=("$BAR_PID")
+    wait_port "$foo_port" "$FOO_PID"
+    wait_port "$bar_port" "$BAR_PID"
+    ADDR="127.0.0.1:$foo_port"
+    declare -A FWD
+    for prefix in b x; do
+        bench kv --fill --keys "$KEYS" --value-size "$VALUE_SIZE" --conns 4 --pipeline 16 --duration 120 \
+            --bucket-prefix "$prefix" >/dev/null
+    done
+    for conns in $CONNS; do
+        for pipeline in $PIPELINES; do
+            for ((run = 1; run <= RUNS; run++)); do
+                for path in local forwarded; do
+                    prefix=b
+                    [[ $path == forwarded ]] && prefix=x
+                    json=$(bench kv --conns "$conns" --pipeline "$pipeline" --duration "$DURATION" \
+                        --warmup "$WARMUP" --keys "$KEYS" --value-size "$VALUE_SIZE" --get-ratio "$GET_RATIO" \
+                        --bucket-prefix "$prefix")
+                    echo "{\"phase\":\"forward\",\"path\":\"$path\",\"run\":$run,\"result\":$json}" >>"$RAW"
+                    FWD[$path,$conns,$pipeline]+=" $(field "$json" ops_per_sec)"
+                    FWD[p99$path,$conns,$pipeline]+=" $(field "$json" p99_us)"
+                    log "forward ${conns}x$pipeline run $run $path: $(field "$json" ops_per_sec) ops/s," \
+                        "mismatches $(field "$json" mismatches), errors $(field "$json" errors)"
+                done
+            done
+        done
+    done
+    echo "## Forwarded vs local (kv cluster of two nodes on this machine; median of $RUNS; ${DURATION}s after ${WARMUP}s warm-up)"
+    echo
+    echo "| conns x pipeline | local ops/s | forwarded ops/s | forwarded / local | local p99 us | forwarded p99 us |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for conns in $CONNS; do
+        for pipeline in $PIPELINES; do
+            l=$(median <<<"${FWD[local,$conns,$pipeline]:-}")
+            f=$(median <<<"${FWD[forwarded,$conns,$pipeline]:-}")
+            echo "| $conns x $pipeline | $l | $f | $(ratio "$f" "$l") |" \
+                "$(median <<<"${FWD[p99local,$conns,$pipeline]:-}") | $(median <<<"${FWD[p99forwarded,$conns,$pipeline]:-}") |"
+        done
+    done
+    echo
+fi
 log "raw results: $RAW"

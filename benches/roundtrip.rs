@@ -1,6 +1,7 @@
-//! Criterion benchmark of a whole request over loopback TCP against an in-process
-//! server: one connection, pipeline depth 1 and 16, half GET and half PUT. Results
-//! read as requests per second; at depth 1 this is mostly the cost of waking threads.
+//! Criterion benchmark of a whole request over loopback TCP against in-process servers:
+//! one connection, pipeline depth 1 and 16, half GET and half PUT, served locally, and
+//! the same forwarded from one node of a two-node cluster to the other. Results read
+//! as requests per second; at depth 1 this is mostly the cost of waking threads.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -25,17 +26,18 @@ fn read_replies(stream: &mut TcpStream, buf: &mut [u8], replies: usize) {
     }
 }
 
-fn bench_roundtrip(c: &mut Criterion) {
-    let server = kv::Server::bind(kv::Config { port: 0, ..Default::default() })
-        .and_then(|server| server.spawn())
-        .expect("start an in-process server");
-    let mut stream = TcpStream::connect(server.addr()).expect("connect");
+/// Connects to `addr` and creates `bucket`.
+fn connect(addr: std::net::SocketAddr, bucket: &str, buf: &mut [u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_nodelay(true).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = vec![0u8; 64 * 1024];
-    stream.write_all(b"CREATE b\r\n").unwrap();
-    read_replies(&mut stream, &mut buf, 1);
+    stream.write_all(format!("CREATE {bucket}\r\n").as_bytes()).unwrap();
+    read_replies(&mut stream, buf, 1);
+    stream
+}
 
+/// Benchmarks depth 1 and 16 on `stream` with requests for `bucket`, as `name`.
+fn bench_depths(c: &mut Criterion, name: &str, stream: &mut TcpStream, bucket: &str, buf: &mut [u8]) {
     let mut group = c.benchmark_group("roundtrip");
     for depth in [1usize, 16] {
         // Half PUT, half GET, on a few keys; one write carries the whole pipeline.
@@ -43,10 +45,10 @@ fn bench_roundtrip(c: &mut Criterion) {
         for i in 0..depth.max(2) {
             if i % 2 == 0 {
                 requests.extend_from_slice(
-                    format!("PUT b key:{i:08} 0123456789abcdef0123456789abcdef\r\n").as_bytes(),
+                    format!("PUT {bucket} key:{i:08} 0123456789abcdef0123456789abcdef\r\n").as_bytes(),
                 );
             } else {
-                requests.extend_from_slice(format!("GET b key:{:08}\r\n", i - 1).as_bytes());
+                requests.extend_from_slice(format!("GET {bucket} key:{:08}\r\n", i - 1).as_bytes());
             }
         }
         // At depth 1, alternate a PUT round and a GET round.
@@ -57,18 +59,55 @@ fn bench_roundtrip(c: &mut Criterion) {
             vec![&requests[..]]
         };
         group.throughput(Throughput::Elements(depth as u64));
-        group.bench_with_input(BenchmarkId::new("one_connection_pipeline", depth), &depth, |b, &depth| {
+        group.bench_with_input(BenchmarkId::new(name, depth), &depth, |b, &depth| {
             let mut round = 0;
             b.iter(|| {
                 stream.write_all(rounds[round % rounds.len()]).unwrap();
-                read_replies(&mut stream, &mut buf, depth);
+                read_replies(stream, buf, depth);
                 round += 1;
             })
         });
     }
     group.finish();
+}
+
+fn bench_roundtrip(c: &mut Criterion) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let server = kv::Server::bind(kv::Config { port: 0, ..Default::default() })
+        .and_then(|server| server.spawn())
+        .expect("start an in-process server");
+    let mut stream = connect(server.addr(), "b", &mut buf);
+    bench_depths(c, "one_connection_pipeline", &mut stream, "b", &mut buf);
     drop(stream);
     server.shutdown();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The same load sent to node foo for a bucket node bar owns: every request is
+/// forwarded to bar and its reply relayed.
+fn bench_forwarded(c: &mut Criterion) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let (foo_port, bar_port) = (free_port(), free_port());
+    let text = format!("foo 127.0.0.1:{foo_port} a-m\nbar 127.0.0.1:{bar_port} n-z\n");
+    let cluster = kv::router::Cluster::parse("(roundtrip bench)", &text).expect("cluster");
+    let start = |node: &str, port| {
+        let config =
+            kv::Config { port, node: node.to_string(), cluster: Some(cluster.clone()), ..Default::default() };
+        kv::Server::bind(config).and_then(|server| server.spawn()).expect("start a node")
+    };
+    let foo_node = start("foo", foo_port);
+    let bar_node = start("bar", bar_port);
+    let mut stream = connect(foo_node.addr(), "x", &mut buf);
+    bench_depths(c, "forwarded_one_connection_pipeline", &mut stream, "x", &mut buf);
+    drop(stream);
+    foo_node.shutdown();
+    bar_node.shutdown();
 }
 
 criterion_group! {
@@ -77,6 +116,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = bench_roundtrip
+    targets = bench_roundtrip, bench_forwarded
 }
 criterion_main!(benches);

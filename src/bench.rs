@@ -70,6 +70,10 @@ pub struct BenchArgs {
     /// kv only: buckets the keys are spread over, created before the run (default 16)
     #[argh(option, default = "16")]
     pub buckets: usize,
+    /// kv only: bucket names are this prefix and a number, `b0`, `b1`, ... by
+    /// default; in a cluster, a prefix another node owns measures forwarding
+    #[argh(option, default = "String::from(\"b\")")]
+    pub bucket_prefix: String,
     /// write every key once, in key order, then stop (fills a server before a run;
     /// ignores --get-ratio and --requests, still bounded by --duration)
     #[argh(switch)]
@@ -328,25 +332,31 @@ pub fn write_value(out: &mut Vec<u8>, seed: u64, index: u64, size: usize) {
     }
 }
 
-/// Bucket name for kv: `b0`, `b1`, ...
-fn write_bucket(out: &mut Vec<u8>, bucket: usize) {
-    out.push(b'b');
-    write_decimal(out, bucket);
+/// The kv bucket names of a run: `prefix` and a number, `b0`, `b1`, ... by default.
+pub fn bucket_names(prefix: &str, buckets: usize) -> Vec<Vec<u8>> {
+    (0..buckets.max(1))
+        .map(|bucket| {
+            let mut name = prefix.as_bytes().to_vec();
+            write_decimal(&mut name, bucket);
+            name
+        })
+        .collect()
 }
 
 /// Appends one request of `proto` for key `index` to `out`.
-pub fn write_request(out: &mut Vec<u8>, proto: Proto, op: Op, bucket: usize, index: u64, value: &[u8]) {
+/// `bucket` is used by kv only.
+pub fn write_request(out: &mut Vec<u8>, proto: Proto, op: Op, bucket: &[u8], index: u64, value: &[u8]) {
     match (proto, op) {
         (Proto::Kv, Op::Get) => {
             out.extend_from_slice(b"GET ");
-            write_bucket(out, bucket);
+            out.extend_from_slice(bucket);
             out.push(b' ');
             write_key(out, index);
             out.extend_from_slice(b"\r\n");
         }
         (Proto::Kv, Op::Set) => {
             out.extend_from_slice(b"PUT ");
-            write_bucket(out, bucket);
+            out.extend_from_slice(bucket);
             out.push(b' ');
             write_key(out, index);
             out.push(b' ');
@@ -775,7 +785,7 @@ fn drive(plan: &Plan<'_>, mut stream: TcpStream, thread: u64) -> Tally {
     let mut inbox = Inbox::new();
     // GETs are chosen by comparing a random u64 with this threshold.
     let get_threshold = (args.get_ratio.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
-    let buckets = args.buckets.max(1) as u64;
+    let buckets = bucket_names(&args.bucket_prefix, args.buckets);
     loop {
         if Instant::now() >= plan.deadline {
             break;
@@ -801,7 +811,8 @@ fn drive(plan: &Plan<'_>, mut stream: TcpStream, thread: u64) -> Tally {
             if op == Op::Set {
                 write_value(&mut value, plan.seed, key, args.value_size);
             }
-            write_request(&mut out, args.proto, op, (key % buckets) as usize, key, &value);
+            let bucket = &buckets[(key % buckets.len() as u64) as usize];
+            write_request(&mut out, args.proto, op, bucket, key, &value);
             pending.push(Pending { op, key, written: op == Op::Get && plan.is_written(key) });
         }
         let sent = Instant::now();
@@ -885,6 +896,9 @@ fn check_args(args: &BenchArgs) -> Result<(), BenchError> {
     if args.buckets == 0 {
         return fail("--buckets must be at least 1");
     }
+    if args.bucket_prefix.bytes().any(crate::protocol::is_space) {
+        return fail("--bucket-prefix cannot hold whitespace");
+    }
     Ok(())
 }
 
@@ -911,7 +925,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         Ok(stream)
     };
     if args.proto == Proto::Kv {
-        create_buckets(addr, args.buckets)?;
+        create_buckets(addr, &bucket_names(&args.bucket_prefix, args.buckets))?;
     }
     let streams = (0..args.conns).map(|_| connect()).collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
@@ -957,20 +971,17 @@ pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     Ok(Report { tally: total, elapsed, seed })
 }
 
-/// Creates kv buckets `b0` .. `b{n-1}`.
-fn create_buckets(addr: SocketAddr, buckets: usize) -> Result<(), BenchError> {
+/// Creates the kv buckets of the run.
+fn create_buckets(addr: SocketAddr, names: &[Vec<u8>]) -> Result<(), BenchError> {
     let mut client = crate::Client::connect(addr)
         .map_err(|error| BenchError(format!("cannot connect to {addr}: {error}")))?;
     client
         .set_timeout(Some(Duration::from_secs(5)))
         .map_err(|error| BenchError(format!("cannot set a timeout: {error}")))?;
-    let mut name = Vec::new();
-    for bucket in 0..buckets {
-        name.clear();
-        write_bucket(&mut name, bucket);
+    for name in names {
         client
-            .create(&name)
-            .map_err(|error| BenchError(format!("CREATE {}: {error}", String::from_utf8_lossy(&name))))?;
+            .create(name)
+            .map_err(|error| BenchError(format!("CREATE {}: {error}", String::from_utf8_lossy(name))))?;
     }
     Ok(())
 }
@@ -1161,19 +1172,20 @@ mod tests {
     #[test]
     fn requests_of_each_protocol() {
         let mut out = Vec::new();
-        write_request(&mut out, Proto::Kv, Op::Set, 3, 42, b"v1");
-        write_request(&mut out, Proto::Kv, Op::Get, 3, 42, b"");
+        write_request(&mut out, Proto::Kv, Op::Set, b"b3", 42, b"v1");
+        write_request(&mut out, Proto::Kv, Op::Get, b"b3", 42, b"");
         assert_eq!(out, b"PUT b3 key:00000042 v1\r\nGET b3 key:00000042\r\n");
+        assert_eq!(bucket_names("zz", 3), [&b"zz0"[..], b"zz1", b"zz2"]);
         out.clear();
-        write_request(&mut out, Proto::Redis, Op::Set, 0, 7, b"abc");
-        write_request(&mut out, Proto::Redis, Op::Get, 0, 7, b"");
+        write_request(&mut out, Proto::Redis, Op::Set, b"", 7, b"abc");
+        write_request(&mut out, Proto::Redis, Op::Get, b"", 7, b"");
         assert_eq!(
             out,
             &b"*3\r\n$3\r\nSET\r\n$12\r\nkey:00000007\r\n$3\r\nabc\r\n*2\r\n$3\r\nGET\r\n$12\r\nkey:00000007\r\n"[..]
         );
         out.clear();
-        write_request(&mut out, Proto::Memcached, Op::Set, 0, 123_456_789, b"abc");
-        write_request(&mut out, Proto::Memcached, Op::Get, 0, 123_456_789, b"");
+        write_request(&mut out, Proto::Memcached, Op::Set, b"", 123_456_789, b"abc");
+        write_request(&mut out, Proto::Memcached, Op::Get, b"", 123_456_789, b"");
         assert_eq!(out, b"set key:123456789 0 0 3\r\nabc\r\nget key:123456789\r\n");
     }
 
@@ -1277,6 +1289,7 @@ mod tests {
             value_size: 1,
             get_ratio: 0.5,
             buckets: 1,
+            bucket_prefix: "b".to_string(),
             fill: false,
             seed: Some(1),
             json: false,
