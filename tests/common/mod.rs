@@ -305,6 +305,11 @@ impl ChildServer {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// The child's process id, e.g. to read its memory use from `/proc/<pid>/status`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for ChildServer {
