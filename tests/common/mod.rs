@@ -155,6 +155,27 @@ impl Conn {
         }
     }
 
+    /// Reads until the server closes the connection and returns everything read, with
+    /// a reset counting as a close: a server that closes a socket still holding input
+    /// it will never read (after QUIT, or an HTTP line) makes the kernel send a reset,
+    /// which a client may see after the replies instead of an end of stream.
+    pub fn read_to_close_or_reset(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return std::mem::take(&mut self.pending),
+                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return std::mem::take(&mut self.pending),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    assert!(Instant::now() < deadline, "the server did not close the connection");
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => panic!("read failed instead of a close: {e}"),
+            }
+        }
+    }
+
     /// Sends STATS and returns its lines as (name, value) pairs, checking the reply's
     /// shape on the way: `name value` lines, then `OK`.
     pub fn stats(&mut self) -> Vec<(String, String)> {
