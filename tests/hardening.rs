@@ -719,3 +719,27 @@ fn random_bytes_and_lines_from_several_clients_get_well_formed_replies_and_spare
     assert!(common::stat_of(&stats, "commands_total") > SEEDS.len() as u64 * 1_000);
     wait_for_connections(addr, 2);
 }
+
+/// The fuzz target's checks (`fuzz/`), run in every `cargo test` over seeded inputs:
+/// streams rich in the bytes that matter to framing, limits from 0 to 64 and the
+/// default, each cut into random chunks.
+#[test]
+fn line_reader_frames_random_streams_in_random_chunks_as_the_protocol_says() {
+    let mut rng = Rng::new(0xf4a3);
+    for round in 0..3_000 {
+        let len = if rng.chance(5) { rng.between(0, 70_000) } else { rng.between(0, 600) };
+        let stream: Vec<u8> = (0..len)
+            .map(|_| match rng.below(10) {
+                0 => b'\n',
+                1 => b'\r',
+                2 => b' ',
+                3..=5 => rng.pick(b"PUTGETposthost:\t\x0b\x0c"),
+                _ => rng.next_u64() as u8,
+            })
+            .collect();
+        let max_line = if rng.chance(10) { kv::protocol::DEFAULT_MAX_LINE } else { rng.below(65) };
+        let seed = rng.next_u64();
+        let checked = std::panic::catch_unwind(|| fuzzing::check_line_reader(&stream, max_line, seed));
+        assert!(checked.is_ok(), "round {round}: {len} bytes, limit {max_line}, chunking seed {seed}");
+    }
+}

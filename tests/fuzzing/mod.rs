@@ -6,9 +6,11 @@
 //! seed sends the same bytes, so a failure is reproduced by rerunning the test.
 //!
 //! The framing model is written from `docs/PROTOCOL.md` alone, independently of
-//! `kv::protocol::LineReader`, so comparing the two checks the reader instead of
-//! restating it.
+//! `kv::protocol::LineReader`, so comparing the two ([`check_line_reader`]) checks the
+//! reader instead of restating it.
 #![allow(dead_code)]
+
+use kv::protocol::{self, Command, Frame, LineReader};
 
 /// SplitMix64: a tiny, fast, well-mixed generator. Not for secrets.
 #[derive(Debug, Clone)]
@@ -103,4 +105,58 @@ pub fn reference_frames(stream: &[u8], max_line: usize) -> Vec<(RefFrame, usize)
         frames.push((RefFrame::TooLong, start + max_line + 2));
     }
     frames
+}
+
+/// Feeds `stream` to a [`LineReader`] with a limit of `max_line`, in chunks whose sizes
+/// `seed` picks, and parses every line. Panics unless the frames are exactly
+/// [`reference_frames`], every line is within the limit and free of `\n`, and every
+/// parsed word is a non-empty run of non-space bytes. Parsing must not panic either.
+pub fn check_line_reader(stream: &[u8], max_line: usize, seed: u64) {
+    let mut reader = LineReader::new(max_line);
+    // The reader raises a limit of 0 to 1; the model follows what it reports.
+    let limit = reader.max_line();
+    let mut chunks = Rng::new(seed);
+    let mut frames = Vec::new();
+    let mut rest = stream;
+    while !rest.is_empty() {
+        let want = match chunks.below(4) {
+            0 => 1,
+            1 => chunks.between(1, 16),
+            2 => chunks.between(1, 4096),
+            _ => rest.len(),
+        };
+        let taken = reader.push(&rest[..want.min(rest.len())]);
+        rest = &rest[taken..];
+        while let Some(frame) = reader.next_frame() {
+            frames.push(match frame {
+                Frame::Line(line) => {
+                    assert!(line.len() <= limit, "a line of {} bytes passed a limit of {limit}", line.len());
+                    assert!(!line.contains(&b'\n'), "a line holds a newline");
+                    check_parse(line);
+                    RefFrame::Line(line.to_vec())
+                }
+                Frame::TooLong => RefFrame::TooLong,
+            });
+        }
+    }
+    let expected: Vec<RefFrame> =
+        reference_frames(stream, limit).into_iter().map(|(frame, _)| frame).collect();
+    assert_eq!(frames, expected, "limit {limit}, chunking seed {seed}");
+}
+
+/// Parses `line` and checks the words of the result against the protocol's rules.
+fn check_parse(line: &[u8]) {
+    let word = |word: &[u8]| !word.is_empty() && !word.iter().any(|&b| is_protocol_space(b));
+    match protocol::parse(line) {
+        Command::Put { bucket, key, value } => assert!(word(bucket) && word(key) && word(value)),
+        Command::Get { bucket, key } | Command::Delete { bucket, key } => assert!(word(bucket) && word(key)),
+        Command::Create { bucket } | Command::DebugCrash { bucket } => assert!(word(bucket)),
+        Command::Ping
+        | Command::Stats
+        | Command::Quit
+        | Command::DebugCrashConnection
+        | Command::DebugCrashAcceptor
+        | Command::Unknown => {}
+    }
+    let _ = protocol::is_http_request_line(line);
 }
