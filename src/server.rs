@@ -132,7 +132,9 @@ struct State {
     /// Set by `DEBUG CRASH-ACCEPTOR`: the acceptor panics at its next connection.
     crash_acceptor: AtomicBool,
     /// A handle on every open client socket, so shutdown can wake their threads.
-    open: Mutex<HashMap<u64, TcpStream>>,
+    /// Shared with the connection rather than a `try_clone`: a duplicate descriptor per
+    /// connection would halve how many connections the open-file limit allows.
+    open: Mutex<HashMap<u64, Arc<TcpStream>>>,
 }
 
 /// A bound server, not yet accepting.
@@ -372,7 +374,7 @@ fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
             state.connections.fetch_sub(1, Ordering::SeqCst);
             state.rejected_connections.fetch_add(1, Ordering::Relaxed);
             log::warn!("refusing a connection: {open} open, the limit");
-            reject(stream, protocol::TOO_MANY_CONNECTIONS);
+            reject(&stream, protocol::TOO_MANY_CONNECTIONS);
             continue;
         }
         let id = state.connections_total.fetch_add(1, Ordering::Relaxed);
@@ -394,7 +396,7 @@ fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
 /// Runs on the acceptor, so it never blocks: whatever the client already sent is
 /// read and dropped first (closing a socket with unread input makes the kernel send
 /// a reset, which can destroy our line before the client reads it).
-fn reject(mut stream: TcpStream, line: &[u8]) {
+fn reject(mut stream: &TcpStream, line: &[u8]) {
     use std::io::Read;
     if stream.set_nonblocking(true).is_ok() {
         let mut scratch = [0u8; 1024];
@@ -426,14 +428,13 @@ fn serve_connection(stream: TcpStream, id: u64, state: Arc<State>) {
     let guard = ConnectionGuard { id, state };
     let peer = stream.peer_addr().ok();
     log::debug!("connection {id} from {peer:?} opened");
-    if let Ok(clone) = stream.try_clone() {
-        guard.state.open.lock().insert(id, clone);
-    }
+    let stream = Arc::new(stream);
+    guard.state.open.lock().insert(id, stream.clone());
     // Checked after registering: shutdown sets the flag before it walks `open`, so
     // either it saw this connection or this connection sees the flag.
     let inboxes = guard.state.inboxes.lock().clone();
     let Some(inboxes) = inboxes.filter(|_| !guard.state.shutting_down.load(Ordering::SeqCst)) else {
-        reject(stream, protocol::SHUTTING_DOWN);
+        reject(&stream, protocol::SHUTTING_DOWN);
         return;
     };
     let served =
@@ -441,7 +442,8 @@ fn serve_connection(stream: TcpStream, id: u64, state: Arc<State>) {
     match served {
         Ok(Ok(())) => log::debug!("connection {id} closed"),
         Ok(Err(error)) => log::debug!("connection {id} closed: {error}"),
-        // The stream was dropped while unwinding: only this client sees a close.
+        // The connection's handle was dropped while unwinding and the guard drops
+        // the last one: only this client sees a close.
         Err(payload) => log::error!("connection {id} crashed: {}", worker::panic_message(&*payload)),
     }
 }
@@ -451,7 +453,7 @@ const LOCAL: u32 = u32::MAX;
 
 /// One client connection's buffers, reused for its whole life.
 struct Connection<'s> {
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     state: &'s State,
     inboxes: Vec<Sender<Batch>>,
     /// Where batches come back.
@@ -472,7 +474,7 @@ struct Connection<'s> {
 }
 
 impl<'s> Connection<'s> {
-    fn new(stream: TcpStream, state: &'s State, inboxes: Vec<Sender<Batch>>) -> Self {
+    fn new(stream: Arc<TcpStream>, state: &'s State, inboxes: Vec<Sender<Batch>>) -> Self {
         let workers = inboxes.len();
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(workers);
         Connection {
@@ -499,7 +501,7 @@ impl<'s> Connection<'s> {
         }
         loop {
             let stopping = self.state.shutting_down.load(Ordering::Relaxed);
-            let read = match reader.fill_from(&mut &self.stream) {
+            let read = match reader.fill_from(&mut &*self.stream) {
                 Ok(read) => Some(read),
                 Err(error) if is_timeout(&error) && idle.is_some() => None,
                 Err(error) => return Err(error),
@@ -612,7 +614,7 @@ impl<'s> Connection<'s> {
                     self.flush_round();
                 }
                 if self.out.len() >= OUT_HIGH_WATER {
-                    self.stream.write_all(&self.out)?;
+                    (&*self.stream).write_all(&self.out)?;
                     self.out.clear();
                 }
             }
@@ -642,7 +644,7 @@ impl<'s> Connection<'s> {
     fn finish_round(&mut self) -> io::Result<()> {
         self.flush_round();
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out)?;
+            (&*self.stream).write_all(&self.out)?;
             self.out.clear();
         }
         self.publish_command_count();

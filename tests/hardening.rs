@@ -55,6 +55,11 @@ fn start_child(flags: &[&str]) -> ChildServer {
     ChildServer::start(command)
 }
 
+/// How many file descriptors process `pid` has open.
+fn open_descriptors(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).expect("list /proc/<pid>/fd").count()
+}
+
 /// The resident set size of process `pid`, in bytes.
 fn rss_of(pid: u32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
@@ -330,6 +335,7 @@ fn two_thousand_simultaneous_connections_each_get_pong() {
     let server = start_child(&[]);
     let addr = server.addr();
     let mut observer = Conn::connect(addr);
+    let fds_before = open_descriptors(server.pid());
     let mut conns: Vec<Conn> = Vec::with_capacity(CLIENTS);
     // In waves that fit the listen backlog, each waited for, so no SYN is dropped.
     while conns.len() < CLIENTS {
@@ -349,6 +355,9 @@ fn two_thousand_simultaneous_connections_each_get_pong() {
     let stats = observer.stats();
     assert_eq!(common::stat_of(&stats, "connections"), CLIENTS as u64 + 1);
     assert_eq!(common::stat_of(&stats, "rejected_connections"), 0);
+    // One descriptor per connection, so the open-file limit caps connections one to one.
+    let fds = open_descriptors(server.pid()) - fds_before;
+    assert!(fds <= CLIENTS + 10, "{fds} more descriptors open for {CLIENTS} connections");
     drop(conns);
     wait_until("every client connection is closed", || observer.stat("connections") == 1);
 }
