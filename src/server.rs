@@ -43,10 +43,19 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Stack size of a connection thread.
 ///
-/// The deepest path a connection takes is formatting a log line or a STATS reply:
-/// well under this. Threads default to 2 MiB of address space each; with a small
-/// explicit stack 10,000 idle connections reserve 1.25 GiB instead of 20 GiB.
-pub const CONNECTION_STACK_SIZE: usize = 128 * 1024;
+/// Threads default to 2 MiB of address space each; 10,000 idle connections reserve
+/// 640 MiB with this size instead of 20 GiB (only touched pages are resident: two
+/// pages per idle connection, whatever this size). Under strict overcommit
+/// (`vm.overcommit_memory = 2`) the reservation is charged in full, so it matters.
+///
+/// Measured on this code (debug build, the whole `cargo test` suite): the kv
+/// binary's deepest path, a `DEBUG CRASH-CONNECTION` panic logged by its panic hook
+/// with `RUST_LOG=debug` plus STATS, a too-long line and a 60 KiB value, passes at
+/// 16 KiB, the least Rust gives a thread. The deepest path of an in-process server
+/// is a panic hook that captures and symbolizes a backtrace (Rust's default hook under
+/// `RUST_BACKTRACE=1`, `tests/connection_stack.rs`): it overflows at 28 KiB and passes
+/// at 32 KiB. Twice that, for code and hooks that grow.
+pub const CONNECTION_STACK_SIZE: usize = 64 * 1024;
 
 /// Most requests a connection sends to the workers in one round. Bounds what one
 /// client can make the server hold before its replies are written out: at most this
