@@ -156,10 +156,11 @@ pub struct Server {
 
 impl Server {
     /// Binds the listening socket and prepares the partitions; nothing runs yet.
-    pub fn bind(config: Config) -> io::Result<Server> {
+    pub fn bind(mut config: Config) -> io::Result<Server> {
         if config.workers == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "--workers must be at least 1"));
         }
+        config.max_connections = fit_open_file_limit(config.max_connections);
         let listener = TcpListener::bind((config.bind, config.port))?;
         raise_backlog(&listener)?;
         let mut workers = Vec::with_capacity(config.workers);
@@ -329,6 +330,45 @@ impl Drop for ServerHandle {
     fn drop(&mut self) {
         self.stop(StopReason::Requested);
     }
+}
+
+/// Descriptors kept for everything that is not a client connection: the listener,
+/// the standard streams, peer connections, whatever a library opens.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Makes room for `max_connections` in the process's open-file limit and returns how
+/// many connections fit, each taking one descriptor.
+///
+/// The soft limit is commonly 1,024, far below the default cap. Raising it up to the
+/// hard limit needs no privilege, as Redis does at start-up. If even the hard limit is
+/// too low, the cap is lowered to fit, with a warning: a client over it then gets
+/// `ERROR too many connections` at once, instead of waiting in the listen queue while
+/// `accept` fails for want of a descriptor.
+fn fit_open_file_limit(max_connections: usize) -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return max_connections;
+    }
+    let wanted = (max_connections as u64).saturating_add(RESERVED_DESCRIPTORS);
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit { rlim_cur: wanted.min(limit.rlim_max), rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = raised.rlim_cur;
+        }
+    }
+    let fits = usize::try_from(limit.rlim_cur.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX);
+    if fits >= max_connections {
+        return max_connections;
+    }
+    let fits = fits.max(1);
+    log::warn!(
+        "the open-file limit ({}) leaves room for {fits} connections, not the {max_connections} asked for: \
+         serving at most {fits} (raise `ulimit -n` for more)",
+        limit.rlim_cur
+    );
+    fits
 }
 
 /// Pending-connection queue length asked of the kernel (capped by

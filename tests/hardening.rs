@@ -103,6 +103,62 @@ fn with_max_connections_50_the_51st_client_is_refused_and_the_first_50_keep_work
     assert_eq!(common::stat_of(&stats, "keys"), 50);
 }
 
+/// A child `kv serve` whose open-file limits start at `soft` and `hard`.
+fn start_child_with_file_limit(soft: u64, hard: u64, flags: &[&str]) -> ChildServer {
+    use std::os::unix::process::CommandExt;
+    let mut command = kv_binary();
+    command.args(["serve", "--port", "0"]).args(flags);
+    // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    ChildServer::start(command)
+}
+
+/// The soft and hard open-file limits of process `pid`.
+fn file_limits_of(pid: u32) -> (u64, u64) {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|line| line.starts_with("Max open files")).unwrap();
+    let mut numbers = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .map(|n| if n == "unlimited" { libc::RLIM_INFINITY } else { n.parse().unwrap() });
+    (numbers.next().unwrap(), numbers.next().unwrap())
+}
+
+#[test]
+fn server_raises_a_low_soft_open_file_limit_to_fit_its_connection_cap() {
+    let (_, our_hard) = file_limits_of(std::process::id());
+    let server = start_child_with_file_limit(256, our_hard, &["--max-connections", "5000"]);
+    // 5,000 connections plus 64 descriptors kept for everything else.
+    assert_eq!(file_limits_of(server.pid()), (5_064.min(our_hard), our_hard));
+    Conn::connect(server.addr()).roundtrip(b"PING\r\n", b"PONG\r\n");
+}
+
+#[test]
+fn hard_open_file_limit_below_the_cap_lowers_the_cap_so_extra_clients_are_refused_not_stalled() {
+    // 128 descriptors, 64 of them kept for the server's own use: room for 64 clients,
+    // although the cap asked for is the default 10,000.
+    let server = start_child_with_file_limit(128, 128, &["--workers", "2"]);
+    let addr = server.addr();
+    let mut admitted: Vec<Conn> = (0..64).map(|_| Conn::connect(addr)).collect();
+    for conn in &mut admitted {
+        conn.roundtrip(b"PING\r\n", b"PONG\r\n");
+    }
+    let mut extra = Conn::connect(addr);
+    assert_eq!(show(&extra.read_to_close()), show(b"ERROR too many connections\r\n"));
+    let stats = admitted[0].stats();
+    assert_eq!(common::stat_of(&stats, "connections"), 64);
+    assert_eq!(common::stat_of(&stats, "rejected_connections"), 1);
+}
+
 // ---------------------------------------------------------------------------------
 // The idle timeout.
 
