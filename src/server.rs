@@ -551,26 +551,25 @@ impl<'s> Connection<'s> {
         loop {
             let stopping = self.state.shutting_down.load(Ordering::Relaxed);
             let read = match reader.fill_from(&mut &*self.stream) {
-                Ok(read) => Some(read),
-                Err(error) if is_timeout(&error) && idle.is_some() => None,
+                Ok(read) => read,
+                Err(error) if is_timeout(&error) => match &mut idle {
+                    // Nothing came: idle for the whole limit, or wake when it runs out.
+                    // Whatever a read does bring is served first (below), however late:
+                    // it may have waited in the socket while this thread was busy.
+                    Some(clock) => match clock.remaining() {
+                        None => {
+                            clock.expire();
+                            return Ok(());
+                        }
+                        Some(left) => {
+                            clock.shorten(&self.stream, left)?;
+                            continue;
+                        }
+                    },
+                    None => return Err(error),
+                },
                 Err(error) => return Err(error),
             };
-            if let Some(clock) = &mut idle {
-                // Closed once no complete request came for the whole limit, also for a
-                // client that trickles bytes without ever finishing a line.
-                match clock.remaining() {
-                    None => {
-                        log::debug!("closing a connection idle for {:?}", clock.limit);
-                        return Ok(());
-                    }
-                    Some(left) if read.is_none() => {
-                        clock.shorten(&self.stream, left)?;
-                        continue;
-                    }
-                    Some(_) => {}
-                }
-            }
-            let read = read.unwrap_or(0);
             if read == 0 {
                 // The client closed, or shutdown woke us: what we had is answered.
                 return Ok(());
@@ -670,9 +669,16 @@ impl<'s> Connection<'s> {
             if let Some(clock) = &mut idle {
                 if saw_request {
                     clock.reset(&self.stream)?;
-                } else if let Some(left) = clock.remaining() {
-                    // Bytes but no whole request: the clock keeps running.
-                    clock.shorten(&self.stream, left)?;
+                } else {
+                    // Bytes but no whole request: the clock keeps running, so a client
+                    // trickling a line that never ends is closed all the same.
+                    match clock.remaining() {
+                        None => {
+                            clock.expire();
+                            return Ok(());
+                        }
+                        Some(left) => clock.shorten(&self.stream, left)?,
+                    }
                 }
             }
             self.finish_round()?;
@@ -806,6 +812,11 @@ impl IdleClock {
     fn shorten(&mut self, stream: &TcpStream, left: Duration) -> io::Result<()> {
         self.shortened = true;
         stream.set_read_timeout(Some(left))
+    }
+
+    /// The connection is closed for idleness: say so in the log.
+    fn expire(&self) {
+        log::debug!("closing a connection idle for {:?}", self.limit);
     }
 
     /// Time left before the connection counts as idle; `None` once it does.

@@ -218,7 +218,37 @@ fn idle_timeout_closes_idle_and_trickling_connections_but_not_an_active_one() {
     // The trickled line never completed, so nothing of it was stored.
     let mut check = Conn::connect(addr);
     check.roundtrip(b"GET idle trickled\r\n", b"\r\nOK\r\n");
-    wait_for_connections(addr, 1);
+    // Every other connection is gone.
+    wait_until("only the checking connection is left", || check.stat("connections") == 1);
+}
+
+#[test]
+fn idle_timeout_spares_a_client_that_reads_its_replies_slowly() {
+    // Regression: the server checked the clock before serving what a read brought, so a
+    // request that had waited in the socket while the connection thread was blocked
+    // writing (or merely descheduled) past the limit was dropped with the connection.
+    let limit = Duration::from_secs(1);
+    let config = Config { port: 0, idle_timeout: Some(limit), max_line: 2 << 20, ..Config::default() };
+    let server = start_server_with(config);
+    let mut conn = Conn::connect(server.addr());
+    let value = vec![b'v'; 1 << 20];
+    conn.roundtrip(b"CREATE big\r\n", b"OK\r\n");
+    conn.roundtrip(&[&b"PUT big k "[..], &value, b"\r\n"].concat(), b"OK\r\n");
+    // One read, one round, 50 MiB of replies: far more than the socket buffers hold,
+    // so the server blocks writing them.
+    conn.send(&b"GET big k\r\n".repeat(50));
+    let reply = [&value[..], b"\r\nOK\r\n"].concat();
+    assert_eq!(conn.read_exact_bytes(1), b"v", "the server is writing");
+    // A request arrives while it is blocked, and the client is slow to read: busy, not
+    // idle.
+    conn.send(b"PING\r\n");
+    thread::sleep(limit + limit / 2);
+    assert_eq!(conn.read_exact_bytes(reply.len() - 1), reply[1..]);
+    for _ in 1..50 {
+        conn.expect(&reply);
+    }
+    conn.expect(b"PONG\r\n");
+    conn.roundtrip(b"PING\r\n", b"PONG\r\n");
 }
 
 // ---------------------------------------------------------------------------------
@@ -402,11 +432,16 @@ fn two_thousand_simultaneous_connections_each_get_pong() {
             observer.stat("connections") == open
         });
     }
-    for conn in &mut conns {
-        conn.send(b"PING\r\n");
-    }
-    for (i, conn) in conns.iter_mut().enumerate() {
-        assert_eq!(show(&conn.read_exact_bytes(6)), "PONG\\r\\n", "connection {i}");
+    // All open at once; the PINGs go in waves too, so that 2,000 server threads waking
+    // together do not starve the other tests running beside this one (the idle
+    // timeout test closes a connection whose thread is kept waiting a second).
+    for (w, wave) in conns.chunks_mut(250).enumerate() {
+        for conn in wave.iter_mut() {
+            conn.send(b"PING\r\n");
+        }
+        for (i, conn) in wave.iter_mut().enumerate() {
+            assert_eq!(show(&conn.read_exact_bytes(6)), "PONG\\r\\n", "connection {}", w * 250 + i);
+        }
     }
     let stats = observer.stats();
     assert_eq!(common::stat_of(&stats, "connections"), CLIENTS as u64 + 1);
