@@ -48,6 +48,26 @@ def rss_kib(pid):
         return int(re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M).group(1))
 
 
+def rss_by_mapping(pid):
+    """Resident KiB per kind of mapping: [heap], [stack], file-backed, and anonymous
+    ones grouped by size (a thread stack is one anonymous mapping of the stack size;
+    glibc's malloc arenas are the big ones)."""
+    kinds = {}
+    kind = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$", line)
+            if m:
+                size = (int(m.group(2), 16) - int(m.group(1), 16)) // 1024
+                name = m.group(4)
+                if not name:
+                    name = "anonymous >= 1 MiB" if size >= 1024 else f"anonymous {size} KiB"
+                kind = name
+            elif line.startswith("Rss:"):
+                kinds[kind] = kinds.get(kind, 0) + int(line.split()[1])
+    return kinds
+
+
 def threads_of(pid):
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(r"^Threads:\s+(\d+)", f.read(), re.M).group(1))
@@ -131,9 +151,12 @@ def measure(server, kv_binary, n, env):
         warm = open_idle(port, 1, request, reply)
         time.sleep(1)
         before, stack_before, threads_before = rss_kib(proc.pid), kernel_stack_kib(), threads_of(proc.pid)
+        maps_before = rss_by_mapping(proc.pid)
         conns = open_idle(port, n, request, reply)
         time.sleep(2)
         after, stack_after, threads_after = rss_kib(proc.pid), kernel_stack_kib(), threads_of(proc.pid)
+        maps_after = rss_by_mapping(proc.pid)
+        growth = {k: (maps_after.get(k, 0) - maps_before.get(k, 0)) / n for k in maps_after.keys() | maps_before.keys()}
         for s in conns + warm:
             s.close()
         return {
@@ -143,6 +166,7 @@ def measure(server, kv_binary, n, env):
             "rss_per_conn_kib": (after - before) / n,
             "kernel_stack_per_conn_kib": (stack_after - stack_before) / n,
             "threads": threads_after - threads_before,
+            "growth": sorted(growth.items(), key=lambda item: -item[1]),
         }
     finally:
         proc.kill()
@@ -154,6 +178,8 @@ def main():
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--servers", default="kv,redis,memcached")
     parser.add_argument("--kv-binary", default="target/release/kv")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also show where each server's RSS grew, by kind of mapping")
     parser.add_argument("--env", action="append", default=[],
                         help="NAME=VALUE for the kv server's environment, e.g. MALLOC_ARENA_MAX=2")
     args = parser.parse_args()
@@ -181,6 +207,9 @@ def main():
         r = measure(server, args.kv_binary, args.connections, env if server == "kv" else dict(os.environ))
         print(f"{server:<10} {args.connections:>6} {r['rss_before_kib']:>8} KiB {r['rss_after_kib']:>7} KiB "
               f"{r['rss_per_conn_kib']:>5.2f} KiB {r['kernel_stack_per_conn_kib']:>8.2f} KiB {r['threads']:>8}")
+        if args.breakdown:
+            for kind, kib in r["growth"][:4]:
+                print(f"    {kib:>6.2f} KiB per connection in {kind}")
 
 
 if __name__ == "__main__":
