@@ -54,6 +54,8 @@ pub enum Command<'a> {
     Stats,
     /// `QUIT`
     Quit,
+    /// `SUBSCRIBE <bucket>`: the connection becomes a stream of the bucket's changes.
+    Subscribe { bucket: &'a [u8] },
     /// `DEBUG CRASH <bucket>`: the worker owning `<bucket>` panics while serving it.
     /// Served only by a server started with `--debug`; otherwise `UNKNOWN COMMAND`.
     DebugCrash { bucket: &'a [u8] },
@@ -77,6 +79,7 @@ impl<'a> Command<'a> {
             | Command::Put { bucket, .. }
             | Command::Get { bucket, .. }
             | Command::Delete { bucket, .. }
+            | Command::Subscribe { bucket }
             | Command::DebugCrash { bucket } => Some(bucket),
             Command::Ping
             | Command::Stats
@@ -167,6 +170,7 @@ pub fn parse(line: &[u8]) -> Command<'_> {
         (Some(bucket), Some(key), None) if is(b"GET") => Command::Get { bucket, key },
         (Some(bucket), Some(key), None) if is(b"DELETE") => Command::Delete { bucket, key },
         (Some(bucket), None, None) if is(b"CREATE") => Command::Create { bucket },
+        (Some(bucket), None, None) if is(b"SUBSCRIBE") => Command::Subscribe { bucket },
         (None, None, None) if is(b"PING") => Command::Ping,
         (None, None, None) if is(b"STATS") => Command::Stats,
         (None, None, None) if is(b"QUIT") => Command::Quit,
@@ -449,6 +453,8 @@ mod tests {
             (b"STATS all", Command::Unknown),
             (b"QUIT now", Command::Unknown),
             (b"PUTS shopping milk 1", Command::Unknown),
+            (b"SUBSCRIBE b", Command::Subscribe { bucket: b"b" }),
+            (b"subscribe b c", Command::Unknown),
             (b"DEBUG CRASH b", Command::DebugCrash { bucket: b"b" }),
             (b"debug crash-connection", Command::DebugCrashConnection),
             (b"DEBUG CRASH-ACCEPTOR", Command::DebugCrashAcceptor),

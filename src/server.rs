@@ -9,8 +9,14 @@
 //! read, so a client that never reads its replies stops being read: its memory is
 //! bounded by one read's worth of requests.
 //!
+//! A request for a bucket another node owns (by the route table of `router.rs`) goes to
+//! the connection's `peer::Forwarder` instead of a worker batch; the round's remote
+//! requests are exchanged with the peers while the workers work, and their replies take
+//! their place in request order like any other. A single node's table routes every
+//! bucket here, so forwarding then costs one table lookup per request.
+//!
 //! This file owns sockets and threads; what a request means is in `protocol.rs` and
-//! `worker.rs`.
+//! `worker.rs`, where it goes in `router.rs`, and how it gets there in `peer.rs`.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -25,7 +31,10 @@ use std::panic::{self, AssertUnwindSafe};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
+use crate::peer::{self, Forwarder, Hello, PeerConfig, Peers, RemoteSubscription};
 use crate::protocol::{self, Command, Frame, LineReader};
+use crate::router::{self, Cluster, Route, RouteTable};
+use crate::subscribe;
 use crate::supervisor::{
     AcceptorStart, ChildExit, Control, DEFAULT_MAX_RESTARTS, DEFAULT_MAX_SECONDS, RestartIntensity,
     StopReason, Supervisor,
@@ -88,10 +97,18 @@ pub struct Config {
     pub max_line: usize,
     /// Most client connections open at once.
     pub max_connections: usize,
-    /// This node's name, reported by STATS.
+    /// This node's name, reported by STATS; with a cluster, the node of the cluster
+    /// this server is.
     pub node: String,
+    /// The cluster this node is part of. `None` is the embedded default: this node on
+    /// its own, owning every bucket.
+    pub cluster: Option<Cluster>,
+    /// How to reach the other nodes of the cluster.
+    pub peer: PeerConfig,
     /// Close a connection that sends no complete request for this long (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// Most bytes of events a subscriber may leave unread before it is dropped.
+    pub subscriber_backlog: usize,
     /// Serve the `DEBUG` fault-injection commands.
     pub debug: bool,
     /// Restart intensity: at most this many crashes ...
@@ -109,7 +126,10 @@ impl Default for Config {
             max_line: protocol::DEFAULT_MAX_LINE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             node: "kv".to_string(),
+            cluster: None,
+            peer: PeerConfig::default(),
             idle_timeout: None,
+            subscriber_backlog: subscribe::DEFAULT_SUBSCRIBER_BACKLOG,
             debug: false,
             max_restarts: DEFAULT_MAX_RESTARTS,
             max_seconds: DEFAULT_MAX_SECONDS,
@@ -144,6 +164,10 @@ struct State {
     /// Shared with the connection rather than a `try_clone`: a duplicate descriptor per
     /// connection would halve how many connections the open-file limit allows.
     open: Mutex<HashMap<u64, Arc<TcpStream>>>,
+    /// First byte of a bucket name -> who serves it.
+    routes: RouteTable,
+    /// The other nodes, for the buckets they own.
+    peers: Peers,
 }
 
 /// A bound server, not yet accepting.
@@ -163,6 +187,20 @@ impl Server {
         config.max_connections = fit_open_file_limit(config.max_connections);
         let listener = TcpListener::bind((config.bind, config.port))?;
         raise_backlog(&listener)?;
+        // Without a cluster file, the embedded default: one node owning every byte.
+        let standalone;
+        let cluster = match &config.cluster {
+            Some(cluster) => cluster,
+            None => {
+                standalone = Cluster::standalone(&config.node, listener.local_addr()?);
+                &standalone
+            }
+        };
+        let this = cluster
+            .node_index(&config.node)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?;
+        let routes = cluster.routes_for(this);
+        let peers = Peers::start(cluster, this, &config.peer)?;
         let mut workers = Vec::with_capacity(config.workers);
         let mut inboxes = Vec::with_capacity(config.workers);
         let mut worker_inboxes = Vec::with_capacity(config.workers);
@@ -184,6 +222,8 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             crash_acceptor: AtomicBool::new(false),
             open: Mutex::new(HashMap::new()),
+            routes,
+            peers,
         });
         Ok(Server { listener: Arc::new(listener), state, worker_inboxes })
     }
@@ -304,6 +344,7 @@ impl ServerHandle {
         self.stopped = Some(reason);
         let state = &self.state;
         state.shutting_down.store(true, Ordering::SeqCst);
+        state.peers.shutdown();
         // The acceptor is blocked in accept(): a connection to ourselves wakes it.
         let _ = TcpStream::connect_timeout(&wake_address(self.addr), Duration::from_secs(1));
         // Wake every connection blocked in read(): it answers what it has read and
@@ -497,8 +538,28 @@ fn serve_connection(stream: TcpStream, id: u64, state: Arc<State>) {
     }
 }
 
-/// Marks a request answered by the connection itself in [`Connection::order`].
-const LOCAL: u32 = u32::MAX;
+/// Who answers one request of a round, in [`Connection::order`].
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// The connection itself, from `local`.
+    Local,
+    /// The worker with this index.
+    Worker(u32),
+    /// The peer with this index, through the forwarder.
+    Peer(u32),
+}
+
+/// Who is at the other end of a connection, as its first line says.
+#[derive(Debug)]
+enum Mode {
+    /// A client: requests for other nodes' buckets are forwarded.
+    Client,
+    /// Another node (it opened with an accepted `KV-PEER-HELLO`): nothing is forwarded
+    /// again; a bucket this node does not own is a routing mismatch.
+    Peer,
+    /// A node whose handshake was refused: every bucket request gets this line.
+    Refused(Vec<u8>),
+}
 
 /// One client connection's buffers, reused for its whole life.
 struct Connection<'s> {
@@ -509,8 +570,8 @@ struct Connection<'s> {
     replies: crossbeam_channel::Receiver<Batch>,
     /// Each worker's batch; `None` while it is with the worker.
     batches: Vec<Option<Batch>>,
-    /// For each request of the round, in order: the worker answering it, or `LOCAL`.
-    order: Vec<u32>,
+    /// For each request of the round, in order: who answers it.
+    order: Vec<Source>,
     /// Replies the connection wrote itself, and where each ends.
     local: Vec<u8>,
     local_ends: Vec<usize>,
@@ -520,6 +581,9 @@ struct Connection<'s> {
     out: Vec<u8>,
     /// Requests seen since the last flush to the shared counter.
     commands: u64,
+    /// Requests for other nodes' buckets, and their replies.
+    forwarder: Forwarder<'s>,
+    mode: Mode,
 }
 
 impl<'s> Connection<'s> {
@@ -538,12 +602,16 @@ impl<'s> Connection<'s> {
             cursors: vec![0; workers],
             out: Vec::new(),
             commands: 0,
+            forwarder: Forwarder::new(&state.peers),
+            mode: Mode::Client,
         }
     }
 
     fn serve(&mut self) -> io::Result<()> {
         self.stream.set_nodelay(true)?;
         let mut reader = LineReader::new(self.state.config.max_line);
+        // Only the first line of a connection may be a peer handshake.
+        let mut first_line = true;
         let mut idle = self.state.config.idle_timeout.map(IdleClock::new);
         if let Some(clock) = &idle {
             self.stream.set_read_timeout(Some(clock.limit))?;
@@ -588,6 +656,7 @@ impl<'s> Connection<'s> {
             while let Some(frame) = reader.next_frame() {
                 self.commands += 1;
                 saw_request = true;
+                let is_first_line = std::mem::take(&mut first_line);
                 let line = match frame {
                     Frame::Line(line) => line,
                     Frame::TooLong => {
@@ -608,6 +677,7 @@ impl<'s> Connection<'s> {
                         self.finish_round()?;
                         return Ok(());
                     }
+                    Command::Unknown if is_first_line => self.first_line_unknown(line),
                     Command::Unknown => self.answer_locally(protocol::UNKNOWN_COMMAND),
                     Command::Stats => {
                         // Replies before STATS must reflect the requests before it.
@@ -646,17 +716,77 @@ impl<'s> Connection<'s> {
                             b"ERROR cannot wake the acceptor\r\n"
                         });
                     }
+                    Command::Subscribe { bucket } => match (self.state.routes.route(bucket), &self.mode) {
+                        (Route::Local, Mode::Client | Mode::Peer) => {
+                            let w = worker::worker_for(bucket, self.inboxes.len());
+                            let (subscriber, subscription) =
+                                subscribe::subscription(self.state.config.subscriber_backlog);
+                            if let Some(batch) = &mut self.batches[w] {
+                                batch.push_request(line);
+                                batch.subscriber = Some(subscriber);
+                            }
+                            self.order.push(Source::Worker(w as u32));
+                            // The worker registers it in its request order; its reply
+                            // (nothing, or NOT FOUND) follows everything before it.
+                            self.flush_round();
+                            let refused = self.batches[w].as_mut().and_then(|batch| batch.subscriber.take());
+                            if refused.is_none() {
+                                if matches!(self.mode, Mode::Peer) {
+                                    // Between nodes a subscription is acknowledged, so the
+                                    // relaying node knows it took (see peer.rs).
+                                    self.out.extend_from_slice(protocol::OK);
+                                }
+                                self.finish_round()?;
+                                // From here on input is ignored and events are written.
+                                return subscribe::stream_events(
+                                    &self.stream,
+                                    subscription,
+                                    &self.state.shutting_down,
+                                );
+                            }
+                        }
+                        (Route::Peer(p), Mode::Client) => {
+                            // As locally, the replies before it go first.
+                            self.flush_round();
+                            match self.state.peers.subscribe(usize::from(p), line) {
+                                RemoteSubscription::Answered(reply) => self.answer_locally(&reply),
+                                RemoteSubscription::Streaming { stream, pending } => {
+                                    self.finish_round()?;
+                                    return peer::relay_subscription(
+                                        stream,
+                                        pending,
+                                        &self.stream,
+                                        self.state.config.subscriber_backlog,
+                                        &self.state.shutting_down,
+                                        self.state.peers.unavailable_line(usize::from(p)),
+                                    );
+                                }
+                            }
+                        }
+                        (route, _) => self.answer_misrouted(route, bucket),
+                    },
                     Command::Create { bucket }
                     | Command::Put { bucket, .. }
                     | Command::Get { bucket, .. }
                     | Command::Delete { bucket, .. }
-                    | Command::DebugCrash { bucket } => {
-                        let w = worker::worker_for(bucket, self.inboxes.len());
-                        if let Some(batch) = &mut self.batches[w] {
-                            batch.push_request(line);
+                    | Command::DebugCrash { bucket } => match (self.state.routes.route(bucket), &self.mode) {
+                        (Route::Local, Mode::Client | Mode::Peer) => {
+                            let w = worker::worker_for(bucket, self.inboxes.len());
+                            if let Some(batch) = &mut self.batches[w] {
+                                batch.push_request(line);
+                            }
+                            self.order.push(Source::Worker(w as u32));
                         }
-                        self.order.push(w as u32);
-                    }
+                        (Route::Peer(p), Mode::Client) => {
+                            let p = usize::from(p);
+                            if self.forwarder.is_full_for(p, line.len()) {
+                                self.flush_round();
+                            }
+                            self.forwarder.push(p, line, matches!(command, Command::Get { .. }));
+                            self.order.push(Source::Peer(p as u32));
+                        }
+                        (route, _) => self.answer_misrouted(route, bucket),
+                    },
                 }
                 if self.order.len() >= MAX_REQUESTS_PER_ROUND {
                     self.flush_round();
@@ -692,7 +822,46 @@ impl<'s> Connection<'s> {
     fn answer_locally(&mut self, reply: &[u8]) {
         self.local.extend_from_slice(reply);
         self.local_ends.push(self.local.len());
-        self.order.push(LOCAL);
+        self.order.push(Source::Local);
+    }
+
+    /// An unknown command as a connection's first line: a peer handshake, or else
+    /// `UNKNOWN COMMAND` as anywhere else.
+    #[cold]
+    fn first_line_unknown(&mut self, line: &[u8]) {
+        match peer::check_hello(line, &self.state.config.node) {
+            Hello::NotHello => self.answer_locally(protocol::UNKNOWN_COMMAND),
+            Hello::Accepted => {
+                self.mode = Mode::Peer;
+                self.answer_locally(protocol::OK);
+            }
+            Hello::Refused(reply) => {
+                log::warn!(
+                    "refused a peer handshake: {:?} (answered {:?})",
+                    String::from_utf8_lossy(line),
+                    String::from_utf8_lossy(&reply).trim_end()
+                );
+                self.answer_locally(&reply);
+                self.mode = Mode::Refused(reply);
+            }
+        }
+    }
+
+    /// A bucket request this connection cannot serve or forward: no node owns the
+    /// bucket, it came from a peer for a bucket this node does not own, or it came
+    /// from a peer whose handshake was refused.
+    #[cold]
+    fn answer_misrouted(&mut self, route: Route, bucket: &[u8]) {
+        match &self.mode {
+            Mode::Refused(reply) => self.local.extend_from_slice(reply),
+            Mode::Peer => peer::write_routing_mismatch(&mut self.local, &self.state.config.node, bucket),
+            Mode::Client => {
+                debug_assert_eq!(route, Route::Unrouted);
+                router::write_no_route(&mut self.local, bucket);
+            }
+        }
+        self.local_ends.push(self.local.len());
+        self.order.push(Source::Local);
     }
 
     /// Dispatches and collects the round, then writes every reply out.
@@ -734,6 +903,8 @@ impl<'s> Connection<'s> {
                 }
             }
         }
+        // While the workers work, this thread talks to the peers.
+        self.forwarder.exchange();
         while in_flight > 0 {
             match worker::recv_spinning(&self.replies) {
                 Ok(batch) => {
@@ -755,14 +926,20 @@ impl<'s> Connection<'s> {
         let mut local_start = 0;
         self.cursors.iter_mut().for_each(|c| *c = 0);
         for &source in &self.order {
-            if source == LOCAL {
-                let end = self.local_ends[local_index];
-                self.out.extend_from_slice(&self.local[local_start..end]);
-                local_start = end;
-                local_index += 1;
-                continue;
-            }
-            let w = source as usize;
+            let w = match source {
+                Source::Worker(w) => w as usize,
+                Source::Local => {
+                    let end = self.local_ends[local_index];
+                    self.out.extend_from_slice(&self.local[local_start..end]);
+                    local_start = end;
+                    local_index += 1;
+                    continue;
+                }
+                Source::Peer(p) => {
+                    self.out.extend_from_slice(self.forwarder.next_reply(p as usize));
+                    continue;
+                }
+            };
             let cursor = self.cursors[w];
             match &self.batches[w] {
                 Some(batch) if cursor < batch.reply_ends.len() => {
@@ -781,6 +958,7 @@ impl<'s> Connection<'s> {
         for batch in self.batches.iter_mut().flatten() {
             batch.clear();
         }
+        self.forwarder.clear();
     }
 }
 
@@ -857,9 +1035,12 @@ fn write_stats(state: &State, out: &mut Vec<u8>) {
     write_stat(out, "keys", keys);
     write_stat(out, "workers", state.workers.len());
     write_stat(out, "worker_restarts", restarts);
-    // A single node forwards nothing; the cluster fills these in.
-    write_stat(out, "forwarded_total", 0);
-    write_stat(out, "peer_errors_total", 0);
+    let subscribers: usize = state.workers.iter().map(|w| w.stats.subscribers.load(Ordering::Relaxed)).sum();
+    let dropped: u64 = state.workers.iter().map(|w| load(&w.stats.subscribers_dropped)).sum();
+    write_stat(out, "subscribers", subscribers);
+    write_stat(out, "subscribers_dropped", dropped);
+    // forwarded_total, peer_errors_total and the peer.<name>.* lines.
+    state.peers.write_stats(out);
     let inboxes = state.inboxes.lock();
     for (i, worker) in state.workers.iter().enumerate() {
         let queue = inboxes.as_ref().map_or(0, |inboxes| inboxes[i].len());

@@ -162,6 +162,25 @@ impl Supervisor {
         Ok(())
     }
 
+    /// In place of a worker that will not be restarted: answers every batch in its
+    /// inbox `ERROR worker crashed` until the inbox closes, then exits cleanly.
+    fn start_drainer(&mut self, index: usize, unfinished: Option<Batch>) -> io::Result<()> {
+        let child = &mut self.workers[index];
+        let inbox = child.inbox.clone();
+        let exits = self.exits_tx.clone();
+        let thread = thread::Builder::new().name(format!("kv-drain-{index}")).spawn(move || {
+            for mut batch in unfinished.into_iter().chain(inbox.iter()) {
+                batch.answer_rest(protocol::WORKER_CRASHED);
+                let reply_to = batch.reply_to.clone();
+                let _ = reply_to.send(batch);
+            }
+            let _ = exits.send(ChildExit::Worker { index, outcome: Outcome::Clean });
+        })?;
+        child.thread = Some(thread);
+        child.running = true;
+        Ok(())
+    }
+
     fn run(mut self, control: Receiver<Control>) {
         loop {
             select! {
@@ -194,12 +213,11 @@ impl Supervisor {
                 self.join_worker(index);
                 log::error!("worker {index} crashed: {message}");
                 if !self.may_restart(crashed_at, &format!("worker {index}")) {
-                    if let Some(mut batch) = unfinished {
-                        // No worker will serve these: answer rather than leave the
-                        // client waiting.
-                        batch.answer_rest(protocol::WORKER_CRASHED);
-                        let reply_to = batch.reply_to.clone();
-                        let _ = reply_to.send(batch);
+                    // No worker will serve this partition again, but requests keep
+                    // arriving until shutdown closes the inbox: answer them all
+                    // rather than leave their clients waiting.
+                    if let Err(error) = self.start_drainer(index, unfinished) {
+                        log::error!("cannot start a drainer for worker {index}: {error}");
                     }
                     return;
                 }

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 
 use crate::protocol::{self, Command};
 use crate::store::{NoSuchBucket, Partition};
+use crate::subscribe::{self, Subscriber, Subscriptions};
 
 /// Requests from one connection for one worker, and, on the way back, the replies.
 #[derive(Debug)]
@@ -42,6 +43,10 @@ pub struct Batch {
     /// its reply in `replies`, so a replacement worker can resume a batch that a
     /// crashed one left half done.
     pub cursor: usize,
+    /// The subscriber to register if the batch holds a `SUBSCRIBE`. The worker takes
+    /// it when it registers it, and leaves it here when the bucket does not exist;
+    /// the connection takes what is left (`clear` does not touch it).
+    pub subscriber: Option<Subscriber>,
 }
 
 impl Batch {
@@ -54,6 +59,7 @@ impl Batch {
             reply_to,
             worker,
             cursor: 0,
+            subscriber: None,
         }
     }
 
@@ -91,9 +97,22 @@ impl Batch {
     /// replies. If applying one panics, the cursor still points at it and `replies`
     /// may hold part of its reply: [`Batch::answer_crashed`] repairs both.
     pub fn apply(&mut self, partition: &mut Partition) {
+        self.apply_with(partition, &mut Subscriptions::default());
+    }
+
+    /// [`Batch::apply`], streaming every change to `subscriptions`.
+    pub fn apply_with(&mut self, partition: &mut Partition, subscriptions: &mut Subscriptions) {
         while !self.is_done() {
             let (line, next) = request_at(&self.requests, self.cursor);
-            apply(partition, protocol::parse(line), &mut self.replies);
+            let command = protocol::parse(line);
+            if let Command::Subscribe { bucket } = command {
+                subscribe(partition, subscriptions, bucket, &mut self.subscriber, &mut self.replies);
+            } else {
+                apply(partition, command, &mut self.replies);
+                if !subscriptions.is_empty() {
+                    publish(subscriptions, command);
+                }
+            }
             self.reply_ends.push(self.replies.len());
             self.cursor = next;
         }
@@ -129,6 +148,40 @@ fn request_at(requests: &[u8], cursor: usize) -> (&[u8], usize) {
     (&rest[..len], cursor + len + 1)
 }
 
+/// Registers a subscription to `bucket`: no reply if it exists (the stream starts),
+/// `NOT FOUND` if not.
+fn subscribe(
+    partition: &Partition,
+    subscriptions: &mut Subscriptions,
+    bucket: &[u8],
+    subscriber: &mut Option<Subscriber>,
+    out: &mut Vec<u8>,
+) {
+    if !partition.contains(bucket) {
+        out.extend_from_slice(protocol::NOT_FOUND);
+        return;
+    }
+    match subscriber.take() {
+        Some(subscriber) => subscriptions.add(bucket, subscriber),
+        // Only a connection that attached a subscriber sends SUBSCRIBE; anything
+        // else is a bug, answered rather than trusted.
+        None => out.extend_from_slice(b"ERROR subscription not set up\r\n"),
+    }
+}
+
+/// Streams the change a command made, if it was a PUT or DELETE on a bucket with
+/// subscribers. Called after `apply`, so only for requests that succeeded... or
+/// failed with NOT FOUND, which a subscribed bucket (it exists) never does.
+fn publish(subscriptions: &mut Subscriptions, command: Command<'_>) {
+    match command {
+        Command::Put { bucket, key, value } => {
+            subscriptions.publish(bucket, || subscribe::set_event(key, value))
+        }
+        Command::Delete { bucket, key } => subscriptions.publish(bucket, || subscribe::deleted_event(key)),
+        _ => {}
+    }
+}
+
 /// Applies one parsed command to `partition` and appends its reply to `out`.
 ///
 /// Commands that are not about a bucket never reach a worker; if one does, it is
@@ -152,6 +205,16 @@ pub fn apply(partition: &mut Partition, command: Command<'_>, out: &mut Vec<u8>)
             // Fault injection (`kv serve --debug`): nothing has been changed yet, so
             // the partition stays exactly as it was.
             panic!("DEBUG CRASH requested");
+        }
+        Command::Subscribe { bucket } => {
+            // Served by Batch::apply_with; reaching here means no subscriber came
+            // with it.
+            out.extend_from_slice(if partition.contains(bucket) {
+                b"ERROR subscription not set up\r\n"
+            } else {
+                protocol::NOT_FOUND
+            });
+            return;
         }
         Command::Ping
         | Command::Stats
@@ -178,6 +241,10 @@ pub struct WorkerStats {
     pub keys: AtomicUsize,
     /// Times this worker has been restarted after a crash.
     pub restarts: AtomicU64,
+    /// Subscribers registered with this worker.
+    pub subscribers: AtomicUsize,
+    /// Subscribers dropped for falling too far behind.
+    pub subscribers_dropped: AtomicU64,
 }
 
 /// What outlives a worker thread: its partition and its counters.
@@ -185,14 +252,19 @@ pub struct WorkerStats {
 pub struct WorkerShared {
     /// The buckets this worker owns.
     pub partition: Mutex<Partition>,
+    /// Who streams which bucket's changes. Locked together with the partition, and
+    /// only by the worker.
+    pub subscriptions: Mutex<Subscriptions>,
     /// Counters for STATS.
     pub stats: WorkerStats,
 }
 
 impl WorkerShared {
-    fn publish(&self, partition: &Partition) {
+    fn publish(&self, partition: &Partition, subscriptions: &Subscriptions) {
         self.stats.buckets.store(partition.bucket_count(), Ordering::Relaxed);
         self.stats.keys.store(partition.key_count(), Ordering::Relaxed);
+        self.stats.subscribers.store(subscriptions.len(), Ordering::Relaxed);
+        self.stats.subscribers_dropped.store(subscriptions.dropped_total(), Ordering::Relaxed);
     }
 }
 
@@ -289,15 +361,16 @@ fn serve(shared: &WorkerShared, inbox: &Receiver<Batch>, in_hand: &mut InHand) {
         }
         {
             let mut partition = shared.partition.lock();
+            let mut subscriptions = shared.subscriptions.lock();
             while let Some(batch) = in_hand.current.as_mut() {
-                batch.apply(&mut partition);
+                batch.apply_with(&mut partition, &mut subscriptions);
                 in_hand.done.extend(in_hand.current.take());
                 if in_hand.done.len() == MAX_BATCHES_PER_LOCK {
                     break;
                 }
                 in_hand.current = inbox.try_recv().ok();
             }
-            shared.publish(&partition);
+            shared.publish(&partition, &subscriptions);
         }
         for batch in in_hand.done.drain(..) {
             send_back(batch);

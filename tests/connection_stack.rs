@@ -43,7 +43,7 @@ fn connection_panic_that_symbolizes_a_backtrace_fits_the_connection_stack() {
     for _ in 0..2 {
         let mut crashing = Conn::from_stream(TcpStream::connect(addr).unwrap());
         crashing.send(b"DEBUG CRASH-CONNECTION\r\n");
-        assert_eq!(show(&crashing.read_to_close_or_reset()), "");
+        assert_eq!(show(&crashing.read_until_gone().0), "");
     }
     assert_eq!(
         CAPTURED.load(Ordering::SeqCst),

@@ -770,6 +770,13 @@ fn random_bytes_and_lines_from_several_clients_get_well_formed_replies_and_spare
                     let RefFrame::Line(line) = frame else { continue };
                     let words = words_of(line);
                     assert!(words.get(1) != Some(&&b"control"[..]), "seed {seed} generated {}", show(line));
+                    // A subscription would turn the connection into an event stream
+                    // that the model does not predict; the generator never writes one.
+                    assert!(
+                        !words.first().is_some_and(|word| word.eq_ignore_ascii_case(b"SUBSCRIBE")),
+                        "seed {seed} generated {}",
+                        show(line)
+                    );
                     if due_for(frame).0 == Due::OkOrNotFound && words.len() == 4 {
                         let stored = (words[1].to_vec(), words[2].to_vec());
                         puts.entry(stored).or_default().insert(words[3].to_vec());

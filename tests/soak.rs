@@ -201,7 +201,7 @@ fn writer(
                 }
                 Ending::Quit => {
                     assert_eq!(show(&conn.read_exact_bytes(4)), "OK\\r\\n", "QUIT");
-                    assert_eq!(show(&conn.read_to_close_or_reset()), "", "after QUIT");
+                    assert_eq!(show(&conn.read_until_gone().0), "", "after QUIT");
                     // The rest of the pipeline may meet a closed socket.
                     let _ = sending.join().unwrap();
                     break;

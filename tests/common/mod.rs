@@ -14,7 +14,7 @@
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -155,23 +155,21 @@ impl Conn {
         }
     }
 
-    /// Reads until the server closes the connection and returns everything read, with
-    /// a reset counting as a close: a server that closes a socket still holding input
-    /// it will never read (after QUIT, or an HTTP line) makes the kernel send a reset,
-    /// which a client may see after the replies instead of an end of stream.
-    pub fn read_to_close_or_reset(&mut self) -> Vec<u8> {
+    /// Reads until the connection ends, by a close or by a reset, and returns what was
+    /// read and whether it ended with a reset. For clients whose connection a server
+    /// may drop with their input unread (the kernel then sends a reset).
+    pub fn read_until_gone(&mut self) -> (Vec<u8>, bool) {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let mut chunk = [0u8; 4096];
+            let mut chunk = [0u8; 64 * 1024];
             match self.stream.read(&mut chunk) {
-                Ok(0) => return std::mem::take(&mut self.pending),
+                Ok(0) => return (std::mem::take(&mut self.pending), false),
                 Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return std::mem::take(&mut self.pending),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    assert!(Instant::now() < deadline, "the server did not close the connection");
+                    assert!(Instant::now() < deadline, "the server neither closed nor reset the connection");
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => panic!("read failed instead of a close: {e}"),
+                Err(_) => return (std::mem::take(&mut self.pending), true),
             }
         }
     }
@@ -233,6 +231,19 @@ pub fn wait_for_connections(addr: SocketAddr, expected: u64) {
     wait_until(&format!("STATS connections is {expected}"), || conn.stat("connections") == expected);
 }
 
+/// A bucket name starting with `prefix` that worker `worker` of `workers` owns, so a
+/// test can aim requests (and crashes) at one worker.
+pub fn bucket_on(worker: usize, workers: usize, prefix: &str) -> String {
+    assert!(worker < workers);
+    for i in 0..100_000 {
+        let name = format!("{prefix}{i}");
+        if kv::worker::worker_for(name.as_bytes(), workers) == worker {
+            return name;
+        }
+    }
+    panic!("no bucket named {prefix}<n> lands on worker {worker} of {workers}");
+}
+
 /// Bytes shown readably in assertion messages, shortened when long.
 pub fn show(bytes: &[u8]) -> String {
     const MAX: usize = 300;
@@ -288,6 +299,8 @@ pub fn kv_binary() -> Command {
 pub struct ChildServer {
     child: Child,
     addr: SocketAddr,
+    /// Every line the child has logged on stderr so far.
+    log: Arc<Mutex<Vec<String>>>,
     /// Drains the child's stderr to its end so the child never blocks on a full pipe.
     stderr_thread: Option<JoinHandle<()>>,
 }
@@ -299,6 +312,8 @@ impl ChildServer {
         let mut child = command.spawn().expect("start the kv binary");
         let stderr = child.stderr.take().unwrap();
         let (addr_tx, addr_rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log_lines = log.clone();
         let stderr_thread = thread::spawn(move || {
             let mut addr_tx = Some(addr_tx);
             for line in BufReader::new(stderr).lines() {
@@ -309,10 +324,15 @@ impl ChildServer {
                         let _ = tx.send(addr);
                     }
                 }
+                log_lines.lock().unwrap().push(line);
             }
         });
-        let mut server =
-            ChildServer { child, addr: "0.0.0.0:0".parse().unwrap(), stderr_thread: Some(stderr_thread) };
+        let mut server = ChildServer {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            log,
+            stderr_thread: Some(stderr_thread),
+        };
         match addr_rx.recv_timeout(DEADLINE) {
             Ok(addr) => server.addr = addr,
             Err(_) => {
@@ -330,6 +350,47 @@ impl ChildServer {
     /// The child's process id, e.g. to read its memory use from `/proc/<pid>/status`.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The lines the child has logged so far that contain `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        self.log.lock().unwrap().iter().filter(|line| line.contains(needle)).cloned().collect()
+    }
+
+    /// Everything the child has logged so far, for failure messages.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Sends the child a real signal (SIGTERM, SIGINT, ...).
+    pub fn signal(&mut self, signal: libc::c_int) {
+        // Only while it has not been reaped: after that its pid may belong to another
+        // process.
+        assert!(self.child.try_wait().unwrap().is_none(), "the kv process has already exited");
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed: {}", std::io::Error::last_os_error());
+    }
+
+    /// The exit status if the child exits within `within`, polling; `None` if it is
+    /// still running then.
+    pub fn wait_for_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The exit status if the child has already exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 }
 

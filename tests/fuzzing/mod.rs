@@ -150,7 +150,9 @@ fn check_parse(line: &[u8]) {
     match protocol::parse(line) {
         Command::Put { bucket, key, value } => assert!(word(bucket) && word(key) && word(value)),
         Command::Get { bucket, key } | Command::Delete { bucket, key } => assert!(word(bucket) && word(key)),
-        Command::Create { bucket } | Command::DebugCrash { bucket } => assert!(word(bucket)),
+        Command::Create { bucket } | Command::Subscribe { bucket } | Command::DebugCrash { bucket } => {
+            assert!(word(bucket))
+        }
         Command::Ping
         | Command::Stats
         | Command::Quit
