@@ -228,15 +228,15 @@ fn idle_timeout_spares_a_client_that_reads_its_replies_slowly() {
     // request that had waited in the socket while the connection thread was blocked
     // writing (or merely descheduled) past the limit was dropped with the connection.
     let limit = Duration::from_secs(1);
-    let config = Config { port: 0, idle_timeout: Some(limit), max_line: 2 << 20, ..Config::default() };
-    let server = start_server_with(config);
+    let server = start_server_with(Config { port: 0, idle_timeout: Some(limit), ..Config::default() });
     let mut conn = Conn::connect(server.addr());
-    let value = vec![b'v'; 1 << 20];
-    conn.roundtrip(b"CREATE big\r\n", b"OK\r\n");
-    conn.roundtrip(&[&b"PUT big k "[..], &value, b"\r\n"].concat(), b"OK\r\n");
-    // One read, one round, 50 MiB of replies: far more than the socket buffers hold,
+    let value = vec![b'v'; 60 * 1024];
+    // The long PUT also grows the connection's read buffer past 64 KiB, so the GETs
+    // below arrive in one read and make one round.
+    conn.roundtrip(&[&b"CREATE big\r\nPUT big k "[..], &value, b"\r\n"].concat(), b"OK\r\nOK\r\n");
+    // 15 MiB of replies: more than the socket buffers of a client that does not read,
     // so the server blocks writing them.
-    conn.send(&b"GET big k\r\n".repeat(50));
+    conn.send(&b"GET big k\r\n".repeat(250));
     let reply = [&value[..], b"\r\nOK\r\n"].concat();
     assert_eq!(conn.read_exact_bytes(1), b"v", "the server is writing");
     // A request arrives while it is blocked, and the client is slow to read: busy, not
@@ -244,7 +244,7 @@ fn idle_timeout_spares_a_client_that_reads_its_replies_slowly() {
     conn.send(b"PING\r\n");
     thread::sleep(limit + limit / 2);
     assert_eq!(conn.read_exact_bytes(reply.len() - 1), reply[1..]);
-    for _ in 1..50 {
+    for _ in 1..250 {
         conn.expect(&reply);
     }
     conn.expect(b"PONG\r\n");
