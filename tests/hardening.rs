@@ -171,17 +171,18 @@ fn idle_timeout_closes_idle_and_trickling_connections_but_not_an_active_one() {
     setup.roundtrip(b"CREATE idle\r\n", b"OK\r\n");
     drop(setup);
 
-    // Active: a request every 300 ms, for well over three times the limit.
+    // Active: a request every 150 ms, for well over three times the limit. The gap
+    // leaves 850 ms of scheduling slack on a loaded machine.
     let active = thread::spawn(move || {
         let mut conn = Conn::connect(addr);
         let started = Instant::now();
-        for i in 0..12 {
+        for i in 0..24 {
             // Pacing, not waiting for a condition: the gap is what is under test.
-            thread::sleep(Duration::from_millis(300));
+            thread::sleep(Duration::from_millis(150));
             conn.roundtrip(format!("PUT idle active {i}\r\n").as_bytes(), b"OK\r\n");
         }
         assert!(started.elapsed() > 3 * limit);
-        conn.roundtrip(b"GET idle active\r\n", b"11\r\nOK\r\n");
+        conn.roundtrip(b"GET idle active\r\n", b"23\r\nOK\r\n");
     });
 
     // Trickler: a byte every 200 ms, never a newline, so never a complete request.
