@@ -55,10 +55,21 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Stack size of a connection thread.
 ///
-/// The deepest path a connection takes is formatting a log line or a STATS reply:
-/// well under this. Threads default to 2 MiB of address space each; with a small
-/// explicit stack 10,000 idle connections reserve 1.25 GiB instead of 20 GiB.
-pub const CONNECTION_STACK_SIZE: usize = 128 * 1024;
+/// Threads default to 2 MiB of address space each; 10,000 idle connections reserve
+/// 640 MiB with this size instead of 20 GiB (only touched pages are resident: two
+/// pages per idle connection, whatever this size). Under strict overcommit
+/// (`vm.overcommit_memory = 2`) the reservation is charged in full, so it matters.
+///
+/// Measured on this code (debug build, the whole `cargo test` suite): the kv
+/// binary's deepest path, a `DEBUG CRASH-CONNECTION` panic logged by its panic hook
+/// with `RUST_LOG=debug` plus STATS, a too-long line and a 60 KiB value, passes at
+/// 16 KiB, the least Rust gives a thread. The deepest path of an in-process server
+/// is a panic hook that captures and symbolizes a backtrace (Rust's default hook under
+/// `RUST_BACKTRACE=1`, `tests/connection_stack.rs`): it overflows at 28 KiB and passes
+/// at 32 KiB. Twice that, for code and hooks that grow. The same results with the
+/// cluster, SUBSCRIBE and supervision code and tests merged; the peer prober threads
+/// of `peer.rs`, which use this size too, passed the cluster tests at 16 KiB.
+pub const CONNECTION_STACK_SIZE: usize = 64 * 1024;
 
 /// Most requests a connection sends to the workers in one round. Bounds what one
 /// client can make the server hold before its replies are written out: at most this
@@ -155,7 +166,9 @@ struct State {
     /// Set by `DEBUG CRASH-ACCEPTOR`: the acceptor panics at its next connection.
     crash_acceptor: AtomicBool,
     /// A handle on every open client socket, so shutdown can wake their threads.
-    open: Mutex<HashMap<u64, TcpStream>>,
+    /// Shared with the connection rather than a `try_clone`: a duplicate descriptor per
+    /// connection would halve how many connections the open-file limit allows.
+    open: Mutex<HashMap<u64, Arc<TcpStream>>>,
     /// First byte of a bucket name -> who serves it.
     routes: RouteTable,
     /// The other nodes, for the buckets they own.
@@ -172,10 +185,11 @@ pub struct Server {
 
 impl Server {
     /// Binds the listening socket and prepares the partitions; nothing runs yet.
-    pub fn bind(config: Config) -> io::Result<Server> {
+    pub fn bind(mut config: Config) -> io::Result<Server> {
         if config.workers == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "--workers must be at least 1"));
         }
+        config.max_connections = fit_open_file_limit(config.max_connections);
         let listener = TcpListener::bind((config.bind, config.port))?;
         raise_backlog(&listener)?;
         // Without a cluster file, the embedded default: one node owning every byte.
@@ -364,6 +378,45 @@ impl Drop for ServerHandle {
     }
 }
 
+/// Descriptors kept for everything that is not a client connection: the listener,
+/// the standard streams, peer connections, whatever a library opens.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Makes room for `max_connections` in the process's open-file limit and returns how
+/// many connections fit, each taking one descriptor.
+///
+/// The soft limit is commonly 1,024, far below the default cap. Raising it up to the
+/// hard limit needs no privilege, as Redis does at start-up. If even the hard limit is
+/// too low, the cap is lowered to fit, with a warning: a client over it then gets
+/// `ERROR too many connections` at once, instead of waiting in the listen queue while
+/// `accept` fails for want of a descriptor.
+fn fit_open_file_limit(max_connections: usize) -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return max_connections;
+    }
+    let wanted = (max_connections as u64).saturating_add(RESERVED_DESCRIPTORS);
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit { rlim_cur: wanted.min(limit.rlim_max), rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = raised.rlim_cur;
+        }
+    }
+    let fits = usize::try_from(limit.rlim_cur.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX);
+    if fits >= max_connections {
+        return max_connections;
+    }
+    let fits = fits.max(1);
+    log::warn!(
+        "the open-file limit ({}) leaves room for {fits} connections, not the {max_connections} asked for: \
+         serving at most {fits} (raise `ulimit -n` for more)",
+        limit.rlim_cur
+    );
+    fits
+}
+
 /// Pending-connection queue length asked of the kernel (capped by
 /// `net.core.somaxconn`, 4096 on current Linux).
 ///
@@ -416,7 +469,7 @@ fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
             state.connections.fetch_sub(1, Ordering::SeqCst);
             state.rejected_connections.fetch_add(1, Ordering::Relaxed);
             log::warn!("refusing a connection: {open} open, the limit");
-            reject(stream, protocol::TOO_MANY_CONNECTIONS);
+            reject(&stream, protocol::TOO_MANY_CONNECTIONS);
             continue;
         }
         let id = state.connections_total.fetch_add(1, Ordering::Relaxed);
@@ -438,7 +491,7 @@ fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
 /// Runs on the acceptor, so it never blocks: whatever the client already sent is
 /// read and dropped first (closing a socket with unread input makes the kernel send
 /// a reset, which can destroy our line before the client reads it).
-fn reject(mut stream: TcpStream, line: &[u8]) {
+fn reject(mut stream: &TcpStream, line: &[u8]) {
     use std::io::Read;
     if stream.set_nonblocking(true).is_ok() {
         let mut scratch = [0u8; 1024];
@@ -470,14 +523,13 @@ fn serve_connection(stream: TcpStream, id: u64, state: Arc<State>) {
     let guard = ConnectionGuard { id, state };
     let peer = stream.peer_addr().ok();
     log::debug!("connection {id} from {peer:?} opened");
-    if let Ok(clone) = stream.try_clone() {
-        guard.state.open.lock().insert(id, clone);
-    }
+    let stream = Arc::new(stream);
+    guard.state.open.lock().insert(id, stream.clone());
     // Checked after registering: shutdown sets the flag before it walks `open`, so
     // either it saw this connection or this connection sees the flag.
     let inboxes = guard.state.inboxes.lock().clone();
     let Some(inboxes) = inboxes.filter(|_| !guard.state.shutting_down.load(Ordering::SeqCst)) else {
-        reject(stream, protocol::SHUTTING_DOWN);
+        reject(&stream, protocol::SHUTTING_DOWN);
         return;
     };
     let served =
@@ -485,7 +537,8 @@ fn serve_connection(stream: TcpStream, id: u64, state: Arc<State>) {
     match served {
         Ok(Ok(())) => log::debug!("connection {id} closed"),
         Ok(Err(error)) => log::debug!("connection {id} closed: {error}"),
-        // The stream was dropped while unwinding: only this client sees a close.
+        // The connection's handle was dropped while unwinding and the guard drops
+        // the last one: only this client sees a close.
         Err(payload) => log::error!("connection {id} crashed: {}", worker::panic_message(&*payload)),
     }
 }
@@ -523,7 +576,7 @@ enum Mode {
 
 /// One client connection's buffers, reused for its whole life.
 struct Connection<'s> {
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     state: &'s State,
     inboxes: Vec<Sender<Batch>>,
     /// Where batches come back.
@@ -547,7 +600,7 @@ struct Connection<'s> {
 }
 
 impl<'s> Connection<'s> {
-    fn new(stream: TcpStream, state: &'s State, inboxes: Vec<Sender<Batch>>) -> Self {
+    fn new(stream: Arc<TcpStream>, state: &'s State, inboxes: Vec<Sender<Batch>>) -> Self {
         let workers = inboxes.len();
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(workers);
         Connection {
@@ -578,27 +631,26 @@ impl<'s> Connection<'s> {
         }
         loop {
             let stopping = self.state.shutting_down.load(Ordering::Relaxed);
-            let read = match reader.fill_from(&mut &self.stream) {
-                Ok(read) => Some(read),
-                Err(error) if is_timeout(&error) && idle.is_some() => None,
+            let read = match reader.fill_from(&mut &*self.stream) {
+                Ok(read) => read,
+                Err(error) if is_timeout(&error) => match &mut idle {
+                    // Nothing came: idle for the whole limit, or wake when it runs out.
+                    // Whatever a read does bring is served first (below), however late:
+                    // it may have waited in the socket while this thread was busy.
+                    Some(clock) => match clock.remaining() {
+                        None => {
+                            clock.expire();
+                            return Ok(());
+                        }
+                        Some(left) => {
+                            clock.shorten(&self.stream, left)?;
+                            continue;
+                        }
+                    },
+                    None => return Err(error),
+                },
                 Err(error) => return Err(error),
             };
-            if let Some(clock) = &mut idle {
-                // Closed once no complete request came for the whole limit, also for a
-                // client that trickles bytes without ever finishing a line.
-                match clock.remaining() {
-                    None => {
-                        log::debug!("closing a connection idle for {:?}", clock.limit);
-                        return Ok(());
-                    }
-                    Some(left) if read.is_none() => {
-                        clock.shorten(&self.stream, left)?;
-                        continue;
-                    }
-                    Some(_) => {}
-                }
-            }
-            let read = read.unwrap_or(0);
             if read == 0 {
                 // The client closed, or shutdown woke us: what we had is answered.
                 return Ok(());
@@ -753,16 +805,23 @@ impl<'s> Connection<'s> {
                     self.flush_round();
                 }
                 if self.out.len() >= OUT_HIGH_WATER {
-                    self.stream.write_all(&self.out)?;
+                    (&*self.stream).write_all(&self.out)?;
                     self.out.clear();
                 }
             }
             if let Some(clock) = &mut idle {
                 if saw_request {
                     clock.reset(&self.stream)?;
-                } else if let Some(left) = clock.remaining() {
-                    // Bytes but no whole request: the clock keeps running.
-                    clock.shorten(&self.stream, left)?;
+                } else {
+                    // Bytes but no whole request: the clock keeps running, so a client
+                    // trickling a line that never ends is closed all the same.
+                    match clock.remaining() {
+                        None => {
+                            clock.expire();
+                            return Ok(());
+                        }
+                        Some(left) => clock.shorten(&self.stream, left)?,
+                    }
                 }
             }
             self.finish_round()?;
@@ -822,7 +881,7 @@ impl<'s> Connection<'s> {
     fn finish_round(&mut self) -> io::Result<()> {
         self.flush_round();
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out)?;
+            (&*self.stream).write_all(&self.out)?;
             self.out.clear();
         }
         self.publish_command_count();
@@ -955,6 +1014,11 @@ impl IdleClock {
     fn shorten(&mut self, stream: &TcpStream, left: Duration) -> io::Result<()> {
         self.shortened = true;
         stream.set_read_timeout(Some(left))
+    }
+
+    /// The connection is closed for idleness: say so in the log.
+    fn expire(&self) {
+        log::debug!("closing a connection idle for {:?}", self.limit);
     }
 
     /// Time left before the connection counts as idle; `None` once it does.

@@ -347,6 +347,11 @@ impl ChildServer {
         self.addr
     }
 
+    /// The child's process id, e.g. to read its memory use from `/proc/<pid>/status`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The lines the child has logged so far that contain `needle`.
     pub fn log_lines_with(&self, needle: &str) -> Vec<String> {
         self.log.lock().unwrap().iter().filter(|line| line.contains(needle)).cloned().collect()
