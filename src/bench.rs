@@ -786,6 +786,8 @@ fn drive(plan: &Plan<'_>, mut stream: TcpStream, thread: u64) -> Tally {
     // GETs are chosen by comparing a random u64 with this threshold.
     let get_threshold = (args.get_ratio.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
     let buckets = bucket_names(&args.bucket_prefix, args.buckets);
+    // No reply of ours comes near this: a value and a few dozen bytes of framing.
+    let max_reply = (args.value_size + 1024).max(64 * 1024);
     loop {
         if Instant::now() >= plan.deadline {
             break;
@@ -838,15 +840,21 @@ fn drive(plan: &Plan<'_>, mut stream: TcpStream, thread: u64) -> Tally {
                         return tally;
                     }
                 }
+                // Bounded in time even against a server that trickles bytes forever,
+                // and in memory against one that never ends a reply.
+                if Instant::now() >= plan.deadline + DRAIN_GRACE {
+                    tally.errors += 1;
+                    tally.sample("no complete reply before the deadline".to_string());
+                    return tally;
+                }
+                if inbox.pending().len() > max_reply {
+                    tally.errors += 1;
+                    tally.sample(format!("a reply longer than {max_reply} bytes"));
+                    return tally;
+                }
                 match inbox.fill(&mut stream) {
                     Ok(_) => {}
-                    Err(error) if is_timeout(&error) => {
-                        if Instant::now() >= plan.deadline + DRAIN_GRACE {
-                            tally.errors += 1;
-                            tally.sample("no reply before the deadline".to_string());
-                            return tally;
-                        }
-                    }
+                    Err(error) if is_timeout(&error) => {}
                     Err(error) => {
                         tally.errors += 1;
                         tally.sample(format!("read failed: {error}"));

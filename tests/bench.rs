@@ -138,3 +138,43 @@ fn bench_counts_wrong_values_as_mismatches() {
     assert!(stderr.contains("mismatch: key:0000000"), "{stderr}");
     assert!(stderr.contains("got x"), "{stderr}");
 }
+
+#[test]
+fn bench_gives_up_on_a_reply_that_never_ends() {
+    // A server that answers CREATE, then streams bytes without ever ending a line.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let fake = std::thread::spawn(move || {
+        let (create, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(create.try_clone().unwrap());
+        let mut line = Vec::new();
+        reader.read_until(b'\n', &mut line).unwrap();
+        (&create).write_all(b"OK\r\n").unwrap();
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let chunk = [b'x'; 16 * 1024];
+        // Stops when the bench closes the connection, or after 16 MiB at most.
+        for _ in 0..1024 {
+            if stream.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let (ok, stdout, stderr) = kv_bench(&[
+        "--addr",
+        &addr,
+        "--requests",
+        "1",
+        "--conns",
+        "1",
+        "--buckets",
+        "1",
+        "--duration",
+        "30",
+        "--json",
+    ]);
+    fake.join().unwrap();
+    assert!(!ok);
+    assert_eq!(field(&stdout, "errors"), 1.0, "{stdout}");
+    assert!(stderr.contains("a reply longer than 65536 bytes"), "{stderr}");
+}
