@@ -475,17 +475,27 @@ fn parse_redis(op: Op, buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, BadRepl
                 .ok()
                 .and_then(|text| text.parse().ok())
                 .ok_or_else(|| bad(first))?;
-            let end = used + len;
-            if buf.len() < end + 2 {
-                return Ok(None);
-            }
-            if &buf[end..end + 2] != b"\r\n" {
-                return Err(bad(&buf[..end + 2]));
-            }
-            Ok(Some((Reply::Value(&buf[used..end]), end + 2)))
+            let Some((value, end)) = payload(buf, used, len)? else { return Ok(None) };
+            Ok(Some((Reply::Value(value), end)))
         }
         _ => Err(bad(first)),
     }
+}
+
+/// The `len` bytes of a length-prefixed value starting at `start`, which must be
+/// followed by `\r\n`, and where what follows them begins; `None` until all of it is
+/// in `buf`.
+fn payload(buf: &[u8], start: usize, len: usize) -> Result<Option<(&[u8], usize)>, BadReply> {
+    let Some(end) = start.checked_add(len).filter(|end| end.checked_add(2).is_some()) else {
+        return Err(bad(&buf[..start]));
+    };
+    if buf.len() < end + 2 {
+        return Ok(None);
+    }
+    if &buf[end..end + 2] != b"\r\n" {
+        return Err(bad(&buf[..end + 2]));
+    }
+    Ok(Some((&buf[start..end], end + 2)))
 }
 
 fn parse_memcached(op: Op, buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, BadReply> {
@@ -508,18 +518,12 @@ fn parse_memcached(op: Op, buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, Bad
                 .and_then(|word| std::str::from_utf8(word).ok())
                 .and_then(|text| text.parse().ok())
                 .ok_or_else(|| bad(first))?;
-            let end = used + len;
-            if buf.len() < end + 2 {
-                return Ok(None);
-            }
-            if &buf[end..end + 2] != b"\r\n" {
-                return Err(bad(&buf[..end + 2]));
-            }
-            let Some((last, more)) = line(&buf[end + 2..]) else { return Ok(None) };
+            let Some((value, end)) = payload(buf, used, len)? else { return Ok(None) };
+            let Some((last, more)) = line(&buf[end..]) else { return Ok(None) };
             if last != b"END" {
-                return Err(bad(&buf[..end + 2 + more]));
+                return Err(bad(&buf[..end + more]));
             }
-            Ok(Some((Reply::Value(&buf[used..end]), end + 2 + more)))
+            Ok(Some((Reply::Value(value), end + more)))
         }
         _ => Err(bad(first)),
     }
