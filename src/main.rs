@@ -115,9 +115,12 @@ struct ServeArgs {
 
 /// Parses a positive number of seconds, such as `1` or `0.25`.
 fn parse_seconds(text: &str) -> Result<Duration, String> {
+    // A day bounds every timeout: longer is a typo, and deadlines computed from it
+    // must not overflow.
+    const LONGEST: Duration = Duration::from_secs(24 * 60 * 60);
     match text.parse::<f64>().ok().and_then(|secs| Duration::try_from_secs_f64(secs).ok()) {
-        Some(duration) if !duration.is_zero() => Ok(duration),
-        _ => Err(format!("expected a positive number of seconds, not {text:?}")),
+        Some(duration) if !duration.is_zero() && duration <= LONGEST => Ok(duration),
+        _ => Err(format!("expected a positive number of seconds, at most a day, not {text:?}")),
     }
 }
 
@@ -178,6 +181,11 @@ fn serve(args: ServeArgs) -> ExitCode {
     // override its halves (say, 0.0.0.0 to listen on every interface at the file's port).
     let mut cluster = None;
     let mut node = args.node.clone().unwrap_or_else(|| Config::default().node);
+    // STATS reports the name as one word; the cluster file holds names to the same rule.
+    if node.is_empty() || !node.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        log::error!("--node {node:?}: use lowercase ASCII letters, digits and '_'");
+        return ExitCode::from(2);
+    }
     let mut listen = None;
     if let Some(path) = &args.cluster {
         let Some(name) = &args.node else {
@@ -214,6 +222,10 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     if args.max_line == 0 || args.max_connections == 0 || args.peer_connections == Some(0) {
         log::error!("--max-line, --max-connections and --peer-connections must be at least 1");
+        return ExitCode::from(2);
+    }
+    if args.max_line > kv::protocol::MAX_MAX_LINE {
+        log::error!("--max-line must be at most {} (1 GiB)", kv::protocol::MAX_MAX_LINE);
         return ExitCode::from(2);
     }
     let peer = PeerConfig {

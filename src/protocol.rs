@@ -36,6 +36,11 @@ pub const WORKER_CRASHED: &[u8] = b"ERROR worker crashed\r\n";
 /// unfinished line.
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
 
+/// Largest line limit accepted. A server holds up to the limit per connection, so a
+/// limit beyond this is a mistake, and keeping it small keeps buffer arithmetic far
+/// from overflow.
+pub const MAX_MAX_LINE: usize = 1024 * 1024 * 1024;
+
 /// One parsed request. Borrowed from the line it was parsed from: parsing never
 /// allocates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,7 +276,7 @@ const READ_AHEAD_MAX: usize = 64 * 1024;
 impl LineReader {
     /// A reader for lines of at most `max_line` bytes (not counting `\r\n`).
     pub fn new(max_line: usize) -> Self {
-        let max_line = max_line.max(1);
+        let max_line = max_line.clamp(1, MAX_MAX_LINE);
         LineReader {
             buf: vec![0; INITIAL_READ_BUFFER.min(max_line + 2).max(64)],
             start: 0,

@@ -82,6 +82,10 @@ const MAX_REQUESTS_PER_ROUND: usize = 256;
 /// dispatched, so a pipeline of large GETs is not buffered whole.
 const OUT_HIGH_WATER: usize = 256 * 1024;
 
+/// Reply and request buffers larger than this are released after the round that
+/// grew them, rather than kept for the connection's life.
+const KEEP_BUFFER_BYTES: usize = 256 * 1024;
+
 /// How long shutdown lets connection threads finish the requests they have read
 /// before it closes their sockets under them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -661,7 +665,7 @@ impl<'s> Connection<'s> {
                     self.answer_locally(protocol::SHUTTING_DOWN);
                 }
                 self.finish_round()?;
-                let _ = self.stream.shutdown(Shutdown::Both);
+                close_after_last_reply(&self.stream);
                 return Ok(());
             }
             let mut quit = false;
@@ -826,7 +830,7 @@ impl<'s> Connection<'s> {
             }
             self.finish_round()?;
             if quit {
-                let _ = self.stream.shutdown(Shutdown::Both);
+                close_after_last_reply(&self.stream);
                 return Ok(());
             }
         }
@@ -885,7 +889,24 @@ impl<'s> Connection<'s> {
             self.out.clear();
         }
         self.publish_command_count();
+        self.release_large_buffers();
         Ok(())
+    }
+
+    /// Gives back buffers a burst made large (a round of big GETs can reach many MiB),
+    /// so that an idle connection holds only small ones.
+    fn release_large_buffers(&mut self) {
+        let mut released = false;
+        if self.out.capacity() > KEEP_BUFFER_BYTES {
+            self.out = Vec::new();
+            released = true;
+        }
+        for batch in self.batches.iter_mut().flatten() {
+            released |= batch.release_large_buffers(KEEP_BUFFER_BYTES);
+        }
+        if released {
+            give_freed_memory_back();
+        }
     }
 
     /// Adds the requests counted since the last call to the shared total.
@@ -983,6 +1004,51 @@ impl<'s> Connection<'s> {
             batch.clear();
         }
         self.forwarder.clear();
+    }
+}
+
+/// Asks glibc's malloc to return free memory to the system. Freeing a large buffer
+/// alone often does not: glibc keeps it in the freeing thread's arena. Called only
+/// after a burst released buffers (a rare, cold path), never per request.
+fn give_freed_memory_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks malloc's own free lists; any pad is valid.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Most input read and thrown away while closing after `QUIT` or at shutdown.
+const CLOSE_DRAIN_BYTES: usize = 1024 * 1024;
+/// Most time spent on that.
+const CLOSE_DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// Closes a connection whose last reply has been written, without losing it.
+///
+/// Closing a socket that still has unread input makes the kernel send a reset,
+/// which throws away replies still in our send buffer: a client that pipelined
+/// requests after `QUIT` would lose the replies to those before it. So: say we are
+/// done writing, then read and drop what the client still sends until it closes
+/// too, within a bound of bytes and time.
+fn close_after_last_reply(stream: &TcpStream) {
+    use std::io::Read;
+    let _ = stream.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + CLOSE_DRAIN_TIME;
+    let mut scratch = [0u8; 4096];
+    let mut drained = 0;
+    while drained < CLOSE_DRAIN_BYTES {
+        let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+            break;
+        };
+        if stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match (&*stream).read(&mut scratch) {
+            Ok(0) => break,
+            Ok(n) => drained += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
     }
 }
 

@@ -43,6 +43,8 @@ struct Backlog {
     unsent: AtomicUsize,
     /// The worker dropped this subscriber (backlog over the limit).
     dropped: AtomicBool,
+    /// The connection's end is gone (the client left): the worker may forget it.
+    gone: AtomicBool,
 }
 
 /// The worker's end of one subscription.
@@ -70,7 +72,17 @@ pub fn subscription(limit: usize) -> (Subscriber, Subscription) {
     )
 }
 
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.backlog.gone.store(true, Ordering::Release);
+    }
+}
+
 impl Subscriber {
+    fn is_gone(&self) -> bool {
+        self.backlog.gone.load(Ordering::Acquire)
+    }
+
     /// Hands `event` over; false if this subscriber is gone or too far behind and
     /// must be removed.
     fn offer(&self, event: &Arc<[u8]>) -> bool {
@@ -89,13 +101,40 @@ pub struct Subscriptions {
     by_bucket: HashMap<Box<[u8]>, Vec<Subscriber>, ahash::RandomState>,
     count: usize,
     dropped_total: u64,
+    /// Registrations since the last sweep for subscribers whose client left.
+    adds_since_sweep: usize,
 }
+
+/// Registrations between two sweeps of the whole table for subscribers that left,
+/// so that subscribers of buckets nobody writes to any more do not pile up.
+const SWEEP_EVERY: usize = 64;
 
 impl Subscriptions {
     /// Adds a subscriber to `bucket`'s changes.
     pub fn add(&mut self, bucket: &[u8], subscriber: Subscriber) {
-        self.by_bucket.entry(bucket.into()).or_default().push(subscriber);
+        self.adds_since_sweep += 1;
+        if self.adds_since_sweep >= SWEEP_EVERY {
+            self.adds_since_sweep = 0;
+            self.forget_gone();
+        }
+        let subscribers = self.by_bucket.entry(bucket.into()).or_default();
+        let before = subscribers.len();
+        subscribers.retain(|s| !s.is_gone());
+        self.count -= before - subscribers.len();
+        subscribers.push(subscriber);
         self.count += 1;
+    }
+
+    /// Removes every subscriber whose client has left.
+    fn forget_gone(&mut self) {
+        let mut removed = 0;
+        self.by_bucket.retain(|_, subscribers| {
+            let before = subscribers.len();
+            subscribers.retain(|s| !s.is_gone());
+            removed += before - subscribers.len();
+            !subscribers.is_empty()
+        });
+        self.count -= removed;
     }
 
     /// True when nobody subscribes to anything: the worker's fast path.
@@ -271,6 +310,24 @@ mod tests {
         assert_eq!(subscriptions.len(), 0);
         assert_eq!(subscriptions.dropped_total(), 1);
         assert!(slow_rx.backlog.dropped.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn subscribers_that_left_a_quiet_bucket_are_forgotten_without_any_write() {
+        let mut subscriptions = Subscriptions::default();
+        for _ in 0..3 * SWEEP_EVERY {
+            let (subscriber, subscription) = subscription(1024);
+            subscriptions.add(b"quiet", subscriber);
+            drop(subscription);
+        }
+        assert_eq!(subscriptions.len(), 1, "only the latest, whose client left after its add");
+        for i in 0..2 * SWEEP_EVERY {
+            let (subscriber, subscription) = subscription(1024);
+            subscriptions.add(format!("other{i}").as_bytes(), subscriber);
+            drop(subscription);
+        }
+        assert!(subscriptions.len() <= SWEEP_EVERY, "sweeps bound the table: {}", subscriptions.len());
+        assert_eq!(subscriptions.dropped_total(), 0);
     }
 
     #[test]

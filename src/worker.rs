@@ -83,6 +83,25 @@ impl Batch {
         self.cursor = 0;
     }
 
+    /// Frees buffers that grew beyond `keep` bytes (they are empty between rounds).
+    /// Returns true if any was freed.
+    pub fn release_large_buffers(&mut self, keep: usize) -> bool {
+        let mut released = false;
+        if self.replies.capacity() > keep {
+            self.replies = Vec::new();
+            released = true;
+        }
+        if self.requests.capacity() > keep {
+            self.requests = Vec::new();
+            released = true;
+        }
+        if self.reply_ends.capacity() * std::mem::size_of::<usize>() > keep {
+            self.reply_ends = Vec::new();
+            released = true;
+        }
+        released
+    }
+
     /// True when every request has its reply.
     pub fn is_done(&self) -> bool {
         self.cursor >= self.requests.len()

@@ -560,3 +560,32 @@ fn pipelined_mixed_commands_across_many_buckets_are_answered_in_request_order() 
     writing.join().unwrap().unwrap();
     conn.roundtrip(b"PING\r\n", b"PONG\r\n");
 }
+
+/// Regression: after QUIT the server closed with the client's later input unread, so
+/// the kernel reset the connection and threw away replies still in the send buffer,
+/// replies to requests sent before QUIT.
+#[test]
+fn quit_after_a_long_pipeline_loses_no_reply_even_with_input_after_it() {
+    let server = start_server();
+    let mut conn = Conn::connect(server.addr());
+    let value = "v".repeat(1_000);
+    conn.roundtrip(format!("CREATE b\r\nPUT b k {value}\r\n").as_bytes(), b"OK\r\nOK\r\n");
+    let mut requests = b"GET b k\r\n".repeat(2_000);
+    requests.extend_from_slice(b"QUIT\r\n");
+    requests.extend_from_slice(&b"PING\r\n".repeat(30_000));
+    let mut writer = conn.try_clone_stream();
+    // The server stops reading at QUIT, so this write may never finish: ignore how it
+    // ends.
+    let writing = thread::spawn(move || {
+        let _ = std::io::Write::write_all(&mut writer, &requests);
+    });
+    // Let the server fill its send buffer before the client starts reading.
+    thread::sleep(std::time::Duration::from_millis(300));
+    let got = conn.read_to_close();
+    let mut expected = format!("{value}\r\nOK\r\n").repeat(2_000).into_bytes();
+    expected.extend_from_slice(b"OK\r\n");
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "replies differ");
+    drop(conn);
+    let _ = writing.join();
+}
