@@ -621,7 +621,10 @@ impl Peer {
     /// Reads the exchange's replies. If a reused connection fails before a single reply
     /// byte arrives, it had most likely died while idle (the peer restarted), so the
     /// requests are sent again on a new connection, once. The four bucket commands are
-    /// idempotent, so a request the dead connection did deliver is harmless to repeat.
+    /// idempotent as to the data, so a request the dead connection did deliver is
+    /// harmless to repeat, with two caveats for the rare case that the peer applied
+    /// the batch and then died before replying: subscribers see such a PUT or DELETE
+    /// twice, and a repeated PUT can overwrite another client's write made in between.
     /// (A peer's `--idle-timeout` closes idle pooled connections too; this is what
     /// makes that invisible to clients.)
     fn receive(&self, exchange: &mut Exchange, mut conn: PeerConn, deadline: Deadline) {
