@@ -1081,6 +1081,19 @@ impl<'p> Forwarder<'p> {
         !requests.is_empty() && requests.len() + len + 1 > MAX_EXCHANGE_BYTES
     }
 
+    /// Frees reply buffers a burst grew past `keep` bytes (they are empty between
+    /// rounds). Returns true if any was freed.
+    pub fn release_large_buffers(&mut self, keep: usize) -> bool {
+        let mut released = false;
+        for exchange in &mut self.exchanges {
+            if exchange.replies.capacity() > keep {
+                exchange.replies = Vec::new();
+                released = true;
+            }
+        }
+        released
+    }
+
     /// Queues one request line (without its newline) for `peer`.
     #[inline]
     pub fn push(&mut self, peer: usize, line: &[u8], is_get: bool) {

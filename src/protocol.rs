@@ -28,6 +28,9 @@ pub const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR too many connections\r\n";
 pub const SHUTTING_DOWN: &[u8] = b"ERROR shutting down\r\n";
 /// The reply to the request a worker was serving when it crashed.
 pub const WORKER_CRASHED: &[u8] = b"ERROR worker crashed\r\n";
+/// The reply to requests whose worker cannot be reached (its inbox is closed); a
+/// safety net that a running server never needs.
+pub const WORKER_UNAVAILABLE: &[u8] = b"ERROR worker unavailable\r\n";
 
 /// Default longest request line, in bytes, not counting its `\r\n`.
 ///
@@ -291,11 +294,6 @@ impl LineReader {
     /// The configured limit.
     pub fn max_line(&self) -> usize {
         self.max_line
-    }
-
-    /// True if bytes of an unfinished line are waiting for more input.
-    pub fn has_partial_line(&self) -> bool {
-        self.end > self.start
     }
 
     /// Reads once from `source` into free buffer space, making room first. Returns

@@ -551,8 +551,9 @@ fn serve_connection(stream: TcpStream, id: u64, state: Arc<State>) {
 /// partition is free: one per core, so a thread holding a partition lock is not
 /// preempted by another connection's.
 fn inline_connection_limit() -> usize {
+    // Cached: finding the core count reads cgroup files, too slow for every round.
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CORES.get_or_init(|| thread::available_parallelism().map_or(1, |n| n.get()))
+    *CORES.get_or_init(default_workers)
 }
 
 /// Who answers one request of a round, in [`Connection::order`].
@@ -904,6 +905,7 @@ impl<'s> Connection<'s> {
         for batch in self.batches.iter_mut().flatten() {
             released |= batch.release_large_buffers(KEEP_BUFFER_BYTES);
         }
+        released |= self.forwarder.release_large_buffers(KEEP_BUFFER_BYTES);
         if released {
             give_freed_memory_back();
         }
@@ -942,7 +944,7 @@ impl<'s> Connection<'s> {
                 match self.inboxes[w].send(batch) {
                     Ok(()) => in_flight += 1,
                     Err(crossbeam_channel::SendError(mut batch)) => {
-                        fail_batch(&mut batch, b"ERROR worker unavailable\r\n");
+                        batch.answer_rest(protocol::WORKER_UNAVAILABLE);
                         *slot = Some(batch);
                     }
                 }
@@ -993,7 +995,7 @@ impl<'s> Connection<'s> {
                     self.out.extend_from_slice(&batch.replies[start..end]);
                 }
                 // A batch that did not come back, or came back short.
-                _ => self.out.extend_from_slice(b"ERROR worker unavailable\r\n"),
+                _ => self.out.extend_from_slice(protocol::WORKER_UNAVAILABLE),
             }
             self.cursors[w] = cursor + 1;
         }
@@ -1095,17 +1097,6 @@ impl IdleClock {
 
 fn is_timeout(error: &io::Error) -> bool {
     matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
-}
-
-/// Answers every request of a batch that cannot be served with `line`.
-fn fail_batch(batch: &mut Batch, line: &[u8]) {
-    batch.replies.clear();
-    batch.reply_ends.clear();
-    let count = batch.requests.iter().filter(|&&b| b == b'\n').count();
-    for _ in 0..count {
-        batch.replies.extend_from_slice(line);
-        batch.reply_ends.push(batch.replies.len());
-    }
 }
 
 /// Appends the STATS reply: one `<name> <value>` line per figure, then `OK`.

@@ -262,14 +262,23 @@ fn write_patiently(
     Ok(())
 }
 
-/// True if the client closed its end. Reads (and ignores) whatever it sent.
+/// Most bytes of ignored input one check reads, so that a client sending without
+/// pause cannot keep its thread here instead of writing events.
+const MAX_IGNORED_PER_CHECK: usize = 256 * 1024;
+
+/// True if the client closed its end. Reads (and ignores) what it sent, up to
+/// [`MAX_IGNORED_PER_CHECK`].
 pub fn client_gone(stream: &TcpStream) -> io::Result<bool> {
     stream.set_nonblocking(true)?;
     let mut scratch = [0u8; 4096];
+    let mut ignored = 0;
     let gone = loop {
+        if ignored >= MAX_IGNORED_PER_CHECK {
+            break false;
+        }
         match (&*stream).read(&mut scratch) {
             Ok(0) => break true,
-            Ok(_) => continue,
+            Ok(n) => ignored += n,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => break false,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break true,

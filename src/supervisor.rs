@@ -171,8 +171,7 @@ impl Supervisor {
         let thread = thread::Builder::new().name(format!("kv-drain-{index}")).spawn(move || {
             for mut batch in unfinished.into_iter().chain(inbox.iter()) {
                 batch.answer_rest(protocol::WORKER_CRASHED);
-                let reply_to = batch.reply_to.clone();
-                let _ = reply_to.send(batch);
+                worker::send_back(batch);
             }
             let _ = exits.send(ChildExit::Worker { index, outcome: Outcome::Clean });
         })?;

@@ -10,8 +10,16 @@
 //! The partition lives in an `Arc<Mutex<..>>` ([`WorkerShared`]) rather than on the
 //! worker's stack so that it outlives the thread serving it: a replacement worker
 //! started on the same [`WorkerShared`] and the same inbox carries on where the last
-//! one stopped. Only the worker serving a partition takes its lock; STATS reads the
-//! atomic counters in [`WorkerStats`] instead.
+//! one stopped. Besides the worker, only a connection thread applying a batch itself
+//! ([`apply_inline`], while the server has no more connections than cores) takes its
+//! lock; STATS reads the atomic counters in [`WorkerStats`] instead.
+//!
+//! A panic while applying a request leaves the partition as if that request had
+//! either happened or not: every store operation checks first and changes the
+//! partition in one step (see `store.rs`), the injected `DEBUG CRASH` panics before
+//! touching anything, and parking_lot's mutex is released, not poisoned, while the
+//! thread unwinds. [`run`] catches the panic, repairs the batch's replies
+//! ([`Batch::answer_crashed`]) and reports the crash for the supervisor.
 //!
 //! This file must not do I/O on sockets: a worker only ever talks to channels.
 
@@ -107,11 +115,6 @@ impl Batch {
         self.cursor >= self.requests.len()
     }
 
-    /// Number of requests in the batch.
-    pub fn request_count(&self) -> usize {
-        self.requests.iter().filter(|&&b| b == b'\n').count()
-    }
-
     /// Applies the requests from the cursor on to `partition`, in order, writing
     /// replies. If applying one panics, the cursor still points at it and `replies`
     /// may hold part of its reply: [`Batch::answer_crashed`] repairs both.
@@ -140,8 +143,7 @@ impl Batch {
     /// Answers the request at the cursor with `reply` and moves past it: what a
     /// worker that crashed while serving that request leaves for its client.
     pub fn answer_crashed(&mut self, reply: &[u8]) {
-        let complete = self.reply_ends.last().copied().unwrap_or(0);
-        self.replies.truncate(complete);
+        self.discard_partial_reply();
         if self.is_done() {
             return;
         }
@@ -149,6 +151,12 @@ impl Batch {
         self.replies.extend_from_slice(reply);
         self.reply_ends.push(self.replies.len());
         self.cursor = next;
+    }
+
+    /// Drops what a panic left of the reply to the request at the cursor.
+    fn discard_partial_reply(&mut self) {
+        let complete = self.reply_ends.last().copied().unwrap_or(0);
+        self.replies.truncate(complete);
     }
 
     /// Answers every request not yet answered with `reply` (used when no worker is
@@ -167,6 +175,10 @@ fn request_at(requests: &[u8], cursor: usize) -> (&[u8], usize) {
     (&rest[..len], cursor + len + 1)
 }
 
+/// The reply to a `SUBSCRIBE` that reached a worker without its subscriber: a bug,
+/// answered rather than trusted.
+const SUBSCRIPTION_NOT_SET_UP: &[u8] = b"ERROR subscription not set up\r\n";
+
 /// Registers a subscription to `bucket`: no reply if it exists (the stream starts),
 /// `NOT FOUND` if not.
 fn subscribe(
@@ -184,7 +196,7 @@ fn subscribe(
         Some(subscriber) => subscriptions.add(bucket, subscriber),
         // Only a connection that attached a subscriber sends SUBSCRIBE; anything
         // else is a bug, answered rather than trusted.
-        None => out.extend_from_slice(b"ERROR subscription not set up\r\n"),
+        None => out.extend_from_slice(SUBSCRIPTION_NOT_SET_UP),
     }
 }
 
@@ -229,7 +241,7 @@ pub fn apply(partition: &mut Partition, command: Command<'_>, out: &mut Vec<u8>)
             // Served by Batch::apply_with; reaching here means no subscriber came
             // with it.
             out.extend_from_slice(if partition.contains(bucket) {
-                b"ERROR subscription not set up\r\n"
+                SUBSCRIPTION_NOT_SET_UP
             } else {
                 protocol::NOT_FOUND
             });
@@ -341,8 +353,7 @@ pub fn apply_inline(shared: &WorkerShared, batch: &mut Batch) -> bool {
         shared.publish(&partition, &subscriptions);
     }));
     if applied.is_err() {
-        let complete = batch.reply_ends.last().copied().unwrap_or(0);
-        batch.replies.truncate(complete);
+        batch.discard_partial_reply();
         return false;
     }
     true
@@ -438,7 +449,7 @@ fn serve(shared: &WorkerShared, inbox: &Receiver<Batch>, in_hand: &mut InHand) {
 
 /// Returns a batch to its connection. A connection that went away no longer wants
 /// its replies, so a failed send is not an error.
-fn send_back(batch: Batch) {
+pub(crate) fn send_back(batch: Batch) {
     let reply_to = batch.reply_to.clone();
     let _ = reply_to.send(batch);
 }
