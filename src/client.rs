@@ -1,15 +1,17 @@
 //! A blocking client for kv's protocol, used by `kv cli`, the tests and the bench.
 //!
-//! It knows the shape of every reply (one line, a value line then `OK`, or STATS's
-//! lines up to `OK`), so it can read exactly one reply per request and also relay raw
-//! replies for `kv cli`. It owns one TCP connection and nothing else.
+//! It reads exactly one reply per request by the reply's shape (`protocol/shape.rs`),
+//! so it can also relay raw replies for `kv cli`, and it bounds how much one reply may
+//! take. It owns one TCP connection and nothing else.
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::protocol::{self, Command};
+use crate::protocol::{self, ReplyLine, trim_line_end};
+
+pub use crate::protocol::ReplyShape;
 
 /// What can go wrong with a request.
 #[derive(Debug)]
@@ -54,46 +56,23 @@ impl From<io::Error> for Error {
 /// Result of a client call.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// How a request's reply is laid out on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyShape {
-    /// One line.
-    Line,
-    /// GET: a value line then `OK`, unless the first line is an error.
-    Value,
-    /// STATS: lines up to `OK`, unless the first line is an error.
-    Lines,
-}
+/// Default most bytes one reply may take before the client gives up on it: room for
+/// any value a server with the default 64 KiB line limit holds many times over, and
+/// for STATS of a large cluster, while a server that never ends a reply cannot make
+/// the client hold more. [`Client::set_max_reply`] changes it.
+pub const DEFAULT_MAX_REPLY: usize = 64 * 1024 * 1024;
 
-impl ReplyShape {
-    /// The shape of the reply to `line`.
-    pub fn of(line: &[u8]) -> ReplyShape {
-        match protocol::parse(line) {
-            Command::Get { .. } => ReplyShape::Value,
-            Command::Stats => ReplyShape::Lines,
-            _ => ReplyShape::Line,
-        }
-    }
-}
-
-/// True for a line that ends a reply by itself whatever the request: the fixed error
-/// lines. A value can never be one of them, since values hold no whitespace.
-fn is_error_line(line: &[u8]) -> bool {
-    let line = trim_line_end(line);
-    line == b"NOT FOUND" || line == b"UNKNOWN COMMAND" || line.starts_with(b"ERROR ")
-}
-
-fn trim_line_end(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// A blocking connection to a kv server.
 #[derive(Debug)]
 pub struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    line: Vec<u8>,
+    stream: TcpStream,
+    /// Bytes read and not yet handed out, from `start`.
+    buf: Vec<u8>,
+    start: usize,
+    max_reply: usize,
 }
 
 impl Client {
@@ -101,15 +80,19 @@ impl Client {
     pub fn connect(addr: impl ToSocketAddrs) -> Result<Client> {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
-        let writer = stream.try_clone()?;
-        Ok(Client { reader: BufReader::new(stream), writer, line: Vec::new() })
+        Ok(Client { stream, buf: Vec::new(), start: 0, max_reply: DEFAULT_MAX_REPLY })
     }
 
     /// Bounds how long a call waits for the server (`None`: forever).
     pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<()> {
-        self.writer.set_read_timeout(timeout)?;
-        self.writer.set_write_timeout(timeout)?;
+        self.stream.set_read_timeout(timeout)?;
+        self.stream.set_write_timeout(timeout)?;
         Ok(())
+    }
+
+    /// Bounds the bytes of one reply (default [`DEFAULT_MAX_REPLY`]).
+    pub fn set_max_reply(&mut self, bytes: usize) {
+        self.max_reply = bytes.max(1);
     }
 
     /// Sends one request line (a newline is added) and returns its raw reply bytes.
@@ -117,50 +100,58 @@ impl Client {
         let mut request = Vec::with_capacity(line.len() + 2);
         request.extend_from_slice(line);
         request.extend_from_slice(b"\r\n");
-        self.writer.write_all(&request)?;
+        self.stream.write_all(&request)?;
         let mut reply = Vec::new();
-        self.read_reply(ReplyShape::of(line), &mut reply)?;
+        self.read_reply(ReplyShape::of_line(line), &mut reply)?;
         Ok(reply)
     }
 
     /// Sends raw bytes without waiting for anything (for pipelining).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.writer.write_all(bytes)?;
+        self.stream.write_all(bytes)?;
         Ok(())
     }
 
     /// Reads one reply of the given shape, appending its raw bytes to `reply`.
     pub fn read_reply(&mut self, shape: ReplyShape, reply: &mut Vec<u8>) -> Result<()> {
-        self.read_line()?;
-        reply.extend_from_slice(&self.line);
-        if shape == ReplyShape::Line || is_error_line(&self.line) {
-            return Ok(());
+        loop {
+            let unread = &self.buf[self.start..];
+            if let Some(len) = protocol::reply_len(unread, shape).map_err(|bad| Error::Protocol(bad.0))? {
+                reply.extend_from_slice(&unread[..len]);
+                self.start += len;
+                return Ok(());
+            }
+            self.fill()?;
         }
-        if shape == ReplyShape::Value {
-            self.read_line()?;
-            reply.extend_from_slice(&self.line);
-            return Ok(());
-        }
-        // Lines: until OK.
-        let mut line_is_ok = trim_line_end(&self.line) == b"OK";
-        while !line_is_ok {
-            line_is_ok = trim_line_end(self.read_line()?) == b"OK";
-            reply.extend_from_slice(&self.line);
-        }
-        Ok(())
     }
 
-    /// Reads one line into `self.line`; an end of stream is an error.
-    fn read_line(&mut self) -> Result<&[u8]> {
-        self.line.clear();
-        let n = self.reader.read_until(b'\n', &mut self.line)?;
-        if n == 0 || !self.line.ends_with(b"\n") {
-            return Err(Error::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "server closed the connection",
-            )));
+    /// Reads one line (an event of a SUBSCRIBE stream), appending it to `line`.
+    pub fn read_line(&mut self, line: &mut Vec<u8>) -> Result<()> {
+        self.read_reply(ReplyShape::Line, line)
+    }
+
+    /// Reads more bytes from the server; an end of stream or a reply past the bound
+    /// is an error.
+    fn fill(&mut self) -> Result<()> {
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
         }
-        Ok(&self.line)
+        if self.buf.len() >= self.max_reply {
+            return Err(Error::Protocol(format!("a reply longer than {} bytes", self.max_reply)));
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + READ_CHUNK, 0);
+        let read = self.stream.read(&mut self.buf[len..]);
+        self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
+        match read {
+            Ok(0) => Err(Error::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"))),
+            Ok(_) => Ok(()),
+            Err(error) => Err(Error::Io(error)),
+        }
     }
 
     fn simple(&mut self, words: &[&[u8]]) -> Result<()> {
@@ -188,17 +179,18 @@ impl Client {
         self.simple(&[b"DELETE", bucket.as_ref(), key.as_ref()])
     }
 
+    /// `DROP bucket`.
+    pub fn drop_bucket(&mut self, bucket: impl AsRef<[u8]>) -> Result<()> {
+        self.simple(&[b"DROP", bucket.as_ref()])
+    }
+
     /// `GET bucket key`: `None` for a missing key (the server's empty value line).
     pub fn get(&mut self, bucket: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
         let reply = self.request(&join_words(&[b"GET", bucket.as_ref(), key.as_ref()])?)?;
         check_error(&reply)?;
-        let Some(value_end) = reply.iter().position(|&b| b == b'\n') else {
-            return Err(Error::Protocol(String::from_utf8_lossy(&reply).into_owned()));
-        };
-        if trim_line_end(&reply[value_end + 1..]) != b"OK" {
-            return Err(Error::Protocol(String::from_utf8_lossy(&reply).into_owned()));
-        }
-        let value = trim_line_end(&reply[..=value_end]);
+        // A complete Value reply that is not an error: a value line, then OK.
+        let value_end = protocol::line_len(&reply).unwrap_or(reply.len());
+        let value = trim_line_end(&reply[..value_end]);
         Ok(if value.is_empty() { None } else { Some(value.to_vec()) })
     }
 
@@ -206,7 +198,7 @@ impl Client {
     pub fn ping(&mut self) -> Result<()> {
         let reply = self.request(b"PING")?;
         check_error(&reply)?;
-        if reply != b"PONG\r\n" {
+        if ReplyLine::of(&reply) != ReplyLine::Other(b"PONG") {
             return Err(Error::Protocol(String::from_utf8_lossy(&reply).into_owned()));
         }
         Ok(())
@@ -219,7 +211,7 @@ impl Client {
         let text = String::from_utf8_lossy(&reply);
         let mut pairs = Vec::new();
         for line in text.lines() {
-            if line == "OK" {
+            if ReplyLine::of(line.as_bytes()) == ReplyLine::Ok {
                 break;
             }
             let (name, value) =
@@ -260,22 +252,19 @@ fn join_words(words: &[&[u8]]) -> Result<Vec<u8>> {
     Ok(line)
 }
 
+/// The error a reply's first line reports, if it is an error line.
 fn check_error(reply: &[u8]) -> Result<()> {
-    let line = trim_line_end(reply);
-    if line == b"NOT FOUND" {
-        Err(Error::NotFound)
-    } else if line == b"UNKNOWN COMMAND" {
-        Err(Error::UnknownCommand)
-    } else if let Some(text) = line.strip_prefix(b"ERROR ") {
-        Err(Error::Server(String::from_utf8_lossy(text).into_owned()))
-    } else {
-        Ok(())
+    match ReplyLine::of(reply.split_inclusive(|&b| b == b'\n').next().unwrap_or(reply)) {
+        ReplyLine::NotFound => Err(Error::NotFound),
+        ReplyLine::Unknown => Err(Error::UnknownCommand),
+        ReplyLine::Error(text) => Err(Error::Server(String::from_utf8_lossy(text).into_owned())),
+        ReplyLine::Ok | ReplyLine::Other(_) => Ok(()),
     }
 }
 
 fn expect_ok(reply: &[u8]) -> Result<()> {
     check_error(reply)?;
-    if reply == protocol::OK {
+    if ReplyLine::of(reply) == ReplyLine::Ok {
         Ok(())
     } else {
         Err(Error::Protocol(String::from_utf8_lossy(reply).into_owned()))
@@ -287,19 +276,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reply_shapes() {
-        assert_eq!(ReplyShape::of(b"get a b"), ReplyShape::Value);
-        assert_eq!(ReplyShape::of(b"STATS"), ReplyShape::Lines);
-        assert_eq!(ReplyShape::of(b"PUT a b c"), ReplyShape::Line);
-        assert_eq!(ReplyShape::of(b"GET a"), ReplyShape::Line);
-    }
-
-    #[test]
-    fn error_lines_end_any_reply() {
-        assert!(is_error_line(b"NOT FOUND\r\n"));
-        assert!(is_error_line(b"ERROR line too long\r\n"));
-        assert!(!is_error_line(b"ERROR\r\n"));
-        assert!(!is_error_line(b"value\r\n"));
+    fn error_lines_become_errors() {
+        assert!(matches!(check_error(b"NOT FOUND\r\n"), Err(Error::NotFound)));
+        assert!(matches!(check_error(b"UNKNOWN COMMAND\r\n"), Err(Error::UnknownCommand)));
+        assert!(matches!(check_error(b"ERROR line too long\r\n"), Err(Error::Server(text)) if text == "line too long"));
+        assert!(check_error(b"ERROR\r\nOK\r\n").is_ok(), "a value that reads ERROR");
     }
 
     #[test]
@@ -307,5 +288,25 @@ mod tests {
         assert!(matches!(join_words(&[b"PUT", b"a b"]), Err(Error::InvalidWord)));
         assert!(matches!(join_words(&[b"PUT", b""]), Err(Error::InvalidWord)));
         assert_eq!(join_words(&[b"GET", b"a", b"b"]).unwrap(), b"GET a b");
+    }
+
+    #[test]
+    fn a_reply_that_never_ends_is_refused_at_the_bound() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = Client::connect(listener.local_addr().unwrap()).unwrap();
+        client.set_timeout(Some(Duration::from_secs(20))).unwrap();
+        client.set_max_reply(64 * 1024);
+        let (mut server, _) = listener.accept().unwrap();
+        let writer = std::thread::spawn(move || {
+            // STATS-like lines without the closing OK, more than the bound.
+            let lines = b"x 1\r\n".repeat(40_000);
+            let _ = server.write_all(&lines);
+            server
+        });
+        client.send_raw(b"STATS\r\n").unwrap();
+        let mut reply = Vec::new();
+        let error = client.read_reply(ReplyShape::Lines, &mut reply).unwrap_err();
+        assert!(matches!(error, Error::Protocol(ref text) if text.contains("longer than")), "{error}");
+        drop(writer.join());
     }
 }

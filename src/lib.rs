@@ -4,39 +4,37 @@
 //! One request's path, and the file that owns each step:
 //!
 //! ```text
-//!  client ──TCP──▶ connection thread ──Batch──▶ worker thread ──lock──▶ partition
-//!  (nc, kv cli)    server.rs: read, frame,      worker.rs: apply a     store.rs:
-//!                  parse (protocol.rs), group   whole batch under      buckets of
-//!                  by worker, reorder replies   one lock, reply        key-value pairs
-//!        ◀──────── one write per read ◀──────── Batch back ◀──────────
+//!  client ─TCP─▶ acceptor.rs ─▶ connection.rs ─▶ round.rs ──Batch──▶ worker.rs ─▶ store.rs
+//!  (nc, kv cli)  a thread per   read, frame,     group by owner,      apply under  buckets of
+//!                connection     parse, dispatch  send, collect,       the lock     key-value
+//!                               (protocol/)      reorder              (batch.rs)   pairs
+//!        ◀────── one write per read ◀──────────── replies in request order ◀──────
+//!                                                 └─▶ forward.rs ─▶ peer/ (buckets other
+//!                                                     nodes own, router.rs says which)
 //! ```
 //!
-//! - [`protocol`]: bytes to [`Command`](protocol::Command), replies to bytes, the line
-//!   reader and its limit. Pure.
+//! - [`protocol`]: bytes to [`Command`](protocol::Command), [`Reply`](protocol::Reply)
+//!   and [`Event`](protocol::Event) values to bytes, reading replies back. Pure.
 //! - [`store`]: [`Partition`](store::Partition) and [`Bucket`](store::Bucket). Plain data.
-//! - [`worker`]: the worker loop, the [`Batch`](worker::Batch) that carries requests
-//!   and replies, and which worker owns a bucket.
-//! - [`router`]: the static cluster description and the route table: first byte of a
-//!   bucket name -> this node, a peer, or nobody.
-//! - [`peer`]: forwarding requests to the node that owns their bucket: pooled
-//!   connections, timeouts, marking peers down and probing them back up.
-//! - [`server`]: the listener, connection threads, limits and shutdown.
+//! - [`batch`] and [`worker`]: the batch a connection sends a worker, the worker loop,
+//!   and [`worker::apply`], where every request meets the partition.
 //! - [`subscribe`]: SUBSCRIBE's event streams, never able to slow a worker down.
 //! - [`supervisor`]: starts, watches and restarts the workers and the acceptor.
-//! - [`signals`]: SIGINT and SIGTERM as a graceful shutdown.
-//! - [`top`]: `kv top`, a live terminal view built on STATS.
+//! - [`router`]: the static cluster description: first byte of a bucket -> its node.
+//! - [`config`]: [`Config`], its defaults and [`ConfigError`].
+//! - [`server`]: binding, starting and stopping a server; the acceptor, connections,
+//!   rounds, STATS, forwarding and peers behind it are crate-internal.
 //! - [`client`]: the blocking [`Client`] used by `kv cli`, the tests and the bench.
-//! - [`bench`](mod@bench): `kv bench`, the load generator; off the data path, it only talks to
-//!   a server over TCP like any client.
+//! - [`signals`] and [`sys`]: the process-wide effects, which only the binary asks for.
 //!
 //! Each worker owns a fixed partition of the buckets (chosen by a hash of the bucket
 //! name), held in an `Arc` behind a lock so that the data outlives the thread that
 //! serves it. A connection sends each worker at most one batch per read, so a deep
 //! pipeline costs one cross-thread round trip per worker, not one per request.
 
-pub mod bench;
+pub mod batch;
 pub mod client;
-pub mod peer;
+pub mod config;
 pub mod protocol;
 pub mod router;
 pub mod server;
@@ -44,9 +42,21 @@ pub mod signals;
 pub mod store;
 pub mod subscribe;
 pub mod supervisor;
-pub mod top;
+pub mod sys;
 pub mod worker;
 
+mod acceptor;
+mod connection;
+mod forward;
+mod peer;
+mod round;
+mod socket;
+mod state;
+mod stats;
+
 pub use client::Client;
-pub use server::{Config, Server, ServerHandle, Stopper};
+pub use config::{Config, ConfigError, PeerConfig};
+/// Failed exchanges in a row after which a peer is marked down.
+pub use peer::DOWN_AFTER_FAILURES;
+pub use server::{Server, ServerHandle, Stopper};
 pub use supervisor::StopReason;

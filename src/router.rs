@@ -19,7 +19,7 @@
 //! not worth a dependency), and turning it into a [`RouteTable`]: 256 entries, one per
 //! first byte, so that routing a request is one array index on the connection's hot path.
 //! It does no I/O beyond reading the file and starts no threads; forwarding is
-//! `peer.rs`'s job.
+//! the forwarder's job (`forward.rs`).
 //!
 //! Parsing is strict on purpose: a cluster whose nodes disagree about ownership answers
 //! errors (see `peer.rs`), so anything doubtful in the file (an overlap, a duplicate
@@ -334,13 +334,6 @@ fn parse_byte(text: &str) -> Option<(u8, &str)> {
     }
 }
 
-/// Appends the reply to a request for a bucket whose first byte no node owns.
-pub fn write_no_route(out: &mut Vec<u8>, bucket: &[u8]) {
-    out.extend_from_slice(b"ERROR no route for bucket ");
-    out.extend_from_slice(bucket);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// A byte as the file would write it: the character if it is printable, else `0xNN`.
 fn show_byte(byte: u8) -> String {
     if byte.is_ascii_graphic() && byte != b'#' && byte != b',' {
@@ -647,13 +640,6 @@ mod tests {
         let cluster = parse("lo 127.0.0.1:1 0x00-0x7F\nhi 127.0.0.1:2 0x80-0xFF\n").unwrap();
         assert!((0..=0x7f).all(|b| cluster.owner(b) == Some(0)));
         assert!((0x80..=0xff).all(|b| cluster.owner(b) == Some(1)));
-    }
-
-    #[test]
-    fn no_route_line() {
-        let mut out = Vec::new();
-        write_no_route(&mut out, b"Apple");
-        assert_eq!(out, b"ERROR no route for bucket Apple\r\n");
     }
 
     #[test]

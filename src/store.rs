@@ -391,6 +391,13 @@ impl Partition {
         Ok(())
     }
 
+    /// Removes `bucket` and every key in it.
+    pub fn drop_bucket(&mut self, bucket: &[u8]) -> Result<(), NoSuchBucket> {
+        let dropped = self.buckets.remove(bucket).ok_or(NoSuchBucket)?;
+        self.keys -= dropped.len();
+        Ok(())
+    }
+
     /// Number of buckets.
     pub fn bucket_count(&self) -> usize {
         self.buckets.len()
@@ -413,6 +420,24 @@ mod tests {
         assert_eq!(p.put(b"shopping", b"eggs", b"3"), Err(NoSuchBucket));
         assert_eq!(p.delete(b"shopping", b"eggs"), Err(NoSuchBucket));
         assert_eq!(p.bucket_count(), 0);
+    }
+
+    #[test]
+    fn dropping_a_bucket_takes_its_keys_and_only_its_keys() {
+        let mut p = Partition::new();
+        p.create(b"a");
+        p.create(b"b");
+        p.put(b"a", b"k1", b"1").unwrap();
+        p.put(b"a", b"k2", b"2").unwrap();
+        p.put(b"b", b"k1", b"3").unwrap();
+        assert_eq!(p.drop_bucket(b"a"), Ok(()));
+        assert_eq!(p.key_count(), 1);
+        assert_eq!(p.bucket_count(), 1);
+        assert_eq!(p.get(b"a", b"k1"), Err(NoSuchBucket));
+        assert_eq!(p.get(b"b", b"k1"), Ok(Some(&b"3"[..])));
+        assert_eq!(p.drop_bucket(b"a"), Err(NoSuchBucket));
+        p.create(b"a");
+        assert_eq!(p.get(b"a", b"k1"), Ok(None), "a re-created bucket starts empty");
     }
 
     #[test]

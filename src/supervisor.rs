@@ -34,13 +34,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use crate::protocol;
-use crate::worker::{self, Batch, Outcome, WorkerShared};
-
-/// Default most restarts within the window (Elixir's default `max_restarts`).
-pub const DEFAULT_MAX_RESTARTS: u32 = 3;
-/// Default window for counting restarts, in seconds (Elixir's `max_seconds`).
-pub const DEFAULT_MAX_SECONDS: u64 = 5;
+use crate::batch::Batch;
+use crate::worker::{self, Outcome, WorkerShared};
 
 /// Why a server stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,12 +58,14 @@ pub enum ChildExit {
 /// Starts an acceptor thread that reports its end on the given channel.
 pub type AcceptorStart = Box<dyn Fn(Sender<ChildExit>) -> io::Result<JoinHandle<()>> + Send>;
 
-/// Counts crashes in a sliding window, as OTP's restart intensity does.
+/// Counts crashes in a sliding window, as OTP's restart intensity does: the crashes of
+/// every child count together, and each is remembered with the child's name so that
+/// giving up can say who crashed.
 #[derive(Debug)]
 pub struct RestartIntensity {
     max_restarts: u32,
     window: Duration,
-    crashes: VecDeque<Instant>,
+    crashes: VecDeque<(Instant, String)>,
 }
 
 impl RestartIntensity {
@@ -77,13 +74,44 @@ impl RestartIntensity {
         RestartIntensity { max_restarts, window, crashes: VecDeque::new() }
     }
 
-    /// Records a crash at `now`; false if restarting it would exceed the intensity.
-    pub fn allow_restart(&mut self, now: Instant) -> bool {
-        while self.crashes.front().is_some_and(|&t| now.duration_since(t) >= self.window) {
+    /// Records a crash of `who` at `now`; false if restarting it would exceed the
+    /// intensity.
+    pub fn allow_restart(&mut self, now: Instant, who: &str) -> bool {
+        while self.crashes.front().is_some_and(|(t, _)| now.duration_since(*t) >= self.window) {
             self.crashes.pop_front();
         }
-        self.crashes.push_back(now);
+        self.crashes.push_back((now, who.to_string()));
         self.crashes.len() <= self.max_restarts as usize
+    }
+
+    /// Why the intensity was exceeded, counting each child's crashes in the window:
+    /// `worker 0 crashed 3 times and the acceptor once within 5s`.
+    pub fn explain(&self) -> String {
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for (_, who) in &self.crashes {
+            match counts.iter_mut().find(|(name, _)| name == who) {
+                Some((_, count)) => *count += 1,
+                None => counts.push((who, 1)),
+            }
+        }
+        let parts: Vec<String> = counts
+            .iter()
+            .map(|(who, count)| match count {
+                1 => format!("{who} once"),
+                n => format!("{who} {n} times"),
+            })
+            .collect();
+        let joined = match parts.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+            None => String::from("nothing"),
+        };
+        format!(
+            "{} crashes, more than the {} restarts allowed within {:?}: {joined}",
+            self.crashes.len(),
+            self.max_restarts,
+            self.window
+        )
     }
 }
 
@@ -170,8 +198,8 @@ impl Supervisor {
         let exits = self.exits_tx.clone();
         let thread = thread::Builder::new().name(format!("kv-drain-{index}")).spawn(move || {
             for mut batch in unfinished.into_iter().chain(inbox.iter()) {
-                batch.answer_rest(protocol::WORKER_CRASHED);
-                worker::send_back(batch);
+                batch.answer_rest(worker::CRASHED);
+                batch.send_back();
             }
             let _ = exits.send(ChildExit::Worker { index, outcome: Outcome::Clean });
         })?;
@@ -265,13 +293,10 @@ impl Supervisor {
         if self.gave_up {
             return false;
         }
-        if self.intensity.allow_restart(now) {
+        if self.intensity.allow_restart(now, who) {
             return true;
         }
-        self.give_up(format!(
-            "{who} crashed more than {} times within {:?}; giving up",
-            self.intensity.max_restarts, self.intensity.window
-        ));
+        self.give_up(format!("{}; giving up", self.intensity.explain()));
         false
     }
 
@@ -305,10 +330,10 @@ mod tests {
     fn intensity_allows_max_restarts_within_the_window() {
         let mut intensity = RestartIntensity::new(3, Duration::from_secs(5));
         let t0 = Instant::now();
-        assert!(intensity.allow_restart(t0));
-        assert!(intensity.allow_restart(t0 + Duration::from_secs(1)));
-        assert!(intensity.allow_restart(t0 + Duration::from_secs(2)));
-        assert!(!intensity.allow_restart(t0 + Duration::from_secs(3)));
+        assert!(intensity.allow_restart(t0, "worker 0"));
+        assert!(intensity.allow_restart(t0 + Duration::from_secs(1), "worker 0"));
+        assert!(intensity.allow_restart(t0 + Duration::from_secs(2), "worker 0"));
+        assert!(!intensity.allow_restart(t0 + Duration::from_secs(3), "worker 0"));
     }
 
     #[test]
@@ -316,13 +341,31 @@ mod tests {
         let mut intensity = RestartIntensity::new(3, Duration::from_secs(5));
         let t0 = Instant::now();
         for i in 0..10 {
-            assert!(intensity.allow_restart(t0 + Duration::from_secs(2 * i)), "crash {i}");
+            assert!(intensity.allow_restart(t0 + Duration::from_secs(2 * i), "worker 1"), "crash {i}");
         }
     }
 
     #[test]
     fn zero_restarts_gives_up_at_the_first_crash() {
         let mut intensity = RestartIntensity::new(0, Duration::from_secs(5));
-        assert!(!intensity.allow_restart(Instant::now()));
+        assert!(!intensity.allow_restart(Instant::now(), "the acceptor"));
+        assert_eq!(
+            intensity.explain(),
+            "1 crashes, more than the 0 restarts allowed within 5s: the acceptor once"
+        );
+    }
+
+    #[test]
+    fn the_give_up_message_counts_each_child_it_names() {
+        let mut intensity = RestartIntensity::new(3, Duration::from_secs(5));
+        let t0 = Instant::now();
+        for who in ["worker 0", "worker 1", "worker 0"] {
+            assert!(intensity.allow_restart(t0, who));
+        }
+        assert!(!intensity.allow_restart(t0, "the acceptor"));
+        assert_eq!(
+            intensity.explain(),
+            "4 crashes, more than the 3 restarts allowed within 5s: worker 0 2 times, worker 1 once and the acceptor once"
+        );
     }
 }

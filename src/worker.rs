@@ -3,9 +3,9 @@
 //! A connection thread groups the requests of one read by owning worker and sends each
 //! worker one [`Batch`]; the worker applies the whole batch under one lock of its
 //! partition, writes every reply into the batch, and sends the batch back. So a
-//! pipeline costs one channel round trip per worker per read, not one per request, and
-//! the batch's buffers travel back and forth and are reused: the steady state
-//! allocates nothing per request.
+//! pipeline costs one channel round trip per worker per read, not one per request.
+//! [`apply`] is the one place where a request meets the partition: every mutation
+//! passes through it, whichever thread applies the batch.
 //!
 //! The partition lives in an `Arc<Mutex<..>>` ([`WorkerShared`]) rather than on the
 //! worker's stack so that it outlives the thread serving it: a replacement worker
@@ -26,241 +26,82 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crossbeam_channel::{Receiver, RecvError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvError, TryRecvError};
 use parking_lot::Mutex;
 
-use crate::protocol::{self, Command};
+use crate::batch::Batch;
+use crate::protocol::{Command, ErrorKind, Event, Reply};
 use crate::store::{NoSuchBucket, Partition};
-use crate::subscribe::{self, Subscriber, Subscriptions};
+use crate::subscribe::{Subscriber, Subscriptions};
 
-/// Requests from one connection for one worker, and, on the way back, the replies.
-#[derive(Debug)]
-pub struct Batch {
-    /// Request lines, each ending in `\n`.
-    pub requests: Vec<u8>,
-    /// The replies, concatenated in request order.
-    pub replies: Vec<u8>,
-    /// Where each request's reply ends in `replies`: one entry per request.
-    pub reply_ends: Vec<usize>,
-    /// The owning connection's reply channel; the batch goes back on it.
-    pub reply_to: Sender<Batch>,
-    /// Index of the worker this batch is for; lets the connection put it back in
-    /// its slot.
-    pub worker: usize,
-    /// Where the next request to apply starts in `requests`. Everything before it has
-    /// its reply in `replies`, so a replacement worker can resume a batch that a
-    /// crashed one left half done.
-    pub cursor: usize,
-    /// The subscriber to register if the batch holds a `SUBSCRIBE`. The worker takes
-    /// it when it registers it, and leaves it here when the bucket does not exist;
-    /// the connection takes what is left (`clear` does not touch it).
-    pub subscriber: Option<Subscriber>,
-}
-
-impl Batch {
-    /// An empty batch for `worker` that returns to `reply_to`.
-    pub fn new(worker: usize, reply_to: Sender<Batch>) -> Self {
-        Batch {
-            requests: Vec::new(),
-            replies: Vec::new(),
-            reply_ends: Vec::new(),
-            reply_to,
-            worker,
-            cursor: 0,
-            subscriber: None,
-        }
-    }
-
-    /// Adds one request line (without its newline).
-    #[inline]
-    pub fn push_request(&mut self, line: &[u8]) {
-        self.requests.extend_from_slice(line);
-        self.requests.push(b'\n');
-    }
-
-    /// True when the batch holds no request.
-    pub fn is_empty(&self) -> bool {
-        self.requests.is_empty()
-    }
-
-    /// Empties the batch for reuse, keeping its buffers' capacity.
-    pub fn clear(&mut self) {
-        self.requests.clear();
-        self.replies.clear();
-        self.reply_ends.clear();
-        self.cursor = 0;
-    }
-
-    /// Frees buffers that grew beyond `keep` bytes (they are empty between rounds).
-    /// Returns true if any was freed.
-    pub fn release_large_buffers(&mut self, keep: usize) -> bool {
-        let mut released = false;
-        if self.replies.capacity() > keep {
-            self.replies = Vec::new();
-            released = true;
-        }
-        if self.requests.capacity() > keep {
-            self.requests = Vec::new();
-            released = true;
-        }
-        if self.reply_ends.capacity() * std::mem::size_of::<usize>() > keep {
-            self.reply_ends = Vec::new();
-            released = true;
-        }
-        released
-    }
-
-    /// True when every request has its reply.
-    pub fn is_done(&self) -> bool {
-        self.cursor >= self.requests.len()
-    }
-
-    /// Applies the requests from the cursor on to `partition`, in order, writing
-    /// replies. If applying one panics, the cursor still points at it and `replies`
-    /// may hold part of its reply: [`Batch::answer_crashed`] repairs both.
-    pub fn apply(&mut self, partition: &mut Partition) {
-        self.apply_with(partition, &mut Subscriptions::default());
-    }
-
-    /// [`Batch::apply`], streaming every change to `subscriptions`.
-    pub fn apply_with(&mut self, partition: &mut Partition, subscriptions: &mut Subscriptions) {
-        while !self.is_done() {
-            let (line, next) = request_at(&self.requests, self.cursor);
-            let command = protocol::parse(line);
-            if let Command::Subscribe { bucket } = command {
-                subscribe(partition, subscriptions, bucket, &mut self.subscriber, &mut self.replies);
-            } else {
-                apply(partition, command, &mut self.replies);
-                if !subscriptions.is_empty() {
-                    publish(subscriptions, command);
-                }
-            }
-            self.reply_ends.push(self.replies.len());
-            self.cursor = next;
-        }
-    }
-
-    /// Answers the request at the cursor with `reply` and moves past it: what a
-    /// worker that crashed while serving that request leaves for its client.
-    pub fn answer_crashed(&mut self, reply: &[u8]) {
-        self.discard_partial_reply();
-        if self.is_done() {
-            return;
-        }
-        let (_, next) = request_at(&self.requests, self.cursor);
-        self.replies.extend_from_slice(reply);
-        self.reply_ends.push(self.replies.len());
-        self.cursor = next;
-    }
-
-    /// Drops what a panic left of the reply to the request at the cursor.
-    fn discard_partial_reply(&mut self) {
-        let complete = self.reply_ends.last().copied().unwrap_or(0);
-        self.replies.truncate(complete);
-    }
-
-    /// Answers every request not yet answered with `reply` (used when no worker is
-    /// left to serve them).
-    pub fn answer_rest(&mut self, reply: &[u8]) {
-        while !self.is_done() {
-            self.answer_crashed(reply);
-        }
-    }
-}
-
-/// The request line starting at `cursor` in `requests`, and where the next starts.
-fn request_at(requests: &[u8], cursor: usize) -> (&[u8], usize) {
-    let rest = &requests[cursor..];
-    let len = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
-    (&rest[..len], cursor + len + 1)
-}
-
-/// The reply to a `SUBSCRIBE` that reached a worker without its subscriber: a bug,
-/// answered rather than trusted.
-const SUBSCRIPTION_NOT_SET_UP: &[u8] = b"ERROR subscription not set up\r\n";
-
-/// Registers a subscription to `bucket`: no reply if it exists (the stream starts),
-/// `NOT FOUND` if not.
-fn subscribe(
-    partition: &Partition,
-    subscriptions: &mut Subscriptions,
-    bucket: &[u8],
-    subscriber: &mut Option<Subscriber>,
-    out: &mut Vec<u8>,
-) {
-    if !partition.contains(bucket) {
-        out.extend_from_slice(protocol::NOT_FOUND);
-        return;
-    }
-    match subscriber.take() {
-        Some(subscriber) => subscriptions.add(bucket, subscriber),
-        // Only a connection that attached a subscriber sends SUBSCRIBE; anything
-        // else is a bug, answered rather than trusted.
-        None => out.extend_from_slice(SUBSCRIPTION_NOT_SET_UP),
-    }
-}
-
-/// Streams the change a command made, if it was a PUT or DELETE on a bucket with
-/// subscribers. Called after `apply`, so only for requests that succeeded... or
-/// failed with NOT FOUND, which a subscribed bucket (it exists) never does.
-fn publish(subscriptions: &mut Subscriptions, command: Command<'_>) {
-    match command {
-        Command::Put { bucket, key, value } => {
-            subscriptions.publish(bucket, || subscribe::set_event(key, value))
-        }
-        Command::Delete { bucket, key } => subscriptions.publish(bucket, || subscribe::deleted_event(key)),
-        _ => {}
-    }
-}
-
-/// Applies one parsed command to `partition` and appends its reply to `out`.
+/// Applies one parsed command to `partition`, streams the change it made to
+/// `subscriptions`, and says what to answer.
 ///
-/// Commands that are not about a bucket never reach a worker; if one does, it is
-/// answered `UNKNOWN COMMAND` rather than trusted.
-pub fn apply(partition: &mut Partition, command: Command<'_>, out: &mut Vec<u8>) {
-    let result = match command {
+/// `subscriber` is the one a `SUBSCRIBE` brought along: registered (taken) if the
+/// bucket exists. Commands that are not about a bucket never reach a worker; if one
+/// does, it is answered `UNKNOWN COMMAND` rather than trusted.
+pub fn apply<'p>(
+    partition: &'p mut Partition,
+    subscriptions: &mut Subscriptions,
+    command: Command<'_>,
+    subscriber: &mut Option<Subscriber>,
+) -> Reply<'p> {
+    let (result, event) = match command {
+        Command::Get { bucket, key } => {
+            return match partition.get(bucket, key) {
+                Ok(value) => Reply::Value(value.unwrap_or(b"")),
+                Err(NoSuchBucket) => Reply::NotFound,
+            };
+        }
         Command::Create { bucket } => {
             partition.create(bucket);
-            Ok(())
+            return Reply::Ok;
         }
-        Command::Put { bucket, key, value } => partition.put(bucket, key, value),
-        Command::Delete { bucket, key } => partition.delete(bucket, key),
-        Command::Get { bucket, key } => match partition.get(bucket, key) {
-            Ok(value) => {
-                protocol::write_value(out, value.unwrap_or(b""));
-                return;
-            }
-            Err(NoSuchBucket) => Err(NoSuchBucket),
-        },
-        Command::DebugCrash { .. } => {
-            // Fault injection (`kv serve --debug`): nothing has been changed yet, so
-            // the partition stays exactly as it was.
-            panic!("DEBUG CRASH requested");
-        }
-        Command::Subscribe { bucket } => {
-            // Served by Batch::apply_with; reaching here means no subscriber came
-            // with it.
-            out.extend_from_slice(if partition.contains(bucket) {
-                SUBSCRIPTION_NOT_SET_UP
-            } else {
-                protocol::NOT_FOUND
-            });
-            return;
-        }
+        Command::Put { bucket, key, value } => (partition.put(bucket, key, value), (bucket, Event::Set { key, value })),
+        Command::Delete { bucket, key } => (partition.delete(bucket, key), (bucket, Event::Deleted { key })),
+        Command::Drop { bucket } => (partition.drop_bucket(bucket), (bucket, Event::Dropped)),
+        Command::Subscribe { bucket } => return subscribe(partition, subscriptions, bucket, subscriber),
+        // Fault injection (`kv serve --debug`): nothing has been changed yet, so the
+        // partition stays exactly as it was.
+        Command::DebugCrash { .. } => panic!("DEBUG CRASH requested"),
         Command::Ping
         | Command::Stats
         | Command::Quit
         | Command::DebugCrashConnection
         | Command::DebugCrashAcceptor
-        | Command::Unknown => {
-            out.extend_from_slice(protocol::UNKNOWN_COMMAND);
-            return;
-        }
+        | Command::Unknown => return Reply::Unknown,
     };
-    out.extend_from_slice(match result {
-        Ok(()) => protocol::OK,
-        Err(NoSuchBucket) => protocol::NOT_FOUND,
-    });
+    match result {
+        Ok(()) => {
+            if !subscriptions.is_empty() {
+                subscriptions.publish(event.0, event.1);
+            }
+            Reply::Ok
+        }
+        Err(NoSuchBucket) => Reply::NotFound,
+    }
+}
+
+/// Registers a subscription to `bucket`: no reply if it exists (the stream starts),
+/// `NOT FOUND` if not.
+fn subscribe<'p>(
+    partition: &Partition,
+    subscriptions: &mut Subscriptions,
+    bucket: &[u8],
+    subscriber: &mut Option<Subscriber>,
+) -> Reply<'p> {
+    if !partition.contains(bucket) {
+        return Reply::NotFound;
+    }
+    match subscriber.take() {
+        Some(subscriber) => {
+            subscriptions.add(bucket, subscriber);
+            Reply::Subscribed
+        }
+        // Only a connection that attached a subscriber sends SUBSCRIBE; anything
+        // else is a bug, answered rather than trusted.
+        None => Reply::Error(ErrorKind::SubscriptionNotSetUp),
+    }
 }
 
 /// Counters a worker publishes for STATS, updated once per batch, not per request.
@@ -272,8 +113,6 @@ pub struct WorkerStats {
     pub keys: AtomicUsize,
     /// Times this worker has been restarted after a crash.
     pub restarts: AtomicU64,
-    /// Subscribers registered with this worker.
-    pub subscribers: AtomicUsize,
     /// Subscribers dropped for falling too far behind.
     pub subscribers_dropped: AtomicU64,
 }
@@ -294,7 +133,6 @@ impl WorkerShared {
     fn publish(&self, partition: &Partition, subscriptions: &Subscriptions) {
         self.stats.buckets.store(partition.bucket_count(), Ordering::Relaxed);
         self.stats.keys.store(partition.key_count(), Ordering::Relaxed);
-        self.stats.subscribers.store(subscriptions.len(), Ordering::Relaxed);
         self.stats.subscribers_dropped.store(subscriptions.dropped_total(), Ordering::Relaxed);
     }
 }
@@ -339,7 +177,7 @@ pub fn recv_spinning<T>(channel: &Receiver<T>) -> Result<T, RecvError> {
 /// returned: the worker then replays the failed request from the batch's cursor and
 /// crashes on it the supervised way (`ERROR worker crashed`, restart counted).
 pub fn apply_inline(shared: &WorkerShared, batch: &mut Batch) -> bool {
-    if batch.subscriber.is_some() {
+    if batch.has_subscriber() {
         return false;
     }
     let Some(mut partition) = shared.partition.try_lock() else {
@@ -349,7 +187,7 @@ pub fn apply_inline(shared: &WorkerShared, batch: &mut Batch) -> bool {
         return false;
     };
     let applied = panic::catch_unwind(AssertUnwindSafe(|| {
-        batch.apply_with(&mut partition, &mut subscriptions);
+        batch.apply(&mut partition, &mut subscriptions);
         shared.publish(&partition, &subscriptions);
     }));
     if applied.is_err() {
@@ -404,12 +242,12 @@ pub fn run(shared: &WorkerShared, inbox: &Receiver<Batch>, pending: Option<Batch
         Err(payload) => {
             let message = panic_message(&*payload);
             for batch in in_hand.done.drain(..) {
-                send_back(batch);
+                batch.send_back();
             }
             let unfinished = in_hand.current.take().and_then(|mut batch| {
-                batch.answer_crashed(protocol::WORKER_CRASHED);
+                batch.answer_crashed(CRASHED);
                 if batch.is_done() {
-                    send_back(batch);
+                    batch.send_back();
                     None
                 } else {
                     Some(batch)
@@ -432,7 +270,7 @@ fn serve(shared: &WorkerShared, inbox: &Receiver<Batch>, in_hand: &mut InHand) {
             let mut partition = shared.partition.lock();
             let mut subscriptions = shared.subscriptions.lock();
             while let Some(batch) = in_hand.current.as_mut() {
-                batch.apply_with(&mut partition, &mut subscriptions);
+                batch.apply(&mut partition, &mut subscriptions);
                 in_hand.done.extend(in_hand.current.take());
                 if in_hand.done.len() == MAX_BATCHES_PER_LOCK {
                     break;
@@ -442,17 +280,14 @@ fn serve(shared: &WorkerShared, inbox: &Receiver<Batch>, in_hand: &mut InHand) {
             shared.publish(&partition, &subscriptions);
         }
         for batch in in_hand.done.drain(..) {
-            send_back(batch);
+            batch.send_back();
         }
     }
 }
 
-/// Returns a batch to its connection. A connection that went away no longer wants
-/// its replies, so a failed send is not an error.
-pub(crate) fn send_back(batch: Batch) {
-    let reply_to = batch.reply_to.clone();
-    let _ = reply_to.send(batch);
-}
+/// The reply to the request a worker was serving when it crashed, and to every request
+/// for a worker that will not be restarted.
+pub const CRASHED: Reply<'static> = Reply::Error(ErrorKind::WorkerCrashed);
 
 /// The text of a panic payload (`panic!` with a literal or a formatted message).
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -488,50 +323,9 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn run_batch(partition: &mut Partition, lines: &[&[u8]]) -> Vec<Vec<u8>> {
-        let (tx, _rx) = crossbeam_channel::unbounded();
-        let mut batch = Batch::new(0, tx);
-        for line in lines {
-            batch.push_request(line);
-        }
-        batch.apply(partition);
-        let mut start = 0;
-        batch
-            .reply_ends
-            .iter()
-            .map(|&end| {
-                let reply = batch.replies[start..end].to_vec();
-                start = end;
-                reply
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_batch_answers_each_request_in_order() {
-        let mut p = Partition::new();
-        let replies = run_batch(
-            &mut p,
-            &[
-                b"GET shopping eggs",
-                b"CREATE shopping",
-                b"PUT shopping eggs 3",
-                b"GET shopping eggs",
-                b"DELETE shopping eggs",
-                b"GET shopping eggs",
-                b"PING",
-            ],
-        );
-        let expected: [&[u8]; 7] = [
-            b"NOT FOUND\r\n",
-            b"OK\r\n",
-            b"OK\r\n",
-            b"3\r\nOK\r\n",
-            b"OK\r\n",
-            b"\r\nOK\r\n",
-            b"UNKNOWN COMMAND\r\n",
-        ];
-        assert_eq!(replies, expected);
+    /// Every reply of a batch, concatenated.
+    fn replies_of(batch: &Batch) -> Vec<u8> {
+        (0..batch.reply_count()).flat_map(|i| batch.reply(i).unwrap_or_default().to_vec()).collect()
     }
 
     #[test]
@@ -548,7 +342,7 @@ mod tests {
         batch.push_request(b"PUT b k v");
         inbox_tx.send(batch).unwrap();
         let batch = reply_rx.recv().unwrap();
-        assert_eq!(batch.replies, b"OK\r\nOK\r\n");
+        assert_eq!(replies_of(&batch), b"OK\r\nOK\r\n");
         assert_eq!(shared.stats.keys.load(Ordering::Relaxed), 1);
         drop(inbox_tx);
         assert!(matches!(thread.join().unwrap(), Outcome::Clean));
@@ -576,8 +370,8 @@ mod tests {
         drop(inbox_tx);
         assert!(matches!(run(&shared, &inbox_rx, unfinished), Outcome::Clean));
         let batch = reply_rx.try_recv().unwrap();
-        assert_eq!(batch.replies, b"OK\r\nOK\r\nERROR worker crashed\r\nOK\r\n2\r\nOK\r\n");
-        assert_eq!(batch.reply_ends.len(), 5);
+        assert_eq!(replies_of(&batch), b"OK\r\nOK\r\nERROR worker crashed\r\nOK\r\n2\r\nOK\r\n");
+        assert_eq!(batch.reply_count(), 5);
     }
 
     #[test]
@@ -591,10 +385,10 @@ mod tests {
         {
             let _held = shared.partition.lock();
             assert!(!apply_inline(&shared, &mut batch), "a held partition must be left to the worker");
-            assert!(batch.replies.is_empty());
+            assert_eq!(batch.reply_count(), 0);
         }
         assert!(apply_inline(&shared, &mut batch));
-        assert_eq!(batch.replies, b"OK\r\nOK\r\n3\r\nOK\r\n");
+        assert_eq!(replies_of(&batch), b"OK\r\nOK\r\n3\r\nOK\r\n");
         assert_eq!(shared.stats.keys.load(Ordering::Relaxed), 1, "STATS figures are published");
     }
 
@@ -609,8 +403,8 @@ mod tests {
         }
         assert!(!apply_inline(&shared, &mut batch));
         // The requests before the crash are applied and answered, nothing after.
-        assert_eq!(batch.replies, b"OK\r\nOK\r\n");
-        assert_eq!(batch.reply_ends.len(), 2);
+        assert_eq!(replies_of(&batch), b"OK\r\nOK\r\n");
+        assert_eq!(batch.reply_count(), 2);
         // The locks were released while unwinding.
         assert_eq!(shared.partition.try_lock().map(|p| p.key_count()), Some(1));
         // The connection sends it to the worker, which crashes on the same request,
@@ -622,7 +416,7 @@ mod tests {
         drop(inbox_tx);
         assert!(matches!(run(&shared, &inbox_rx, unfinished), Outcome::Clean));
         let batch = reply_rx.try_recv().unwrap();
-        assert_eq!(batch.replies, b"OK\r\nOK\r\nERROR worker crashed\r\n1\r\nOK\r\n");
+        assert_eq!(replies_of(&batch), b"OK\r\nOK\r\nERROR worker crashed\r\n1\r\nOK\r\n");
     }
 
     #[test]
@@ -640,7 +434,7 @@ mod tests {
             panic!("the worker should have crashed");
         };
         assert!(unfinished.is_none());
-        let replies: Vec<Vec<u8>> = reply_rx.try_iter().map(|b| b.replies).collect();
+        let replies: Vec<Vec<u8>> = reply_rx.try_iter().map(|b| replies_of(&b)).collect();
         assert_eq!(replies, [b"OK\r\n".to_vec(), b"ERROR worker crashed\r\n".to_vec()]);
     }
 

@@ -1,10 +1,11 @@
 //! SUBSCRIBE: a connection that becomes a stream of one bucket's changes.
 //!
 //! The worker owning a bucket keeps its subscribers in [`Subscriptions`] and, for
-//! every PUT or DELETE it applies there, hands each one the event line. A
+//! every PUT, DELETE or DROP it applies there, hands each one the event line. A
 //! subscription is registered by the worker itself, as one request of a batch, so it
 //! takes effect exactly between two of the worker's requests: every change applied
-//! after it is streamed, none before, none twice.
+//! after it is streamed, none before, none twice. A DROP is the last event: the
+//! bucket's subscribers are then let go, which ends their streams.
 //!
 //! Workers must never wait for a subscriber. Events go over an unbounded channel, and
 //! the worker keeps count of the bytes the subscriber has not yet written to its
@@ -12,29 +13,20 @@
 //! subscriber, whose connection thread then closes the connection. So a subscriber
 //! that stops reading costs at most the limit in memory and never slows a write.
 //!
-//! The connection side ([`stream_events`]) writes events as they come, batching what
-//! has queued up into one write, and notices a client that has gone away.
+//! The connection side, for a local subscription and for one relayed from the node
+//! that owns the bucket alike, is `stream.rs`.
+
+mod stream;
+
+pub use stream::{RelayedEvents, client_gone, stream_events, stream_relayed};
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
-/// Default most bytes of events a subscriber may have unwritten before it is dropped.
-///
-/// 8 MiB holds over 100,000 typical events: room for a slow reader to catch up after
-/// a burst, while a stuck one cannot pin more than that.
-pub const DEFAULT_SUBSCRIBER_BACKLOG: usize = 8 * 1024 * 1024;
-
-/// How often an idle subscriber's thread checks whether its client is still there.
-const CLIENT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Most event bytes gathered into one write.
-const WRITE_CHUNK: usize = 64 * 1024;
+use crate::protocol::Event;
 
 /// State both ends of a subscription see.
 #[derive(Debug, Default)]
@@ -153,14 +145,16 @@ impl Subscriptions {
         self.dropped_total
     }
 
-    /// Streams a change of `bucket` to its subscribers; `event` builds the line and is
-    /// called only if there is someone to send it to. Subscribers that have gone
-    /// away or fallen too far behind are removed.
-    pub fn publish(&mut self, bucket: &[u8], event: impl FnOnce() -> Vec<u8>) {
+    /// Streams a change of `bucket` to its subscribers; the line is built only if
+    /// there is someone to send it to. Subscribers that have gone away or fallen too far
+    /// behind are removed, and after [`Event::Dropped`] all of them are: the bucket is
+    /// gone, and so are their streams.
+    pub fn publish(&mut self, bucket: &[u8], event: Event<'_>) {
         let Some(subscribers) = self.by_bucket.get_mut(bucket) else {
             return;
         };
-        let event: Arc<[u8]> = event().into();
+        let ends = event == Event::Dropped;
+        let event: Arc<[u8]> = event.to_text().into();
         let before = subscribers.len();
         let mut overflowed = 0;
         subscribers.retain(|subscriber| {
@@ -170,6 +164,10 @@ impl Subscriptions {
             }
             kept
         });
+        if ends {
+            // Dropping the senders ends each stream after what it has queued.
+            subscribers.clear();
+        }
         let removed = before - subscribers.len();
         if subscribers.is_empty() {
             self.by_bucket.remove(bucket);
@@ -180,112 +178,6 @@ impl Subscriptions {
             log::warn!("dropped {overflowed} subscriber(s) more than their backlog limit behind");
         }
     }
-}
-
-/// The event line for a PUT.
-pub fn set_event(key: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut line = Vec::with_capacity(key.len() + value.len() + 10);
-    line.extend_from_slice(key);
-    line.extend_from_slice(b" SET TO ");
-    line.extend_from_slice(value);
-    line.extend_from_slice(b"\r\n");
-    line
-}
-
-/// The event line for a DELETE.
-pub fn deleted_event(key: &[u8]) -> Vec<u8> {
-    let mut line = Vec::with_capacity(key.len() + 10);
-    line.extend_from_slice(key);
-    line.extend_from_slice(b" DELETED\r\n");
-    line
-}
-
-/// Writes `subscription`'s events to `stream` until the client goes away, the worker
-/// drops the subscription, or `stop` is set (shutdown). Input from the client is
-/// read and ignored.
-pub fn stream_events(stream: &TcpStream, subscription: Subscription, stop: &AtomicBool) -> io::Result<()> {
-    // A client that stops reading must not pin this thread in write() forever: with
-    // a timeout the loop can see that the worker has dropped it.
-    stream.set_write_timeout(Some(CLIENT_CHECK_INTERVAL))?;
-    let mut out: Vec<u8> = Vec::new();
-    loop {
-        match subscription.events.recv_timeout(CLIENT_CHECK_INTERVAL) {
-            Ok(event) => {
-                out.extend_from_slice(&event);
-                while out.len() < WRITE_CHUNK {
-                    match subscription.events.try_recv() {
-                        Ok(event) => out.extend_from_slice(&event),
-                        Err(_) => break,
-                    }
-                }
-                let written = out.len();
-                write_patiently(stream, &out, &subscription, stop)?;
-                subscription.backlog.unsent.fetch_sub(written, Ordering::AcqRel);
-                out.clear();
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                if stop.load(Ordering::Relaxed) || client_gone(stream)? {
-                    return Ok(());
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => return Ok(()),
-        }
-        if subscription.backlog.dropped.load(Ordering::Acquire) {
-            return Err(io::Error::other("subscriber dropped: too far behind"));
-        }
-    }
-}
-
-/// `write_all` that gives up once the subscription is dropped or the server stops.
-fn write_patiently(
-    stream: &TcpStream,
-    mut bytes: &[u8],
-    subscription: &Subscription,
-    stop: &AtomicBool,
-) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match (&*stream).write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                if subscription.backlog.dropped.load(Ordering::Acquire) {
-                    return Err(io::Error::other("subscriber dropped: too far behind"));
-                }
-                if stop.load(Ordering::Relaxed) {
-                    return Err(io::Error::other("shutting down"));
-                }
-            }
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(())
-}
-
-/// Most bytes of ignored input one check reads, so that a client sending without
-/// pause cannot keep its thread here instead of writing events.
-const MAX_IGNORED_PER_CHECK: usize = 256 * 1024;
-
-/// True if the client closed its end. Reads (and ignores) what it sent, up to
-/// [`MAX_IGNORED_PER_CHECK`].
-pub fn client_gone(stream: &TcpStream) -> io::Result<bool> {
-    stream.set_nonblocking(true)?;
-    let mut scratch = [0u8; 4096];
-    let mut ignored = 0;
-    let gone = loop {
-        if ignored >= MAX_IGNORED_PER_CHECK {
-            break false;
-        }
-        match (&*stream).read(&mut scratch) {
-            Ok(0) => break true,
-            Ok(n) => ignored += n,
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break false,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break true,
-        }
-    };
-    stream.set_nonblocking(false)?;
-    Ok(gone)
 }
 
 #[cfg(test)]
@@ -299,9 +191,9 @@ mod tests {
         let (b, b_rx) = subscription(1024);
         subscriptions.add(b"x", a);
         subscriptions.add(b"y", b);
-        subscriptions.publish(b"x", || set_event(b"k", b"1"));
-        subscriptions.publish(b"x", || deleted_event(b"k"));
-        subscriptions.publish(b"z", || unreachable!("nobody subscribes to z"));
+        subscriptions.publish(b"x", Event::Set { key: b"k", value: b"1" });
+        subscriptions.publish(b"x", Event::Deleted { key: b"k" });
+        subscriptions.publish(b"z", Event::Dropped);
         let got: Vec<Vec<u8>> = a_rx.events.try_iter().map(|e| e.to_vec()).collect();
         assert_eq!(got, [b"k SET TO 1\r\n".to_vec(), b"k DELETED\r\n".to_vec()]);
         assert!(b_rx.events.is_empty());
@@ -309,13 +201,29 @@ mod tests {
     }
 
     #[test]
+    fn a_drop_is_the_last_event_and_lets_every_subscriber_go() {
+        let mut subscriptions = Subscriptions::default();
+        let (a, a_rx) = subscription(1024);
+        let (b, b_rx) = subscription(1024);
+        subscriptions.add(b"x", a);
+        subscriptions.add(b"x", b);
+        subscriptions.publish(b"x", Event::Dropped);
+        assert!(subscriptions.is_empty());
+        assert_eq!(subscriptions.dropped_total(), 0, "let go, not dropped for falling behind");
+        for rx in [a_rx, b_rx] {
+            assert_eq!(rx.events.try_recv().map(|e| e.to_vec()), Ok(b"DROPPED\r\n".to_vec()));
+            assert!(rx.events.recv().is_err(), "the stream ends after DROPPED");
+        }
+    }
+
+    #[test]
     fn a_subscriber_past_its_limit_is_dropped_and_counted() {
         let mut subscriptions = Subscriptions::default();
         let (slow, slow_rx) = subscription(30);
         subscriptions.add(b"x", slow);
-        subscriptions.publish(b"x", || set_event(b"k", b"1234567890"));
+        subscriptions.publish(b"x", Event::Set { key: b"k", value: b"1234567890" });
         assert_eq!(subscriptions.len(), 1);
-        subscriptions.publish(b"x", || set_event(b"k", b"1234567890"));
+        subscriptions.publish(b"x", Event::Set { key: b"k", value: b"1234567890" });
         assert_eq!(subscriptions.len(), 0);
         assert_eq!(subscriptions.dropped_total(), 1);
         assert!(slow_rx.backlog.dropped.load(Ordering::Acquire));
@@ -345,7 +253,7 @@ mod tests {
         let (gone, gone_rx) = subscription(1024);
         subscriptions.add(b"x", gone);
         drop(gone_rx);
-        subscriptions.publish(b"x", || deleted_event(b"k"));
+        subscriptions.publish(b"x", Event::Deleted { key: b"k" });
         assert!(subscriptions.is_empty());
         assert_eq!(subscriptions.dropped_total(), 0);
     }

@@ -1,0 +1,249 @@
+//! [`Batch`]: the requests one connection sends one worker in one round, and on the way
+//! back their replies.
+//!
+//! A batch travels connection -> worker -> connection over channels and is reused for
+//! the connection's life, so the steady state allocates nothing per request. Its
+//! fields are private: a request goes in with [`Batch::push_request`], a reply comes out
+//! with [`Batch::reply`], and the cursor that lets a replacement worker resume a batch a
+//! crashed one left half done is kept consistent here and nowhere else.
+
+use crossbeam_channel::Sender;
+
+use crate::protocol::{self, ErrorKind, Reply};
+use crate::store::Partition;
+use crate::subscribe::{Subscriber, Subscriptions};
+
+/// Requests from one connection for one worker, and, on the way back, the replies.
+#[derive(Debug)]
+pub struct Batch {
+    /// Request lines, each ending in `\n`.
+    requests: Vec<u8>,
+    /// The replies, concatenated in request order.
+    replies: Vec<u8>,
+    /// Where each request's reply ends in `replies`: one entry per answered request.
+    reply_ends: Vec<usize>,
+    /// The owning connection's reply channel; the batch goes back on it.
+    reply_to: Sender<Batch>,
+    /// Index of the worker this batch is for.
+    worker: usize,
+    /// Where the next request to apply starts in `requests`. Everything before it has
+    /// its reply in `replies`.
+    cursor: usize,
+    /// The subscriber to register if the batch holds a `SUBSCRIBE`. The worker takes
+    /// it when it registers it and leaves it when the bucket does not exist.
+    subscriber: Option<Subscriber>,
+}
+
+impl Batch {
+    /// An empty batch for `worker` that returns to `reply_to`.
+    pub fn new(worker: usize, reply_to: Sender<Batch>) -> Self {
+        Batch {
+            requests: Vec::new(),
+            replies: Vec::new(),
+            reply_ends: Vec::new(),
+            reply_to,
+            worker,
+            cursor: 0,
+            subscriber: None,
+        }
+    }
+
+    /// The worker this batch is for.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// Adds one request line (without its newline).
+    #[inline]
+    pub fn push_request(&mut self, line: &[u8]) {
+        self.requests.extend_from_slice(line);
+        self.requests.push(b'\n');
+    }
+
+    /// Adds a `SUBSCRIBE` line with the subscriber the worker is to register.
+    pub fn push_subscribe(&mut self, line: &[u8], subscriber: Subscriber) {
+        self.push_request(line);
+        self.subscriber = Some(subscriber);
+    }
+
+    /// The subscriber the worker did not register (its bucket does not exist), if any.
+    pub fn take_unregistered_subscriber(&mut self) -> Option<Subscriber> {
+        self.subscriber.take()
+    }
+
+    /// True when a subscription waits to be registered: only a worker does that.
+    pub fn has_subscriber(&self) -> bool {
+        self.subscriber.is_some()
+    }
+
+    /// True when the batch holds no request.
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+
+    /// True when every request has its reply.
+    pub fn is_done(&self) -> bool {
+        self.cursor >= self.requests.len()
+    }
+
+    /// Number of requests answered so far.
+    pub fn reply_count(&self) -> usize {
+        self.reply_ends.len()
+    }
+
+    /// The reply to request `index` of the batch, if it has one.
+    #[inline]
+    pub fn reply(&self, index: usize) -> Option<&[u8]> {
+        let end = *self.reply_ends.get(index)?;
+        let start = if index == 0 { 0 } else { self.reply_ends[index - 1] };
+        Some(&self.replies[start..end])
+    }
+
+    /// Empties the batch for reuse, keeping its buffers' capacity.
+    pub fn clear(&mut self) {
+        self.requests.clear();
+        self.replies.clear();
+        self.reply_ends.clear();
+        self.cursor = 0;
+    }
+
+    /// Frees buffers that grew beyond `keep` bytes (they are empty between rounds).
+    /// Returns true if any was freed.
+    pub fn release_large_buffers(&mut self, keep: usize) -> bool {
+        let mut released = false;
+        if self.replies.capacity() > keep {
+            self.replies = Vec::new();
+            released = true;
+        }
+        if self.requests.capacity() > keep {
+            self.requests = Vec::new();
+            released = true;
+        }
+        if self.reply_ends.capacity() * std::mem::size_of::<usize>() > keep {
+            self.reply_ends = Vec::new();
+            released = true;
+        }
+        released
+    }
+
+    /// Applies the requests from the cursor on to `partition`, in order, writing
+    /// replies and streaming every change to `subscriptions`. If applying one panics,
+    /// the cursor still points at it and `replies` may hold part of its reply:
+    /// [`Batch::answer_crashed`] or [`Batch::discard_partial_reply`] repair that.
+    pub fn apply(&mut self, partition: &mut Partition, subscriptions: &mut Subscriptions) {
+        while !self.is_done() {
+            let (line, next) = request_at(&self.requests, self.cursor);
+            let command = protocol::parse(line);
+            crate::worker::apply(partition, subscriptions, command, &mut self.subscriber)
+                .write_text(&mut self.replies);
+            self.reply_ends.push(self.replies.len());
+            self.cursor = next;
+        }
+    }
+
+    /// Answers the request at the cursor with `reply` and moves past it: what a
+    /// worker that crashed while serving that request leaves for its client.
+    pub fn answer_crashed(&mut self, reply: Reply<'_>) {
+        self.discard_partial_reply();
+        if self.is_done() {
+            return;
+        }
+        let (_, next) = request_at(&self.requests, self.cursor);
+        reply.write_text(&mut self.replies);
+        self.reply_ends.push(self.replies.len());
+        self.cursor = next;
+    }
+
+    /// Drops what a panic left of the reply to the request at the cursor.
+    pub fn discard_partial_reply(&mut self) {
+        let complete = self.reply_ends.last().copied().unwrap_or(0);
+        self.replies.truncate(complete);
+    }
+
+    /// Answers every request not yet answered with `reply` (used when no worker is
+    /// left to serve them).
+    pub fn answer_rest(&mut self, reply: Reply<'_>) {
+        while !self.is_done() {
+            self.answer_crashed(reply);
+        }
+    }
+
+    /// Returns the batch to its connection. A connection that went away no longer
+    /// wants its replies, so a failed send is not an error.
+    pub fn send_back(self) {
+        let reply_to = self.reply_to.clone();
+        let _ = reply_to.send(self);
+    }
+}
+
+/// The reply every request of a batch gets when no worker serves it.
+pub const UNSERVED: Reply<'static> = Reply::Error(ErrorKind::WorkerUnavailable);
+
+/// The request line starting at `cursor` in `requests`, and where the next starts.
+fn request_at(requests: &[u8], cursor: usize) -> (&[u8], usize) {
+    let rest = &requests[cursor..];
+    let len = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+    (&rest[..len], cursor + len + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The replies of a batch applied to `partition`, one per request line.
+    pub(crate) fn run_batch(partition: &mut Partition, lines: &[&[u8]]) -> Vec<Vec<u8>> {
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let mut batch = Batch::new(0, tx);
+        for line in lines {
+            batch.push_request(line);
+        }
+        batch.apply(partition, &mut Subscriptions::default());
+        (0..batch.reply_count()).map(|i| batch.reply(i).unwrap_or_default().to_vec()).collect()
+    }
+
+    #[test]
+    fn a_batch_answers_each_request_in_order() {
+        let mut p = Partition::new();
+        let replies = run_batch(
+            &mut p,
+            &[
+                b"GET shopping eggs",
+                b"CREATE shopping",
+                b"PUT shopping eggs 3",
+                b"GET shopping eggs",
+                b"DELETE shopping eggs",
+                b"GET shopping eggs",
+                b"PING",
+                b"DROP shopping",
+                b"GET shopping eggs",
+                b"DROP shopping",
+            ],
+        );
+        let expected: [&[u8]; 10] = [
+            b"NOT FOUND\r\n",
+            b"OK\r\n",
+            b"OK\r\n",
+            b"3\r\nOK\r\n",
+            b"OK\r\n",
+            b"\r\nOK\r\n",
+            b"UNKNOWN COMMAND\r\n",
+            b"OK\r\n",
+            b"NOT FOUND\r\n",
+            b"NOT FOUND\r\n",
+        ];
+        assert_eq!(replies, expected);
+    }
+
+    #[test]
+    fn answer_rest_fills_every_unanswered_request() {
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let mut batch = Batch::new(3, tx);
+        batch.push_request(b"CREATE a");
+        batch.push_request(b"GET a k");
+        batch.answer_rest(UNSERVED);
+        assert_eq!(batch.reply_count(), 2);
+        assert_eq!(batch.reply(1), Some(&b"ERROR worker unavailable\r\n"[..]));
+        assert_eq!(batch.reply(2), None);
+        assert_eq!(batch.worker(), 3);
+    }
+}

@@ -1,0 +1,450 @@
+//! Forwarding: a connection's requests for buckets other nodes own, and their replies.
+//!
+//! A connection thread hands such requests to its [`Forwarder`], one [`Exchange`] per
+//! peer per round. At the end of the round the forwarder writes each peer's requests
+//! with ONE write on a pooled connection (`peer/`), then reads the replies back, framed
+//! by each request's [`ReplyShape`], and the connection relays them unchanged, in
+//! request order with its local replies. The worker batches of the same round are in
+//! flight meanwhile, so local and remote work overlap.
+//!
+//! Between nodes the protocol is the client protocol plus one handshake line
+//! (`protocol/hello.rs`; docs/CLUSTER.md tells the whole story).
+//!
+//! # Faults
+//! A peer that refuses, resets, closes or does not answer within the request timeout
+//! fails the whole exchange: every request of it not yet answered gets
+//! `ERROR peer <name> unavailable`, and the client connection carries on; the failure
+//! counts towards marking the peer down (`peer/`).
+
+use crate::peer::{Deadline, Failure, HelloReply, Peer, PeerConn, Peers};
+use crate::protocol::ReplyShape;
+
+/// Most request bytes sent to a peer in one exchange; a round with more for one peer
+/// is split.
+///
+/// The forwarder writes a whole exchange before it reads any reply. If the requests did
+/// not fit in the kernel's socket buffers, a peer blocked on writing replies we are not
+/// yet reading would stop reading requests, and both sides would wait for the timeout.
+/// Socket buffers are at least this large by default on the systems we run on. (An
+/// exchange may still be one longer line on its own: the peer reads a whole line before
+/// it answers it, so one line cannot deadlock.)
+pub const MAX_EXCHANGE_BYTES: usize = 16 * 1024;
+
+/// One round's requests for one peer and, after [`Forwarder::exchange`], their replies.
+#[derive(Debug, Default)]
+struct Exchange {
+    /// Request lines, each ending in `\n`.
+    requests: Vec<u8>,
+    /// For each request, the shape of its reply.
+    shapes: Vec<ReplyShape>,
+    /// The replies, concatenated in request order.
+    replies: Vec<u8>,
+    /// Where each reply ends in `replies`.
+    reply_ends: Vec<usize>,
+    /// How many replies have been taken by [`Forwarder::next_reply`].
+    cursor: usize,
+    /// The connection the requests went out on, until the replies are in.
+    conn: Option<PeerConn>,
+}
+
+impl Exchange {
+    fn push(&mut self, line: &[u8], shape: ReplyShape) {
+        self.requests.extend_from_slice(line);
+        self.requests.push(b'\n');
+        self.shapes.push(shape);
+    }
+
+    fn clear(&mut self) {
+        self.requests.clear();
+        self.shapes.clear();
+        self.replies.clear();
+        self.reply_ends.clear();
+        self.cursor = 0;
+    }
+
+    /// Sends the requests on a pooled or new connection. A reused connection that fails
+    /// is assumed to have died while idle and is replaced once.
+    fn send(&mut self, peer: &Peer, deadline: Deadline) -> Result<(), Failure> {
+        let mut conn = peer.checkout(deadline)?;
+        let mut result = conn.send(peer.hello(), &self.requests);
+        if result.is_err() && conn.reused {
+            result = peer.replace(&mut conn, deadline).and_then(|()| conn.send(peer.hello(), &self.requests));
+        }
+        match result {
+            Ok(()) => {
+                self.conn = Some(conn);
+                Ok(())
+            }
+            Err(failure) => {
+                peer.discard(conn);
+                Err(failure)
+            }
+        }
+    }
+
+    /// Reads the replies. If a reused connection fails before a single reply byte
+    /// arrives, it had most likely died while idle (the peer restarted), so the requests
+    /// are sent again on a new connection, once. The bucket commands are idempotent as
+    /// to the data, so a request the dead connection did deliver is harmless to repeat,
+    /// with two caveats for the rare case that the peer applied the batch and then died
+    /// before replying: subscribers see such a change twice, and a repeated PUT can
+    /// overwrite another client's write made in between. (A peer's `--idle-timeout`
+    /// closes idle pooled connections too; this is what makes that invisible.)
+    fn receive(&mut self, peer: &Peer, mut conn: PeerConn, deadline: Deadline) {
+        let mut result = conn.read_replies(&mut self.replies, &mut self.reply_ends, &self.shapes, deadline);
+        if result.is_err() && conn.reused && self.replies.is_empty() {
+            result = peer.replace(&mut conn, deadline).and_then(|()| conn.send(peer.hello(), &self.requests)).and_then(
+                |()| conn.read_replies(&mut self.replies, &mut self.reply_ends, &self.shapes, deadline),
+            );
+        }
+        match result {
+            Ok(HelloReply::Accepted) => {
+                peer.succeeded();
+                peer.checkin(conn);
+            }
+            Ok(HelloReply::Refused(line)) => {
+                // The replies are the peer's own error lines: relay them, but do not keep
+                // a connection the peer will refuse everything on.
+                peer.log_refusal(&line);
+                peer.discard(conn);
+            }
+            Err(failure) => {
+                peer.discard(conn);
+                self.fail(peer, &failure);
+            }
+        }
+    }
+
+    /// Answers every request not answered yet `ERROR peer <name> unavailable`, and
+    /// counts the failure towards marking the peer down.
+    fn fail(&mut self, peer: &Peer, failure: &Failure) {
+        let missing = self.answer_unavailable(peer);
+        log::debug!("peer {} at {}: {failure}; {missing} requests answered unavailable", peer.name(), peer.addr());
+        peer.count_failure(failure);
+    }
+
+    /// Answers every request not answered yet `ERROR peer <name> unavailable`; returns
+    /// how many that was.
+    fn answer_unavailable(&mut self, peer: &Peer) -> usize {
+        let answered = self.reply_ends.last().copied().unwrap_or(0);
+        self.replies.truncate(answered);
+        let missing = self.shapes.len() - self.reply_ends.len();
+        for _ in 0..missing {
+            peer.unavailable().write_text(&mut self.replies);
+            self.reply_ends.push(self.replies.len());
+        }
+        peer.count_errors(missing);
+        missing
+    }
+}
+
+/// A connection thread's forwarding state: one [`Exchange`] per peer, reused for the
+/// connection's life.
+#[derive(Debug)]
+pub struct Forwarder<'p> {
+    peers: &'p Peers,
+    exchanges: Vec<Exchange>,
+    /// Some exchange holds requests.
+    pending: bool,
+}
+
+impl<'p> Forwarder<'p> {
+    /// A forwarder to `peers`. Allocates nothing when there are none.
+    pub fn new(peers: &'p Peers) -> Self {
+        Forwarder { peers, exchanges: peers.iter().map(|_| Exchange::default()).collect(), pending: false }
+    }
+
+    /// True if a request line of `len` bytes for `peer` should wait for the next round:
+    /// its exchange already holds requests and would pass [`MAX_EXCHANGE_BYTES`].
+    #[inline]
+    pub fn is_full_for(&self, peer: usize, len: usize) -> bool {
+        let requests = &self.exchanges[peer].requests;
+        !requests.is_empty() && requests.len() + len + 1 > MAX_EXCHANGE_BYTES
+    }
+
+    /// Frees reply buffers a burst grew past `keep` bytes (they are empty between
+    /// rounds). Returns true if any was freed.
+    pub fn release_large_buffers(&mut self, keep: usize) -> bool {
+        let mut released = false;
+        for exchange in &mut self.exchanges {
+            if exchange.replies.capacity() > keep {
+                exchange.replies = Vec::new();
+                released = true;
+            }
+        }
+        released
+    }
+
+    /// Queues one request line (without its newline) for `peer`.
+    #[inline]
+    pub fn push(&mut self, peer: usize, line: &[u8], shape: ReplyShape) {
+        self.exchanges[peer].push(line, shape);
+        self.pending = true;
+    }
+
+    /// Sends every queued request and reads every reply: first one write per peer, then
+    /// the replies peer by peer, all within the request timeout. Failures become
+    /// `ERROR peer <name> unavailable` replies; this never fails as a whole.
+    pub fn exchange(&mut self) {
+        if !self.pending {
+            return;
+        }
+        self.pending = false;
+        let deadline = Deadline::after(self.peers.timeout());
+        for (peer, exchange) in self.peers.iter().zip(&mut self.exchanges) {
+            if exchange.shapes.is_empty() {
+                continue;
+            }
+            peer.count_forwarded(exchange.shapes.len());
+            if !peer.is_up() {
+                // Down: fail at once; its prober will say when it is back.
+                exchange.answer_unavailable(peer);
+                continue;
+            }
+            if let Err(failure) = exchange.send(peer, deadline) {
+                exchange.fail(peer, &failure);
+            }
+        }
+        for (peer, exchange) in self.peers.iter().zip(&mut self.exchanges) {
+            if let Some(conn) = exchange.conn.take() {
+                exchange.receive(peer, conn, deadline);
+            }
+        }
+    }
+
+    /// The next reply from `peer` of this round, in request order, appended to `out`.
+    #[inline]
+    pub fn next_reply(&mut self, peer: usize, out: &mut Vec<u8>) {
+        let exchange = &mut self.exchanges[peer];
+        let index = exchange.cursor;
+        exchange.cursor += 1;
+        match exchange.reply_ends.get(index) {
+            Some(&end) => {
+                let start = if index == 0 { 0 } else { exchange.reply_ends[index - 1] };
+                out.extend_from_slice(&exchange.replies[start..end]);
+            }
+            // Not reached: every request of an exchange gets a reply or a failure line.
+            None => self.peers.get(peer).unavailable().write_text(out),
+        }
+    }
+
+    /// Empties every exchange for the next round, keeping buffers.
+    pub fn clear(&mut self) {
+        for exchange in &mut self.exchanges {
+            if !exchange.shapes.is_empty() {
+                exchange.clear();
+            }
+        }
+    }
+}
+
+impl Drop for Forwarder<'_> {
+    fn drop(&mut self) {
+        // Only a panic between send and receive leaves a connection here; its pool slot
+        // must still be given back.
+        for (peer, exchange) in self.peers.iter().zip(&mut self.exchanges) {
+            if let Some(conn) = exchange.conn.take() {
+                peer.discard(conn);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PeerConfig;
+    use crate::peer::DOWN_AFTER_FAILURES;
+    use crate::protocol::Stats;
+    use crate::router::Cluster;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::thread::{self, JoinHandle};
+    use std::time::Duration;
+
+    /// The next reply from `peer`, as bytes.
+    fn next(forwarder: &mut Forwarder<'_>, peer: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        forwarder.next_reply(peer, &mut out);
+        out
+    }
+
+    fn one_peer(addr: SocketAddr, config: PeerConfig) -> Peers {
+        let text = format!("me 127.0.0.1:1 a\nthem {addr} b\n");
+        let cluster = Cluster::parse("test", &text).unwrap();
+        Peers::start(&cluster, 0, &config).unwrap()
+    }
+
+    /// A fake peer: accepts one connection, checks the handshake, answers `replies`.
+    fn fake_peer(replies: &'static [u8]) -> (SocketAddr, JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let thread = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut received = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read until the handshake and two requests are in.
+            while received.iter().filter(|&&b| b == b'\n').count() < 3 {
+                let n = stream.read(&mut buf).unwrap();
+                assert!(n > 0);
+                received.extend_from_slice(&buf[..n]);
+            }
+            stream.write_all(replies).unwrap();
+            received
+        });
+        (addr, thread)
+    }
+
+    #[test]
+    fn an_exchange_is_one_handshake_and_the_requests_then_the_replies() {
+        let (addr, fake) = fake_peer(b"OK\r\nOK\r\nv\r\nOK\r\n");
+        let peers = one_peer(addr, PeerConfig::default());
+        let mut forwarder = Forwarder::new(&peers);
+        forwarder.push(0, b"PUT b k v", ReplyShape::Line);
+        forwarder.push(0, b"GET b k", ReplyShape::Value);
+        forwarder.exchange();
+        assert_eq!(next(&mut forwarder, 0), b"OK\r\n");
+        assert_eq!(next(&mut forwarder, 0), b"v\r\nOK\r\n");
+        let received = fake.join().unwrap();
+        assert_eq!(received, b"KV-PEER-HELLO 1 me them\nPUT b k v\nGET b k\n");
+        let peer = peers.get(0);
+        assert_eq!(peer.forwarded(), 2);
+        assert_eq!(peer.errors(), 0);
+        assert_eq!(peers.get(0).pool_state().0, 1, "the connection is kept for reuse");
+    }
+
+    /// Reads from `stream` until `lines` lines have arrived; returns them.
+    fn read_lines(stream: &mut TcpStream, lines: usize) -> Vec<u8> {
+        let mut received = Vec::new();
+        let mut buf = [0u8; 4096];
+        while received.iter().filter(|&&b| b == b'\n').count() < lines {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&received));
+            received.extend_from_slice(&buf[..n]);
+        }
+        received
+    }
+
+    #[test]
+    fn a_pooled_connection_that_died_while_idle_is_replaced_without_an_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+        let fake = thread::spawn(move || {
+            // First connection: one exchange, then the peer "restarts" and drops it.
+            let (mut first, _) = listener.accept().unwrap();
+            assert_eq!(read_lines(&mut first, 2), b"KV-PEER-HELLO 1 me them\nCREATE b\n");
+            first.write_all(b"OK\r\nOK\r\n").unwrap();
+            drop(first);
+            closed_tx.send(()).unwrap();
+            // The forwarder comes back on a new connection, with a new handshake.
+            let (mut second, _) = listener.accept().unwrap();
+            assert_eq!(read_lines(&mut second, 2), b"KV-PEER-HELLO 1 me them\nGET b k\n");
+            second.write_all(b"OK\r\nv\r\nOK\r\n").unwrap();
+            let third = read_lines(&mut second, 1);
+            second.write_all(b"PONG\r\n").unwrap();
+            third
+        });
+        let peers = one_peer(addr, PeerConfig::default());
+        let mut forwarder = Forwarder::new(&peers);
+        forwarder.push(0, b"CREATE b", ReplyShape::Line);
+        forwarder.exchange();
+        assert_eq!(next(&mut forwarder, 0), b"OK\r\n");
+        forwarder.clear();
+        closed_rx.recv().unwrap();
+        forwarder.push(0, b"GET b k", ReplyShape::Value);
+        forwarder.exchange();
+        assert_eq!(next(&mut forwarder, 0), b"v\r\nOK\r\n");
+        forwarder.clear();
+        let peer = peers.get(0);
+        assert_eq!(peer.errors(), 0);
+        assert_eq!(peer.pool_state().2, 0, "no failure counted");
+        assert_eq!(peer.pool_state().1, 1, "the dead connection's slot was reused");
+        // The new connection went back to the pool and carries the next exchange.
+        forwarder.push(0, b"PING", ReplyShape::Line);
+        forwarder.exchange();
+        assert_eq!(next(&mut forwarder, 0), b"PONG\r\n");
+        assert_eq!(fake.join().unwrap(), b"PING\n", "no new handshake: the same connection");
+    }
+
+    #[test]
+    fn a_refused_handshake_relays_the_peers_error_lines() {
+        let (addr, fake) = fake_peer(
+            b"ERROR routing mismatch: this is node x, not them\r\n\
+              ERROR routing mismatch: this is node x, not them\r\n\
+              ERROR routing mismatch: this is node x, not them\r\n",
+        );
+        let peers = one_peer(addr, PeerConfig::default());
+        let mut forwarder = Forwarder::new(&peers);
+        forwarder.push(0, b"CREATE b", ReplyShape::Line);
+        forwarder.push(0, b"GET b k", ReplyShape::Value);
+        forwarder.exchange();
+        assert_eq!(next(&mut forwarder, 0), b"ERROR routing mismatch: this is node x, not them\r\n");
+        assert_eq!(next(&mut forwarder, 0), b"ERROR routing mismatch: this is node x, not them\r\n");
+        fake.join().unwrap();
+        assert_eq!(peers.get(0).pool_state().1, 0, "a refused connection is not kept");
+    }
+
+    #[test]
+    fn a_silent_peer_times_out_and_is_marked_down_after_repeated_failures() {
+        // Accepts (the kernel does, via the backlog) but never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = PeerConfig { timeout: Duration::from_millis(50), ..PeerConfig::default() };
+        let peers = one_peer(addr, config);
+        let mut forwarder = Forwarder::new(&peers);
+        for round in 1..=DOWN_AFTER_FAILURES {
+            forwarder.push(0, b"GET b k", ReplyShape::Value);
+            forwarder.exchange();
+            assert_eq!(next(&mut forwarder, 0), b"ERROR peer them unavailable\r\n", "round {round}");
+            forwarder.clear();
+        }
+        let peer = peers.get(0);
+        assert!(!peer.is_up());
+        assert_eq!(peer.errors(), u64::from(DOWN_AFTER_FAILURES));
+        let mut stats = Stats::default();
+        peers.add_stats(&mut stats);
+        assert_eq!(stats.get("peer.them.state"), Some("down"));
+        assert_eq!(stats.get("peer_errors_total"), Some("3"));
+        drop(listener);
+    }
+
+    #[test]
+    fn a_refused_connection_fails_every_request() {
+        // Bind then drop, so nothing listens there.
+        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let peers = one_peer(addr, PeerConfig::default());
+        let mut forwarder = Forwarder::new(&peers);
+        forwarder.push(0, b"PUT b k v", ReplyShape::Line);
+        forwarder.push(0, b"DELETE b k", ReplyShape::Line);
+        forwarder.exchange();
+        assert_eq!(next(&mut forwarder, 0), b"ERROR peer them unavailable\r\n");
+        assert_eq!(next(&mut forwarder, 0), b"ERROR peer them unavailable\r\n");
+        assert_eq!(peers.get(0).pool_state().1, 0);
+    }
+
+    #[test]
+    fn exchanges_are_split_before_they_pass_the_byte_limit() {
+        let peers = one_peer("127.0.0.1:9".parse().unwrap(), PeerConfig::default());
+        let mut forwarder = Forwarder::new(&peers);
+        let line = vec![b'x'; 1000];
+        assert!(!forwarder.is_full_for(0, 100_000), "an empty exchange takes any one line");
+        let mut pushed = 0;
+        while !forwarder.is_full_for(0, line.len()) {
+            forwarder.push(0, &line, ReplyShape::Line);
+            pushed += 1;
+        }
+        assert_eq!(pushed, MAX_EXCHANGE_BYTES / 1001);
+    }
+
+    #[test]
+    fn no_peers_means_no_exchanges() {
+        let peers = Peers::none();
+        let forwarder = Forwarder::new(&peers);
+        assert!(forwarder.exchanges.is_empty());
+        let mut stats = Stats::default();
+        peers.add_stats(&mut stats);
+        assert_eq!(stats.get("forwarded_total"), Some("0"));
+        assert_eq!(stats.get("peer_errors_total"), Some("0"));
+    }
+}

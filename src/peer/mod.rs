@@ -1,0 +1,494 @@
+//! The other nodes of the cluster: a pool of connections to each, and its health.
+//!
+//! Each [`Peer`] keeps lazily opened, pooled connections (`conn.rs`), counts failed
+//! exchanges, and after [`DOWN_AFTER_FAILURES`] in a row marks the peer down: its
+//! requests then fail at once, without a connect attempt, and its prober thread (one
+//! per peer, idle while the peer is up) tries `KV-PEER-HELLO` + `PING` with backoff
+//! from [`FIRST_BACKOFF`], doubling, up to the configured cap. The first probe answered
+//! `PONG` marks the peer up again, with no client traffic needed.
+//!
+//! What goes over these connections, and what a client is told when it fails, is the
+//! forwarder's business (`forward.rs`); a SUBSCRIBE for another node's bucket gets a
+//! connection of its own here ([`Peers::subscribe`]) and is streamed by `subscribe/`.
+//! This folder owns sockets to peers and the prober threads; it knows nothing of
+//! workers or of client connections.
+
+mod conn;
+
+pub(crate) use conn::{Deadline, Failure, HelloReply, PeerConn};
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::config::{CONNECTION_STACK_SIZE, PeerConfig};
+use crate::protocol::{ErrorKind, Reply, ReplyLine, ReplyShape, Stats, hello_line, line_len};
+use crate::router::Cluster;
+
+/// First wait before probing a peer that was marked down; doubled after every failed
+/// probe up to the configured cap. 100 ms notices a quick restart quickly without
+/// hammering a peer that stays down.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Failed exchanges in a row after which a peer is marked down.
+///
+/// More than one, so that a single reset connection (say, to a peer that restarted)
+/// does not make every client fail fast for a backoff period; small, so that a dead
+/// peer costs clients a timeout only a few times.
+pub const DOWN_AFTER_FAILURES: u32 = 3;
+
+/// Connections in reserve for one peer.
+#[derive(Debug, Default)]
+struct Pool {
+    idle: Vec<PeerConn>,
+    /// Connections open to the peer, idle or in use.
+    open: usize,
+}
+
+/// One other node, its connections and its counters.
+#[derive(Debug)]
+pub struct Peer {
+    name: String,
+    addr: SocketAddr,
+    config: PeerConfig,
+    /// The handshake line this node opens every connection to the peer with.
+    hello: Vec<u8>,
+    up: AtomicBool,
+    /// Failed exchanges since the last one that worked.
+    failures: AtomicU32,
+    forwarded: AtomicU64,
+    errors: AtomicU64,
+    pool: Mutex<Pool>,
+    /// Signalled when a connection goes back to the pool or is closed.
+    returned: Condvar,
+    /// True once the node shuts down; the prober waits on `wake` under this lock.
+    stopping: Mutex<bool>,
+    wake: Condvar,
+    /// A refused handshake is logged once per peer, not once per request round.
+    refusal_logged: AtomicBool,
+}
+
+impl Peer {
+    fn new(from: &str, name: &str, addr: SocketAddr, config: PeerConfig) -> Peer {
+        Peer {
+            name: name.to_string(),
+            addr,
+            config,
+            hello: hello_line(from, name),
+            up: AtomicBool::new(true),
+            failures: AtomicU32::new(0),
+            forwarded: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            pool: Mutex::new(Pool::default()),
+            returned: Condvar::new(),
+            stopping: Mutex::new(false),
+            wake: Condvar::new(),
+            refusal_logged: AtomicBool::new(false),
+        }
+    }
+
+    /// The peer's name in the cluster file.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What a request gets when this peer cannot be reached: `ERROR peer <name>
+    /// unavailable`.
+    pub fn unavailable(&self) -> Reply<'_> {
+        Reply::Error(ErrorKind::PeerUnavailable { peer: &self.name })
+    }
+
+    /// The handshake line this node opens every connection to the peer with.
+    pub(crate) fn hello(&self) -> &[u8] {
+        &self.hello
+    }
+
+    /// Counts `n` requests sent to this peer, or failed trying.
+    pub(crate) fn count_forwarded(&self, n: usize) {
+        self.forwarded.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `n` requests answered unavailable.
+    pub(crate) fn count_errors(&self, n: usize) {
+        self.errors.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Logs, once per peer until it is next marked up, that it refused our handshake.
+    pub(crate) fn log_refusal(&self, line: &[u8]) {
+        if !self.refusal_logged.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "peer {} at {} refused this node's handshake: {}; check that every node has \
+                 the same cluster file",
+                self.name,
+                self.addr,
+                String::from_utf8_lossy(line).trim_end()
+            );
+        }
+    }
+
+    /// Where the peer listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// False while the peer is marked down.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Requests sent to this peer, or failed trying.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered `ERROR peer <name> unavailable`.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// An idle connection, or a new one if fewer than the limit are open, waiting for
+    /// one to come back otherwise.
+    pub(crate) fn checkout(&self, deadline: Deadline) -> Result<PeerConn, Failure> {
+        let mut pool = self.pool.lock();
+        loop {
+            if let Some(mut conn) = pool.idle.pop() {
+                conn.reused = true;
+                return Ok(conn);
+            }
+            if pool.open < self.config.connections {
+                pool.open += 1;
+                break;
+            }
+            if self.returned.wait_until(&mut pool, deadline.soft).timed_out() {
+                return Err(Failure::Busy);
+            }
+        }
+        drop(pool);
+        self.connect(deadline).inspect_err(|_| self.release_slot())
+    }
+
+    /// Opens a connection (its pool slot already counted).
+    pub(crate) fn connect(&self, deadline: Deadline) -> Result<PeerConn, Failure> {
+        let left = deadline.soft.saturating_duration_since(Instant::now());
+        let timeout = self.config.connect_timeout.min(left);
+        if timeout.is_zero() {
+            return Err(Failure::TimedOut);
+        }
+        let stream = TcpStream::connect_timeout(&self.addr, timeout).map_err(Failure::Connect)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(self.config.timeout))?;
+        stream.set_write_timeout(Some(self.config.timeout))?;
+        Ok(PeerConn::new(stream, self.config.timeout))
+    }
+
+    /// Swaps a dead connection for a new one in the same pool slot.
+    pub(crate) fn replace(&self, conn: &mut PeerConn, deadline: Deadline) -> Result<(), Failure> {
+        *conn = self.connect(deadline)?;
+        Ok(())
+    }
+
+    /// Puts a connection that finished an exchange cleanly back in the pool.
+    pub(crate) fn checkin(&self, conn: PeerConn) {
+        let mut pool = self.pool.lock();
+        if self.is_up() {
+            pool.idle.push(conn);
+        } else {
+            // Marked down meanwhile: its connections are suspect.
+            pool.open -= 1;
+        }
+        drop(pool);
+        self.returned.notify_one();
+    }
+
+    /// Closes a connection that is broken or out of step.
+    pub(crate) fn discard(&self, conn: PeerConn) {
+        drop(conn);
+        self.release_slot();
+    }
+
+    fn release_slot(&self) {
+        self.pool.lock().open -= 1;
+        self.returned.notify_one();
+    }
+
+    pub(crate) fn succeeded(&self) {
+        // Read first: in the steady state this stays a shared read of the cache line.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failed exchange towards marking the peer down, and marks it down after
+    /// [`DOWN_AFTER_FAILURES`] in a row.
+    pub(crate) fn count_failure(&self, failure: &Failure) {
+        if matches!(failure, Failure::Busy) {
+            return;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= DOWN_AFTER_FAILURES && self.up.swap(false, Ordering::AcqRel) {
+            log::warn!(
+                "peer {} at {} marked down after {failures} failed exchanges in a row (last: {failure})",
+                self.name,
+                self.addr
+            );
+            let idle = std::mem::take(&mut self.pool.lock().idle);
+            for conn in idle {
+                self.discard(conn);
+            }
+            let _stopping = self.stopping.lock();
+            self.wake.notify_all();
+        }
+    }
+
+    /// Sends `SUBSCRIBE <bucket>` (the request line `line`) on a connection of its own.
+    fn subscribe(&self, line: &[u8]) -> RemoteSubscription {
+        self.count_forwarded(1);
+        if !self.is_up() {
+            self.count_errors(1);
+            return RemoteSubscription::Unavailable;
+        }
+        match self.try_subscribe(line) {
+            Ok(outcome) => {
+                self.succeeded();
+                outcome
+            }
+            Err(failure) => {
+                self.count_errors(1);
+                log::debug!("peer {} at {}: SUBSCRIBE failed: {failure}", self.name, self.addr);
+                self.count_failure(&failure);
+                RemoteSubscription::Unavailable
+            }
+        }
+    }
+
+    /// Between nodes a subscription that takes is acknowledged `OK` (see docs/CLUSTER.md),
+    /// so the reply to read is the handshake's line, then one line.
+    fn try_subscribe(&self, line: &[u8]) -> Result<RemoteSubscription, Failure> {
+        let deadline = Deadline::after(self.config.timeout);
+        let mut conn = self.connect(deadline)?;
+        conn.send(&self.hello, &[line, b"\n"].concat())?;
+        let mut buffer = Vec::new();
+        let mut start = 0;
+        loop {
+            while let Some(len) = line_len(&buffer[start..]) {
+                let reply = &buffer[start..start + len];
+                if conn.hello_pending {
+                    conn.hello_pending = false;
+                    match conn::read_hello(reply)? {
+                        HelloReply::Accepted => {
+                            start += len;
+                            continue;
+                        }
+                        // Refused: the SUBSCRIBE gets the same line; relay it.
+                        HelloReply::Refused(line) => return Ok(RemoteSubscription::Answered(line)),
+                    }
+                }
+                if ReplyLine::of(reply) != ReplyLine::Ok {
+                    // NOT FOUND, or an ERROR line: the reply, and no stream.
+                    return Ok(RemoteSubscription::Answered(reply.to_vec()));
+                }
+                // Events that came right behind the acknowledgement go first.
+                let pending = buffer[start + len..].to_vec();
+                return Ok(RemoteSubscription::Streaming { stream: conn.stream, pending });
+            }
+            conn.read_more(&mut buffer, deadline)?;
+        }
+    }
+
+    /// One probe: connect, handshake, `PING`. The connection is returned for the pool.
+    fn probe(&self) -> Result<PeerConn, Failure> {
+        let deadline = Deadline::after(self.config.timeout);
+        let mut conn = self.connect(deadline)?;
+        conn.send(&self.hello, b"PING\n")?;
+        let (mut replies, mut ends) = (Vec::new(), Vec::new());
+        match conn.read_replies(&mut replies, &mut ends, &[ReplyShape::Line], deadline)? {
+            HelloReply::Refused(line) => Err(Failure::Protocol(format!(
+                "handshake refused: {}",
+                String::from_utf8_lossy(&line).trim_end()
+            ))),
+            HelloReply::Accepted if ReplyLine::of(&replies) != ReplyLine::Other(b"PONG") => Err(
+                Failure::Protocol(format!("PING answered {:?}", String::from_utf8_lossy(&replies))),
+            ),
+            HelloReply::Accepted => Ok(conn),
+        }
+    }
+
+    /// The prober thread: idle while the peer is up; while it is down, probes with
+    /// backoff until a probe succeeds, then marks it up.
+    fn probe_loop(&self) {
+        loop {
+            {
+                let mut stopping = self.stopping.lock();
+                while !*stopping && self.is_up() {
+                    self.wake.wait(&mut stopping);
+                }
+                if *stopping {
+                    return;
+                }
+            }
+            let mut backoff = FIRST_BACKOFF.min(self.config.max_backoff);
+            loop {
+                {
+                    let mut stopping = self.stopping.lock();
+                    if !*stopping {
+                        self.wake.wait_for(&mut stopping, backoff);
+                    }
+                    if *stopping {
+                        return;
+                    }
+                }
+                match self.probe() {
+                    Ok(conn) => {
+                        self.failures.store(0, Ordering::Relaxed);
+                        self.up.store(true, Ordering::Release);
+                        self.refusal_logged.store(false, Ordering::Relaxed);
+                        log::info!("peer {} at {} is up again", self.name, self.addr);
+                        let mut pool = self.pool.lock();
+                        if pool.open < self.config.connections {
+                            pool.open += 1;
+                            pool.idle.push(conn);
+                        }
+                        break;
+                    }
+                    Err(failure) => {
+                        log::debug!("probe of peer {} at {}: {failure}", self.name, self.addr);
+                        backoff = (backoff * 2).min(self.config.max_backoff);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Idle connections, open connections and failures in a row, for tests.
+    #[cfg(test)]
+    pub(crate) fn pool_state(&self) -> (usize, usize, u32) {
+        let pool = self.pool.lock();
+        (pool.idle.len(), pool.open, self.failures.load(Ordering::Relaxed))
+    }
+
+    fn stop(&self) {
+        *self.stopping.lock() = true;
+        self.wake.notify_all();
+    }
+}
+
+/// Every peer of this node, in the order [`Route::Peer`](crate::router::Route::Peer)
+/// indexes them, and their prober threads.
+#[derive(Debug, Default)]
+pub struct Peers {
+    list: Vec<Arc<Peer>>,
+    timeout: Duration,
+    probers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Peers {
+    /// No peers: a node on its own.
+    #[cfg(test)]
+    pub fn none() -> Peers {
+        Peers::default()
+    }
+
+    /// The peers of node `this` of `cluster`, each with an idle prober thread.
+    /// No connection is opened until a request needs one.
+    pub fn start(cluster: &Cluster, this: usize, config: &PeerConfig) -> io::Result<Peers> {
+        let from = &cluster.nodes()[this].name;
+        let list: Vec<Arc<Peer>> = cluster
+            .peers_of(this)
+            .map(|node| Arc::new(Peer::new(from, &node.name, node.addr, config.clone())))
+            .collect();
+        let peers = Peers { list, timeout: config.timeout, probers: Mutex::new(Vec::new()) };
+        for peer in &peers.list {
+            let prober = peer.clone();
+            let handle = thread::Builder::new()
+                .name(format!("kv-probe-{}", peer.name))
+                .stack_size(CONNECTION_STACK_SIZE)
+                .spawn(move || prober.probe_loop())?;
+            peers.probers.lock().push(handle);
+        }
+        Ok(peers)
+    }
+
+    /// Sends `line`, a `SUBSCRIBE <bucket>` for a bucket `peer` owns, to that peer on a
+    /// connection of its own.
+    pub fn subscribe(&self, peer: usize, line: &[u8]) -> RemoteSubscription {
+        self.list[peer].subscribe(line)
+    }
+
+    /// Peer `peer`, by its index in the route table.
+    pub fn get(&self, peer: usize) -> &Peer {
+        &self.list[peer]
+    }
+
+    /// The bound on one exchange with any peer.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The peers, in route order.
+    pub fn iter(&self) -> impl Iterator<Item = &Peer> {
+        self.list.iter().map(|peer| &**peer)
+    }
+
+    /// Tells the prober threads to stop. Idempotent and quick: an idle prober exits at
+    /// once, but one in the middle of a probe finishes it first (up to the peer
+    /// timeouts), and shutting down the server must not wait for that. Such a thread
+    /// touches nothing but its own peer, so it is let go rather than joined.
+    pub fn shutdown(&self) {
+        for peer in &self.list {
+            peer.stop();
+        }
+        let mut probers = self.probers.lock();
+        for handle in std::mem::take(&mut *probers) {
+            if handle.is_finished() {
+                let _ = handle.join();
+            }
+        }
+    }
+
+    /// Adds the STATS lines about forwarding: `forwarded_total`, `peer_errors_total`,
+    /// then `peer.<name>.state` (`up` or `down`), `peer.<name>.forwarded` and
+    /// `peer.<name>.errors` for each peer.
+    pub fn add_stats(&self, stats: &mut Stats) {
+        stats.push("forwarded_total", self.iter().map(Peer::forwarded).sum::<u64>());
+        stats.push("peer_errors_total", self.iter().map(Peer::errors).sum::<u64>());
+        for peer in self.iter() {
+            stats.push(format!("peer.{}.state", peer.name), if peer.is_up() { "up" } else { "down" });
+            stats.push(format!("peer.{}.forwarded", peer.name), peer.forwarded());
+            stats.push(format!("peer.{}.errors", peer.name), peer.errors());
+        }
+    }
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// What became of a SUBSCRIBE sent to the node that owns the bucket.
+#[derive(Debug)]
+pub enum RemoteSubscription {
+    /// The owner registered it: relay `stream` to the client, `pending` first.
+    Streaming { stream: TcpStream, pending: Vec<u8> },
+    /// The owner's one reply line instead of a stream: `NOT FOUND`, or an `ERROR` line.
+    Answered(Vec<u8>),
+    /// The owner could not be reached: answer [`Peer::unavailable`].
+    Unavailable,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_peers_means_no_threads() {
+        let peers = Peers::none();
+        assert!(peers.probers.lock().is_empty());
+        assert_eq!(peers.iter().count(), 0);
+    }
+}

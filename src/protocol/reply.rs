@@ -1,0 +1,290 @@
+//! Replies as values, and the text door's bytes for each.
+//!
+//! Everything kv answers is a [`Reply`]; subscribers get [`Event`]s. A door turns them
+//! into bytes: [`Reply::write_text`] and [`Event::write_text`] are the text protocol's
+//! (`docs/PROTOCOL.md`), and the only place in `src/` where its reply words are spelt.
+//! Values hold no whitespace (the parser splits on it and the store only keeps what a
+//! [`Command`](super::Command) carried), which is what lets a reply be framed by its
+//! shape alone (see `shape.rs`).
+
+use std::fmt::{self, Display};
+
+/// The text door's reply to every successful write, `CREATE`, `DROP` and `QUIT`.
+pub(crate) const OK_LINE: &[u8] = b"OK\r\n";
+
+/// The words of the fixed one-line replies, without their line end. `shape.rs` reads
+/// replies by them, so a reader and a writer cannot drift apart.
+pub(crate) const NOT_FOUND_WORDS: &[u8] = b"NOT FOUND";
+pub(crate) const UNKNOWN_WORDS: &[u8] = b"UNKNOWN COMMAND";
+pub(crate) const ERROR_PREFIX: &[u8] = b"ERROR ";
+pub(crate) const PONG_WORD: &[u8] = b"PONG";
+pub(crate) const OK_WORD: &[u8] = b"OK";
+
+/// One reply to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply<'a> {
+    /// `OK`: a write happened, a bucket exists, `QUIT` is honoured.
+    Ok,
+    /// A GET's answer: the value (empty for a missing key, as the guide's server
+    /// answers), then `OK`.
+    Value(&'a [u8]),
+    /// The bucket does not exist.
+    NotFound,
+    /// An unknown command word, a wrong number of words, an empty line.
+    Unknown,
+    /// The answer to `PING`.
+    Pong,
+    /// A SUBSCRIBE took: the connection becomes a stream of [`Event`]s. Nothing is
+    /// written to a client; a node relaying the stream is answered `OK` first (see
+    /// docs/CLUSTER.md).
+    Subscribed,
+    /// Something went wrong; the request may not have been served.
+    Error(ErrorKind<'a>),
+}
+
+/// What went wrong, for [`Reply::Error`]. Each has a fixed text in the text door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind<'a> {
+    /// The request line was longer than the limit.
+    LineTooLong,
+    /// The server is at its connection limit (sent, then the connection closes).
+    TooManyConnections,
+    /// The server has begun shutting down; the request was not served.
+    ShuttingDown,
+    /// The worker serving the request crashed while doing so.
+    WorkerCrashed,
+    /// The request's worker could not be reached (a safety net a running server
+    /// never needs).
+    WorkerUnavailable,
+    /// No node of the cluster owns the bucket.
+    NoRoute { bucket: &'a [u8] },
+    /// A node forwarded a request for a bucket this node does not own.
+    NotOwner { node: &'a str, bucket: &'a [u8] },
+    /// A node's handshake named another node: this is `node`, it asked for `asked`.
+    WrongNode { node: &'a str, asked: &'a [u8] },
+    /// A handshake of a version or shape this node does not speak.
+    HandshakeNotUnderstood { node: &'a str },
+    /// The peer owning the bucket did not answer; see docs/CLUSTER.md for what that
+    /// says about a write.
+    PeerUnavailable { peer: &'a str },
+    /// A SUBSCRIBE reached a worker without its subscriber (a bug, answered rather
+    /// than trusted).
+    SubscriptionNotSetUp,
+    /// `DEBUG CRASH-ACCEPTOR` could not wake the acceptor.
+    CannotWakeAcceptor,
+}
+
+impl Reply<'_> {
+    /// Appends the text door's bytes for this reply.
+    ///
+    /// ```
+    /// use kv::protocol::{ErrorKind, Reply};
+    ///
+    /// let mut out = Vec::new();
+    /// Reply::Value(b"3").write_text(&mut out);
+    /// Reply::NotFound.write_text(&mut out);
+    /// Reply::Error(ErrorKind::NoRoute { bucket: b"Apple" }).write_text(&mut out);
+    /// assert_eq!(out, b"3\r\nOK\r\nNOT FOUND\r\nERROR no route for bucket Apple\r\n");
+    /// ```
+    #[inline]
+    pub fn write_text(&self, out: &mut Vec<u8>) {
+        match *self {
+            Reply::Ok => out.extend_from_slice(OK_LINE),
+            Reply::Value(value) => {
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(OK_LINE);
+            }
+            Reply::NotFound => line(out, &[NOT_FOUND_WORDS]),
+            Reply::Unknown => line(out, &[UNKNOWN_WORDS]),
+            Reply::Pong => line(out, &[PONG_WORD]),
+            Reply::Subscribed => {}
+            Reply::Error(kind) => kind.write_text(out),
+        }
+    }
+}
+
+impl ErrorKind<'_> {
+    /// Appends `ERROR <text>\r\n`.
+    #[cold]
+    fn write_text(&self, out: &mut Vec<u8>) {
+        let e = ERROR_PREFIX;
+        match *self {
+            ErrorKind::LineTooLong => line(out, &[e, b"line too long"]),
+            ErrorKind::TooManyConnections => line(out, &[e, b"too many connections"]),
+            ErrorKind::ShuttingDown => line(out, &[e, b"shutting down"]),
+            ErrorKind::WorkerCrashed => line(out, &[e, b"worker crashed"]),
+            ErrorKind::WorkerUnavailable => line(out, &[e, b"worker unavailable"]),
+            ErrorKind::NoRoute { bucket } => line(out, &[e, b"no route for bucket ", bucket]),
+            ErrorKind::NotOwner { node, bucket } => line(
+                out,
+                &[e, b"routing mismatch: node ", node.as_bytes(), b" does not own bucket ", bucket],
+            ),
+            ErrorKind::WrongNode { node, asked } => {
+                line(out, &[e, b"routing mismatch: this is node ", node.as_bytes(), b", not ", asked])
+            }
+            ErrorKind::HandshakeNotUnderstood { node } => line(
+                out,
+                &[e, b"routing mismatch: node ", node.as_bytes(), b" does not understand this peer handshake"],
+            ),
+            ErrorKind::PeerUnavailable { peer } => line(out, &[e, b"peer ", peer.as_bytes(), b" unavailable"]),
+            ErrorKind::SubscriptionNotSetUp => line(out, &[e, b"subscription not set up"]),
+            ErrorKind::CannotWakeAcceptor => line(out, &[e, b"cannot wake the acceptor"]),
+        }
+    }
+}
+
+/// The text of a reply, for logs and tests: the bytes, lossily as UTF-8.
+impl Display for Reply<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = Vec::new();
+        self.write_text(&mut out);
+        f.write_str(String::from_utf8_lossy(&out).trim_end())
+    }
+}
+
+/// Appends `parts` then `\r\n`.
+#[inline]
+fn line(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One change streamed to a bucket's subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A PUT: `<key> SET TO <value>`.
+    Set { key: &'a [u8], value: &'a [u8] },
+    /// A DELETE: `<key> DELETED`.
+    Deleted { key: &'a [u8] },
+    /// A DROP of the whole bucket: `DROPPED`; the stream ends after it.
+    Dropped,
+}
+
+/// The text of [`Event::Dropped`], which a relay looks for to tell a dropped bucket
+/// from a lost owner.
+pub(crate) const DROPPED_LINE: &[u8] = b"DROPPED\r\n";
+
+impl Event<'_> {
+    /// The event's line in the text door, as one buffer to share among subscribers.
+    ///
+    /// ```
+    /// use kv::protocol::Event;
+    ///
+    /// assert_eq!(Event::Set { key: b"eggs", value: b"3" }.to_text(), b"eggs SET TO 3\r\n");
+    /// assert_eq!(Event::Deleted { key: b"eggs" }.to_text(), b"eggs DELETED\r\n");
+    /// assert_eq!(Event::Dropped.to_text(), b"DROPPED\r\n");
+    /// ```
+    pub fn to_text(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match *self {
+            Event::Set { key, value } => {
+                out.reserve_exact(key.len() + value.len() + 10);
+                line(&mut out, &[key, b" SET TO ", value]);
+            }
+            Event::Deleted { key } => line(&mut out, &[key, b" DELETED"]),
+            Event::Dropped => out.extend_from_slice(DROPPED_LINE),
+        }
+        out
+    }
+}
+
+/// The STATS reply: `<name> <value>` lines in order, then `OK`. Built on a cold path,
+/// so it owns its text.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    lines: Vec<(String, String)>,
+}
+
+impl Stats {
+    /// Adds one figure. A name is one word; a value is one word too (node names are).
+    pub fn push(&mut self, name: impl Into<String>, value: impl Display) {
+        self.lines.push((name.into(), value.to_string()));
+    }
+
+    /// The figures, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.lines.iter().map(|(name, value)| (name.as_str(), value.as_str()))
+    }
+
+    /// One figure by name.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, value)| value)
+    }
+
+    /// Appends the text door's bytes: each line, then `OK`.
+    ///
+    /// ```
+    /// let mut stats = kv::protocol::Stats::default();
+    /// stats.push("keys", 12);
+    /// let mut out = Vec::new();
+    /// stats.write_text(&mut out);
+    /// assert_eq!(out, b"keys 12\r\nOK\r\n");
+    /// ```
+    pub fn write_text(&self, out: &mut Vec<u8>) {
+        for (name, value) in &self.lines {
+            line(out, &[name.as_bytes(), b" ", value.as_bytes()]);
+        }
+        out.extend_from_slice(OK_LINE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(reply: Reply<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        reply.write_text(&mut out);
+        out
+    }
+
+    #[test]
+    fn every_reply_has_its_bytes() {
+        let cases: &[(Reply, &[u8])] = &[
+            (Reply::Ok, b"OK\r\n"),
+            (Reply::Value(b"3"), b"3\r\nOK\r\n"),
+            (Reply::Value(b""), b"\r\nOK\r\n"),
+            (Reply::NotFound, b"NOT FOUND\r\n"),
+            (Reply::Unknown, b"UNKNOWN COMMAND\r\n"),
+            (Reply::Pong, b"PONG\r\n"),
+            (Reply::Error(ErrorKind::LineTooLong), b"ERROR line too long\r\n"),
+            (Reply::Error(ErrorKind::TooManyConnections), b"ERROR too many connections\r\n"),
+            (Reply::Error(ErrorKind::ShuttingDown), b"ERROR shutting down\r\n"),
+            (Reply::Error(ErrorKind::WorkerCrashed), b"ERROR worker crashed\r\n"),
+            (Reply::Error(ErrorKind::WorkerUnavailable), b"ERROR worker unavailable\r\n"),
+            (Reply::Error(ErrorKind::NoRoute { bucket: b"Apple" }), b"ERROR no route for bucket Apple\r\n"),
+            (
+                Reply::Error(ErrorKind::NotOwner { node: "foo", bucket: b"nuts" }),
+                b"ERROR routing mismatch: node foo does not own bucket nuts\r\n",
+            ),
+            (
+                Reply::Error(ErrorKind::WrongNode { node: "baz", asked: b"bar" }),
+                b"ERROR routing mismatch: this is node baz, not bar\r\n",
+            ),
+            (
+                Reply::Error(ErrorKind::HandshakeNotUnderstood { node: "baz" }),
+                b"ERROR routing mismatch: node baz does not understand this peer handshake\r\n",
+            ),
+            (Reply::Error(ErrorKind::PeerUnavailable { peer: "n1" }), b"ERROR peer n1 unavailable\r\n"),
+            (Reply::Error(ErrorKind::SubscriptionNotSetUp), b"ERROR subscription not set up\r\n"),
+            (Reply::Error(ErrorKind::CannotWakeAcceptor), b"ERROR cannot wake the acceptor\r\n"),
+        ];
+        for (reply, bytes) in cases {
+            assert_eq!(text(*reply), *bytes, "{reply:?}");
+        }
+    }
+
+    #[test]
+    fn stats_lines_then_ok() {
+        let mut stats = Stats::default();
+        stats.push("node", "kv");
+        stats.push("keys", 3);
+        assert_eq!(stats.get("keys"), Some("3"));
+        let mut out = Vec::new();
+        stats.write_text(&mut out);
+        assert_eq!(out, b"node kv\r\nkeys 3\r\nOK\r\n");
+    }
+}

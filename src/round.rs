@@ -1,0 +1,348 @@
+//! One round of a connection: the requests of one read, grouped by who answers them,
+//! sent off together, and their replies put back in request order.
+//!
+//! A request is answered by the connection itself ([`Round::push_local`]), by the
+//! worker owning its bucket (one [`Batch`] per worker per round), or by the peer node
+//! owning it (through the [`Forwarder`], one exchange per peer per round).
+//! [`Round::flush`] sends each worker its batch (or applies it on this thread when the
+//! partition is free and the server allows it), exchanges with the peers while the
+//! workers work, waits for every batch, and copies every reply into the output in
+//! request order. The connection then writes the output with one `write`.
+//!
+//! A plain struct over channels: tested below with real workers and no sockets.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::batch::{self, Batch};
+use crate::forward::Forwarder;
+use crate::protocol::{Reply, ReplyShape};
+use crate::subscribe::Subscriber;
+use crate::sys;
+use crate::worker::{self, WorkerShared};
+
+/// Reply and request buffers larger than this are released after the round that
+/// grew them, rather than kept for the connection's life.
+const KEEP_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Who answers one request of a round.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// The connection itself, from `local`.
+    Local,
+    /// The worker with this index.
+    Worker(u32),
+    /// The peer with this index, through the forwarder.
+    Peer(u32),
+}
+
+/// A connection's round buffers, reused for its whole life.
+pub(crate) struct Round<'s> {
+    workers: &'s [Arc<WorkerShared>],
+    inboxes: Vec<Sender<Batch>>,
+    /// Where batches come back.
+    replies: Receiver<Batch>,
+    /// Each worker's batch; `None` while it is with the worker.
+    batches: Vec<Option<Batch>>,
+    /// For each request of the round, in order: who answers it.
+    order: Vec<Source>,
+    /// Replies the connection wrote itself, and where each ends.
+    local: Vec<u8>,
+    local_ends: Vec<usize>,
+    /// How many replies of each worker's batch have been copied out.
+    cursors: Vec<usize>,
+    /// Requests for other nodes' buckets, and their replies.
+    forwarder: Forwarder<'s>,
+    /// Replies in request order, waiting to be written.
+    out: Vec<u8>,
+    /// Batches may be applied on this thread (see `worker::apply_inline`).
+    inline: bool,
+}
+
+impl<'s> Round<'s> {
+    /// A round over `workers` (reached through `inboxes`) and `forwarder`'s peers.
+    pub fn new(workers: &'s [Arc<WorkerShared>], inboxes: Vec<Sender<Batch>>, forwarder: Forwarder<'s>) -> Self {
+        let count = inboxes.len();
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(count);
+        Round {
+            workers,
+            batches: (0..count).map(|w| Some(Batch::new(w, reply_tx.clone()))).collect(),
+            inboxes,
+            replies: reply_rx,
+            order: Vec::new(),
+            local: Vec::new(),
+            local_ends: Vec::new(),
+            cursors: vec![0; count],
+            forwarder,
+            out: Vec::new(),
+            inline: false,
+        }
+    }
+
+    /// Whether the next flushes may apply batches on this thread.
+    pub fn set_inline(&mut self, inline: bool) {
+        self.inline = inline;
+    }
+
+    /// How many workers there are.
+    pub fn worker_count(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Requests in the round not yet flushed.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Bytes of replies waiting to be written.
+    pub fn output_len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// A request the connection answers itself, in its place in the order.
+    pub fn push_local(&mut self, reply: Reply<'_>) {
+        reply.write_text(&mut self.local);
+        self.local_ends.push(self.local.len());
+        self.order.push(Source::Local);
+    }
+
+    /// A request for worker `w`.
+    pub fn push_worker(&mut self, w: usize, line: &[u8]) {
+        if let Some(batch) = &mut self.batches[w] {
+            batch.push_request(line);
+        }
+        self.order.push(Source::Worker(w as u32));
+    }
+
+    /// A `SUBSCRIBE` for worker `w`, with the subscriber it is to register.
+    pub fn push_subscribe(&mut self, w: usize, line: &[u8], subscriber: Subscriber) {
+        if let Some(batch) = &mut self.batches[w] {
+            batch.push_subscribe(line, subscriber);
+        }
+        self.order.push(Source::Worker(w as u32));
+    }
+
+    /// After a flush: the subscriber worker `w` did not register (no such bucket).
+    pub fn unregistered_subscriber(&mut self, w: usize) -> Option<Subscriber> {
+        self.batches[w].as_mut().and_then(Batch::take_unregistered_subscriber)
+    }
+
+    /// A request for peer `p`. A full exchange is flushed first.
+    pub fn push_peer(&mut self, p: usize, line: &[u8], shape: ReplyShape) {
+        if self.forwarder.is_full_for(p, line.len()) {
+            self.flush();
+        }
+        self.forwarder.push(p, line, shape);
+        self.order.push(Source::Peer(p as u32));
+    }
+
+    /// Appends a reply straight to the output: for requests answered after a flush,
+    /// when everything before them is in the output already.
+    pub fn push_output(&mut self, reply: Reply<'_>) {
+        debug_assert!(self.order.is_empty());
+        reply.write_text(&mut self.out);
+    }
+
+    /// STATS-style replies the connection builds itself, straight to the output.
+    pub fn output(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
+    /// Writes the output to `sink` and empties it.
+    pub fn write_output(&mut self, sink: &mut impl Write) -> io::Result<()> {
+        if !self.out.is_empty() {
+            sink.write_all(&self.out)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Sends each worker its batch, exchanges with the peers, waits for every batch,
+    /// and appends the replies to the output in request order.
+    pub fn flush(&mut self) {
+        if self.order.is_empty() {
+            return;
+        }
+        let in_flight = self.dispatch();
+        // While the workers work, this thread talks to the peers.
+        self.forwarder.exchange();
+        self.collect(in_flight);
+        self.assemble();
+    }
+
+    /// Applies or sends every non-empty batch; returns how many went to workers.
+    fn dispatch(&mut self) -> usize {
+        let mut in_flight = 0;
+        for (w, slot) in self.batches.iter_mut().enumerate() {
+            let Some(batch) = slot.as_mut().filter(|batch| !batch.is_empty()) else { continue };
+            if self.inline && worker::apply_inline(&self.workers[w], batch) {
+                continue;
+            }
+            let Some(batch) = slot.take() else { continue };
+            match self.inboxes[w].send(batch) {
+                Ok(()) => in_flight += 1,
+                Err(crossbeam_channel::SendError(mut batch)) => {
+                    batch.answer_rest(batch::UNSERVED);
+                    *slot = Some(batch);
+                }
+            }
+        }
+        in_flight
+    }
+
+    /// Waits for `in_flight` batches to come back to their slots.
+    fn collect(&mut self, mut in_flight: usize) {
+        while in_flight > 0 {
+            match worker::recv_spinning(&self.replies) {
+                Ok(batch) => {
+                    let w = batch.worker();
+                    self.batches[w] = Some(batch);
+                    in_flight -= 1;
+                }
+                // Cannot happen while we hold the batches' senders; be safe anyway.
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Copies every reply of the round into the output, in request order, and empties
+    /// the round's buffers.
+    fn assemble(&mut self) {
+        let mut local_index = 0;
+        let mut local_start = 0;
+        self.cursors.iter_mut().for_each(|c| *c = 0);
+        for &source in &self.order {
+            match source {
+                Source::Local => {
+                    let end = self.local_ends[local_index];
+                    self.out.extend_from_slice(&self.local[local_start..end]);
+                    local_start = end;
+                    local_index += 1;
+                }
+                Source::Peer(p) => self.forwarder.next_reply(p as usize, &mut self.out),
+                Source::Worker(w) => {
+                    let w = w as usize;
+                    // A batch that did not come back, or came back short.
+                    match self.batches[w].as_ref().and_then(|batch| batch.reply(self.cursors[w])) {
+                        Some(reply) => self.out.extend_from_slice(reply),
+                        None => batch::UNSERVED.write_text(&mut self.out),
+                    }
+                    self.cursors[w] += 1;
+                }
+            }
+        }
+        self.order.clear();
+        self.local.clear();
+        self.local_ends.clear();
+        for batch in self.batches.iter_mut().flatten() {
+            batch.clear();
+        }
+        self.forwarder.clear();
+    }
+
+    /// Gives back buffers a burst made large (a round of big GETs can reach many MiB),
+    /// so that an idle connection holds only small ones.
+    pub fn release_large_buffers(&mut self) {
+        let mut released = false;
+        if self.out.capacity() > KEEP_BUFFER_BYTES {
+            self.out = Vec::new();
+            released = true;
+        }
+        for batch in self.batches.iter_mut().flatten() {
+            released |= batch.release_large_buffers(KEEP_BUFFER_BYTES);
+        }
+        released |= self.forwarder.release_large_buffers(KEEP_BUFFER_BYTES);
+        if released {
+            sys::give_freed_memory_back();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::Peers;
+    use crate::protocol::ErrorKind;
+    use std::thread::JoinHandle;
+
+    /// `count` real worker threads; dropping the returned senders stops them.
+    fn workers(count: usize) -> (Vec<Arc<WorkerShared>>, Vec<Sender<Batch>>, Vec<JoinHandle<()>>) {
+        let mut shared = Vec::new();
+        let mut inboxes = Vec::new();
+        let mut threads = Vec::new();
+        for _ in 0..count {
+            let worker = Arc::new(WorkerShared::default());
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let serving = worker.clone();
+            threads.push(std::thread::spawn(move || {
+                worker::run(&serving, &rx, None);
+            }));
+            shared.push(worker);
+            inboxes.push(tx);
+        }
+        (shared, inboxes, threads)
+    }
+
+    fn output(round: &mut Round<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        round.write_output(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn replies_come_back_in_request_order_across_workers_and_local_answers() {
+        let (shared, inboxes, threads) = workers(2);
+        let peers = Peers::none();
+        let mut round = Round::new(&shared, inboxes, Forwarder::new(&peers));
+        round.push_worker(0, b"CREATE a");
+        round.push_worker(1, b"CREATE b");
+        round.push_local(Reply::Pong);
+        round.push_worker(1, b"PUT b k 2");
+        round.push_worker(0, b"PUT a k 1");
+        round.push_local(Reply::Error(ErrorKind::LineTooLong));
+        round.push_worker(0, b"GET a k");
+        round.push_worker(1, b"GET b k");
+        assert_eq!(round.len(), 8);
+        round.flush();
+        assert_eq!(round.len(), 0);
+        assert_eq!(
+            output(&mut round),
+            b"OK\r\nOK\r\nPONG\r\nOK\r\nOK\r\nERROR line too long\r\n1\r\nOK\r\n2\r\nOK\r\n"
+        );
+        drop(round);
+        threads.into_iter().for_each(|t| t.join().unwrap());
+    }
+
+    #[test]
+    fn inline_rounds_answer_the_same_as_worker_rounds() {
+        let (shared, inboxes, threads) = workers(1);
+        let peers = Peers::none();
+        let mut round = Round::new(&shared, inboxes, Forwarder::new(&peers));
+        let requests: [&[u8]; 4] = [b"CREATE a", b"PUT a k v", b"GET a k", b"DROP a"];
+        for inline in [false, true] {
+            round.set_inline(inline);
+            for line in requests {
+                round.push_worker(0, line);
+            }
+            round.flush();
+            assert_eq!(output(&mut round), b"OK\r\nOK\r\nv\r\nOK\r\nOK\r\n", "inline {inline}");
+        }
+        drop(round);
+        threads.into_iter().for_each(|t| t.join().unwrap());
+    }
+
+    #[test]
+    fn a_worker_that_is_gone_answers_worker_unavailable() {
+        let shared = vec![Arc::new(WorkerShared::default())];
+        let (tx, rx) = crossbeam_channel::unbounded();
+        drop(rx);
+        let peers = Peers::none();
+        let mut round = Round::new(&shared, vec![tx], Forwarder::new(&peers));
+        round.push_local(Reply::Ok);
+        round.push_worker(0, b"GET a k");
+        round.flush();
+        assert_eq!(output(&mut round), b"OK\r\nERROR worker unavailable\r\n");
+    }
+}

@@ -1,0 +1,177 @@
+//! Every call into the C library, and every effect on the whole process, in one file.
+//!
+//! The rest of the crate is `#![deny(unsafe_code)]` (Cargo.toml's `[lints]`); this file
+//! alone is allowed `unsafe`, each block with a SAFETY comment. Nothing here runs on its
+//! own: the library only reads process limits, and it is the binary that decides to
+//! raise the open-file limit or to take over SIGINT and SIGTERM.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The process's soft open-file limit, if it can be read.
+pub fn open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    Some(limit.rlim_cur)
+}
+
+/// Raises the soft open-file limit towards `wanted`, up to the hard limit (which needs
+/// no privilege, as Redis does at start-up). Returns the soft limit now in force.
+pub fn raise_open_file_limit(wanted: u64) -> io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur >= wanted {
+        return Ok(limit.rlim_cur);
+    }
+    let raised = libc::rlimit { rlim_cur: wanted.min(limit.rlim_max), rlim_max: limit.rlim_max };
+    // SAFETY: setrlimit only reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(raised.rlim_cur)
+}
+
+/// Calls `listen` again with `backlog`; Linux updates the queue length of a socket
+/// that is already listening (std's `bind` asks for 128).
+pub fn set_listen_backlog(listener: &TcpListener, backlog: i32) -> io::Result<()> {
+    // SAFETY: the descriptor is a valid, listening TCP socket owned by `listener`.
+    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// One non-blocking read from `stream` into `buffer`, leaving the socket blocking for
+/// everyone else (a per-call flag, not `set_nonblocking`, which costs two syscalls).
+/// `Ok(None)`: nothing there yet.
+pub fn recv_now(stream: &TcpStream, buffer: &mut [u8]) -> io::Result<Option<usize>> {
+    // SAFETY: the descriptor belongs to `stream` and `buffer` is valid for writes of
+    // its length.
+    let read =
+        unsafe { libc::recv(stream.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), libc::MSG_DONTWAIT) };
+    if read >= 0 {
+        return Ok(Some(read as usize));
+    }
+    let error = io::Error::last_os_error();
+    match error.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+        _ => Err(error),
+    }
+}
+
+/// Least time between two trims of the allocator, however many connections shrink.
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Asks glibc's malloc to give free memory back to the system, at most once per
+/// [`TRIM_INTERVAL`] for the whole process. Freeing a large buffer alone often does
+/// not: glibc keeps it in the freeing thread's arena. Called after a burst released
+/// buffers (a cold path), never per request; a trim skipped here is done by the next
+/// burst's, and the memory stays bounded either way.
+pub fn give_freed_memory_back() {
+    static LAST_TRIM_MS: AtomicU64 = AtomicU64::new(0);
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    // +1 so that the first call, at 0 ms, is never taken for "just trimmed".
+    let now = epoch.elapsed().as_millis() as u64 + TRIM_INTERVAL.as_millis() as u64;
+    let last = LAST_TRIM_MS.load(Ordering::Relaxed);
+    if now < last + TRIM_INTERVAL.as_millis() as u64
+        || LAST_TRIM_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+    {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks malloc's own free lists; any pad is valid.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// SIGINT or SIGTERM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownSignal {
+    Interrupt,
+    Terminate,
+}
+
+fn shutdown_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the zeroed set; the signal numbers are valid.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts
+/// afterwards, after restoring their default action (a shell starts background jobs
+/// with SIGINT ignored, and an ignored signal is discarded rather than left pending
+/// for [`wait_for_shutdown_signal`]).
+pub fn block_shutdown_signals() -> io::Result<()> {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: SIG_DFL is a valid disposition for these signals.
+        if unsafe { libc::signal(signal, libc::SIG_DFL) } == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let set = shutdown_signals();
+    // SAFETY: `set` is a valid, initialised sigset_t; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(rc)) }
+}
+
+/// Waits for the next SIGINT or SIGTERM (blocked by [`block_shutdown_signals`]).
+pub fn wait_for_shutdown_signal() -> io::Result<ShutdownSignal> {
+    let set = shutdown_signals();
+    let mut signal: libc::c_int = 0;
+    // SAFETY: `set` is a valid sigset_t and `signal` a valid place to write.
+    let rc = unsafe { libc::sigwait(&set, &mut signal) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(if signal == libc::SIGINT { ShutdownSignal::Interrupt } else { ShutdownSignal::Terminate })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recv_now_does_not_block_and_sees_data_and_close() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let mut buffer = [0u8; 16];
+        assert_eq!(recv_now(&server, &mut buffer).unwrap(), None);
+        std::io::Write::write_all(&mut client, b"hi").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = None;
+        while got.is_none() && Instant::now() < deadline {
+            got = recv_now(&server, &mut buffer).unwrap();
+        }
+        assert_eq!(got, Some(2));
+        drop(client);
+        let mut closed = None;
+        while closed.is_none() && Instant::now() < deadline {
+            closed = recv_now(&server, &mut buffer).unwrap();
+        }
+        assert_eq!(closed, Some(0));
+    }
+
+    #[test]
+    fn the_open_file_limit_is_readable() {
+        assert!(open_file_limit().is_some_and(|limit| limit > 0));
+    }
+}
