@@ -3,44 +3,27 @@
 //! One test shows a clean run is clean (work done, nothing wrong); the other that the
 //! verification can fail, against a fake server that answers every GET wrongly.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Kills the child if a test fails before it exits.
-struct ChildGuard(Child);
+use kv::Config;
 
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Conn, kv_binary, run_to_end_within, start_server_with};
 
 /// Runs `kv bench` with `args`; returns whether it exited 0 and its stdout and stderr.
+/// Every run here passes `--duration 30`, so 60 s is ample before the run is killed.
 fn kv_bench(args: &[&str]) -> (bool, String, String) {
-    let child = Command::new(env!("CARGO_BIN_EXE_kv"))
-        .arg("bench")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut guard = ChildGuard(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = guard.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "kv bench did not finish in 60 s");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    guard.0.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-    guard.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    (status.success(), stdout, stderr)
+    let mut command = kv_binary();
+    command.arg("bench").args(args);
+    let finished = run_to_end_within(command, b"", Duration::from_secs(60));
+    (
+        finished.status.success(),
+        String::from_utf8(finished.stdout).expect("kv bench prints text"),
+        String::from_utf8(finished.stderr).expect("kv bench logs text"),
+    )
 }
 
 /// The number after `"name":` in a one-line JSON summary.
@@ -54,8 +37,7 @@ fn field(json: &str, name: &str) -> f64 {
 
 #[test]
 fn bench_against_kv_does_work_and_finds_no_mismatch() {
-    let server =
-        kv::Server::bind(kv::Config { port: 0, workers: 2, ..Default::default() }).unwrap().spawn().unwrap();
+    let server = start_server_with(Config { port: 0, workers: 2, ..Config::default() });
     let addr = server.addr().to_string();
     let (ok, stdout, stderr) = kv_bench(&[
         "--addr",
@@ -85,9 +67,9 @@ fn bench_against_kv_does_work_and_finds_no_mismatch() {
     assert!(field(&stdout, "hits") > 1000.0, "{stdout}");
     assert!(field(&stdout, "p99_us") >= field(&stdout, "p50_us"));
     // The buckets exist and hold the keys written.
-    let mut client = kv::Client::connect(&addr).unwrap();
-    assert_eq!(client.request(b"CREATE b3").unwrap(), b"OK\r\n");
-    let keys = client.stat("keys").unwrap();
+    let mut conn = Conn::connect(server.addr());
+    conn.roundtrip(b"CREATE b3\r\n", b"OK\r\n");
+    let keys = conn.stat("keys");
     assert!(keys > 0 && keys <= 50, "{keys}");
 }
 

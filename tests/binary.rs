@@ -6,16 +6,16 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::net::{Ipv4Addr, SocketAddr};
 
-use common::{ChildServer, Conn, kv_binary, run_guide_sequence, run_to_end, show, start_server, wait_until};
+use common::{
+    ChildServer, Conn, free_port, kv_binary, run_guide_sequence, run_to_end, show, start_kv_serve,
+    start_server, wait_until_accepting,
+};
 
 #[test]
 fn kv_serve_on_port_0_answers_the_guide_sequence() {
-    let mut command = kv_binary();
-    command.args(["serve", "--port", "0"]);
-    let server = ChildServer::start(command);
+    let server = start_kv_serve(&[]);
     assert!(server.addr().ip().is_loopback(), "kv serves on loopback by default, not {}", server.addr());
     assert_ne!(server.addr().port(), 0);
     let mut conn = Conn::connect(server.addr());
@@ -25,9 +25,7 @@ fn kv_serve_on_port_0_answers_the_guide_sequence() {
 
 #[test]
 fn kv_serve_workers_flag_sets_the_worker_count() {
-    let mut command = kv_binary();
-    command.args(["serve", "--port", "0", "--workers", "3"]);
-    let server = ChildServer::start(command);
+    let server = start_kv_serve(&["--workers", "3"]);
     let mut conn = Conn::connect(server.addr());
     let stats = conn.stats();
     assert_eq!(common::stat_of(&stats, "workers"), 3);
@@ -36,21 +34,12 @@ fn kv_serve_workers_flag_sets_the_worker_count() {
 
 #[test]
 fn kv_serve_max_line_flag_sets_the_line_limit() {
-    let mut command = kv_binary();
-    command.args(["serve", "--port", "0", "--max-line", "16"]);
-    let server = ChildServer::start(command);
+    let server = start_kv_serve(&["--max-line", "16"]);
     let mut conn = Conn::connect(server.addr());
     conn.roundtrip(b"CREATE b\r\n", b"OK\r\n");
     conn.roundtrip(b"PUT b k 12345678\r\n", b"OK\r\n"); // 16 bytes: at the limit
     conn.roundtrip(b"PUT b k 123456789\r\n", b"ERROR line too long\r\n");
     conn.roundtrip(b"GET b k\r\n", b"12345678\r\nOK\r\n");
-}
-
-/// A port that was free a moment ago: bound, then released. Another process could
-/// take it in between; on a test machine that is rare enough.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 #[test]
@@ -62,12 +51,7 @@ fn bare_kv_listens_on_the_port_environment_variable() {
     assert_eq!(server.addr().port(), port);
     // It really accepts there, not just says so.
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut stream = None;
-    wait_until(&format!("kv accepts on port {port}"), || {
-        stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok();
-        stream.is_some()
-    });
-    let mut conn = Conn::from_stream(stream.unwrap());
+    let mut conn = Conn::from_stream(wait_until_accepting(addr));
     conn.roundtrip(b"PING\r\n", b"PONG\r\n");
     run_guide_sequence(&mut conn, b"\n");
 }

@@ -2,53 +2,32 @@
 //!
 //! Each test writes its own cluster file (in the system temp directory, under a name no
 //! other test or run uses), picks free ports by binding port 0 and letting go, starts
-//! one `kv serve` per node and waits until each accepts. Every child process sits in a
-//! [`NodeProcess`] guard that kills it when dropped, so a failing test leaves nothing
-//! running. Waits poll a condition against a deadline; none is a bare sleep.
+//! one `kv serve` per node and waits until each accepts. Every node is a
+//! [`ChildServer`] from `tests/common`, killed when dropped, so a failing test leaves
+//! nothing running. Waits poll a condition against a deadline; none is a bare sleep.
 //!
 //! The three-node cluster: `a` owns buckets starting a-h, `b` i-p, `c` q-z. Anything
 //! else (capitals, digits, ...) has no owner.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+mod common;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use kv::Client;
 
+use common::lib_paths::{Cluster, DOWN_AFTER_FAILURES, PeerConfig, ReplyShape};
+use common::{
+    ChildServer, Conn, DEADLINE, free_loopback_addr, kv_binary, run_to_end, show, start_server_with,
+    wait_until, wait_until_accepting,
+};
+
 /// The request timeout the nodes run with in these tests, in seconds.
 const PEER_TIMEOUT_S: f64 = 1.0;
-
-/// How long a test waits for anything before failing: generous, since a loaded CI
-/// machine may be slow, and only ever reached when something is broken.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-/// A `kv serve` child process, killed when dropped.
-struct NodeProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl NodeProcess {
-    /// Kills the process and waits for it to be gone.
-    fn kill(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// A cluster file removed when dropped.
 struct TempFile(PathBuf);
@@ -72,41 +51,26 @@ fn temp_file(tag: &str, text: &str) -> TempFile {
     TempFile(path)
 }
 
-/// A port nothing listens on right now: bind port 0, note the port, let go.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Starts node `name` of the cluster in `file` and waits until it accepts connections.
-fn start_node(file: &Path, name: &str, addr: SocketAddr) -> NodeProcess {
-    let child = Command::new(env!("CARGO_BIN_EXE_kv"))
+/// Starts node `name` of the cluster in `file`, which gives it `addr`, and waits until
+/// it accepts connections there.
+fn start_node(file: &Path, name: &str, addr: SocketAddr) -> ChildServer {
+    let mut command = kv_binary();
+    command
         .args(["serve", "--workers", "1", "--node", name, "--peer-connect-timeout", "0.5"])
         .args(["--peer-timeout", &PEER_TIMEOUT_S.to_string(), "--peer-backoff-max", "0.5"])
         .arg("--cluster")
-        .arg(file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let node = NodeProcess { child, addr };
+        .arg(file);
+    let node = ChildServer::start(command);
+    assert_eq!(node.addr(), addr, "node {name} listens where the cluster file says");
     wait_until_accepting(addr);
     node
-}
-
-fn wait_until_accepting(addr: SocketAddr) {
-    let deadline = Instant::now() + PATIENCE;
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "nothing accepts on {addr}");
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Three nodes: a owns a-h, b owns i-p, c owns q-z.
 struct Trio {
     file: TempFile,
     addrs: [SocketAddr; 3],
-    nodes: [Option<NodeProcess>; 3],
+    nodes: [Option<ChildServer>; 3],
 }
 
 const NAMES: [&str; 3] = ["a", "b", "c"];
@@ -115,7 +79,7 @@ const NAMES: [&str; 3] = ["a", "b", "c"];
 const OWNED: [&str; 3] = ["apple", "kiwi", "tomato"];
 
 fn start_trio(tag: &str) -> Trio {
-    let addrs: [SocketAddr; 3] = std::array::from_fn(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let addrs: [SocketAddr; 3] = std::array::from_fn(|_| free_loopback_addr());
     let text = format!(
         "# test cluster\n\
          a {} a-h\n\
@@ -130,7 +94,7 @@ fn start_trio(tag: &str) -> Trio {
 
 fn connect(addr: SocketAddr) -> Client {
     let client = Client::connect(addr).unwrap();
-    client.set_timeout(Some(PATIENCE)).unwrap();
+    client.set_timeout(Some(DEADLINE)).unwrap();
     client
 }
 
@@ -145,8 +109,7 @@ fn text(bytes: &[u8]) -> String {
 
 /// One STATS figure of the node at `addr`, as text.
 fn stat(addr: SocketAddr, name: &str) -> String {
-    let stats = connect(addr).stats().unwrap();
-    stats.into_iter().find(|(n, _)| n == name).map(|(_, value)| value).unwrap_or_else(|| panic!("no {name}"))
+    Conn::connect(addr).stat_text(name)
 }
 
 #[test]
@@ -238,18 +201,12 @@ fn one_pipelined_write_mixing_all_owners_is_answered_in_order() {
         expect(&format!("GET nobody_{round} k"), "NOT FOUND\r\n");
     }
     for &addr in &trio.addrs {
-        let mut stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut conn = Conn::connect(addr);
         // All of it in one write.
-        stream.write_all(requests.as_bytes()).unwrap();
-        let mut replies = vec![0; expected.len()];
-        stream.read_exact(&mut replies).unwrap();
-        assert_eq!(text(&replies), expected, "through {addr}");
+        conn.send(requests.as_bytes());
+        conn.expect(expected.as_bytes());
         // Nothing more than one reply per request.
-        stream.write_all(b"PING\r\n").unwrap();
-        let mut pong = [0; 6];
-        stream.read_exact(&mut pong).unwrap();
-        assert_eq!(&pong, b"PONG\r\n");
+        conn.roundtrip(b"PING\r\n", b"PONG\r\n");
     }
 }
 
@@ -266,7 +223,7 @@ fn a_dead_node_is_reported_and_forwarding_resumes_when_it_returns() {
     // keeps serving, and the other nodes' buckets keep working through both survivors.
     for &via in &[a, b] {
         let mut client = connect(via);
-        for _ in 0..peer_failures_to_mark_down() + 1 {
+        for _ in 0..DOWN_AFTER_FAILURES + 1 {
             let started = Instant::now();
             let reply = ask(&mut client, "GET tomato k");
             let took = started.elapsed();
@@ -288,37 +245,26 @@ fn a_dead_node_is_reported_and_forwarding_resumes_when_it_returns() {
     // Restart c on the same address. Nothing else is restarted, and no client traffic
     // is needed for the others to notice: node b's prober marks c up by itself.
     trio.nodes[2] = Some(start_node(&trio.file.0, "c", c));
-    let deadline = Instant::now() + PATIENCE;
-    while stat(b, "peer.c.state") != "up" {
-        assert!(Instant::now() < deadline, "b never saw c come back");
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("b sees c come back", || stat(b, "peer.c.state") == "up");
     // Forwarding resumes through both: the restarted node has lost its data, so the
     // bucket is recreated first.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    wait_until("forwarding from a to c resumes", || {
         let reply = ask(&mut connect(a), "CREATE tomato");
         if reply == b"OK\r\n" {
-            break;
+            return true;
         }
         assert_eq!(text(&reply), "ERROR peer c unavailable\r\n");
-        assert!(Instant::now() < deadline, "forwarding from a to c never resumed");
-        thread::sleep(Duration::from_millis(50));
-    }
+        false
+    });
     assert_eq!(ask(&mut connect(a), "PUT tomato k red"), b"OK\r\n");
     assert_eq!(ask(&mut connect(b), "GET tomato k"), b"red\r\nOK\r\n");
     assert_eq!(ask(&mut connect(c), "GET tomato k"), b"red\r\nOK\r\n");
 }
 
-/// How many failed exchanges mark a peer down (mirrors `kv::peer::DOWN_AFTER_FAILURES`).
-fn peer_failures_to_mark_down() -> u32 {
-    kv::peer::DOWN_AFTER_FAILURES
-}
-
 #[test]
 fn nodes_with_disagreeing_files_answer_an_error_not_a_loop() {
-    let x = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let y = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let x = free_loopback_addr();
+    let y = free_loopback_addr();
     // x's file gives n-z to y; y's file gives n-z to x.
     let file_x = temp_file("disagree-x", &format!("x {x} a-m\ny {y} n-z\n"));
     let file_y = temp_file("disagree-y", &format!("x {x} n-z\ny {y} a-m\n"));
@@ -343,29 +289,25 @@ fn nodes_with_disagreeing_files_answer_an_error_not_a_loop() {
 #[test]
 fn a_forwarded_request_is_never_forwarded_again() {
     let trio = start_trio("hop");
-    let mut stream = TcpStream::connect(trio.addrs[0]).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut conn = Conn::connect(trio.addrs[0]);
     // What node b sends when it opens a connection to node a, then requests for a
     // bucket of c, of nobody, and of a itself.
-    stream.write_all(b"KV-PEER-HELLO 1 b a\nGET tomato k\nGET Zed k\nCREATE apple\nPING\n").unwrap();
-    let expected: &[u8] = b"OK\r\n\
+    conn.roundtrip(
+        b"KV-PEER-HELLO 1 b a\nGET tomato k\nGET Zed k\nCREATE apple\nPING\n",
+        b"OK\r\n\
         ERROR routing mismatch: node a does not own bucket tomato\r\n\
         ERROR routing mismatch: node a does not own bucket Zed\r\n\
         OK\r\n\
-        PONG\r\n";
-    let mut replies = vec![0; expected.len()];
-    stream.read_exact(&mut replies).unwrap();
-    assert_eq!(text(&replies), text(expected));
+        PONG\r\n",
+    );
 
     // A handshake meant for another node is refused, and so is everything after it.
-    let mut stream = TcpStream::connect(trio.addrs[0]).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    stream.write_all(b"KV-PEER-HELLO 1 b c\nCREATE apple\nPING\n").unwrap();
+    let mut conn = Conn::connect(trio.addrs[0]);
     let refusal = "ERROR routing mismatch: this is node a, not c\r\n";
-    let expected = format!("{refusal}{refusal}PONG\r\n");
-    let mut replies = vec![0; expected.len()];
-    stream.read_exact(&mut replies).unwrap();
-    assert_eq!(text(&replies), expected);
+    conn.roundtrip(
+        b"KV-PEER-HELLO 1 b c\nCREATE apple\nPING\n",
+        format!("{refusal}{refusal}PONG\r\n").as_bytes(),
+    );
 
     // Anywhere but on the first line, the handshake is just an unknown command.
     let mut client = connect(trio.addrs[0]);
@@ -393,30 +335,12 @@ fn a_bucket_nobody_owns_is_an_error_and_the_connection_still_serves() {
 }
 
 /// Runs `kv serve` with `args` and returns its exit status and standard error; fails
-/// the test if it is still running after the patience runs out.
+/// the test if it is still running after the deadline.
 fn serve_expecting_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
-    let mut child = NodeProcess {
-        child: Command::new(env!("CARGO_BIN_EXE_kv"))
-            .arg("serve")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-    };
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "kv serve {args:?} kept running");
-        thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    (status, stderr)
+    let mut command = kv_binary();
+    command.arg("serve").args(args);
+    let finished = run_to_end(command, b"");
+    (finished.status, String::from_utf8_lossy(&finished.stderr).into_owned())
 }
 
 #[test]
@@ -467,44 +391,17 @@ fn bind_and_port_override_the_files_address() {
     // The file says port 1 (not ours to take); --port 0 overrides it, and the node
     // reports where it really listens on standard error.
     let file = temp_file("override", "solo 127.0.0.1:1 0x00-0xFF\n");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kv"))
-        .args(["serve", "--workers", "1", "--node", "solo", "--port", "0", "--cluster"])
-        .arg(&file.0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut node = NodeProcess { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)) };
-    // Read standard error on a thread so that waiting for the line has a deadline.
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let marker = "kv listening on ";
-    let deadline = Instant::now() + PATIENCE;
-    let log = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines_rx.recv_timeout(left).expect("kv did not say where it listens");
-        if line.contains(marker) {
-            break line;
-        }
-    };
-    let at = log.find(marker).unwrap() + marker.len();
-    let addr: SocketAddr = log[at..].split_whitespace().next().unwrap().parse().unwrap();
+    let mut command = kv_binary();
+    command.args(["serve", "--workers", "1", "--node", "solo", "--port", "0", "--cluster"]).arg(&file.0);
+    // ChildServer::start waits for the `kv listening on ADDR` line and reads ADDR from it.
+    let node = ChildServer::start(command);
+    let addr = node.addr();
     assert_eq!(addr.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
     assert_ne!(addr.port(), 1);
-    node.addr = addr;
-    let mut client = connect(node.addr);
+    let mut client = connect(addr);
     assert_eq!(ask(&mut client, "CREATE Anything"), b"OK\r\n");
-    assert_eq!(stat(node.addr, "node"), "solo");
-    assert_eq!(stat(node.addr, "forwarded_total"), "0");
+    assert_eq!(stat(addr, "node"), "solo");
+    assert_eq!(stat(addr, "forwarded_total"), "0");
 }
 
 #[test]
@@ -517,7 +414,7 @@ fn a_peer_that_never_answers_times_out_and_the_connection_keeps_serving() {
         let mut sink = [0u8; 4096];
         while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
     });
-    let a = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let a = free_loopback_addr();
     let file = temp_file("stuck", &format!("a {a} a-m\nstuck {stuck_addr} n-z\n"));
     let node = start_node(&file.0, "a", a);
     let mut client = connect(a);
@@ -545,19 +442,15 @@ fn large_values_through_a_peer_in_one_pipeline() {
         requests.push_str(&format!("PUT tomato k{i} {i}{value}\r\nGET tomato k{i}\r\n"));
         expected.push_str(&format!("OK\r\n{i}{value}\r\nOK\r\n"));
     }
-    let mut stream = TcpStream::connect(a).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    // Written on its own thread: the server answers while it reads, so a client that
-    // wrote everything before reading could itself block.
+    let mut conn = Conn::connect(a);
+    // Conn::pipeline writes on its own thread: the server answers while it reads, so a
+    // client that wrote everything before reading could itself block.
     let requests_len = requests.len();
-    let write = thread::spawn(move || writer.write_all(requests.as_bytes()));
-    let mut replies = vec![0; expected.len()];
-    stream.read_exact(&mut replies).unwrap();
-    write.join().unwrap().unwrap();
-    assert!(
-        replies == expected.as_bytes(),
-        "replies differ from what was written ({requests_len} bytes sent)"
+    let replies = conn.pipeline(requests.into_bytes(), expected.len());
+    common::assert_same_bytes_in(
+        &replies,
+        expected.as_bytes(),
+        &format!("replies to {requests_len} bytes of requests"),
     );
     assert_eq!(stat(a, "peer_errors_total"), "0");
     assert_eq!(ask(&mut connect(c), "GET tomato k199"), format!("199{value}\r\nOK\r\n").as_bytes());
@@ -565,15 +458,14 @@ fn large_values_through_a_peer_in_one_pipeline() {
 
 #[test]
 fn a_node_probing_a_dead_peer_still_shuts_down_promptly() {
-    let me = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let gone = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let cluster =
-        kv::router::Cluster::parse("in-process", &format!("me {me} a-m\ngone {gone} n-z\n")).unwrap();
-    let peer = kv::peer::PeerConfig {
+    let me = free_loopback_addr();
+    let gone = free_loopback_addr();
+    let cluster = Cluster::parse("in-process", &format!("me {me} a-m\ngone {gone} n-z\n")).unwrap();
+    let peer = PeerConfig {
         connect_timeout: Duration::from_millis(500),
         timeout: Duration::from_secs(1),
         max_backoff: Duration::from_millis(200),
-        ..kv::peer::PeerConfig::default()
+        ..PeerConfig::default()
     };
     let config = kv::Config {
         port: 0,
@@ -583,9 +475,9 @@ fn a_node_probing_a_dead_peer_still_shuts_down_promptly() {
         peer,
         ..kv::Config::default()
     };
-    let server = kv::Server::bind(config).unwrap().spawn().unwrap();
+    let server = start_server_with(config);
     let mut client = connect(server.addr());
-    for _ in 0..kv::peer::DOWN_AFTER_FAILURES {
+    for _ in 0..DOWN_AFTER_FAILURES {
         assert_eq!(ask(&mut client, "GET nuts k"), b"ERROR peer gone unavailable\r\n");
     }
     assert_eq!(stat(server.addr(), "peer.gone.state"), "down");
@@ -596,40 +488,24 @@ fn a_node_probing_a_dead_peer_still_shuts_down_promptly() {
         server.shutdown();
         let _ = done_tx.send(());
     });
-    done_rx.recv_timeout(PATIENCE).expect("shutdown did not finish");
-}
-
-/// Polls `condition` until it holds, failing the test after [`PATIENCE`].
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Reads exactly `expected.len()` bytes and compares them as text.
-fn expect_bytes(stream: &mut TcpStream, expected: &[u8]) {
-    let mut got = vec![0; expected.len()];
-    stream.read_exact(&mut got).unwrap();
-    assert_eq!(text(&got), text(expected));
+    done_rx.recv_timeout(DEADLINE).expect("shutdown did not finish");
 }
 
 #[test]
 fn subscribe_through_any_node_streams_writes_made_through_every_node() {
     let trio = start_trio("subscribe");
     let [a, b, c] = trio.addrs;
-    let mut subscriber = TcpStream::connect(a).unwrap();
-    subscriber.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut subscriber = Conn::connect(a);
     // c owns tomato, which does not exist yet: NOT FOUND, and the connection serves on.
-    subscriber.write_all(b"SUBSCRIBE tomato\r\nPING\r\nSUBSCRIBE Tomato\r\n").unwrap();
-    expect_bytes(&mut subscriber, b"NOT FOUND\r\nPONG\r\nERROR no route for bucket Tomato\r\n");
+    subscriber.roundtrip(
+        b"SUBSCRIBE tomato\r\nPING\r\nSUBSCRIBE Tomato\r\n",
+        b"NOT FOUND\r\nPONG\r\nERROR no route for bucket Tomato\r\n",
+    );
 
     assert_eq!(ask(&mut connect(b), "CREATE tomato"), b"OK\r\n");
     // The reply before SUBSCRIBE comes first; the line after it is ignored, not run.
-    subscriber.write_all(b"GET tomato k\r\nSUBSCRIBE tomato\r\nPUT tomato ignored 1\r\n").unwrap();
-    expect_bytes(&mut subscriber, b"\r\nOK\r\n");
-    wait_for("c has registered the subscription", || stat(c, "subscribers") == "1");
+    subscriber.roundtrip(b"GET tomato k\r\nSUBSCRIBE tomato\r\nPUT tomato ignored 1\r\n", b"\r\nOK\r\n");
+    wait_until("c has registered the subscription", || stat(c, "subscribers") == "1");
     assert_eq!(stat(a, "subscribers"), "0", "a relays; c, the owner, holds the subscription");
 
     // Writes through every node, including straight to the owner, reach the stream in
@@ -639,12 +515,12 @@ fn subscribe_through_any_node_streams_writes_made_through_every_node() {
     assert_eq!(ask(&mut connect(a), "DELETE tomato k"), b"OK\r\n");
     let mut pipeline = connect(b);
     pipeline.send_raw(b"PUT tomato x 1\r\nPUT kiwi x 1\r\nPUT tomato x 2\r\n").unwrap();
-    expect_bytes(&mut subscriber, b"k SET TO 1\r\nj SET TO 2\r\nk DELETED\r\nx SET TO 1\r\nx SET TO 2\r\n");
+    subscriber.expect(b"k SET TO 1\r\nj SET TO 2\r\nk DELETED\r\nx SET TO 1\r\nx SET TO 2\r\n");
     assert_eq!(ask(&mut connect(c), "GET tomato ignored"), b"\r\nOK\r\n");
 
     // A subscriber that leaves is forgotten by the owner too.
     drop(subscriber);
-    wait_for("c has dropped the subscription", || {
+    wait_until("c has dropped the subscription", || {
         // An event makes the owner notice a subscriber that is gone, if nothing else did.
         let _ = ask(&mut connect(c), "PUT tomato poke 1");
         stat(c, "subscribers") == "0"
@@ -656,13 +532,12 @@ fn subscribers_on_the_owner_and_elsewhere_see_writes_from_a_third_node_exactly_o
     let mut trio = start_trio("subscribe-three");
     let [a, b, c] = trio.addrs;
     assert_eq!(ask(&mut connect(a), "CREATE tomato"), b"OK\r\n");
-    let mut on_owner = TcpStream::connect(c).unwrap();
-    let mut elsewhere = TcpStream::connect(a).unwrap();
+    let mut on_owner = Conn::connect(c);
+    let mut elsewhere = Conn::connect(a);
     for subscriber in [&mut on_owner, &mut elsewhere] {
-        subscriber.set_read_timeout(Some(PATIENCE)).unwrap();
-        subscriber.write_all(b"SUBSCRIBE tomato\r\n").unwrap();
+        subscriber.send(b"SUBSCRIBE tomato\r\n");
     }
-    wait_for("c holds both subscriptions", || stat(c, "subscribers") == "2");
+    wait_until("c holds both subscriptions", || stat(c, "subscribers") == "2");
 
     // 300 changes in one pipeline through b, which owns neither the bucket nor a
     // subscriber.
@@ -681,20 +556,19 @@ fn subscribers_on_the_owner_and_elsewhere_see_writes_from_a_third_node_exactly_o
     writer.send_raw(&requests).unwrap();
     for _ in 0..300 {
         let mut reply = Vec::new();
-        writer.read_reply(kv::client::ReplyShape::Line, &mut reply).unwrap();
+        writer.read_reply(ReplyShape::Line, &mut reply).unwrap();
         assert_eq!(reply, b"OK\r\n");
     }
-    expect_bytes(&mut on_owner, &expected);
-    expect_bytes(&mut elsewhere, &expected);
+    on_owner.expect(&expected);
+    elsewhere.expect(&expected);
 
     // The owner goes down: the relayed subscriber hears why, then the connection ends.
     if let Some(owner) = trio.nodes[2].take() {
         owner.kill();
     }
-    expect_bytes(&mut elsewhere, b"ERROR peer c unavailable\r\n");
-    let mut rest = Vec::new();
-    let _ = elsewhere.read_to_end(&mut rest);
-    assert!(rest.is_empty(), "nothing after the error line: {}", text(&rest));
+    elsewhere.expect(b"ERROR peer c unavailable\r\n");
+    let (rest, _) = elsewhere.read_until_gone();
+    assert!(rest.is_empty(), "nothing after the error line: {}", show(&rest));
     // a itself carries on.
     assert_eq!(ask(&mut connect(a), "PING"), b"PONG\r\n");
 }
@@ -705,12 +579,10 @@ fn kv_top_once_shows_every_field_of_two_nodes() {
     let [a, b, _] = trio.addrs;
     // Some traffic, a restart-free worker table and a forwarded request to show.
     assert_eq!(ask(&mut connect(a), "CREATE kiwi"), b"OK\r\n");
-    let output = Command::new(env!("CARGO_BIN_EXE_kv"))
-        .args(["top", "--once", "--interval", "0.2", "--addr", &a.to_string(), "--addr", &b.to_string()])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
+    let mut command = kv_binary();
+    command.args(["top", "--once", "--interval", "0.2", "--addr", &a.to_string(), "--addr", &b.to_string()]);
+    let output = run_to_end(command, b"");
+    assert!(output.status.success(), "{:?}: {}{}", output.status, show(&output.stdout), show(&output.stderr));
     let frame = String::from_utf8_lossy(&output.stdout);
     for (node, addr) in [("a", a), ("b", b)] {
         assert!(frame.contains(&format!("node {node} at {addr}   up ")), "{frame}");

@@ -1,4 +1,4 @@
-//! The worst a connection thread's small stack (`kv::server::CONNECTION_STACK_SIZE`)
+//! The worst a connection thread's small stack (`CONNECTION_STACK_SIZE`, see `common::lib_paths`)
 //! has to hold in this process: a panic on that thread whose hook captures and prints
 //! a symbolized backtrace, as Rust's default hook does under `RUST_BACKTRACE=1` (an
 //! embedding program, or a test, that enables it). The `kv` binary's own hook only

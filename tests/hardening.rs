@@ -1,18 +1,17 @@
-//! The server against hostile and careless clients, over real TCP: the connection cap,
-//! the idle timeout, the cross-protocol (HTTP) guard, a client that pipelines without
-//! reading, thousands of simultaneous connections, the deepest paths a connection
+//! The server against hostile and careless clients, over real TCP: the connection cap
+//! and the open-file limit behind it, the idle timeout, the cross-protocol (HTTP)
+//! guard, a client that pipelines without reading, the deepest paths a connection
 //! thread's small stack must hold, and seeded random input thrown at a live server.
+//! (Thousands of simultaneous connections under the cap are `tests/load.rs`'s.)
 //!
 //! Where a process boundary matters (memory read from /proc, flags, a crash that would
 //! take the process down) the real `kv` binary runs as a child; elsewhere the server runs
 //! in this process. Nothing here measures speed.
 
 mod common;
-mod fuzzing;
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,59 +20,22 @@ use std::time::{Duration, Instant};
 
 use kv::Config;
 
+use common::fuzzing::{self, RefFrame, Rng, reference_frames, words_of};
+use common::lib_paths::DEFAULT_MAX_LINE;
+use common::proc::{file_limits_of, rss_of};
 use common::{
-    ChildServer, Conn, DEADLINE, kv_binary, show, start_server_with, wait_for_connections, wait_until,
+    ChildServer, Conn, assert_same_bytes_in, kv_serve, show, start_kv_serve, start_server_with,
+    wait_for_connections, wait_until,
 };
-use fuzzing::{RefFrame, Rng, reference_frames, words_of};
-
-/// Reads until the peer closes and returns what came first. A reset counts as a close
-/// too (reported in the second value): the server may close a socket that still holds
-/// input it will never read, and the kernel then answers that input with a reset.
-fn read_until_closed(stream: &mut TcpStream) -> (Vec<u8>, bool) {
-    stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match stream.read(&mut chunk) {
-            Ok(0) => return (got, false),
-            Ok(n) => got.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (got, true),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                assert!(Instant::now() < deadline, "the server did not close the connection");
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => panic!("read failed while waiting for a close: {e}"),
-        }
-    }
-}
-
-/// A child `kv serve` on a free port with the given extra flags.
-fn start_child(flags: &[&str]) -> ChildServer {
-    let mut command = kv_binary();
-    command.args(["serve", "--port", "0"]).args(flags);
-    ChildServer::start(command)
-}
-
-/// How many file descriptors process `pid` has open.
-fn open_descriptors(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd")).expect("list /proc/<pid>/fd").count()
-}
-
-/// The resident set size of process `pid`, in bytes.
-fn rss_of(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
-    let line = status.lines().find(|line| line.starts_with("VmRSS:")).expect("VmRSS in /proc/<pid>/status");
-    let kib: u64 = line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmRSS value");
-    kib * 1024
-}
 
 // ---------------------------------------------------------------------------------
 // The connection cap.
 
+/// Also covers what `tests/load.rs` checked with a cap of 2 in this process: once an
+/// admitted client leaves, its slot is given to a newcomer.
 #[test]
-fn with_max_connections_50_the_51st_client_is_refused_and_the_first_50_keep_working() {
-    let server = start_child(&["--max-connections", "50", "--workers", "2"]);
+fn with_max_connections_50_the_51st_client_is_refused_the_first_50_keep_working_and_a_freed_slot_is_reused() {
+    let server = start_kv_serve(&["--max-connections", "50", "--workers", "2"]);
     let addr = server.addr();
     let mut admitted: Vec<Conn> = (0..50).map(|_| Conn::connect(addr)).collect();
     // A PONG proves each one was admitted, not refused.
@@ -101,13 +63,38 @@ fn with_max_connections_50_the_51st_client_is_refused_and_the_first_50_keep_work
     assert_eq!(common::stat_of(&stats, "connections_total"), 50);
     assert_eq!(common::stat_of(&stats, "rejected_connections"), 1);
     assert_eq!(common::stat_of(&stats, "keys"), 50);
+
+    // Once one leaves, a newcomer is served again; until the server has noticed, a
+    // newcomer is refused with exactly the same line.
+    drop(admitted.pop());
+    let mut next = None;
+    wait_until("a connection is admitted again", || {
+        let mut conn = Conn::connect(addr);
+        conn.send(b"PING\r\n");
+        let reply = conn.read_line();
+        if reply == b"PONG\r\n" {
+            next = Some(conn);
+            true
+        } else {
+            assert_eq!(show(&reply), show(b"ERROR too many connections\r\n"));
+            false
+        }
+    });
+    let mut next = next.unwrap();
+    next.roundtrip(b"GET capped k0\r\n", b"v0\r\nOK\r\n");
+    let stats = next.stats();
+    assert_eq!(common::stat_of(&stats, "connections"), 50);
+    assert!(common::stat_of(&stats, "rejected_connections") >= 1);
+    // The other 49 are still admitted and served.
+    for (i, conn) in admitted.iter_mut().enumerate() {
+        conn.roundtrip(format!("GET capped k{i}\r\n").as_bytes(), format!("v{i}\r\nOK\r\n").as_bytes());
+    }
 }
 
 /// A child `kv serve` whose open-file limits start at `soft` and `hard`.
 fn start_child_with_file_limit(soft: u64, hard: u64, flags: &[&str]) -> ChildServer {
     use std::os::unix::process::CommandExt;
-    let mut command = kv_binary();
-    command.args(["serve", "--port", "0"]).args(flags);
+    let mut command = kv_serve(flags);
     // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe.
     unsafe {
         command.pre_exec(move || {
@@ -120,17 +107,6 @@ fn start_child_with_file_limit(soft: u64, hard: u64, flags: &[&str]) -> ChildSer
         });
     }
     ChildServer::start(command)
-}
-
-/// The soft and hard open-file limits of process `pid`.
-fn file_limits_of(pid: u32) -> (u64, u64) {
-    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let line = limits.lines().find(|line| line.starts_with("Max open files")).unwrap();
-    let mut numbers = line
-        .trim_start_matches("Max open files")
-        .split_whitespace()
-        .map(|n| if n == "unlimited" { libc::RLIM_INFINITY } else { n.parse().unwrap() });
-    (numbers.next().unwrap(), numbers.next().unwrap())
 }
 
 #[test]
@@ -187,9 +163,9 @@ fn idle_timeout_closes_idle_and_trickling_connections_but_not_an_active_one() {
 
     // Trickler: a byte every 200 ms, never a newline, so never a complete request.
     let trickle_started = Instant::now();
-    let mut trickler = TcpStream::connect(addr).unwrap();
-    trickler.write_all(b"PUT idle trickled ").unwrap();
-    let mut trickle_writer = trickler.try_clone().unwrap();
+    let mut trickler = Conn::connect(addr);
+    trickler.send(b"PUT idle trickled ");
+    let mut trickle_writer = trickler.try_clone_stream();
     let stop_trickling = Arc::new(AtomicBool::new(false));
     let stop = stop_trickling.clone();
     let trickling = thread::spawn(move || {
@@ -205,11 +181,11 @@ fn idle_timeout_closes_idle_and_trickling_connections_but_not_an_active_one() {
     let mut idle = Conn::connect(addr);
     idle.roundtrip(b"PING\r\n", b"PONG\r\n");
     let idle_since = Instant::now();
-    let (rest, _) = read_until_closed(&mut idle.try_clone_stream());
+    let (rest, _) = idle.read_until_gone();
     assert_eq!(show(&rest), "", "an idle connection is closed without a word");
     assert!(idle_since.elapsed() >= limit, "closed after {:?}, before the limit", idle_since.elapsed());
 
-    let (rest, _) = read_until_closed(&mut trickler);
+    let (rest, _) = trickler.read_until_gone();
     assert_eq!(show(&rest), "");
     assert!(trickle_started.elapsed() >= limit);
     stop_trickling.store(true, Ordering::SeqCst);
@@ -285,22 +261,22 @@ fn http_post_or_host_line_closes_the_connection_and_nothing_after_it_runs() {
         ),
     ];
     for (payload, replies) in cases {
-        let mut stream = TcpStream::connect(addr).unwrap();
-        stream.write_all(payload).unwrap();
-        let (got, reset) = read_until_closed(&mut stream);
+        let mut conn = Conn::connect(addr);
+        conn.send(payload);
+        let (got, reset) = conn.read_until_gone();
         if reset {
             // A reset may cut off replies the client had not read yet; never add any.
             assert!(replies.starts_with(&got), "{} then a reset, for {}", show(&got), show(payload));
         } else {
-            assert_eq!(show(&got), show(replies), "replies to {}", show(payload));
+            assert_same_bytes_in(&got, replies, &format!("replies to {}", show(payload)));
         }
     }
     // The guard line in one write and the commands in the next, as a browser may send
     // headers and body: the connection is gone before the body arrives.
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.write_all(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-    let _ = stream.write_all(b"CREATE web7\r\nPUT control k hacked\r\n");
-    let (got, _) = read_until_closed(&mut stream);
+    let mut conn = Conn::connect(addr);
+    conn.send(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let _ = conn.try_clone_stream().write_all(b"CREATE web7\r\nPUT control k hacked\r\n");
+    let (got, _) = conn.read_until_gone();
     assert_eq!(show(&got), "");
 
     // None of the commands after a guard line ran.
@@ -322,7 +298,7 @@ fn http_post_or_host_line_closes_the_connection_and_nothing_after_it_runs() {
 fn client_pipelining_50_mib_of_gets_without_reading_keeps_server_memory_bounded() {
     const TOTAL: u64 = 50 * 1024 * 1024;
     const RSS_BOUND: u64 = 200 * 1024 * 1024;
-    let server = start_child(&["--workers", "2"]);
+    let server = start_kv_serve(&["--workers", "2"]);
     let addr = server.addr();
     let value = vec![b'v'; 1024];
     let mut other = Conn::connect(addr);
@@ -396,65 +372,6 @@ fn client_pipelining_50_mib_of_gets_without_reading_keeps_server_memory_bounded(
 }
 
 // ---------------------------------------------------------------------------------
-// Many connections.
-
-/// The soft limit on open files for this process, raised toward the hard limit if it
-/// is below `wanted` (as any process may do for itself). Returns the soft limit.
-fn open_file_limit_of_at_least(wanted: u64) -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_cur < wanted && limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = wanted.min(limit.rlim_max);
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        }
-    }
-    limit.rlim_cur
-}
-
-#[test]
-fn two_thousand_simultaneous_connections_each_get_pong() {
-    const CLIENTS: usize = 2_000;
-    // This process holds the client ends; the server is a child with its own table.
-    let limit = open_file_limit_of_at_least(CLIENTS as u64 + 1_000);
-    assert!(limit >= CLIENTS as u64 + 500, "the open file limit ({limit}) is too low for {CLIENTS} clients");
-    let server = start_child(&[]);
-    let addr = server.addr();
-    let mut observer = Conn::connect(addr);
-    let fds_before = open_descriptors(server.pid());
-    let mut conns: Vec<Conn> = Vec::with_capacity(CLIENTS);
-    // In waves that fit the listen backlog, each waited for, so no SYN is dropped.
-    while conns.len() < CLIENTS {
-        let wave = (CLIENTS - conns.len()).min(250);
-        conns.extend((0..wave).map(|_| Conn::connect(addr)));
-        let open = conns.len() as u64 + 1;
-        wait_until(&format!("the server has accepted {open} connections"), || {
-            observer.stat("connections") == open
-        });
-    }
-    // All open at once; the PINGs go in waves too, so that 2,000 server threads waking
-    // together do not starve the other tests running beside this one (the idle
-    // timeout test closes a connection whose thread is kept waiting a second).
-    for (w, wave) in conns.chunks_mut(250).enumerate() {
-        for conn in wave.iter_mut() {
-            conn.send(b"PING\r\n");
-        }
-        for (i, conn) in wave.iter_mut().enumerate() {
-            assert_eq!(show(&conn.read_exact_bytes(6)), "PONG\\r\\n", "connection {}", w * 250 + i);
-        }
-    }
-    let stats = observer.stats();
-    assert_eq!(common::stat_of(&stats, "connections"), CLIENTS as u64 + 1);
-    assert_eq!(common::stat_of(&stats, "rejected_connections"), 0);
-    // One descriptor per connection, so the open-file limit caps connections one to one.
-    let fds = open_descriptors(server.pid()) - fds_before;
-    assert!(fds <= CLIENTS + 10, "{fds} more descriptors open for {CLIENTS} connections");
-    drop(conns);
-    wait_until("every client connection is closed", || observer.stat("connections") == 1);
-}
-
-// ---------------------------------------------------------------------------------
 // The deepest paths of a connection thread, for CONNECTION_STACK_SIZE.
 
 #[test]
@@ -462,15 +379,15 @@ fn deepest_connection_paths_run_on_the_connection_stack_with_debug_logging() {
     // Debug logging on every connection event, and a panic formatted by the logging
     // panic hook: the most stack a connection thread uses. A stack overflow would kill
     // the whole process, which the later requests would notice.
-    let mut command = kv_binary();
-    command.args(["serve", "--port", "0", "--debug", "--workers", "2"]).env("RUST_LOG", "debug");
+    let mut command = kv_serve(&["--debug", "--workers", "2"]);
+    command.env("RUST_LOG", "debug");
     let server = ChildServer::start(command);
     let addr = server.addr();
 
     for _ in 0..3 {
-        let mut crashing = TcpStream::connect(addr).unwrap();
-        crashing.write_all(b"DEBUG CRASH-CONNECTION\r\n").unwrap();
-        let (got, _) = read_until_closed(&mut crashing);
+        let mut crashing = Conn::connect(addr);
+        crashing.send(b"DEBUG CRASH-CONNECTION\r\n");
+        let (got, _) = crashing.read_until_gone();
         assert_eq!(show(&got), "", "a crashed connection is closed without a reply");
     }
 
@@ -752,7 +669,7 @@ fn random_bytes_and_lines_from_several_clients_get_well_formed_replies_and_spare
         setup.extend_from_slice(format!("PUT control key{i} value{i}\r\n").as_bytes());
     }
     let replies = b"OK\r\n".repeat(1 + CREATED.len() + 200);
-    assert_eq!(show(&control.pipeline(setup, replies.len())), show(&replies));
+    assert_same_bytes_in(&control.pipeline(setup, replies.len()), &replies, "the control client's setup");
 
     // Every (bucket, key) -> value any request so far may have stored.
     let mut puts: HashMap<BucketKey, HashSet<Vec<u8>>> = HashMap::new();
@@ -820,7 +737,8 @@ fn random_bytes_and_lines_from_several_clients_get_well_formed_replies_and_spare
             requests.extend_from_slice(format!("GET control key{i}\r\n").as_bytes());
             expected.extend_from_slice(format!("value{i}\r\nOK\r\n").as_bytes());
         }
-        assert_eq!(show(&control.pipeline(requests, expected.len())), show(&expected), "seed {seed}");
+        let got = control.pipeline(requests, expected.len());
+        assert_same_bytes_in(&got, &expected, &format!("the control client's data after seed {seed}"));
     }
     let stats = control.stats();
     assert_eq!(common::stat_of(&stats, "worker_restarts"), 0);
@@ -845,7 +763,7 @@ fn line_reader_frames_random_streams_in_random_chunks_as_the_protocol_says() {
                 _ => rng.next_u64() as u8,
             })
             .collect();
-        let max_line = if rng.chance(10) { kv::protocol::DEFAULT_MAX_LINE } else { rng.below(65) };
+        let max_line = if rng.chance(10) { DEFAULT_MAX_LINE } else { rng.below(65) };
         let seed = rng.next_u64();
         let checked = std::panic::catch_unwind(|| fuzzing::check_line_reader(&stream, max_line, seed));
         assert!(checked.is_ok(), "round {round}: {len} bytes, limit {max_line}, chunking seed {seed}");
@@ -857,7 +775,7 @@ fn line_reader_frames_random_streams_in_random_chunks_as_the_protocol_says() {
 /// once read a burst held about 15 MiB each.
 #[test]
 fn buffers_grown_by_a_burst_of_large_gets_are_released_afterwards() {
-    let server = start_child(&["--workers", "2"]);
+    let server = start_kv_serve(&["--workers", "2"]);
     let addr = server.addr();
     let value = "v".repeat(60 * 1024);
     let mut setup = Conn::connect(addr);

@@ -10,11 +10,12 @@ use std::collections::HashMap;
 use std::thread;
 
 use common::{
-    Conn, assert_same_bytes, run_guide_sequence, show, start_server, start_server_with_workers, stat_of,
+    Conn, assert_same_bytes, assert_same_bytes_in, run_guide_sequence, show, start_server,
+    start_server_with_workers, stat_of,
 };
 
 /// The limit every server here runs with: the protocol's default.
-const MAX_LINE: usize = kv::protocol::DEFAULT_MAX_LINE;
+const MAX_LINE: usize = common::lib_paths::DEFAULT_MAX_LINE;
 
 #[test]
 fn guide_sequence_with_crlf_line_ends() {
@@ -544,7 +545,7 @@ fn pipelined_mixed_commands_across_many_buckets_are_answered_in_request_order() 
         match reply {
             Expected::Bytes(bytes) => {
                 let got = conn.read_exact_bytes(bytes.len());
-                assert_eq!(show(&got), show(bytes), "reply {index}");
+                assert_same_bytes_in(&got, bytes, &format!("reply {index}"));
             }
             Expected::Stats { keys, buckets } => {
                 let stats = conn.read_stats_reply();

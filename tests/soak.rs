@@ -14,7 +14,6 @@
 //! same code for 60 s (or `KV_SOAK_SECS`), run with `cargo test --test soak -- --ignored`.
 
 mod common;
-mod fuzzing;
 
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr};
@@ -25,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use kv::Config;
 
-use common::{Conn, show, start_server_with, wait_for_connections};
-use fuzzing::Rng;
+use common::fuzzing::Rng;
+use common::{Conn, assert_same_bytes_in, show, start_server_with, wait_for_connections};
 
 #[test]
 fn soak_briefly() {
@@ -186,7 +185,11 @@ fn writer(
             let sending = thread::spawn(move || stream.write_all(&bytes));
             for (i, reply) in replies.iter().take(to_read).enumerate() {
                 let got = conn.read_exact_bytes(reply.len());
-                assert_eq!(show(&got), show(reply), "client {client} session {session}: reply {i} of {n}");
+                assert_same_bytes_in(
+                    &got,
+                    reply,
+                    &format!("client {client} session {session}: reply {i} of {n}"),
+                );
                 tally.requests_acked += 1;
                 if let Some(k) = writes[i] {
                     keys[k].acked += 1;

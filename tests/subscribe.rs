@@ -5,8 +5,10 @@ mod common;
 
 use std::thread;
 
-use common::{Conn, start_server_with, wait_until};
 use kv::Config;
+
+use common::lib_paths::DEFAULT_SUBSCRIBER_BACKLOG;
+use common::{Conn, start_server_with, wait_until};
 
 fn server(subscriber_backlog: usize) -> kv::ServerHandle {
     start_server_with(Config { port: 0, workers: 2, subscriber_backlog, ..Config::default() })
@@ -14,7 +16,7 @@ fn server(subscriber_backlog: usize) -> kv::ServerHandle {
 
 #[test]
 fn subscribe_to_a_missing_bucket_is_not_found_and_the_connection_serves_on() {
-    let server = server(kv::subscribe::DEFAULT_SUBSCRIBER_BACKLOG);
+    let server = server(DEFAULT_SUBSCRIBER_BACKLOG);
     let mut conn = Conn::connect(server.addr());
     conn.roundtrip(b"SUBSCRIBE nowhere\r\n", b"NOT FOUND\r\n");
     conn.roundtrip(b"PING\r\n", b"PONG\r\n");
@@ -23,7 +25,7 @@ fn subscribe_to_a_missing_bucket_is_not_found_and_the_connection_serves_on() {
 
 #[test]
 fn every_put_and_delete_after_subscribe_streams_in_order_none_missing_none_twice() {
-    let server = server(kv::subscribe::DEFAULT_SUBSCRIBER_BACKLOG);
+    let server = server(DEFAULT_SUBSCRIBER_BACKLOG);
     let mut writer = Conn::connect(server.addr());
     writer.roundtrip(b"CREATE s\r\nPUT s before 0\r\n", b"OK\r\nOK\r\n");
 
@@ -60,7 +62,7 @@ fn every_put_and_delete_after_subscribe_streams_in_order_none_missing_none_twice
 
 #[test]
 fn two_subscribers_of_one_bucket_see_the_same_stream() {
-    let server = server(kv::subscribe::DEFAULT_SUBSCRIBER_BACKLOG);
+    let server = server(DEFAULT_SUBSCRIBER_BACKLOG);
     let mut writer = Conn::connect(server.addr());
     writer.roundtrip(b"CREATE s\r\n", b"OK\r\n");
     let mut first = Conn::connect(server.addr());
@@ -75,7 +77,7 @@ fn two_subscribers_of_one_bucket_see_the_same_stream() {
 
 #[test]
 fn a_subscriber_that_closes_is_forgotten() {
-    let server = server(kv::subscribe::DEFAULT_SUBSCRIBER_BACKLOG);
+    let server = server(DEFAULT_SUBSCRIBER_BACKLOG);
     let mut writer = Conn::connect(server.addr());
     writer.roundtrip(b"CREATE s\r\n", b"OK\r\n");
     let mut subscriber = Conn::connect(server.addr());

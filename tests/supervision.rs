@@ -6,7 +6,7 @@
 //! Crashes are injected with the `--debug` commands (`DEBUG CRASH <bucket>`,
 //! `DEBUG CRASH-CONNECTION`, `DEBUG CRASH-ACCEPTOR`). In-process servers cover what
 //! clients see; the real binary, as a child process, covers exit statuses, signals
-//! and the log. Workers are aimed at with `kv::worker::worker_for`, so every test
+//! and the log. Workers are aimed at with `worker_for` (via `common::lib_paths`), so every test
 //! knows which worker a crash hits whatever the machine's core count.
 //!
 //! Nothing here asserts on speed except the "exit within 5 s" after a signal;
@@ -16,7 +16,6 @@ mod common;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -25,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use kv::{Config, ServerHandle, StopReason};
 
+use common::lib_paths::worker_for;
 use common::{
-    ChildServer, Conn, DEADLINE, assert_same_bytes, bucket_on, kv_binary, show, start_server_with,
+    ChildServer, Conn, DEADLINE, assert_same_bytes, bucket_on, kv_serve, show, start_server_with,
     start_server_with_workers, stat_of, wait_until,
 };
 
@@ -37,13 +37,6 @@ const SHUTTING_DOWN: &[u8] = b"ERROR shutting down\r\n";
 /// crashes within the default window.
 fn debug_server(workers: usize, max_restarts: u32) -> ServerHandle {
     start_server_with(Config { port: 0, workers, debug: true, max_restarts, ..Config::default() })
-}
-
-/// `kv serve --port 0` followed by `args`.
-fn kv_serve(args: &[&str]) -> Command {
-    let mut command = kv_binary();
-    command.args(["serve", "--port", "0"]).args(args);
-    command
 }
 
 /// Waits until STATS reports `name` equal to `expected`. Restart counters move
@@ -83,7 +76,7 @@ fn ten_thousand_keys_survive_a_crash_of_every_worker_in_turn() {
 
     for w in 0..WORKERS {
         let b = (0..BUCKETS)
-            .find(|b| kv::worker::worker_for(format!("bucket{b}").as_bytes(), WORKERS) == w)
+            .find(|b| worker_for(format!("bucket{b}").as_bytes(), WORKERS) == w)
             .unwrap_or_else(|| panic!("none of the {BUCKETS} buckets landed on worker {w}"));
         conn.roundtrip(format!("DEBUG CRASH bucket{b}\r\n").as_bytes(), CRASHED);
         // The replacement serves the very bucket the crash was aimed at.
