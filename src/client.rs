@@ -148,7 +148,9 @@ impl Client {
         let read = self.stream.read(&mut self.buf[len..]);
         self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
         match read {
-            Ok(0) => Err(Error::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"))),
+            Ok(0) => {
+                Err(Error::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection")))
+            }
             Ok(_) => Ok(()),
             Err(error) => Err(Error::Io(error)),
         }
@@ -279,7 +281,9 @@ mod tests {
     fn error_lines_become_errors() {
         assert!(matches!(check_error(b"NOT FOUND\r\n"), Err(Error::NotFound)));
         assert!(matches!(check_error(b"UNKNOWN COMMAND\r\n"), Err(Error::UnknownCommand)));
-        assert!(matches!(check_error(b"ERROR line too long\r\n"), Err(Error::Server(text)) if text == "line too long"));
+        assert!(
+            matches!(check_error(b"ERROR line too long\r\n"), Err(Error::Server(text)) if text == "line too long")
+        );
         assert!(check_error(b"ERROR\r\nOK\r\n").is_ok(), "a value that reads ERROR");
     }
 

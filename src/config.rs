@@ -275,7 +275,10 @@ mod tests {
         let cases: Vec<(Config, &str)> = vec![
             (Config { workers: 0, ..Config::default() }, "--workers must be at least 1"),
             (Config { max_line: 0, ..Config::default() }, "--max-line must be at least 1"),
-            (Config { max_line: MAX_MAX_LINE + 1, ..Config::default() }, "--max-line 1073741825 is too large"),
+            (
+                Config { max_line: MAX_MAX_LINE + 1, ..Config::default() },
+                "--max-line 1073741825 is too large",
+            ),
             (Config { node: "Foo".into(), ..Config::default() }, "--node \"Foo\""),
             (
                 Config { idle_timeout: Some(Duration::ZERO), ..Config::default() },

@@ -242,7 +242,9 @@ impl<'s> Connection<'s> {
                 let w = worker::worker_for(bucket, self.round.worker_count());
                 self.round.push_worker(w, line);
             }
-            (Route::Peer(p), Mode::Client) => self.round.push_peer(usize::from(p), line, ReplyShape::of(command)),
+            (Route::Peer(p), Mode::Client) => {
+                self.round.push_peer(usize::from(p), line, ReplyShape::of(command))
+            }
             _ => self.misrouted(bucket),
         }
     }
@@ -274,7 +276,10 @@ impl<'s> Connection<'s> {
             }
             Hello::Refused(refusal) => {
                 let reply = refusal.reply(node);
-                log::warn!("refused a peer handshake: {:?} (answered {reply})", String::from_utf8_lossy(line));
+                log::warn!(
+                    "refused a peer handshake: {:?} (answered {reply})",
+                    String::from_utf8_lossy(line)
+                );
                 self.round.push_local(reply);
                 self.mode = Mode::Refused(refusal);
             }
@@ -304,7 +309,11 @@ impl<'s> Connection<'s> {
             .stream
             .local_addr()
             .and_then(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(1)));
-        self.round.push_local(if woke.is_ok() { Reply::Ok } else { Reply::Error(ErrorKind::CannotWakeAcceptor) });
+        self.round.push_local(if woke.is_ok() {
+            Reply::Ok
+        } else {
+            Reply::Error(ErrorKind::CannotWakeAcceptor)
+        });
     }
 
     /// SUBSCRIBE: registered by the worker that owns the bucket here, or relayed from
@@ -363,7 +372,9 @@ impl<'s> Connection<'s> {
                 let _counted = self.state.subscriber_guard();
                 subscribe::stream_events(&self.stream, subscription, stop)
             }
-            Handoff::Relayed { events, pending } => subscribe::stream_relayed(&self.stream, events, &pending, stop),
+            Handoff::Relayed { events, pending } => {
+                subscribe::stream_relayed(&self.stream, events, &pending, stop)
+            }
         }
     }
 

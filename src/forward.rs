@@ -93,9 +93,12 @@ impl Exchange {
     fn receive(&mut self, peer: &Peer, mut conn: PeerConn, deadline: Deadline) {
         let mut result = conn.read_replies(&mut self.replies, &mut self.reply_ends, &self.shapes, deadline);
         if result.is_err() && conn.reused && self.replies.is_empty() {
-            result = peer.replace(&mut conn, deadline).and_then(|()| conn.send(peer.hello(), &self.requests)).and_then(
-                |()| conn.read_replies(&mut self.replies, &mut self.reply_ends, &self.shapes, deadline),
-            );
+            result = peer
+                .replace(&mut conn, deadline)
+                .and_then(|()| conn.send(peer.hello(), &self.requests))
+                .and_then(|()| {
+                    conn.read_replies(&mut self.replies, &mut self.reply_ends, &self.shapes, deadline)
+                });
         }
         match result {
             Ok(HelloReply::Accepted) => {
@@ -119,7 +122,11 @@ impl Exchange {
     /// counts the failure towards marking the peer down.
     fn fail(&mut self, peer: &Peer, failure: &Failure) {
         let missing = self.answer_unavailable(peer);
-        log::debug!("peer {} at {}: {failure}; {missing} requests answered unavailable", peer.name(), peer.addr());
+        log::debug!(
+            "peer {} at {}: {failure}; {missing} requests answered unavailable",
+            peer.name(),
+            peer.addr()
+        );
         peer.count_failure(failure);
     }
 

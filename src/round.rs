@@ -63,7 +63,11 @@ pub(crate) struct Round<'s> {
 
 impl<'s> Round<'s> {
     /// A round over `workers` (reached through `inboxes`) and `forwarder`'s peers.
-    pub fn new(workers: &'s [Arc<WorkerShared>], inboxes: Vec<Sender<Batch>>, forwarder: Forwarder<'s>) -> Self {
+    pub fn new(
+        workers: &'s [Arc<WorkerShared>],
+        inboxes: Vec<Sender<Batch>>,
+        forwarder: Forwarder<'s>,
+    ) -> Self {
         let count = inboxes.len();
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(count);
         Round {

@@ -26,7 +26,8 @@ pub(crate) fn collect(state: &State) -> Stats {
     stats.push("workers", workers.len());
     stats.push("worker_restarts", workers.iter().map(|w| load(&w.stats.restarts)).sum::<u64>());
     stats.push("subscribers", counters.subscribers.load(Ordering::Relaxed));
-    stats.push("subscribers_dropped", workers.iter().map(|w| load(&w.stats.subscribers_dropped)).sum::<u64>());
+    stats
+        .push("subscribers_dropped", workers.iter().map(|w| load(&w.stats.subscribers_dropped)).sum::<u64>());
     state.peers.add_stats(&mut stats);
     let inboxes = state.inboxes.lock();
     for (i, worker) in workers.iter().enumerate() {

@@ -58,8 +58,9 @@ pub fn set_listen_backlog(listener: &TcpListener, backlog: i32) -> io::Result<()
 pub fn recv_now(stream: &TcpStream, buffer: &mut [u8]) -> io::Result<Option<usize>> {
     // SAFETY: the descriptor belongs to `stream` and `buffer` is valid for writes of
     // its length.
-    let read =
-        unsafe { libc::recv(stream.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), libc::MSG_DONTWAIT) };
+    let read = unsafe {
+        libc::recv(stream.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), libc::MSG_DONTWAIT)
+    };
     if read >= 0 {
         return Ok(Some(read as usize));
     }

@@ -57,7 +57,9 @@ pub fn apply<'p>(
             partition.create(bucket);
             return Reply::Ok;
         }
-        Command::Put { bucket, key, value } => (partition.put(bucket, key, value), (bucket, Event::Set { key, value })),
+        Command::Put { bucket, key, value } => {
+            (partition.put(bucket, key, value), (bucket, Event::Set { key, value }))
+        }
         Command::Delete { bucket, key } => (partition.delete(bucket, key), (bucket, Event::Deleted { key })),
         Command::Drop { bucket } => (partition.drop_bucket(bucket), (bucket, Event::Dropped)),
         Command::Subscribe { bucket } => return subscribe(partition, subscriptions, bucket, subscriber),

@@ -92,6 +92,7 @@ fn with_max_connections_50_the_51st_client_is_refused_the_first_50_keep_working_
 }
 
 /// A child `kv serve` whose open-file limits start at `soft` and `hard`.
+#[allow(unsafe_code)] // pre_exec has no safe form; see the SAFETY note.
 fn start_child_with_file_limit(soft: u64, hard: u64, flags: &[&str]) -> ChildServer {
     use std::os::unix::process::CommandExt;
     let mut command = kv_serve(flags);
@@ -231,6 +232,28 @@ fn idle_timeout_spares_a_client_that_reads_its_replies_slowly() {
 // ---------------------------------------------------------------------------------
 // The cross-protocol guard.
 
+/// Regression: the guard closed the socket with the rest of the HTTP request unread,
+/// so the kernel reset the connection and threw away replies still in the send buffer:
+/// 100 pipelined GETs of 60 KB then a POST lost part of their replies in 10 runs of 20.
+#[test]
+fn the_http_guard_drops_no_reply_to_the_requests_before_it() {
+    let server = start_server_with(Config { port: 0, workers: 2, ..Config::default() });
+    let value = "v".repeat(60 * 1024);
+    let mut setup = Conn::connect(server.addr());
+    setup.roundtrip(format!("CREATE big\r\nPUT big k {value}\r\n").as_bytes(), b"OK\r\nOK\r\n");
+    let one_reply = format!("{value}\r\nOK\r\n");
+    for run in 0..5 {
+        let mut conn = Conn::connect(server.addr());
+        let mut payload = "GET big k\r\n".repeat(100);
+        payload.push_str("POST / HTTP/1.1\r\nHost: 127.0.0.1:4040\r\nContent-Length: 4096\r\n\r\n");
+        payload.push_str(&"x".repeat(4096));
+        conn.send(payload.as_bytes());
+        let (got, reset) = conn.read_until_gone();
+        assert!(!reset, "run {run}: reset after {} of {} reply bytes", got.len(), 100 * one_reply.len());
+        assert_same_bytes_in(&got, one_reply.repeat(100).as_bytes(), &format!("run {run}"));
+    }
+}
+
 #[test]
 fn http_post_or_host_line_closes_the_connection_and_nothing_after_it_runs() {
     let server = start_server_with(Config { port: 0, workers: 2, ..Config::default() });
@@ -264,12 +287,8 @@ fn http_post_or_host_line_closes_the_connection_and_nothing_after_it_runs() {
         let mut conn = Conn::connect(addr);
         conn.send(payload);
         let (got, reset) = conn.read_until_gone();
-        if reset {
-            // A reset may cut off replies the client had not read yet; never add any.
-            assert!(replies.starts_with(&got), "{} then a reset, for {}", show(&got), show(payload));
-        } else {
-            assert_same_bytes_in(&got, replies, &format!("replies to {}", show(payload)));
-        }
+        assert!(!reset, "a reset after {} for {}", show(&got), show(payload));
+        assert_same_bytes_in(&got, replies, &format!("replies to {}", show(payload)));
     }
     // The guard line in one write and the commands in the next, as a browser may send
     // headers and body: the connection is gone before the body arrives.

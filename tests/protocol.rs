@@ -590,3 +590,23 @@ fn quit_after_a_long_pipeline_loses_no_reply_even_with_input_after_it() {
     drop(conn);
     let _ = writing.join();
 }
+
+#[test]
+fn drop_deletes_a_bucket_with_its_keys_and_a_second_drop_is_not_found() {
+    let server = start_server();
+    let mut conn = Conn::connect(server.addr());
+    conn.roundtrip(
+        b"CREATE shopping\r\nPUT shopping eggs 3\r\nPUT shopping milk 1\r\n",
+        b"OK\r\nOK\r\nOK\r\n",
+    );
+    assert_eq!(conn.stat("keys"), 2);
+    conn.roundtrip(b"DROP shopping\r\n", b"OK\r\n");
+    conn.roundtrip(
+        b"GET shopping eggs\r\nDROP shopping\r\ndrop\r\n",
+        b"NOT FOUND\r\nNOT FOUND\r\nUNKNOWN COMMAND\r\n",
+    );
+    assert_eq!(conn.stat("keys"), 0);
+    assert_eq!(conn.stat("buckets"), 0);
+    // The guide's session runs again from the start, as on a fresh server.
+    conn.roundtrip(b"CREATE shopping\r\nGET shopping eggs\r\n", b"OK\r\n\r\nOK\r\n");
+}

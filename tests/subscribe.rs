@@ -133,3 +133,49 @@ fn a_subscriber_that_never_reads_is_dropped_and_writers_complete() {
     // Its connection is closed once it has read what was already in flight.
     let (_, _) = stuck.read_until_gone();
 }
+
+/// Regression: STATS `subscribers` counted subscriptions whose clients had left until
+/// the next write to their bucket or a sweep (20,000 subscribe-and-close cycles left
+/// 1,802 counted).
+#[test]
+fn subscribers_counts_the_subscriptions_held_now_without_any_write() {
+    let server = server(DEFAULT_SUBSCRIBER_BACKLOG);
+    let mut control = Conn::connect(server.addr());
+    control.roundtrip(b"CREATE quiet\r\n", b"OK\r\n");
+    let subscribers: Vec<Conn> = (0..20)
+        .map(|_| {
+            let mut conn = Conn::connect(server.addr());
+            conn.send(b"SUBSCRIBE quiet\r\n");
+            conn
+        })
+        .collect();
+    wait_until("all 20 are streaming", || control.stat("subscribers") == 20);
+    drop(subscribers);
+    wait_until("none is counted once they left", || control.stat("subscribers") == 0);
+    assert_eq!(control.stat("subscribers_dropped"), 0);
+}
+
+#[test]
+fn drop_streams_dropped_to_every_subscriber_and_ends_their_streams() {
+    let server = server(DEFAULT_SUBSCRIBER_BACKLOG);
+    let mut writer = Conn::connect(server.addr());
+    writer.roundtrip(b"CREATE s\r\nCREATE other\r\n", b"OK\r\nOK\r\n");
+    let mut first = Conn::connect(server.addr());
+    let mut second = Conn::connect(server.addr());
+    let mut elsewhere = Conn::connect(server.addr());
+    first.send(b"SUBSCRIBE s\r\n");
+    second.send(b"SUBSCRIBE s\r\n");
+    elsewhere.send(b"SUBSCRIBE other\r\n");
+    wait_until("three subscriptions", || writer.stat("subscribers") == 3);
+    writer.roundtrip(
+        b"PUT s k 1\r\nDROP s\r\nGET s k\r\nDROP s\r\n",
+        b"OK\r\nOK\r\nNOT FOUND\r\nNOT FOUND\r\n",
+    );
+    for conn in [&mut first, &mut second] {
+        common::assert_same_bytes(&conn.read_to_close(), b"k SET TO 1\r\nDROPPED\r\n");
+    }
+    // A re-created bucket starts empty, and the other bucket's stream goes on.
+    writer.roundtrip(b"CREATE s\r\nGET s k\r\nPUT other k 2\r\n", b"OK\r\n\r\nOK\r\nOK\r\n");
+    elsewhere.expect(b"k SET TO 2\r\n");
+    wait_until("only the other bucket's subscriber is left", || writer.stat("subscribers") == 1);
+}

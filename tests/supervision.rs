@@ -362,6 +362,34 @@ fn after_giving_up_a_request_for_the_dead_worker_gets_an_error_not_silence() {
     assert_eq!(show(&got), "", "after {:?}", started.elapsed());
 }
 
+/// Regression: `gave_up()` took the supervisor's stop message off the channel, so a
+/// later `wait()` blocked forever.
+#[test]
+fn gave_up_leaves_the_stop_for_wait() {
+    let server = debug_server(2, 0);
+    let mut conn = Conn::connect(server.addr());
+    conn.roundtrip(format!("DEBUG CRASH {}\r\n", bucket_on(0, 2, "a")).as_bytes(), CRASHED);
+    wait_until("the supervisor gives up", || server.gave_up().is_some());
+    assert!(server.gave_up().is_some(), "asking twice gives the same answer");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = done_tx.send(server.wait());
+    });
+    let reason = done_rx.recv_timeout(common::DEADLINE).expect("wait() returns after gave_up()");
+    assert!(matches!(reason, kv::StopReason::GaveUp(_)), "{reason:?}");
+}
+
+/// Regression: `DEBUG CRASH-CONNECTION` after other requests in one read killed the
+/// connection before their replies were written.
+#[test]
+fn debug_crash_connection_in_a_pipeline_answers_the_requests_before_it() {
+    let server = debug_server(2, 3);
+    let mut conn = Conn::connect(server.addr());
+    conn.send(b"CREATE p\r\nPUT p k 1\r\nDEBUG CRASH-CONNECTION\r\nPUT p k 2\r\n");
+    common::assert_same_bytes(&conn.read_to_close(), b"OK\r\nOK\r\n");
+    Conn::connect(server.addr()).roundtrip(b"GET p k\r\n", b"1\r\nOK\r\n");
+}
+
 #[test]
 fn kv_serve_exits_with_status_1_at_the_fourth_crash_within_the_window() {
     // Default restart intensity: 3 restarts within 5 s.

@@ -311,9 +311,9 @@ impl Peer {
                 "handshake refused: {}",
                 String::from_utf8_lossy(&line).trim_end()
             ))),
-            HelloReply::Accepted if ReplyLine::of(&replies) != ReplyLine::Other(b"PONG") => Err(
-                Failure::Protocol(format!("PING answered {:?}", String::from_utf8_lossy(&replies))),
-            ),
+            HelloReply::Accepted if ReplyLine::of(&replies) != ReplyLine::Other(b"PONG") => {
+                Err(Failure::Protocol(format!("PING answered {:?}", String::from_utf8_lossy(&replies))))
+            }
             HelloReply::Accepted => Ok(conn),
         }
     }

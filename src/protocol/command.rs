@@ -44,7 +44,10 @@ pub enum Command<'a> {
 impl<'a> Command<'a> {
     /// True for the commands that change a partition: what a log must see.
     pub fn is_write(&self) -> bool {
-        matches!(self, Command::Create { .. } | Command::Put { .. } | Command::Delete { .. } | Command::Drop { .. })
+        matches!(
+            self,
+            Command::Create { .. } | Command::Put { .. } | Command::Delete { .. } | Command::Drop { .. }
+        )
     }
 
     /// The bucket a request is about, for the commands that a partition serves.

@@ -206,7 +206,6 @@ fn memchr_newline(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| b == b'\n')
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,7 +79,9 @@ pub fn check_hello(line: &[u8], node: &str) -> Hello {
     let (version, from, to, extra) = (words.next(), words.next(), words.next(), words.next());
     match (version, from, to, extra) {
         (Some(PEER_PROTOCOL_VERSION), Some(_), Some(to), None) if to == node.as_bytes() => Hello::Accepted,
-        (Some(PEER_PROTOCOL_VERSION), Some(_), Some(to), None) => Hello::Refused(Refusal::WrongNode(to.to_vec())),
+        (Some(PEER_PROTOCOL_VERSION), Some(_), Some(to), None) => {
+            Hello::Refused(Refusal::WrongNode(to.to_vec()))
+        }
         _ => Hello::Refused(Refusal::NotUnderstood),
     }
 }

@@ -116,18 +116,24 @@ impl ErrorKind<'_> {
             ErrorKind::WorkerCrashed => line(out, &[e, b"worker crashed"]),
             ErrorKind::WorkerUnavailable => line(out, &[e, b"worker unavailable"]),
             ErrorKind::NoRoute { bucket } => line(out, &[e, b"no route for bucket ", bucket]),
-            ErrorKind::NotOwner { node, bucket } => line(
-                out,
-                &[e, b"routing mismatch: node ", node.as_bytes(), b" does not own bucket ", bucket],
-            ),
+            ErrorKind::NotOwner { node, bucket } => {
+                line(out, &[e, b"routing mismatch: node ", node.as_bytes(), b" does not own bucket ", bucket])
+            }
             ErrorKind::WrongNode { node, asked } => {
                 line(out, &[e, b"routing mismatch: this is node ", node.as_bytes(), b", not ", asked])
             }
             ErrorKind::HandshakeNotUnderstood { node } => line(
                 out,
-                &[e, b"routing mismatch: node ", node.as_bytes(), b" does not understand this peer handshake"],
+                &[
+                    e,
+                    b"routing mismatch: node ",
+                    node.as_bytes(),
+                    b" does not understand this peer handshake",
+                ],
             ),
-            ErrorKind::PeerUnavailable { peer } => line(out, &[e, b"peer ", peer.as_bytes(), b" unavailable"]),
+            ErrorKind::PeerUnavailable { peer } => {
+                line(out, &[e, b"peer ", peer.as_bytes(), b" unavailable"])
+            }
             ErrorKind::SubscriptionNotSetUp => line(out, &[e, b"subscription not set up"]),
             ErrorKind::CannotWakeAcceptor => line(out, &[e, b"cannot wake the acceptor"]),
         }

@@ -97,7 +97,9 @@ fn write_some(client: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
         match (&*client).write(&bytes[written..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
-            Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => break,
+            Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                break;
+            }
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => return Err(error),
         }
@@ -138,7 +140,11 @@ impl Source for Subscription {
 
 /// Writes a local subscription's events to `client` until the client goes away, the
 /// worker drops or ends the subscription, or `stop` is set (shutdown).
-pub fn stream_events(client: &TcpStream, mut subscription: Subscription, stop: &AtomicBool) -> io::Result<()> {
+pub fn stream_events(
+    client: &TcpStream,
+    mut subscription: Subscription,
+    stop: &AtomicBool,
+) -> io::Result<()> {
     stream(client, &mut subscription, stop)
 }
 
@@ -172,8 +178,7 @@ impl RelayedEvents {
     }
 
     fn ended_by_drop(&self) -> bool {
-        self.tail.ends_with(DROPPED_LINE)
-            && (self.tail.len() == DROPPED_LINE.len() || self.tail[0] == b'\n')
+        self.tail.ends_with(DROPPED_LINE) && (self.tail.len() == DROPPED_LINE.len() || self.tail[0] == b'\n')
     }
 }
 

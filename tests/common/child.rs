@@ -2,6 +2,10 @@
 //! ([`ChildServer`]: killed and reaped when dropped, its stderr drained and kept), and a
 //! command run to completion with its output ([`run_to_end`]). Every wait on a child
 //! is bounded by a deadline and polls its exit status; none is a bare sleep.
+//!
+//! Signalling a child (`kill`) has no std API, so this file calls libc and is exempt
+//! from the crate's `unsafe_code` lint, as `src/sys.rs` is.
+#![allow(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;

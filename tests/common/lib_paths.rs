@@ -5,20 +5,20 @@
 //! (`tests/fuzzing/mod.rs` names `kv::protocol` itself: the `cargo fuzz` target
 //! includes that file by path, outside this module.)
 
-/// The reply shapes `kv::Client::read_reply` reads.
-pub use kv::client::ReplyShape;
 /// How many failed exchanges in a row mark a peer down.
-pub use kv::peer::DOWN_AFTER_FAILURES;
+pub use kv::DOWN_AFTER_FAILURES;
 /// How a node talks to its peers: timeouts and back-off.
-pub use kv::peer::PeerConfig;
-/// The protocol's default line limit.
-pub use kv::protocol::DEFAULT_MAX_LINE;
-/// A parsed cluster file.
-pub use kv::router::Cluster;
+pub use kv::PeerConfig;
 /// The stack size of a connection thread (`tests/connection_stack.rs` and the
 /// deepest-paths test in `tests/hardening.rs` exercise it).
-pub use kv::server::CONNECTION_STACK_SIZE;
+pub use kv::config::CONNECTION_STACK_SIZE;
 /// How many bytes of events a subscriber may fall behind before it is dropped.
-pub use kv::subscribe::DEFAULT_SUBSCRIBER_BACKLOG;
+pub use kv::config::DEFAULT_SUBSCRIBER_BACKLOG;
+/// The protocol's default line limit.
+pub use kv::protocol::DEFAULT_MAX_LINE;
+/// The reply shapes `kv::Client::read_reply` reads.
+pub use kv::protocol::ReplyShape;
+/// A parsed cluster file.
+pub use kv::router::Cluster;
 /// Which worker of `n` owns a bucket.
 pub use kv::worker::worker_for;

@@ -1,6 +1,10 @@
 //! What `/proc` says about a process (resident memory, open descriptors, open-file
 //! limits), and raising this process's own open-file limit. Linux only, as the tests
 //! that need these are.
+//!
+//! Raising a limit has no std API, so this file calls libc and is exempt from the
+//! crate's `unsafe_code` lint, as `src/sys.rs` is.
+#![allow(unsafe_code)]
 
 use std::fs;
 
