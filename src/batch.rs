@@ -9,6 +9,7 @@
 
 use crossbeam_channel::Sender;
 
+use crate::apply;
 use crate::protocol::{self, ErrorKind, Reply};
 use crate::store::Partition;
 use crate::subscribe::{Subscriber, Subscriptions};
@@ -134,7 +135,7 @@ impl Batch {
         while !self.is_done() {
             let (line, next) = request_at(&self.requests, self.cursor);
             let command = protocol::parse(line);
-            crate::worker::apply(partition, subscriptions, command, &mut self.subscriber)
+            apply::apply(partition, subscriptions, command, &mut self.subscriber)
                 .write_text(&mut self.replies);
             self.reply_ends.push(self.replies.len());
             self.cursor = next;

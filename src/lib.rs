@@ -16,8 +16,10 @@
 //! - [`protocol`]: bytes to [`Command`](protocol::Command), [`Reply`](protocol::Reply)
 //!   and [`Event`](protocol::Event) values to bytes, reading replies back. Pure.
 //! - [`store`]: [`Partition`](store::Partition) and [`Bucket`](store::Bucket). Plain data.
-//! - [`batch`] and [`worker`]: the batch a connection sends a worker, the worker loop,
-//!   and [`worker::apply`], where every request meets the partition.
+//! - [`apply`]: where every request meets the partition, the one place each mutation
+//!   passes.
+//! - [`batch`] and [`worker`]: the batch a connection sends a worker, and the worker
+//!   loop.
 //! - [`subscribe`]: SUBSCRIBE's event streams, never able to slow a worker down.
 //! - [`supervisor`]: starts, watches and restarts the workers and the acceptor.
 //! - [`router`]: the static cluster description: first byte of a bucket -> its node.
@@ -32,6 +34,7 @@
 //! serves it. A connection sends each worker at most one batch per read, so a deep
 //! pipeline costs one cross-thread round trip per worker, not one per request.
 
+pub mod apply;
 pub mod batch;
 pub mod client;
 pub mod config;

@@ -4,7 +4,7 @@
 //! worker one [`Batch`]; the worker applies the whole batch under one lock of its
 //! partition, writes every reply into the batch, and sends the batch back. So a
 //! pipeline costs one channel round trip per worker per read, not one per request.
-//! [`apply`] is the one place where a request meets the partition: every mutation
+//! `apply.rs` is the one place where a request meets the partition: every mutation
 //! passes through it, whichever thread applies the batch.
 //!
 //! The partition lives in an `Arc<Mutex<..>>` ([`WorkerShared`]) rather than on the
@@ -30,81 +30,9 @@ use crossbeam_channel::{Receiver, RecvError, TryRecvError};
 use parking_lot::Mutex;
 
 use crate::batch::Batch;
-use crate::protocol::{Command, ErrorKind, Event, Reply};
-use crate::store::{NoSuchBucket, Partition};
-use crate::subscribe::{Subscriber, Subscriptions};
-
-/// Applies one parsed command to `partition`, streams the change it made to
-/// `subscriptions`, and says what to answer.
-///
-/// `subscriber` is the one a `SUBSCRIBE` brought along: registered (taken) if the
-/// bucket exists. Commands that are not about a bucket never reach a worker; if one
-/// does, it is answered `UNKNOWN COMMAND` rather than trusted.
-pub fn apply<'p>(
-    partition: &'p mut Partition,
-    subscriptions: &mut Subscriptions,
-    command: Command<'_>,
-    subscriber: &mut Option<Subscriber>,
-) -> Reply<'p> {
-    let (result, event) = match command {
-        Command::Get { bucket, key } => {
-            return match partition.get(bucket, key) {
-                Ok(value) => Reply::Value(value.unwrap_or(b"")),
-                Err(NoSuchBucket) => Reply::NotFound,
-            };
-        }
-        Command::Create { bucket } => {
-            partition.create(bucket);
-            return Reply::Ok;
-        }
-        Command::Put { bucket, key, value } => {
-            (partition.put(bucket, key, value), (bucket, Event::Set { key, value }))
-        }
-        Command::Delete { bucket, key } => (partition.delete(bucket, key), (bucket, Event::Deleted { key })),
-        Command::Drop { bucket } => (partition.drop_bucket(bucket), (bucket, Event::Dropped)),
-        Command::Subscribe { bucket } => return subscribe(partition, subscriptions, bucket, subscriber),
-        // Fault injection (`kv serve --debug`): nothing has been changed yet, so the
-        // partition stays exactly as it was.
-        Command::DebugCrash { .. } => panic!("DEBUG CRASH requested"),
-        Command::Ping
-        | Command::Stats
-        | Command::Quit
-        | Command::DebugCrashConnection
-        | Command::DebugCrashAcceptor
-        | Command::Unknown => return Reply::Unknown,
-    };
-    match result {
-        Ok(()) => {
-            if !subscriptions.is_empty() {
-                subscriptions.publish(event.0, event.1);
-            }
-            Reply::Ok
-        }
-        Err(NoSuchBucket) => Reply::NotFound,
-    }
-}
-
-/// Registers a subscription to `bucket`: no reply if it exists (the stream starts),
-/// `NOT FOUND` if not.
-fn subscribe<'p>(
-    partition: &Partition,
-    subscriptions: &mut Subscriptions,
-    bucket: &[u8],
-    subscriber: &mut Option<Subscriber>,
-) -> Reply<'p> {
-    if !partition.contains(bucket) {
-        return Reply::NotFound;
-    }
-    match subscriber.take() {
-        Some(subscriber) => {
-            subscriptions.add(bucket, subscriber);
-            Reply::Subscribed
-        }
-        // Only a connection that attached a subscriber sends SUBSCRIBE; anything
-        // else is a bug, answered rather than trusted.
-        None => Reply::Error(ErrorKind::SubscriptionNotSetUp),
-    }
-}
+use crate::protocol::{ErrorKind, Reply};
+use crate::store::Partition;
+use crate::subscribe::Subscriptions;
 
 /// Counters a worker publishes for STATS, updated once per batch, not per request.
 #[derive(Debug, Default)]
