@@ -22,7 +22,7 @@
 //! the forwarder's job (`forward.rs`).
 //!
 //! Parsing is strict on purpose: a cluster whose nodes disagree about ownership answers
-//! errors (see `peer.rs`), so anything doubtful in the file (an overlap, a duplicate
+//! errors (see `protocol/hello.rs`), so anything doubtful in the file (an overlap, a duplicate
 //! name or address, a backwards range) stops the node at start-up with the file name, the
 //! line and what is wrong, rather than being guessed at.
 
