@@ -82,13 +82,8 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 pub fn give_freed_memory_back() {
     static LAST_TRIM_MS: AtomicU64 = AtomicU64::new(0);
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    // +1 so that the first call, at 0 ms, is never taken for "just trimmed".
-    let now = epoch.elapsed().as_millis() as u64 + TRIM_INTERVAL.as_millis() as u64;
-    let last = LAST_TRIM_MS.load(Ordering::Relaxed);
-    if now < last + TRIM_INTERVAL.as_millis() as u64
-        || LAST_TRIM_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
-    {
+    let now_ms = EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64;
+    if !claim_interval(&LAST_TRIM_MS, now_ms, TRIM_INTERVAL.as_millis() as u64) {
         return;
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -96,6 +91,16 @@ pub fn give_freed_memory_back() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// True for exactly one caller per `interval_ms`, across threads: the one that moves
+/// `last` (the claimed time plus one, so 0 means never) forward to `now_ms`.
+fn claim_interval(last: &AtomicU64, now_ms: u64, interval_ms: u64) -> bool {
+    let previous = last.load(Ordering::Relaxed);
+    if previous != 0 && now_ms + 1 < previous + interval_ms {
+        return false;
+    }
+    last.compare_exchange(previous, now_ms + 1, Ordering::Relaxed, Ordering::Relaxed).is_ok()
 }
 
 /// SIGINT or SIGTERM.
@@ -169,6 +174,24 @@ mod tests {
             closed = recv_now(&server, &mut buffer).unwrap();
         }
         assert_eq!(closed, Some(0));
+    }
+
+    #[test]
+    fn the_allocator_is_trimmed_at_most_once_per_interval() {
+        let last = AtomicU64::new(0);
+        assert!(claim_interval(&last, 0, 1000), "the first call trims");
+        assert!(!claim_interval(&last, 10, 1000));
+        assert!(!claim_interval(&last, 999, 1000));
+        assert!(claim_interval(&last, 1000, 1000));
+        assert!(!claim_interval(&last, 1500, 1000));
+        // Many threads at once: one wins.
+        let last = AtomicU64::new(0);
+        let wins: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                (0..8).map(|_| scope.spawn(|| usize::from(claim_interval(&last, 5, 1000)))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(wins, 1);
     }
 
     #[test]

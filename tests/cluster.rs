@@ -528,6 +528,30 @@ fn subscribe_through_any_node_streams_writes_made_through_every_node() {
 }
 
 #[test]
+fn drop_through_any_node_ends_relayed_and_local_streams_with_dropped_only() {
+    let trio = start_trio("drop");
+    let [a, b, c] = trio.addrs;
+    // c owns tomato.
+    assert_eq!(ask(&mut connect(a), "CREATE tomato"), b"OK\r\n");
+    assert_eq!(ask(&mut connect(b), "PUT tomato k 1"), b"OK\r\n");
+    let mut relayed = Conn::connect(a);
+    let mut local = Conn::connect(c);
+    for subscriber in [&mut relayed, &mut local] {
+        subscriber.send(b"SUBSCRIBE tomato\r\n");
+    }
+    wait_until("c holds both subscriptions", || stat(c, "subscribers") == "2");
+    assert_eq!(ask(&mut connect(b), "PUT tomato k 2"), b"OK\r\n");
+    assert_eq!(ask(&mut connect(b), "DROP tomato"), b"OK\r\n");
+    for subscriber in [&mut relayed, &mut local] {
+        // DROPPED, then a clean close: no "peer unavailable" line after it.
+        common::assert_same_bytes(&subscriber.read_to_close(), b"k SET TO 2\r\nDROPPED\r\n");
+    }
+    assert_eq!(ask(&mut connect(a), "GET tomato k"), b"NOT FOUND\r\n");
+    assert_eq!(ask(&mut connect(a), "DROP tomato"), b"NOT FOUND\r\n");
+    wait_until("c holds no subscription", || stat(c, "subscribers") == "0");
+}
+
+#[test]
 fn subscribers_on_the_owner_and_elsewhere_see_writes_from_a_third_node_exactly_once_in_order() {
     let mut trio = start_trio("subscribe-three");
     let [a, b, c] = trio.addrs;
