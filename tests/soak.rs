@@ -15,11 +15,11 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use kv::Config;
@@ -74,6 +74,28 @@ struct Tally {
     endings: [usize; 4],
 }
 
+/// Who is writing: names the values written and the failures reported.
+#[derive(Debug, Clone, Copy)]
+struct SessionId {
+    client: usize,
+    session: usize,
+}
+
+/// One pipeline, planned in full before any of it is sent.
+struct Pipeline {
+    ending: Ending,
+    /// Requests planned, including any never sent whole.
+    n: usize,
+    /// The requests sent whole, then the bytes that follow them.
+    requests: Vec<u8>,
+    after: Vec<u8>,
+    /// The reply to each request sent whole, and the write it makes (key index).
+    replies: Vec<Vec<u8>>,
+    writes: Vec<Option<usize>>,
+    /// How many replies are read before the pipeline ends.
+    to_read: usize,
+}
+
 /// One client: sessions one after another until `until`, pipelines of at most `depth`.
 fn writer(
     addr: SocketAddr,
@@ -97,127 +119,8 @@ fn writer(
             states: vec![None],
             acked: 0,
         }));
-        let keys = &mut histories[first..];
-        let mut conn = Conn::connect(addr);
-        let mut op = 0;
-        // Long enough sessions that connections come and go by the hundred per second,
-        // not the thousand: each clean close leaves a TIME_WAIT port behind.
-        let budget = rng.between(500, 5_000);
-        // One deep pipeline in about twenty, one single request in about a hundred
-        // and fifty, ends early.
-        let early = if depth == 1 { 2 } else { 15 };
-        loop {
-            let ending = match rng.below(1_000) {
-                x if x < early => Ending::DropAfterReading,
-                x if x < 2 * early => Ending::CutMidLine,
-                x if x < 3 * early => Ending::Quit,
-                _ => Ending::Full,
-            };
-            tally.endings[ending as usize] += 1;
-            let n = rng.between(1, depth);
-            // Requests sent whole and their replies, the write each makes (key index),
-            // then the bytes that follow them.
-            let mut requests = Vec::new();
-            let mut replies: Vec<Vec<u8>> = Vec::new();
-            let mut writes: Vec<Option<usize>> = Vec::new();
-            let whole = match ending {
-                Ending::CutMidLine | Ending::Quit => rng.below(n + 1),
-                _ => n,
-            };
-            for _ in 0..whole {
-                op += 1;
-                let k = rng.below(KEYS_PER_SESSION);
-                let history = &mut keys[k];
-                let current = history.states.last().unwrap().clone();
-                let name = format!("soak{} {}", history.bucket, history.key);
-                match rng.below(100) {
-                    0..=44 => {
-                        let mut value = format!("v{client}.{session}.{op}").into_bytes();
-                        if rng.chance(1) {
-                            value.extend(std::iter::repeat_n(b'x', rng.between(1_000, 8_000)));
-                        }
-                        requests.extend_from_slice(format!("PUT {name} ").as_bytes());
-                        requests.extend_from_slice(&value);
-                        requests.extend_from_slice(b"\r\n");
-                        history.states.push(Some(value));
-                        replies.push(b"OK\r\n".to_vec());
-                        writes.push(Some(k));
-                    }
-                    45..=79 => {
-                        requests.extend_from_slice(format!("GET {name}\r\n").as_bytes());
-                        replies.push([current.as_deref().unwrap_or(b""), b"\r\nOK\r\n"].concat());
-                        writes.push(None);
-                    }
-                    _ => {
-                        requests.extend_from_slice(format!("DELETE {name}\r\n").as_bytes());
-                        history.states.push(None);
-                        replies.push(b"OK\r\n".to_vec());
-                        writes.push(Some(k));
-                    }
-                }
-            }
-            let mut after = Vec::new();
-            match ending {
-                Ending::CutMidLine => {
-                    let line = format!("PUT soak{} {} never-{op}\r\n", keys[0].bucket, keys[0].key);
-                    after.extend_from_slice(&line.as_bytes()[..rng.below(line.len() - 1)]);
-                }
-                Ending::Quit => {
-                    after.extend_from_slice(if rng.chance(50) { b"QUIT\r\n" } else { b"quit\n" });
-                    for k in 0..rng.below(20) {
-                        let history = &keys[k % KEYS_PER_SESSION];
-                        let line = format!("PUT soak{} {} after-quit\r\n", history.bucket, history.key);
-                        after.extend_from_slice(line.as_bytes());
-                    }
-                }
-                Ending::Full | Ending::DropAfterReading => {}
-            }
-            let to_read = match ending {
-                Ending::DropAfterReading => rng.below(n),
-                Ending::CutMidLine => rng.below(whole + 1),
-                Ending::Full | Ending::Quit => whole,
-            };
-
-            // Sent from another thread, so that a pipeline larger than the socket
-            // buffers cannot deadlock against our reading.
-            let mut stream = conn.try_clone_stream();
-            let bytes = [requests, after].concat();
-            let sending = thread::spawn(move || stream.write_all(&bytes));
-            for (i, reply) in replies.iter().take(to_read).enumerate() {
-                let got = conn.read_exact_bytes(reply.len());
-                assert_same_bytes_in(
-                    &got,
-                    reply,
-                    &format!("client {client} session {session}: reply {i} of {n}"),
-                );
-                tally.requests_acked += 1;
-                if let Some(k) = writes[i] {
-                    keys[k].acked += 1;
-                }
-            }
-            match ending {
-                Ending::Full => {
-                    sending.join().unwrap().expect("send a pipeline");
-                    if op >= budget {
-                        break; // A clean disconnect between pipelines.
-                    }
-                }
-                Ending::Quit => {
-                    assert_eq!(show(&conn.read_exact_bytes(4)), "OK\\r\\n", "QUIT");
-                    assert_eq!(show(&conn.read_until_gone().0), "", "after QUIT");
-                    // The rest of the pipeline may meet a closed socket.
-                    let _ = sending.join().unwrap();
-                    break;
-                }
-                Ending::DropAfterReading | Ending::CutMidLine => {
-                    // Unblocks the sender if the server stopped reading; closing our
-                    // last handle then resets the connection under the server.
-                    let _ = conn.try_clone_stream().shutdown(Shutdown::Both);
-                    let _ = sending.join().unwrap();
-                    break;
-                }
-            }
-        }
+        let id = SessionId { client, session };
+        run_session(addr, id, depth, &mut rng, &mut histories[first..], &mut tally);
         // Only the states from the last acknowledged write on can still be seen.
         for history in &mut histories[first..] {
             history.states.drain(..history.acked);
@@ -225,6 +128,195 @@ fn writer(
         }
     }
     (histories, tally)
+}
+
+/// One session on one connection: pipelines on `keys` until the session's budget of
+/// operations is spent, or a pipeline ends it early.
+fn run_session(
+    addr: SocketAddr,
+    id: SessionId,
+    depth: usize,
+    rng: &mut Rng,
+    keys: &mut [KeyHistory],
+    tally: &mut Tally,
+) {
+    let mut conn = Conn::connect(addr);
+    let mut op = 0;
+    // Long enough sessions that connections come and go by the hundred per second,
+    // not the thousand: each clean close leaves a TIME_WAIT port behind.
+    let budget = rng.between(500, 5_000);
+    // One deep pipeline in about twenty, one single request in about a hundred
+    // and fifty, ends early.
+    let early = if depth == 1 { 2 } else { 15 };
+    loop {
+        let pipeline = plan_pipeline(rng, keys, id, depth, early, &mut op);
+        tally.endings[pipeline.ending as usize] += 1;
+        let sending = send_in_background(&conn, &pipeline);
+        read_replies(&mut conn, &pipeline, keys, id, tally);
+        if !end_pipeline(&mut conn, pipeline.ending, sending, op >= budget) {
+            break;
+        }
+    }
+}
+
+/// Draws how the next pipeline ends, how long it is, its requests (numbered on from
+/// `op`), what follows them and how many replies to read, in that order.
+fn plan_pipeline(
+    rng: &mut Rng,
+    keys: &mut [KeyHistory],
+    id: SessionId,
+    depth: usize,
+    early: usize,
+    op: &mut usize,
+) -> Pipeline {
+    let ending = match rng.below(1_000) {
+        x if x < early => Ending::DropAfterReading,
+        x if x < 2 * early => Ending::CutMidLine,
+        x if x < 3 * early => Ending::Quit,
+        _ => Ending::Full,
+    };
+    let n = rng.between(1, depth);
+    let whole = match ending {
+        Ending::CutMidLine | Ending::Quit => rng.below(n + 1),
+        _ => n,
+    };
+    let mut pipeline = Pipeline {
+        ending,
+        n,
+        requests: Vec::new(),
+        after: Vec::new(),
+        replies: Vec::new(),
+        writes: Vec::new(),
+        to_read: 0,
+    };
+    for _ in 0..whole {
+        *op += 1;
+        plan_request(rng, keys, id, *op, &mut pipeline);
+    }
+    pipeline.after = bytes_after_requests(rng, keys, ending, *op);
+    pipeline.to_read = match ending {
+        Ending::DropAfterReading => rng.below(n),
+        Ending::CutMidLine => rng.below(whole + 1),
+        Ending::Full | Ending::Quit => whole,
+    };
+    pipeline
+}
+
+/// Adds operation `op` to the pipeline: a PUT, GET or DELETE of a random key of the
+/// session, with the reply it must get and the write it makes.
+fn plan_request(rng: &mut Rng, keys: &mut [KeyHistory], id: SessionId, op: usize, pipeline: &mut Pipeline) {
+    let SessionId { client, session } = id;
+    let k = rng.below(KEYS_PER_SESSION);
+    let history = &mut keys[k];
+    let current = history.states.last().unwrap().clone();
+    let name = format!("soak{} {}", history.bucket, history.key);
+    match rng.below(100) {
+        0..=44 => {
+            let mut value = format!("v{client}.{session}.{op}").into_bytes();
+            if rng.chance(1) {
+                value.extend(std::iter::repeat_n(b'x', rng.between(1_000, 8_000)));
+            }
+            pipeline.requests.extend_from_slice(format!("PUT {name} ").as_bytes());
+            pipeline.requests.extend_from_slice(&value);
+            pipeline.requests.extend_from_slice(b"\r\n");
+            history.states.push(Some(value));
+            pipeline.replies.push(b"OK\r\n".to_vec());
+            pipeline.writes.push(Some(k));
+        }
+        45..=79 => {
+            pipeline.requests.extend_from_slice(format!("GET {name}\r\n").as_bytes());
+            pipeline.replies.push([current.as_deref().unwrap_or(b""), b"\r\nOK\r\n"].concat());
+            pipeline.writes.push(None);
+        }
+        _ => {
+            pipeline.requests.extend_from_slice(format!("DELETE {name}\r\n").as_bytes());
+            history.states.push(None);
+            pipeline.replies.push(b"OK\r\n".to_vec());
+            pipeline.writes.push(Some(k));
+        }
+    }
+}
+
+/// What follows the requests sent whole: part of a line for `CutMidLine`, a QUIT and
+/// requests that must never run for `Quit`, nothing otherwise.
+fn bytes_after_requests(rng: &mut Rng, keys: &[KeyHistory], ending: Ending, op: usize) -> Vec<u8> {
+    let mut after = Vec::new();
+    match ending {
+        Ending::CutMidLine => {
+            let line = format!("PUT soak{} {} never-{op}\r\n", keys[0].bucket, keys[0].key);
+            after.extend_from_slice(&line.as_bytes()[..rng.below(line.len() - 1)]);
+        }
+        Ending::Quit => {
+            after.extend_from_slice(if rng.chance(50) { b"QUIT\r\n" } else { b"quit\n" });
+            for k in 0..rng.below(20) {
+                let history = &keys[k % KEYS_PER_SESSION];
+                let line = format!("PUT soak{} {} after-quit\r\n", history.bucket, history.key);
+                after.extend_from_slice(line.as_bytes());
+            }
+        }
+        Ending::Full | Ending::DropAfterReading => {}
+    }
+    after
+}
+
+/// Sends the whole pipeline from another thread, so that a pipeline larger than the
+/// socket buffers cannot deadlock against our reading.
+fn send_in_background(conn: &Conn, pipeline: &Pipeline) -> JoinHandle<io::Result<()>> {
+    let mut stream = conn.try_clone_stream();
+    let bytes = [pipeline.requests.as_slice(), pipeline.after.as_slice()].concat();
+    thread::spawn(move || stream.write_all(&bytes))
+}
+
+/// Reads the replies the pipeline plans to read, each exactly as expected, and counts
+/// every one read as acknowledged.
+fn read_replies(
+    conn: &mut Conn,
+    pipeline: &Pipeline,
+    keys: &mut [KeyHistory],
+    id: SessionId,
+    tally: &mut Tally,
+) {
+    let SessionId { client, session } = id;
+    let n = pipeline.n;
+    for (i, reply) in pipeline.replies.iter().take(pipeline.to_read).enumerate() {
+        let got = conn.read_exact_bytes(reply.len());
+        assert_same_bytes_in(&got, reply, &format!("client {client} session {session}: reply {i} of {n}"));
+        tally.requests_acked += 1;
+        if let Some(k) = pipeline.writes[i] {
+            keys[k].acked += 1;
+        }
+    }
+}
+
+/// Ends the pipeline as planned once its replies are read; true if the session goes on
+/// with another pipeline.
+fn end_pipeline(
+    conn: &mut Conn,
+    ending: Ending,
+    sending: JoinHandle<io::Result<()>>,
+    budget_spent: bool,
+) -> bool {
+    match ending {
+        Ending::Full => {
+            sending.join().unwrap().expect("send a pipeline");
+            // Once the budget is spent, a clean disconnect between pipelines.
+            !budget_spent
+        }
+        Ending::Quit => {
+            assert_eq!(show(&conn.read_exact_bytes(4)), "OK\\r\\n", "QUIT");
+            assert_eq!(show(&conn.read_until_gone().0), "", "after QUIT");
+            // The rest of the pipeline may meet a closed socket.
+            let _ = sending.join().unwrap();
+            false
+        }
+        Ending::DropAfterReading | Ending::CutMidLine => {
+            // Unblocks the sender if the server stopped reading; closing our
+            // last handle then resets the connection under the server.
+            let _ = conn.try_clone_stream().shutdown(Shutdown::Both);
+            let _ = sending.join().unwrap();
+            false
+        }
+    }
 }
 
 /// Opens and drops connections: after a PING, in the middle of a line, or at once.

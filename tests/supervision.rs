@@ -124,15 +124,114 @@ impl Drop for SetOnDrop {
     }
 }
 
+/// Each concurrent writer writes at least this many keys, and goes on until the
+/// crashes are over, so the crashes always fall in the middle of the writing.
+const MIN_PUTS: usize = 100;
+const MAX_PUTS: usize = 5_000;
+
+/// Writer `c`: PUTs `k{i}` = `v{c}-{i}` into `bucket` one request at a time, at least
+/// `MIN_PUTS` of them and then on until `stop` (at most `MAX_PUTS`), counting every
+/// acknowledged PUT in `acked_total`. Any reply but `OK` or a crash fails the test.
+fn write_until_stopped(
+    addr: SocketAddr,
+    c: usize,
+    bucket: String,
+    acked_total: &AtomicUsize,
+    stop: &AtomicBool,
+) -> Writer {
+    let mut writer = Writer { conn: Conn::connect(addr), bucket, acked: Vec::new(), failed: Vec::new() };
+    let deadline = Instant::now() + DEADLINE;
+    for i in 0..MAX_PUTS {
+        if i >= MIN_PUTS && stop.load(Ordering::SeqCst) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writer {c} still writing after {DEADLINE:?}");
+        writer.conn.send(format!("PUT {} k{i} v{c}-{i}\r\n", writer.bucket).as_bytes());
+        let reply = writer.conn.read_line();
+        if reply == b"OK\r\n" {
+            writer.acked.push(i);
+            acked_total.fetch_add(1, Ordering::SeqCst);
+        } else if reply == CRASHED {
+            writer.failed.push(i);
+        } else {
+            panic!("writer {c}: PUT k{i} got {}", show(&reply));
+        }
+    }
+    writer
+}
+
+/// Crashes the worker that serves `target` `crashes` times, the n-th once the writers
+/// have `n * step` PUTs acknowledged, then waits for `step` more so that the writing
+/// goes on after the last crash.
+fn crash_between_acknowledged_puts(
+    crasher: &mut Conn,
+    target: &str,
+    crashes: usize,
+    step: usize,
+    acked_total: &AtomicUsize,
+) {
+    for n in 1..=crashes {
+        wait_until(&format!("the writers have {} PUTs acknowledged", n * step), || {
+            acked_total.load(Ordering::SeqCst) >= n * step
+        });
+        crasher.roundtrip(format!("DEBUG CRASH {target}\r\n").as_bytes(), CRASHED);
+    }
+    wait_until("the writers go on after the last crash", || {
+        acked_total.load(Ordering::SeqCst) >= (crashes + 1) * step
+    });
+}
+
+/// Checks writer `c` after the crashes: at most `crashes` PUTs failed, every
+/// acknowledged PUT reads back with its value, every failed one is wholly there or
+/// wholly absent, and the writer's own connection still serves. Returns the failures.
+fn check_writer_lost_nothing_acknowledged(
+    check: &mut Conn,
+    c: usize,
+    writer: &mut Writer,
+    crashes: usize,
+) -> usize {
+    // At most the request in flight at each crash failed.
+    assert!(
+        writer.failed.len() <= crashes,
+        "writer {c} saw {} failures: {:?}",
+        writer.failed.len(),
+        writer.failed
+    );
+    // Every acknowledged PUT reads back with its value, in one pipeline.
+    let mut reads = Vec::new();
+    let mut values = Vec::new();
+    for &i in &writer.acked {
+        reads.extend_from_slice(format!("GET {} k{i}\r\n", writer.bucket).as_bytes());
+        values.extend_from_slice(format!("v{c}-{i}\r\nOK\r\n").as_bytes());
+    }
+    let got = check.pipeline(reads, values.len());
+    assert_same_bytes(&got, &values);
+    // A PUT that failed either happened or did not: nothing in between.
+    for &i in &writer.failed {
+        check.send(format!("GET {} k{i}\r\n", writer.bucket).as_bytes());
+        let value = check.read_line();
+        check.expect(b"OK\r\n");
+        assert!(
+            value == b"\r\n" || value == format!("v{c}-{i}\r\n").as_bytes(),
+            "writer {c}: failed PUT k{i} left {}",
+            show(&value)
+        );
+    }
+    // The writer's own connection is still usable.
+    let last = *writer.acked.last().expect("every writer had PUTs acknowledged");
+    writer.conn.roundtrip(
+        format!("GET {} k{last}\r\n", writer.bucket).as_bytes(),
+        format!("v{c}-{last}\r\nOK\r\n").as_bytes(),
+    );
+    writer.conn.roundtrip(b"PING\r\n", b"PONG\r\n");
+    writer.failed.len()
+}
+
 #[test]
 fn crashes_during_sixteen_concurrent_writers_lose_no_acknowledged_put() {
     const WORKERS: usize = 4;
     const CLIENTS: usize = 16;
     const CRASHES: usize = 3;
-    /// Each writer writes at least this many keys, and goes on until the crashes are
-    /// over, so the crashes always fall in the middle of the writing.
-    const MIN_PUTS: usize = 100;
-    const MAX_PUTS: usize = 5_000;
     /// Acknowledged PUTs (over all writers) between one crash and the next.
     const STEP: usize = CLIENTS * 20;
     let victim = 1;
@@ -161,28 +260,7 @@ fn crashes_during_sixteen_concurrent_writers_lose_no_acknowledged_put() {
             let bucket = bucket.clone();
             let acked_total = acked_total.clone();
             let stop = stop.clone();
-            thread::spawn(move || {
-                let mut writer =
-                    Writer { conn: Conn::connect(addr), bucket, acked: Vec::new(), failed: Vec::new() };
-                let deadline = Instant::now() + DEADLINE;
-                for i in 0..MAX_PUTS {
-                    if i >= MIN_PUTS && stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    assert!(Instant::now() < deadline, "writer {c} still writing after {DEADLINE:?}");
-                    writer.conn.send(format!("PUT {} k{i} v{c}-{i}\r\n", writer.bucket).as_bytes());
-                    let reply = writer.conn.read_line();
-                    if reply == b"OK\r\n" {
-                        writer.acked.push(i);
-                        acked_total.fetch_add(1, Ordering::SeqCst);
-                    } else if reply == CRASHED {
-                        writer.failed.push(i);
-                    } else {
-                        panic!("writer {c}: PUT k{i} got {}", show(&reply));
-                    }
-                }
-                writer
-            })
+            thread::spawn(move || write_until_stopped(addr, c, bucket, &acked_total, &stop))
         })
         .collect();
 
@@ -190,56 +268,14 @@ fn crashes_during_sixteen_concurrent_writers_lose_no_acknowledged_put() {
         let _stop_writers = SetOnDrop(stop.clone());
         let mut crasher = Conn::connect(addr);
         let target = bucket_on(victim, WORKERS, "crash-target-");
-        for n in 1..=CRASHES {
-            wait_until(&format!("the writers have {} PUTs acknowledged", n * STEP), || {
-                acked_total.load(Ordering::SeqCst) >= n * STEP
-            });
-            crasher.roundtrip(format!("DEBUG CRASH {target}\r\n").as_bytes(), CRASHED);
-        }
-        wait_until("the writers go on after the last crash", || {
-            acked_total.load(Ordering::SeqCst) >= (CRASHES + 1) * STEP
-        });
+        crash_between_acknowledged_puts(&mut crasher, &target, CRASHES, STEP, &acked_total);
     }
     let mut writers: Vec<Writer> = writers.into_iter().map(|w| w.join().unwrap()).collect();
 
     let mut check = Conn::connect(addr);
     let mut failed_total = 0;
     for (c, writer) in writers.iter_mut().enumerate() {
-        // At most the request in flight at each crash failed.
-        assert!(
-            writer.failed.len() <= CRASHES,
-            "writer {c} saw {} failures: {:?}",
-            writer.failed.len(),
-            writer.failed
-        );
-        failed_total += writer.failed.len();
-        // Every acknowledged PUT reads back with its value, in one pipeline.
-        let mut reads = Vec::new();
-        let mut values = Vec::new();
-        for &i in &writer.acked {
-            reads.extend_from_slice(format!("GET {} k{i}\r\n", writer.bucket).as_bytes());
-            values.extend_from_slice(format!("v{c}-{i}\r\nOK\r\n").as_bytes());
-        }
-        let got = check.pipeline(reads, values.len());
-        assert_same_bytes(&got, &values);
-        // A PUT that failed either happened or did not: nothing in between.
-        for &i in &writer.failed {
-            check.send(format!("GET {} k{i}\r\n", writer.bucket).as_bytes());
-            let value = check.read_line();
-            check.expect(b"OK\r\n");
-            assert!(
-                value == b"\r\n" || value == format!("v{c}-{i}\r\n").as_bytes(),
-                "writer {c}: failed PUT k{i} left {}",
-                show(&value)
-            );
-        }
-        // The writer's own connection is still usable.
-        let last = *writer.acked.last().expect("every writer had PUTs acknowledged");
-        writer.conn.roundtrip(
-            format!("GET {} k{last}\r\n", writer.bucket).as_bytes(),
-            format!("v{c}-{last}\r\nOK\r\n").as_bytes(),
-        );
-        writer.conn.roundtrip(b"PING\r\n", b"PONG\r\n");
+        failed_total += check_writer_lost_nothing_acknowledged(&mut check, c, writer, CRASHES);
     }
     let acked: usize = writers.iter().map(|w| w.acked.len()).sum();
     eprintln!("{CLIENTS} writers: {acked} PUTs acknowledged, {failed_total} answered `ERROR worker crashed`");
