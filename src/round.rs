@@ -271,8 +271,15 @@ mod tests {
     use crate::protocol::ErrorKind;
     use std::thread::JoinHandle;
 
-    /// `count` real worker threads; dropping the returned senders stops them.
-    fn workers(count: usize) -> (Vec<Arc<WorkerShared>>, Vec<Sender<Batch>>, Vec<JoinHandle<()>>) {
+    /// Real worker threads: their shared state, their inboxes (dropping which stops
+    /// them) and the threads.
+    struct Workers {
+        shared: Vec<Arc<WorkerShared>>,
+        inboxes: Vec<Sender<Batch>>,
+        threads: Vec<JoinHandle<()>>,
+    }
+
+    fn workers(count: usize) -> Workers {
         let mut shared = Vec::new();
         let mut inboxes = Vec::new();
         let mut threads = Vec::new();
@@ -286,7 +293,7 @@ mod tests {
             shared.push(worker);
             inboxes.push(tx);
         }
-        (shared, inboxes, threads)
+        Workers { shared, inboxes, threads }
     }
 
     fn output(round: &mut Round<'_>) -> Vec<u8> {
@@ -297,7 +304,7 @@ mod tests {
 
     #[test]
     fn replies_come_back_in_request_order_across_workers_and_local_answers() {
-        let (shared, inboxes, threads) = workers(2);
+        let Workers { shared, inboxes, threads } = workers(2);
         let peers = Peers::none();
         let mut round = Round::new(&shared, inboxes, Forwarder::new(&peers));
         round.push_worker(0, b"CREATE a");
@@ -321,7 +328,7 @@ mod tests {
 
     #[test]
     fn inline_rounds_answer_the_same_as_worker_rounds() {
-        let (shared, inboxes, threads) = workers(1);
+        let Workers { shared, inboxes, threads } = workers(1);
         let peers = Peers::none();
         let mut round = Round::new(&shared, inboxes, Forwarder::new(&peers));
         let requests: [&[u8]; 4] = [b"CREATE a", b"PUT a k v", b"GET a k", b"DROP a"];
