@@ -6,8 +6,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use kv::batch::Batch;
 use kv::store::Partition;
-use kv::worker::Batch;
+use kv::subscribe::Subscriptions;
 
 const KEYS: usize = 100_000;
 const VALUE: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -75,6 +76,7 @@ fn bench_batch(c: &mut Criterion) {
     group.throughput(Throughput::Elements(depth as u64));
     let (tx, _rx) = crossbeam_channel::unbounded();
     let mut batch = Batch::new(0, tx);
+    let mut subscriptions = Subscriptions::default();
     let mut lines = Vec::new();
     for (n, key) in keys.iter().step_by(997).take(depth).enumerate() {
         let key = String::from_utf8_lossy(key);
@@ -86,8 +88,8 @@ fn bench_batch(c: &mut Criterion) {
             for line in &lines {
                 batch.push_request(line.as_bytes());
             }
-            batch.apply(&mut partition);
-            black_box(batch.replies.len())
+            batch.apply(&mut partition, &mut subscriptions);
+            black_box(batch.reply_count())
         })
     });
     group.finish();

@@ -310,9 +310,9 @@ fn a_dead_node_is_reported_and_forwarding_resumes_when_it_returns() {
     assert_eq!(ask(&mut connect(c), "GET tomato k"), b"red\r\nOK\r\n");
 }
 
-/// How many failed exchanges mark a peer down (mirrors `kv::peer::DOWN_AFTER_FAILURES`).
+/// How many failed exchanges mark a peer down (mirrors `kv::DOWN_AFTER_FAILURES`).
 fn peer_failures_to_mark_down() -> u32 {
-    kv::peer::DOWN_AFTER_FAILURES
+    kv::DOWN_AFTER_FAILURES
 }
 
 #[test]
@@ -569,11 +569,11 @@ fn a_node_probing_a_dead_peer_still_shuts_down_promptly() {
     let gone = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let cluster =
         kv::router::Cluster::parse("in-process", &format!("me {me} a-m\ngone {gone} n-z\n")).unwrap();
-    let peer = kv::peer::PeerConfig {
+    let peer = kv::PeerConfig {
         connect_timeout: Duration::from_millis(500),
         timeout: Duration::from_secs(1),
         max_backoff: Duration::from_millis(200),
-        ..kv::peer::PeerConfig::default()
+        ..kv::PeerConfig::default()
     };
     let config = kv::Config {
         port: 0,
@@ -585,7 +585,7 @@ fn a_node_probing_a_dead_peer_still_shuts_down_promptly() {
     };
     let server = kv::Server::bind(config).unwrap().spawn().unwrap();
     let mut client = connect(server.addr());
-    for _ in 0..kv::peer::DOWN_AFTER_FAILURES {
+    for _ in 0..kv::DOWN_AFTER_FAILURES {
         assert_eq!(ask(&mut client, "GET nuts k"), b"ERROR peer gone unavailable\r\n");
     }
     assert_eq!(stat(server.addr(), "peer.gone.state"), "down");

@@ -14,7 +14,7 @@ fn server(subscriber_backlog: usize) -> kv::ServerHandle {
 
 #[test]
 fn subscribe_to_a_missing_bucket_is_not_found_and_the_connection_serves_on() {
-    let server = server(kv::subscribe::DEFAULT_SUBSCRIBER_BACKLOG);
+    let server = server(kv::config::DEFAULT_SUBSCRIBER_BACKLOG);
     let mut conn = Conn::connect(server.addr());
     conn.roundtrip(b"SUBSCRIBE nowhere\r\n", b"NOT FOUND\r\n");
     conn.roundtrip(b"PING\r\n", b"PONG\r\n");
@@ -23,7 +23,7 @@ fn subscribe_to_a_missing_bucket_is_not_found_and_the_connection_serves_on() {
 
 #[test]
 fn every_put_and_delete_after_subscribe_streams_in_order_none_missing_none_twice() {
-    let server = server(kv::subscribe::DEFAULT_SUBSCRIBER_BACKLOG);
+    let server = server(kv::config::DEFAULT_SUBSCRIBER_BACKLOG);
     let mut writer = Conn::connect(server.addr());
     writer.roundtrip(b"CREATE s\r\nPUT s before 0\r\n", b"OK\r\nOK\r\n");
 
@@ -60,7 +60,7 @@ fn every_put_and_delete_after_subscribe_streams_in_order_none_missing_none_twice
 
 #[test]
 fn two_subscribers_of_one_bucket_see_the_same_stream() {
-    let server = server(kv::subscribe::DEFAULT_SUBSCRIBER_BACKLOG);
+    let server = server(kv::config::DEFAULT_SUBSCRIBER_BACKLOG);
     let mut writer = Conn::connect(server.addr());
     writer.roundtrip(b"CREATE s\r\n", b"OK\r\n");
     let mut first = Conn::connect(server.addr());
@@ -75,7 +75,7 @@ fn two_subscribers_of_one_bucket_see_the_same_stream() {
 
 #[test]
 fn a_subscriber_that_closes_is_forgotten() {
-    let server = server(kv::subscribe::DEFAULT_SUBSCRIBER_BACKLOG);
+    let server = server(kv::config::DEFAULT_SUBSCRIBER_BACKLOG);
     let mut writer = Conn::connect(server.addr());
     writer.roundtrip(b"CREATE s\r\n", b"OK\r\n");
     let mut subscriber = Conn::connect(server.addr());

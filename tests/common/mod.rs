@@ -9,7 +9,7 @@
 //!
 //! Each test file compiles this module separately and uses only part of it, hence the
 //! `dead_code` allowance.
-#![allow(dead_code)]
+#![allow(dead_code, unsafe_code)]
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};

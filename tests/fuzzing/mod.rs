@@ -150,7 +150,10 @@ fn check_parse(line: &[u8]) {
     match protocol::parse(line) {
         Command::Put { bucket, key, value } => assert!(word(bucket) && word(key) && word(value)),
         Command::Get { bucket, key } | Command::Delete { bucket, key } => assert!(word(bucket) && word(key)),
-        Command::Create { bucket } | Command::Subscribe { bucket } | Command::DebugCrash { bucket } => {
+        Command::Create { bucket }
+        | Command::Drop { bucket }
+        | Command::Subscribe { bucket }
+        | Command::DebugCrash { bucket } => {
             assert!(word(bucket))
         }
         Command::Ping
