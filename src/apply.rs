@@ -80,4 +80,3 @@ fn subscribe<'p>(
         None => Reply::Error(ErrorKind::SubscriptionNotSetUp),
     }
 }
-

@@ -160,3 +160,49 @@ fn bench_gives_up_on_a_reply_that_never_ends() {
     assert_eq!(field(&stdout, "errors"), 1.0, "{stdout}");
     assert!(stderr.contains("a reply longer than 65536 bytes"), "{stderr}");
 }
+
+#[test]
+fn bench_verified_counts_only_the_measured_phase() {
+    // Half a second of warm-up does GETs too; the verified GETs must be the measured ones.
+    let server =
+        kv::Server::bind(kv::Config { port: 0, workers: 2, ..Default::default() }).unwrap().spawn().unwrap();
+    let addr = server.addr().to_string();
+    let (ok, stdout, stderr) = kv_bench(&[
+        "--addr",
+        &addr,
+        "--conns",
+        "2",
+        "--keys",
+        "50",
+        "--buckets",
+        "2",
+        "--warmup",
+        "0.5",
+        "--duration",
+        "0.5",
+        "--json",
+    ]);
+    assert!(ok, "kv bench failed: {stdout}{stderr}");
+    let verified = field(&stdout, "hits")
+        + field(&stdout, "misses")
+        + field(&stdout, "stale")
+        + field(&stdout, "mismatches");
+    assert!(field(&stdout, "gets") > 0.0, "{stdout}");
+    assert_eq!(verified, field(&stdout, "gets"), "{stdout}");
+}
+
+#[test]
+fn bench_explains_stale_in_its_help_and_summary() {
+    let (ok, stdout, _) = kv_bench(&["--help"]);
+    assert!(ok);
+    let help = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(help.contains("stale: it found another value"), "{help}");
+    let server =
+        kv::Server::bind(kv::Config { port: 0, workers: 1, ..Default::default() }).unwrap().spawn().unwrap();
+    let addr = server.addr().to_string();
+    let (ok, stdout, stderr) =
+        kv_bench(&["--addr", &addr, "--conns", "1", "--requests", "100", "--keys", "10", "--buckets", "1"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("verified    "), "{stdout}");
+    assert!(stdout.contains("stale: a GET sent before any write of its key by this run"), "{stdout}");
+}

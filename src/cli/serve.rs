@@ -1,0 +1,229 @@
+//! `kv serve` (and bare `kv`): flags to a [`Config`], then the server's life.
+//!
+//! The flags override [`Config::default`] and nothing else, so every default is
+//! written once, in `config.rs`; what is acceptable is [`Config::validate`]'s to say.
+//! This file owns what only a process does: reading `PORT`, loading the cluster file,
+//! raising the open-file limit, taking over SIGINT and SIGTERM, and turning each way
+//! of failing into a message on stderr and an exit status: 2 for a bad flag, a bad
+//! `PORT` or a bad cluster file, 1 for a failure at run time. Those messages are
+//! printed, not logged, so `RUST_LOG=off` cannot hide why the server did not start.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use argh::FromArgs;
+use kv::config::{Config, ConfigError};
+use kv::router::Cluster;
+use kv::server::RESERVED_DESCRIPTORS;
+use kv::{Server, StopReason};
+
+/// Run the server (the default: `kv --port 4041` is `kv serve --port 4041`). With
+/// --cluster FILE --node NAME it runs as node NAME of the cluster that FILE describes,
+/// listening on that node's address from the file unless --bind or --port say
+/// otherwise.
+#[derive(FromArgs, Debug, Default)]
+#[argh(subcommand, name = "serve", help_triggers("-h", "--help", "help"))]
+pub(crate) struct ServeArgs {
+    /// address to listen on (default 127.0.0.1, or with --cluster the IP of this node's
+    /// address in the file; use 0.0.0.0 to accept remote clients)
+    #[argh(option)]
+    bind: Option<IpAddr>,
+    /// port to listen on (default: with --cluster the port of this node's address in the
+    /// file, else the PORT environment variable, else 4040; 0 picks a free port)
+    #[argh(option)]
+    port: Option<u16>,
+    /// number of worker threads, each owning a partition of the buckets (default: number of cores)
+    #[argh(option)]
+    workers: Option<usize>,
+    /// longest request line in bytes; a longer line is answered with an error (default 65536)
+    #[argh(option)]
+    max_line: Option<usize>,
+    /// most client connections open at once; one more is refused with an error (default 10000)
+    #[argh(option)]
+    max_connections: Option<usize>,
+    /// close a connection that sends no complete request for this many seconds; 0 = never
+    /// (default 0, as in Redis and memcached)
+    #[argh(option)]
+    idle_timeout: Option<u64>,
+    /// most bytes of events a SUBSCRIBE connection may leave unread before it is dropped
+    /// (default 8388608, 8 MiB)
+    #[argh(option)]
+    subscriber_backlog: Option<usize>,
+    /// restart intensity: if workers crash more than this many times within --max-seconds, the
+    /// server gives up and exits with status 1 (default 3)
+    #[argh(option)]
+    max_restarts: Option<u32>,
+    /// the window, in seconds, for --max-restarts (default 5)
+    #[argh(option)]
+    max_seconds: Option<u64>,
+    /// enable fault injection: DEBUG CRASH <bucket> panics the worker owning <bucket>,
+    /// DEBUG CRASH-CONNECTION panics the connection's thread (never in production)
+    #[argh(switch)]
+    debug: bool,
+    /// the cluster file: one line per node, `name IP:PORT ranges` (see docs/CLUSTER.md);
+    /// without it this node owns every bucket
+    #[argh(option)]
+    cluster: Option<PathBuf>,
+    /// which node of the cluster file this is (required with --cluster; without it, only
+    /// the name STATS reports, default "kv")
+    #[argh(option)]
+    node: Option<String>,
+    /// seconds to wait for a connection to a peer node (default 1)
+    #[argh(option, from_str_fn(parse_seconds))]
+    peer_connect_timeout: Option<Duration>,
+    /// seconds to wait for a peer node's replies before answering that the peer is
+    /// unavailable (default 5)
+    #[argh(option, from_str_fn(parse_seconds))]
+    peer_timeout: Option<Duration>,
+    /// longest wait in seconds between probes of a peer node that is down (default 5)
+    #[argh(option, from_str_fn(parse_seconds))]
+    peer_backoff_max: Option<Duration>,
+    /// most connections open to one peer node at once (default 32)
+    #[argh(option)]
+    peer_connections: Option<usize>,
+}
+
+/// Parses a number of seconds, such as `1` or `0.25`. Only the syntax is checked here:
+/// whether the duration is acceptable is [`Config::validate`]'s to say, so a number
+/// too large for a `Duration` becomes the longest one, for it to refuse.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs >= 0.0 => Ok(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)),
+        _ => Err(format!("expected a number of seconds, not {text:?}")),
+    }
+}
+
+/// Why `kv serve` did not start, and so how it exits.
+#[derive(Debug)]
+pub(crate) enum StartError {
+    /// Bad flags, `PORT` or cluster file (a [`ConfigError`]'s text): exit status 2.
+    Config(String),
+    /// Anything else: exit status 1.
+    Runtime(String),
+}
+
+impl StartError {
+    /// Prints `kv: <why>` on stderr (whatever `RUST_LOG` says) and gives the status.
+    fn report(self) -> ExitCode {
+        match self {
+            StartError::Config(text) => {
+                eprintln!("kv: {text}");
+                ExitCode::from(2)
+            }
+            StartError::Runtime(text) => {
+                eprintln!("kv: {text}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// The `PORT` environment variable, as `config` reads it.
+type PortVariable = Option<String>;
+
+/// Builds the server's configuration: [`Config::default`], overridden by the flags, the
+/// cluster file and `PORT`, then validated.
+pub(crate) fn config(args: ServeArgs, port_variable: PortVariable) -> Result<Config, ConfigError> {
+    let mut config = Config::default();
+    let listen = match &args.cluster {
+        Some(path) => Some(load_cluster(&mut config, path, args.node.as_deref())?),
+        None => None,
+    };
+    if let Some(node) = args.node {
+        config.node = node;
+    }
+    config.bind = args.bind.or(listen.map(|addr| addr.ip())).unwrap_or(config.bind);
+    config.port = match (args.port, listen, port_variable) {
+        (Some(port), _, _) => port,
+        (None, Some(addr), _) => addr.port(),
+        (None, None, Some(text)) => text.trim().parse().map_err(|_| ConfigError::BadPortVariable(text))?,
+        (None, None, None) => config.port,
+    };
+    set(&mut config.workers, args.workers);
+    set(&mut config.max_line, args.max_line);
+    set(&mut config.max_connections, args.max_connections);
+    set(&mut config.subscriber_backlog, args.subscriber_backlog);
+    set(&mut config.max_restarts, args.max_restarts);
+    set(&mut config.max_seconds, args.max_seconds);
+    set(&mut config.peer.connect_timeout, args.peer_connect_timeout);
+    set(&mut config.peer.timeout, args.peer_timeout);
+    set(&mut config.peer.max_backoff, args.peer_backoff_max);
+    set(&mut config.peer.connections, args.peer_connections);
+    if let Some(seconds) = args.idle_timeout {
+        // 0 is the flag's "never", which the configuration spells `None`.
+        config.idle_timeout = (seconds > 0).then(|| Duration::from_secs(seconds));
+    }
+    config.debug = args.debug;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Overrides `field` with the flag's value, if the flag was given.
+fn set<T>(field: &mut T, flag: Option<T>) {
+    if let Some(value) = flag {
+        *field = value;
+    }
+}
+
+/// Loads the cluster file into `config`; returns the address the file gives `node`.
+fn load_cluster(config: &mut Config, path: &Path, node: Option<&str>) -> Result<SocketAddr, ConfigError> {
+    let Some(node) = node else {
+        return Err(ConfigError::ClusterNeedsNode(path.display().to_string()));
+    };
+    let cluster = Cluster::load(path)?;
+    let index = cluster.node_index(node)?;
+    let addr = cluster.nodes()[index].addr;
+    config.cluster = Some(cluster);
+    Ok(addr)
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+}
+
+/// `kv serve`: runs until a signal or the supervisor gives up.
+pub(crate) fn main(args: ServeArgs) -> ExitCode {
+    init_logging();
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => error.report(),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), StartError> {
+    // Before any thread exists, so that only the signal thread ever sees them.
+    kv::signals::block_shutdown_signals()
+        .map_err(|error| StartError::Runtime(format!("cannot set up signal handling: {error}")))?;
+    std::panic::set_hook(Box::new(|info| log::error!("{info}")));
+    let config =
+        config(args, std::env::var("PORT").ok()).map_err(|error| StartError::Config(error.to_string()))?;
+    raise_open_file_limit(config.max_connections);
+    let (bind, port) = (config.bind, config.port);
+    let server = Server::bind(config).map_err(|error| {
+        // Server::bind validates again; a refusal there is still a configuration error.
+        match error.get_ref().and_then(|inner| inner.downcast_ref::<ConfigError>()) {
+            Some(config_error) => StartError::Config(config_error.to_string()),
+            None => StartError::Runtime(format!("cannot start on {bind}:{port}: {error}")),
+        }
+    })?;
+    let handle =
+        server.spawn().map_err(|error| StartError::Runtime(format!("cannot start the server: {error}")))?;
+    kv::signals::stop_on_signals(handle.stopper())
+        .map_err(|error| StartError::Runtime(format!("cannot start the signal thread: {error}")))?;
+    match handle.wait() {
+        StopReason::Requested => Ok(()),
+        StopReason::GaveUp(why) => Err(StartError::Runtime(format!("exiting: {why}"))),
+    }
+}
+
+/// Raises the open-file limit to fit `max_connections` client connections and the
+/// descriptors the server keeps for itself. The library does not touch process limits;
+/// if this fails the server fits its connection cap under the limit it finds.
+fn raise_open_file_limit(max_connections: usize) {
+    let wanted = (max_connections as u64).saturating_add(RESERVED_DESCRIPTORS);
+    if let Err(error) = kv::sys::raise_open_file_limit(wanted) {
+        log::warn!("cannot raise the open-file limit to {wanted}: {error}");
+    }
+}
