@@ -60,7 +60,7 @@ pub fn apply<'p>(
 }
 
 /// Registers a subscription to `bucket`: no reply if it exists (the stream starts),
-/// `NOT FOUND` if not.
+/// [`Reply::NotFound`] if not.
 fn subscribe<'p>(
     partition: &Partition,
     subscriptions: &mut Subscriptions,

@@ -18,7 +18,7 @@ pub use crate::protocol::ReplyShape;
 pub enum Error {
     /// The connection failed or closed.
     Io(io::Error),
-    /// The bucket does not exist (`NOT FOUND`).
+    /// The bucket does not exist.
     NotFound,
     /// The server did not understand the request (`UNKNOWN COMMAND`).
     UnknownCommand,

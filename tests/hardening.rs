@@ -7,7 +7,6 @@
 //! Where a process boundary matters (memory read from /proc, flags, a crash that would
 //! take the process down) the real `kv` binary runs as a child; elsewhere the server runs
 //! in this process. Nothing here measures speed.
-#![allow(unsafe_code)] // libc calls to set up the host, as tests/common does
 
 mod common;
 

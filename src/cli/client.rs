@@ -130,7 +130,7 @@ fn subscription(client: &mut Client, out: &mut impl Write) -> Result<Step, Stop>
     let mut line = Vec::new();
     client.read_line(&mut line)?;
     print(out, &line)?;
-    if ReplyLine::of(&line).is_error() && !is_event(&line) {
+    if ReplyLine::of(&line).is_error() && Event::from_text(&line).is_none() {
         // The bucket does not exist, say: the connection stays an ordinary one.
         return Ok(Step::Replied(true));
     }
@@ -154,13 +154,6 @@ fn subscription(client: &mut Client, out: &mut impl Write) -> Result<Step, Stop>
         print(out, &line)?;
         ended_by_drop = line == dropped;
     }
-}
-
-/// True for a line shaped like an event (`<key> SET TO <value>`, `<key> DELETED`):
-/// a key may be the word `ERROR`, and its events are not error replies.
-fn is_event(line: &[u8]) -> bool {
-    let line = trim_line_end(line);
-    line.ends_with(b" DELETED") || line.windows(8).any(|window| window == b" SET TO ")
 }
 
 /// The first line of a reply, with its line end.
@@ -199,10 +192,10 @@ mod tests {
         let set = Event::Set { key: word, value: b"3" }.to_text();
         let deleted = Event::Deleted { key: word }.to_text();
         assert!(ReplyLine::of(&set).is_error() && ReplyLine::of(&deleted).is_error());
-        assert!(is_event(&set) && is_event(&deleted));
+        assert!(Event::from_text(&set).is_some() && Event::from_text(&deleted).is_some());
         let mut not_found = Vec::new();
         kv::protocol::Reply::NotFound.write_text(&mut not_found);
-        assert!(!is_event(&not_found));
-        assert!(!is_event(&Event::Dropped.to_text()));
+        assert!(Event::from_text(&not_found).is_none());
+        assert_eq!(Event::from_text(&Event::Dropped.to_text()), Some(Event::Dropped));
     }
 }

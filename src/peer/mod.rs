@@ -289,7 +289,7 @@ impl Peer {
                     }
                 }
                 if ReplyLine::of(reply) != ReplyLine::Ok {
-                    // NOT FOUND, or an ERROR line: the reply, and no stream.
+                    // Not found, or an error line: the reply, and no stream.
                     return Ok(RemoteSubscription::Answered(reply.to_vec()));
                 }
                 // Events that came right behind the acknowledgement go first.
@@ -475,7 +475,7 @@ impl Drop for Peers {
 pub enum RemoteSubscription {
     /// The owner registered it: relay `stream` to the client, `pending` first.
     Streaming { stream: TcpStream, pending: Vec<u8> },
-    /// The owner's one reply line instead of a stream: `NOT FOUND`, or an `ERROR` line.
+    /// The owner's one reply line instead of a stream: not found, or an error line.
     Answered(Vec<u8>),
     /// The owner could not be reached: answer [`Peer::unavailable`].
     Unavailable,

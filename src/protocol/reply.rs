@@ -169,6 +169,10 @@ pub enum Event<'a> {
     Dropped,
 }
 
+/// The words between a key and a value in a PUT's event, and after a key in a DELETE's.
+const SET_TO: &[u8] = b" SET TO ";
+const DELETED: &[u8] = b" DELETED";
+
 /// The text of [`Event::Dropped`], which a relay looks for to tell a dropped bucket
 /// from a lost owner.
 pub(crate) const DROPPED_LINE: &[u8] = b"DROPPED\r\n";
@@ -188,13 +192,43 @@ impl Event<'_> {
         match *self {
             Event::Set { key, value } => {
                 out.reserve_exact(key.len() + value.len() + 10);
-                line(&mut out, &[key, b" SET TO ", value]);
+                line(&mut out, &[key, SET_TO, value]);
             }
-            Event::Deleted { key } => line(&mut out, &[key, b" DELETED"]),
+            Event::Deleted { key } => line(&mut out, &[key, DELETED]),
             Event::Dropped => out.extend_from_slice(DROPPED_LINE),
         }
         out
     }
+}
+
+impl<'a> Event<'a> {
+    /// Reads an event line back (with or without its line end). A key may be any word,
+    /// `ERROR` included, so a subscriber tells an event from an error reply by this,
+    /// not by the first word.
+    ///
+    /// ```
+    /// use kv::protocol::Event;
+    ///
+    /// assert_eq!(Event::from_text(b"ERROR SET TO 3\r\n"), Some(Event::Set { key: b"ERROR", value: b"3" }));
+    /// assert_eq!(Event::from_text(b"NOT FOUND\r\n"), None);
+    /// ```
+    pub fn from_text(line: &'a [u8]) -> Option<Event<'a>> {
+        let line = super::shape::trim_line_end(line);
+        if line == super::shape::trim_line_end(DROPPED_LINE) {
+            return Some(Event::Dropped);
+        }
+        if let Some(key) = line.strip_suffix(DELETED).filter(|key| is_word(key)) {
+            return Some(Event::Deleted { key });
+        }
+        let at = line.windows(SET_TO.len()).position(|window| window == SET_TO)?;
+        let (key, value) = (&line[..at], &line[at + SET_TO.len()..]);
+        (is_word(key) && is_word(value)).then_some(Event::Set { key, value })
+    }
+}
+
+/// True for one word: non-empty, no protocol whitespace.
+fn is_word(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && !bytes.iter().any(|&b| super::command::is_space(b))
 }
 
 /// The STATS reply: `<name> <value>` lines in order, then `OK`. Built on a cold path,
