@@ -88,7 +88,7 @@ fn bench_batch(c: &mut Criterion) {
             for line in &lines {
                 batch.push_request(line.as_bytes());
             }
-            batch.apply(&mut partition, &mut subscriptions);
+            batch.apply(&mut partition, &mut subscriptions, None);
             black_box(batch.reply_count())
         })
     });

@@ -10,7 +10,8 @@
 use crossbeam_channel::Sender;
 
 use crate::apply;
-use crate::protocol::{self, ErrorKind, Reply};
+use crate::persist::{Op, PartitionLog};
+use crate::protocol::{self, Command, ErrorKind, Reply};
 use crate::store::Partition;
 use crate::subscribe::{Subscriber, Subscriptions};
 
@@ -33,6 +34,10 @@ pub struct Batch {
     /// The subscriber to register if the batch holds a `SUBSCRIBE`. The worker takes
     /// it when it registers it and leaves it when the bucket does not exist.
     subscriber: Option<Subscriber>,
+    /// While logging ahead: buckets the batch creates or drops, as (start, length) in
+    /// `requests` and whether they exist after. Reused, so logging allocates nothing
+    /// per request.
+    overlay: Vec<(usize, usize, bool)>,
 }
 
 impl Batch {
@@ -46,6 +51,7 @@ impl Batch {
             worker,
             cursor: 0,
             subscriber: None,
+            overlay: Vec::new(),
         }
     }
 
@@ -131,15 +137,93 @@ impl Batch {
     /// replies and streaming every change to `subscriptions`. If applying one panics,
     /// the cursor still points at it and `replies` may hold part of its reply:
     /// [`Batch::answer_crashed`] or [`Batch::discard_partial_reply`] repair that.
-    pub fn apply(&mut self, partition: &mut Partition, subscriptions: &mut Subscriptions) {
+    ///
+    /// With a `log`, each stretch of requests is logged before it is applied: first the
+    /// records of the writes that will succeed are gathered and written with one
+    /// `write` (see [`Batch::log_ahead`]), then the stretch is applied. If the write
+    /// fails, the stretch's writes are not applied but answered `ERROR persistence
+    /// failed: <reason>`, and its reads are served as usual. Returns how many writes
+    /// were refused so.
+    pub fn apply(
+        &mut self,
+        partition: &mut Partition,
+        subscriptions: &mut Subscriptions,
+        mut log: Option<&mut PartitionLog>,
+    ) -> u64 {
+        let mut refused = 0;
         while !self.is_done() {
+            let (end, failure) = match log.as_deref_mut() {
+                None => (self.requests.len(), None),
+                Some(log) => {
+                    let end = self.log_ahead(partition, log);
+                    (end, log.commit().err())
+                }
+            };
+            refused += self.apply_until(partition, subscriptions, end, failure.as_deref());
+        }
+        refused
+    }
+
+    /// Applies the requests from the cursor up to byte `end` of `requests`; with a
+    /// `failure`, refuses their writes instead. Returns how many it refused.
+    fn apply_until(
+        &mut self,
+        partition: &mut Partition,
+        subscriptions: &mut Subscriptions,
+        end: usize,
+        failure: Option<&str>,
+    ) -> u64 {
+        let mut refused = 0;
+        while self.cursor < end {
             let (line, next) = request_at(&self.requests, self.cursor);
             let command = protocol::parse(line);
-            apply::apply(partition, subscriptions, command, &mut self.subscriber)
-                .write_text(&mut self.replies);
+            match failure {
+                Some(reason) if command.is_write() => {
+                    Reply::Error(ErrorKind::PersistenceFailed { reason }).write_text(&mut self.replies);
+                    refused += 1;
+                }
+                _ => apply::apply(partition, subscriptions, command, &mut self.subscriber)
+                    .write_text(&mut self.replies),
+            }
             self.reply_ends.push(self.replies.len());
             self.cursor = next;
         }
+        refused
+    }
+
+    /// Gathers in `log` the record of every write from the cursor on that will
+    /// succeed, working out which buckets exist as the requests before it will leave
+    /// them. Stops after a `DEBUG CRASH`, so that what is logged is exactly what gets
+    /// applied before the crash. Returns where the stretch ends in `requests`.
+    fn log_ahead(&mut self, partition: &Partition, log: &mut PartitionLog) -> usize {
+        self.overlay.clear();
+        let mut at = self.cursor;
+        while at < self.requests.len() {
+            let (line, next) = request_at(&self.requests, at);
+            let command = protocol::parse(line);
+            let exists = |bucket: &[u8], overlay: &[(usize, usize, bool)]| {
+                let known = overlay.iter().rev().find(|(s, l, _)| &self.requests[*s..*s + *l] == bucket);
+                known.map_or_else(|| partition.contains(bucket), |(_, _, exists)| *exists)
+            };
+            let (logged, now) = match command {
+                Command::Create { bucket } => (!exists(bucket, &self.overlay), Some((bucket, true))),
+                Command::Put { bucket, .. } | Command::Delete { bucket, .. } => {
+                    (exists(bucket, &self.overlay), None)
+                }
+                Command::Drop { bucket } => (exists(bucket, &self.overlay), Some((bucket, false))),
+                Command::DebugCrash { .. } => return next,
+                _ => (false, None),
+            };
+            if logged && let Some(op) = Op::of(&command) {
+                log.push(&op);
+            }
+            if let Some((bucket, exists)) = now {
+                let start = bucket.as_ptr() as usize - self.requests.as_ptr() as usize;
+                self.overlay.push((start, bucket.len(), exists));
+            }
+            at = next;
+        }
+        at
     }
 
     /// Answers the request at the cursor with `reply` and moves past it: what a
@@ -198,7 +282,7 @@ mod tests {
         for line in lines {
             batch.push_request(line);
         }
-        batch.apply(partition, &mut Subscriptions::default());
+        batch.apply(partition, &mut Subscriptions::default(), None);
         (0..batch.reply_count()).map(|i| batch.reply(i).unwrap_or_default().to_vec()).collect()
     }
 

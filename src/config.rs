@@ -10,6 +10,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::thread;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
+use crate::persist::FsyncPolicy;
 use crate::protocol::{DEFAULT_MAX_LINE, MAX_MAX_LINE};
 use crate::router::{Cluster, ClusterError};
 
@@ -74,6 +77,10 @@ pub const DEFAULT_PEER_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// are busy a client waits for one (within its request timeout) instead of opening more.
 pub const DEFAULT_PEER_CONNECTIONS: usize = 32;
 
+/// Default size a partition's log may reach before it is compacted, if that is also
+/// more than twice its live data: Redis's `auto-aof-rewrite-min-size` is 64 MiB too.
+pub const DEFAULT_COMPACT_MIN_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Longest any configured timeout may be: longer is a typo, and deadlines computed
 /// from it must not overflow.
 pub const LONGEST_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
@@ -133,6 +140,14 @@ pub struct Config {
     pub max_restarts: u32,
     /// ... within this many seconds, or the supervisor gives up.
     pub max_seconds: u64,
+    /// Where to keep the data; `None` keeps it in memory only.
+    pub data_dir: Option<PathBuf>,
+    /// When logged changes are synced to disk.
+    pub fsync: FsyncPolicy,
+    /// Start even if a log is damaged, keeping what precedes the damage.
+    pub repair: bool,
+    /// A partition's log is compacted past this size (and twice its live data).
+    pub compact_min_bytes: u64,
 }
 
 impl Default for Config {
@@ -151,6 +166,10 @@ impl Default for Config {
             debug: false,
             max_restarts: DEFAULT_MAX_RESTARTS,
             max_seconds: DEFAULT_MAX_SECONDS,
+            data_dir: None,
+            fsync: FsyncPolicy::default(),
+            repair: false,
+            compact_min_bytes: DEFAULT_COMPACT_MIN_BYTES,
         }
     }
 }
@@ -182,6 +201,7 @@ impl Config {
             ("--max-connections", self.max_connections),
             ("--peer-connections", self.peer.connections),
             ("--subscriber-backlog", self.subscriber_backlog),
+            ("--compact-min-bytes", usize::try_from(self.compact_min_bytes).unwrap_or(usize::MAX)),
         ];
         if let Some((flag, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::Zero(flag));
@@ -202,6 +222,9 @@ impl Config {
             if let Some(timeout) = timeout.filter(|t| t.is_zero() || *t > LONGEST_TIMEOUT) {
                 return Err(ConfigError::BadTimeout { flag, timeout });
             }
+        }
+        if self.repair && self.data_dir.is_none() {
+            return Err(ConfigError::RepairWithoutDataDir);
         }
         if let Some(cluster) = &self.cluster {
             cluster.node_index(&self.node).map_err(ConfigError::Cluster)?;
@@ -229,6 +252,8 @@ pub enum ConfigError {
     Cluster(ClusterError),
     /// The `PORT` environment variable is not a port.
     BadPortVariable(String),
+    /// `--repair` without `--data-dir`.
+    RepairWithoutDataDir,
 }
 
 impl fmt::Display for ConfigError {
@@ -249,6 +274,9 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::Cluster(error) => write!(f, "{error}"),
             ConfigError::BadPortVariable(text) => write!(f, "PORT must be a port number, not {text:?}"),
+            ConfigError::RepairWithoutDataDir => {
+                f.write_str("--repair needs --data-dir: there is nothing to repair")
+            }
         }
     }
 }

@@ -182,6 +182,8 @@ impl<'s> Round<'s> {
         for (w, slot) in self.batches.iter_mut().enumerate() {
             let Some(batch) = slot.as_mut().filter(|batch| !batch.is_empty()) else { continue };
             if self.inline && worker::apply_inline(&self.workers[w], batch) {
+                // With `--fsync always`, its records are synced before its replies go out.
+                self.workers[w].sync_if_always();
                 continue;
             }
             let Some(batch) = slot.take() else { continue };

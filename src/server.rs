@@ -24,9 +24,11 @@ use parking_lot::Mutex;
 
 use crate::acceptor;
 use crate::batch::Batch;
+use crate::housekeeping::{self, Housekeeping};
 use crate::peer::Peers;
-use crate::router::Cluster;
-use crate::state::{Counters, State};
+use crate::persist::{self, DataDirConfig};
+use crate::router::{Cluster, Route, RouteTable};
+use crate::state::{Counters, DataState, State};
 use crate::supervisor::{AcceptorStart, ChildExit, Control, RestartIntensity, StopReason, Supervisor};
 use crate::sys;
 use crate::worker::{self, WorkerShared};
@@ -81,13 +83,12 @@ impl Server {
             .node_index(&config.node)
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, ConfigError::Cluster(error)))?;
         let routes = cluster.routes_for(this);
+        let (workers, data) = load_workers(&config, &routes)?;
         let peers = Peers::start(cluster, this, &config.peer)?;
-        let mut workers = Vec::with_capacity(config.workers);
         let mut inboxes = Vec::with_capacity(config.workers);
         let mut worker_inboxes = Vec::with_capacity(config.workers);
         for _ in 0..config.workers {
             let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
-            workers.push(Arc::new(WorkerShared::default()));
             inboxes.push(inbox_tx);
             worker_inboxes.push(inbox_rx);
         }
@@ -102,6 +103,7 @@ impl Server {
             open: Mutex::new(HashMap::new()),
             routes,
             peers,
+            data,
         });
         Ok(Server { listener: Arc::new(listener), state, worker_inboxes })
     }
@@ -140,6 +142,12 @@ impl Server {
             })
         });
         let (control, supervisor) = Supervisor::spawn(workers, acceptor_start, intensity, stop_tx.clone())?;
+        let housekeeping = match &state.data {
+            Some(_) => {
+                Some(Housekeeping::start(&state.workers, state.config.fsync, state.config.compact_min_bytes)?)
+            }
+            None => None,
+        };
         log::info!(
             "kv listening on {addr} with {} workers (node {})",
             state.config.workers,
@@ -153,6 +161,7 @@ impl Server {
             control,
             supervisor: Some(supervisor),
             received: Mutex::new(None),
+            housekeeping,
         })
     }
 }
@@ -181,6 +190,8 @@ pub struct ServerHandle {
     /// A stop message [`ServerHandle::gave_up`] took off the channel, kept for
     /// [`ServerHandle::wait`].
     received: Mutex<Option<StopReason>>,
+    /// With a data directory: the flusher and the compactor.
+    housekeeping: Option<Housekeeping>,
 }
 
 impl ServerHandle {
@@ -249,6 +260,14 @@ impl ServerHandle {
         state.inboxes.lock().take();
         let _ = self.control.send(Control::Stop(WORKER_GRACE));
         let _ = supervisor.join();
+        // Every change applied is written; with a data directory, now synced too,
+        // whatever the policy, before the process may exit.
+        if let Some(mut housekeeping) = self.housekeeping.take() {
+            housekeeping.stop();
+        }
+        for worker in &state.workers {
+            housekeeping::sync_now(worker);
+        }
         log::info!("stopped");
     }
 }
@@ -257,6 +276,39 @@ impl Drop for ServerHandle {
     fn drop(&mut self) {
         self.stop(StopReason::Requested);
     }
+}
+
+/// Each worker's state: empty partitions, or with `--data-dir` what the data directory
+/// holds, each bucket given to the worker that owns it now.
+fn load_workers(
+    config: &Config,
+    routes: &RouteTable,
+) -> io::Result<(Vec<Arc<WorkerShared>>, Option<DataState>)> {
+    let Some(root) = &config.data_dir else {
+        return Ok(((0..config.workers).map(|_| Arc::new(WorkerShared::default())).collect(), None));
+    };
+    let data_config = DataDirConfig { root: root.clone(), policy: config.fsync, repair: config.repair };
+    let workers = config.workers;
+    let place = move |bucket: &[u8]| match routes.route(bucket) {
+        Route::Local => Some(worker::worker_for(bucket, workers)),
+        _ => None,
+    };
+    let opened = persist::open(&data_config, workers, &place)
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error.to_string()))?;
+    let keys: usize = opened.partitions.iter().map(|p| p.key_count()).sum();
+    log::info!(
+        "loaded {keys} keys from {} in {:?} (fsync {})",
+        root.display(),
+        opened.load_time,
+        config.fsync
+    );
+    let shared = opened
+        .partitions
+        .into_iter()
+        .zip(opened.logs)
+        .map(|(partition, log)| Arc::new(WorkerShared::new(partition, Some(log))))
+        .collect();
+    Ok((shared, Some(DataState { _lock: opened.lock, load_time: opened.load_time })))
 }
 
 /// How many of `max_connections` fit the process's open-file limit, each taking one

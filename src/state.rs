@@ -42,6 +42,16 @@ pub(crate) struct State {
     pub routes: RouteTable,
     /// The other nodes, for the buckets they own.
     pub peers: Peers,
+    /// With `--data-dir`: the directory's lock and how loading went.
+    pub data: Option<DataState>,
+}
+
+/// What a server keeps of its data directory once loaded.
+#[derive(Debug)]
+pub(crate) struct DataState {
+    /// Held for the server's life: a second process refuses the directory.
+    pub _lock: std::fs::File,
+    pub load_time: std::time::Duration,
 }
 
 /// The server-wide counters of STATS.

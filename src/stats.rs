@@ -28,6 +28,7 @@ pub(crate) fn collect(state: &State) -> Stats {
     stats.push("subscribers", counters.subscribers.load(Ordering::Relaxed));
     stats
         .push("subscribers_dropped", workers.iter().map(|w| load(&w.stats.subscribers_dropped)).sum::<u64>());
+    add_persistence(state, &mut stats);
     state.peers.add_stats(&mut stats);
     let inboxes = state.inboxes.lock();
     for (i, worker) in workers.iter().enumerate() {
@@ -38,4 +39,25 @@ pub(crate) fn collect(state: &State) -> Stats {
         stats.push(format!("worker.{i}.restarts"), load(&worker.stats.restarts));
     }
     stats
+}
+
+/// The persistence figures: on or off, the policy, and how the logs are doing.
+fn add_persistence(state: &State, stats: &mut Stats) {
+    let Some(data) = &state.data else {
+        stats.push("persistence", "off");
+        return;
+    };
+    let workers = &state.workers;
+    let sum = |counter: fn(&crate::worker::WorkerStats) -> &AtomicU64| {
+        workers.iter().map(|w| counter(&w.stats).load(Ordering::Relaxed)).sum::<u64>()
+    };
+    let syncs = || workers.iter().filter_map(|w| w.sync.as_ref().map(|(sync, _)| sync));
+    stats.push("persistence", "on");
+    stats.push("fsync", state.config.fsync);
+    stats.push("log_bytes", sum(|s| &s.log_bytes));
+    stats.push("last_fsync_age_ms", syncs().map(|sync| sync.last_sync_age_ms()).max().unwrap_or(0));
+    stats.push("fsyncs_delayed", syncs().map(|sync| sync.delayed.load(Ordering::Relaxed)).sum::<u64>());
+    stats.push("compactions", sum(|s| &s.compactions));
+    stats.push("persistence_errors", sum(|s| &s.persistence_errors));
+    stats.push("load_time_ms", data.load_time.as_millis());
 }

@@ -54,6 +54,9 @@ pub struct Bucket {
     len: usize,
     /// Bytes of `arena` that no slot refers to any more.
     garbage: usize,
+    /// Counts the times records moved in the arena (compaction, or emptying), so a
+    /// reader walking the arena between locks knows to start again.
+    moves: u32,
     hasher: Hasher,
 }
 
@@ -252,6 +255,7 @@ impl Bucket {
         self.arena = arena;
         self.slots = slots;
         self.garbage = 0;
+        self.moves = self.moves.wrapping_add(1);
     }
 
     /// The value stored under `key`.
@@ -318,11 +322,54 @@ impl Bucket {
         self.len -= 1;
         if self.len == 0 {
             // An emptied bucket gives its memory back.
-            *self = Bucket { hasher: std::mem::take(&mut self.hasher), ..Bucket::default() };
+            let moves = self.moves.wrapping_add(1);
+            *self = Bucket { hasher: std::mem::take(&mut self.hasher), moves, ..Bucket::default() };
         } else {
             self.maybe_compact();
         }
         true
+    }
+
+    /// Calls `each` with the live pairs whose records start at arena offset `from` or
+    /// later, in arena order, until about `max_bytes` of records are visited. Returns
+    /// where to go on from, or `None` when the arena is done.
+    ///
+    /// For reading a bucket in chunks between locks: a record never moves in the arena
+    /// unless [`Bucket::moves`] changes, so a reader that sees it unchanged between two
+    /// chunks misses no pair that was left alone meanwhile (a changed pair may be seen
+    /// old or new, or be appended further on).
+    pub fn pairs_from(
+        &self,
+        from: usize,
+        max_bytes: usize,
+        mut each: impl FnMut(&[u8], &[u8]),
+    ) -> Option<usize> {
+        let mut at = from;
+        while at < self.arena.len() {
+            if at - from >= max_bytes {
+                return Some(at);
+            }
+            let record = self.record(at);
+            let key = &self.arena[record.key_start..record.key_start + record.key_len];
+            let live =
+                self.find(key, self.hasher.hash_one(key)).is_some_and(|i| slot_offset(self.slots[i]) == at);
+            if live {
+                each(key, &self.arena[record.value_start()..record.value_start() + record.value_len]);
+            }
+            at += record.size;
+        }
+        None
+    }
+
+    /// Bytes of live records in the arena: about what the bucket's pairs take in a
+    /// snapshot.
+    pub fn live_bytes(&self) -> usize {
+        self.arena.len() - self.garbage
+    }
+
+    /// How many times records have moved in the arena (see [`Bucket::pairs_from`]).
+    pub fn moves(&self) -> u32 {
+        self.moves
     }
 
     /// Number of keys in the bucket.
@@ -345,8 +392,11 @@ impl Bucket {
 /// The buckets one worker owns, with running counts for STATS.
 #[derive(Debug, Default)]
 pub struct Partition {
-    buckets: HashMap<Box<[u8]>, Bucket, Hasher>,
+    buckets: HashMap<Box<[u8]>, (u64, Bucket), Hasher>,
     keys: usize,
+    /// The id the next created bucket gets: a bucket dropped and created again is
+    /// another bucket to a reader walking the partition between locks.
+    next_id: u64,
 }
 
 impl Partition {
@@ -358,7 +408,8 @@ impl Partition {
     /// Creates `bucket` if it does not exist. An existing bucket keeps its data.
     pub fn create(&mut self, bucket: &[u8]) {
         if !self.buckets.contains_key(bucket) {
-            self.buckets.insert(bucket.into(), Bucket::default());
+            self.next_id += 1;
+            self.buckets.insert(bucket.into(), (self.next_id, Bucket::default()));
         }
     }
 
@@ -369,13 +420,13 @@ impl Partition {
 
     /// The value under `key` in `bucket`; `Ok(None)` for a missing key.
     pub fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<&[u8]>, NoSuchBucket> {
-        let bucket = self.buckets.get(bucket).ok_or(NoSuchBucket)?;
+        let (_, bucket) = self.buckets.get(bucket).ok_or(NoSuchBucket)?;
         Ok(bucket.get(key))
     }
 
     /// Stores `value` under `key` in `bucket`, overwriting.
     pub fn put(&mut self, bucket: &[u8], key: &[u8], value: &[u8]) -> Result<(), NoSuchBucket> {
-        let bucket = self.buckets.get_mut(bucket).ok_or(NoSuchBucket)?;
+        let (_, bucket) = self.buckets.get_mut(bucket).ok_or(NoSuchBucket)?;
         if bucket.put(key, value) {
             self.keys += 1;
         }
@@ -384,7 +435,7 @@ impl Partition {
 
     /// Removes `key` from `bucket`; a missing key is not an error.
     pub fn delete(&mut self, bucket: &[u8], key: &[u8]) -> Result<(), NoSuchBucket> {
-        let bucket = self.buckets.get_mut(bucket).ok_or(NoSuchBucket)?;
+        let (_, bucket) = self.buckets.get_mut(bucket).ok_or(NoSuchBucket)?;
         if bucket.delete(key) {
             self.keys -= 1;
         }
@@ -393,9 +444,46 @@ impl Partition {
 
     /// Removes `bucket` and every key in it.
     pub fn drop_bucket(&mut self, bucket: &[u8]) -> Result<(), NoSuchBucket> {
-        let dropped = self.buckets.remove(bucket).ok_or(NoSuchBucket)?;
+        let (_, dropped) = self.buckets.remove(bucket).ok_or(NoSuchBucket)?;
         self.keys -= dropped.len();
         Ok(())
+    }
+
+    /// Bytes of live data: about the size of a snapshot of the partition. O(buckets).
+    pub fn live_bytes(&self) -> usize {
+        self.buckets.iter().map(|(name, (_, bucket))| name.len() + bucket.live_bytes()).sum()
+    }
+
+    /// Every bucket's name and id, for a reader walking the partition between locks.
+    pub fn bucket_ids(&self) -> Vec<(Box<[u8]>, u64)> {
+        self.buckets.iter().map(|(name, (id, _))| (name.clone(), *id)).collect()
+    }
+
+    /// The bucket called `name`, if it exists and still has id `id`.
+    pub fn bucket_with_id(&self, name: &[u8], id: u64) -> Option<&Bucket> {
+        self.buckets.get(name).filter(|(found, _)| *found == id).map(|(_, bucket)| bucket)
+    }
+
+    /// Takes every bucket out, for moving them to other partitions.
+    pub fn take_buckets(&mut self) -> Vec<(Box<[u8]>, Bucket)> {
+        self.keys = 0;
+        self.buckets.drain().map(|(name, (_, bucket))| (name, bucket)).collect()
+    }
+
+    /// Takes the bucket called `name` out, if it exists.
+    pub fn take_bucket(&mut self, name: &[u8]) -> Option<Bucket> {
+        let (_, bucket) = self.buckets.remove(name)?;
+        self.keys -= bucket.len();
+        Some(bucket)
+    }
+
+    /// Puts a bucket taken from another partition in, replacing one of the same name.
+    pub fn insert_bucket(&mut self, name: Box<[u8]>, bucket: Bucket) {
+        self.next_id += 1;
+        self.keys += bucket.len();
+        if let Some((_, old)) = self.buckets.insert(name, (self.next_id, bucket)) {
+            self.keys -= old.len();
+        }
     }
 
     /// Number of buckets.

@@ -103,6 +103,17 @@ fn claim_interval(last: &AtomicU64, now_ms: u64, interval_ms: u64) -> bool {
     last.compare_exchange(previous, now_ms + 1, Ordering::Relaxed, Ordering::Relaxed).is_ok()
 }
 
+/// Takes an exclusive advisory lock on `file` without waiting: false if another
+/// process holds it. Released when the file is closed (the process exits).
+pub fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
+    // SAFETY: the descriptor is a valid open file owned by `file`.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    if error.kind() == io::ErrorKind::WouldBlock { Ok(false) } else { Err(error) }
+}
+
 /// SIGINT or SIGTERM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShutdownSignal {

@@ -29,7 +29,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crossbeam_channel::{Receiver, RecvError, TryRecvError};
 use parking_lot::Mutex;
 
+use std::sync::Arc;
+
 use crate::batch::Batch;
+use crate::persist::{FsyncPolicy, LogSync, PartitionLog};
 use crate::protocol::{ErrorKind, Reply};
 use crate::store::Partition;
 use crate::subscribe::Subscriptions;
@@ -45,25 +48,76 @@ pub struct WorkerStats {
     pub restarts: AtomicU64,
     /// Subscribers dropped for falling too far behind.
     pub subscribers_dropped: AtomicU64,
+    /// Writes refused because their record could not reach the log.
+    pub persistence_errors: AtomicU64,
+    /// Bytes of the partition's live log files.
+    pub log_bytes: AtomicU64,
+    /// Compactions finished.
+    pub compactions: AtomicU64,
 }
 
-/// What outlives a worker thread: its partition and its counters.
+/// What outlives a worker thread: its partition, its log and its counters.
 #[derive(Debug, Default)]
 pub struct WorkerShared {
     /// The buckets this worker owns.
     pub partition: Mutex<Partition>,
-    /// Who streams which bucket's changes. Locked together with the partition, and
-    /// only by the worker.
+    /// Who streams which bucket's changes. Locked together with the partition.
     pub subscriptions: Mutex<Subscriptions>,
+    /// The partition's log, with a data directory; locked together with the partition,
+    /// after it, so a change and its record are one critical section.
+    pub log: Mutex<Option<PartitionLog>>,
+    /// The log's shared half, for syncing without the partition's lock.
+    pub sync: Option<(Arc<LogSync>, FsyncPolicy)>,
     /// Counters for STATS.
     pub stats: WorkerStats,
 }
 
 impl WorkerShared {
-    fn publish(&self, partition: &Partition, subscriptions: &Subscriptions) {
+    /// A worker's state over `partition`, logged to `log` when there is one.
+    pub fn new(partition: Partition, log: Option<PartitionLog>) -> Self {
+        let sync = log.as_ref().map(|log| (log.sync_handle(), log.policy()));
+        WorkerShared {
+            partition: Mutex::new(partition),
+            log: Mutex::new(log),
+            sync,
+            ..WorkerShared::default()
+        }
+    }
+
+    fn publish(&self, partition: &Partition, subscriptions: &Subscriptions, log: Option<&PartitionLog>) {
         self.stats.buckets.store(partition.bucket_count(), Ordering::Relaxed);
         self.stats.keys.store(partition.key_count(), Ordering::Relaxed);
         self.stats.subscribers_dropped.store(subscriptions.dropped_total(), Ordering::Relaxed);
+        if let Some(log) = log {
+            self.stats.log_bytes.store(log.total_bytes(), Ordering::Relaxed);
+        }
+    }
+
+    /// Applies `batch` under the partition's locks, already held, and counts what the
+    /// log refused.
+    fn apply_locked(
+        &self,
+        batch: &mut Batch,
+        partition: &mut Partition,
+        subscriptions: &mut Subscriptions,
+        log: &mut Option<PartitionLog>,
+    ) {
+        let refused = batch.apply(partition, subscriptions, log.as_mut());
+        if refused > 0 {
+            self.stats.persistence_errors.fetch_add(refused, Ordering::Relaxed);
+        }
+    }
+
+    /// With `--fsync always`: syncs what this partition's log wrote, before the replies
+    /// of the batches that wrote it go out. A sync that fails is logged and counted:
+    /// the writes are applied and written, only not known to be on the disk.
+    pub fn sync_if_always(&self) {
+        if let Some((sync, FsyncPolicy::Always)) = &self.sync
+            && let Err(error) = sync.sync_if_dirty()
+        {
+            self.stats.persistence_errors.fetch_add(1, Ordering::Relaxed);
+            log::error!("fsync of a partition log failed: {error}");
+        }
     }
 }
 
@@ -116,9 +170,12 @@ pub fn apply_inline(shared: &WorkerShared, batch: &mut Batch) -> bool {
     let Some(mut subscriptions) = shared.subscriptions.try_lock() else {
         return false;
     };
+    let Some(mut log) = shared.log.try_lock() else {
+        return false;
+    };
     let applied = panic::catch_unwind(AssertUnwindSafe(|| {
-        batch.apply(&mut partition, &mut subscriptions);
-        shared.publish(&partition, &subscriptions);
+        shared.apply_locked(batch, &mut partition, &mut subscriptions, &mut log);
+        shared.publish(&partition, &subscriptions, log.as_ref());
     }));
     if applied.is_err() {
         batch.discard_partial_reply();
@@ -199,16 +256,19 @@ fn serve(shared: &WorkerShared, inbox: &Receiver<Batch>, in_hand: &mut InHand) {
         {
             let mut partition = shared.partition.lock();
             let mut subscriptions = shared.subscriptions.lock();
+            let mut log = shared.log.lock();
             while let Some(batch) = in_hand.current.as_mut() {
-                batch.apply(&mut partition, &mut subscriptions);
+                shared.apply_locked(batch, &mut partition, &mut subscriptions, &mut log);
                 in_hand.done.extend(in_hand.current.take());
                 if in_hand.done.len() == MAX_BATCHES_PER_LOCK {
                     break;
                 }
                 in_hand.current = inbox.try_recv().ok();
             }
-            shared.publish(&partition, &subscriptions);
+            shared.publish(&partition, &subscriptions, log.as_ref());
         }
+        // One sync for the whole drain, outside the lock, before any reply goes out.
+        shared.sync_if_always();
         for batch in in_hand.done.drain(..) {
             batch.send_back();
         }
@@ -251,7 +311,6 @@ pub fn worker_for(bucket: &[u8], workers: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     /// Every reply of a batch, concatenated.
     fn replies_of(batch: &Batch) -> Vec<u8> {

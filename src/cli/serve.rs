@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 use kv::config::{Config, ConfigError};
+use kv::persist::FsyncPolicy;
 use kv::router::Cluster;
 use kv::server::RESERVED_DESCRIPTORS;
 use kv::{Server, StopReason};
@@ -83,6 +84,21 @@ pub(crate) struct ServeArgs {
     /// most connections open to one peer node at once (default 32)
     #[argh(option)]
     peer_connections: Option<usize>,
+    /// keep the data in this directory, so a restart brings it back (default: in memory only)
+    #[argh(option)]
+    data_dir: Option<PathBuf>,
+    /// with --data-dir, when changes are synced to disk: always (before each OK),
+    /// everysec (at most about 2 s lost in a crash) or no (default everysec)
+    #[argh(option)]
+    fsync: Option<FsyncPolicy>,
+    /// with --data-dir, start even if a log is damaged: keep what precedes the damage and
+    /// move the damaged file aside
+    #[argh(switch)]
+    repair: bool,
+    /// with --data-dir, compact a partition's log once it passes this many bytes and twice
+    /// its live data (default 67108864, 64 MiB)
+    #[argh(option)]
+    compact_min_bytes: Option<u64>,
 }
 
 /// Parses a number of seconds, such as `1` or `0.25`. Only the syntax is checked here:
@@ -156,6 +172,10 @@ pub(crate) fn config(args: ServeArgs, port_variable: PortVariable) -> Result<Con
         config.idle_timeout = (seconds > 0).then(|| Duration::from_secs(seconds));
     }
     config.debug = args.debug;
+    config.data_dir = args.data_dir;
+    set(&mut config.fsync, args.fsync);
+    config.repair = args.repair;
+    set(&mut config.compact_min_bytes, args.compact_min_bytes);
     config.validate()?;
     Ok(config)
 }

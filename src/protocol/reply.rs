@@ -72,6 +72,8 @@ pub enum ErrorKind<'a> {
     SubscriptionNotSetUp,
     /// `DEBUG CRASH-ACCEPTOR` could not wake the acceptor.
     CannotWakeAcceptor,
+    /// A write whose record could not reach the log: it was not applied.
+    PersistenceFailed { reason: &'a str },
 }
 
 impl Reply<'_> {
@@ -136,6 +138,9 @@ impl ErrorKind<'_> {
             }
             ErrorKind::SubscriptionNotSetUp => line(out, &[e, b"subscription not set up"]),
             ErrorKind::CannotWakeAcceptor => line(out, &[e, b"cannot wake the acceptor"]),
+            ErrorKind::PersistenceFailed { reason } => {
+                line(out, &[e, b"persistence failed: ", reason.as_bytes()])
+            }
         }
     }
 }
@@ -311,6 +316,10 @@ mod tests {
             (Reply::Error(ErrorKind::PeerUnavailable { peer: "n1" }), b"ERROR peer n1 unavailable\r\n"),
             (Reply::Error(ErrorKind::SubscriptionNotSetUp), b"ERROR subscription not set up\r\n"),
             (Reply::Error(ErrorKind::CannotWakeAcceptor), b"ERROR cannot wake the acceptor\r\n"),
+            (
+                Reply::Error(ErrorKind::PersistenceFailed { reason: "File too large (os error 27)" }),
+                b"ERROR persistence failed: File too large (os error 27)\r\n",
+            ),
         ];
         for (reply, bytes) in cases {
             assert_eq!(text(*reply), *bytes, "{reply:?}");

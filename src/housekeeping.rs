@@ -1,0 +1,212 @@
+//! The persistence threads: the flusher, which syncs every partition's log once a
+//! second under `--fsync everysec`, and the compactor, which replaces a partition's
+//! old segments with a snapshot once they grow past their limit.
+//!
+//! Compaction never forks and never copies the data whole: it starts a new segment
+//! under the partition's lock, then writes the snapshot in chunks of about
+//! `persist::CHUNK_BYTES`, taking the lock for one chunk at a time, so a write waits at
+//! most one chunk's copy. Why a snapshot written while writes go on is safe to replay is
+//! in `persist/mod.rs`.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::persist::{FsyncPolicy, SnapshotWriter, bucket_records};
+use crate::worker::WorkerShared;
+
+/// How often the flusher syncs and the compactor looks at log sizes.
+const TICK: Duration = Duration::from_secs(1);
+
+/// How long the compactor leaves a partition alone after a compaction failed.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// The running persistence threads; dropping it stops them.
+#[derive(Debug)]
+pub(crate) struct Housekeeping {
+    stop: Option<Sender<()>>,
+    stopping: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Housekeeping {
+    /// Starts the flusher (with `everysec`) and the compactor for `workers`' logs.
+    pub fn start(workers: &[Arc<WorkerShared>], policy: FsyncPolicy, compact_min: u64) -> io::Result<Self> {
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        if policy == FsyncPolicy::EverySec {
+            let (workers, stop) = (workers.to_vec(), stop_rx.clone());
+            threads.push(
+                thread::Builder::new()
+                    .name("kv-flusher".into())
+                    .spawn(move || flush_loop(&workers, &stop))?,
+            );
+        }
+        let (workers, stop, flag) = (workers.to_vec(), stop_rx, stopping.clone());
+        threads.push(
+            thread::Builder::new()
+                .name("kv-compactor".into())
+                .spawn(move || compact_loop(&workers, &stop, &flag, compact_min))?,
+        );
+        Ok(Housekeeping { stop: Some(stop_tx), stopping, threads })
+    }
+
+    /// Stops both threads (a compaction under way is abandoned, its files left as
+    /// they were) and waits for them.
+    pub fn stop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.stop.take();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Housekeeping {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Syncs every log that was written to, once a second, until stopped.
+fn flush_loop(workers: &[Arc<WorkerShared>], stop: &Receiver<()>) {
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(TICK) {
+        for worker in workers {
+            sync_now(worker);
+        }
+    }
+}
+
+/// Syncs `worker`'s log if it was written to; a failure is logged and counted.
+pub(crate) fn sync_now(worker: &WorkerShared) {
+    if let Some((sync, _)) = &worker.sync
+        && let Err(error) = sync.sync_if_dirty()
+    {
+        worker.stats.persistence_errors.fetch_add(1, Ordering::Relaxed);
+        log::error!("fsync of a partition log failed: {error}");
+    }
+}
+
+/// Compacts each partition whose log has outgrown its limit, until stopped.
+fn compact_loop(workers: &[Arc<WorkerShared>], stop: &Receiver<()>, stopping: &AtomicBool, compact_min: u64) {
+    let mut failed_at: Vec<Option<Instant>> = vec![None; workers.len()];
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(TICK) {
+        for (p, worker) in workers.iter().enumerate() {
+            if failed_at[p].is_some_and(|at| at.elapsed() < RETRY_AFTER)
+                || !needs_compaction(worker, compact_min)
+            {
+                continue;
+            }
+            let started = Instant::now();
+            match compact(worker, stopping) {
+                Ok(true) => {
+                    failed_at[p] = None;
+                    worker.stats.compactions.fetch_add(1, Ordering::Relaxed);
+                    log::info!("compacted partition {p} in {:?}", started.elapsed());
+                }
+                Ok(false) => return,
+                Err(error) => {
+                    failed_at[p] = Some(Instant::now());
+                    log::error!("compaction of partition {p} failed (retrying in {RETRY_AFTER:?}): {error}");
+                }
+            }
+        }
+    }
+}
+
+/// True when `worker`'s log is past `compact_min` bytes and twice its live data.
+fn needs_compaction(worker: &WorkerShared, compact_min: u64) -> bool {
+    let log_bytes = worker.stats.log_bytes.load(Ordering::Relaxed);
+    if worker.sync.is_none() || log_bytes <= compact_min {
+        return false;
+    }
+    let live = worker.partition.lock().live_bytes() as u64;
+    log_bytes > live.saturating_mul(2)
+}
+
+/// One compaction of `worker`'s partition. Ok(false): abandoned because the server
+/// is stopping.
+fn compact(worker: &WorkerShared, stopping: &AtomicBool) -> io::Result<bool> {
+    let (from, dir, buckets) = {
+        let partition = worker.partition.lock();
+        let mut log = worker.log.lock();
+        let Some(log) = log.as_mut() else { return Ok(true) };
+        (log.rotate()?, log.dir().to_path_buf(), partition.bucket_ids())
+    };
+    // The segments before `from` are complete; what they hold must be on disk before
+    // the snapshot can stand in for them.
+    sync_segments_before(&dir, from)?;
+    let mut writer = SnapshotWriter::create(&dir, from)?;
+    let mut chunk = Vec::new();
+    for (name, id) in buckets {
+        let (mut at, mut moves) = (None, None);
+        loop {
+            if stopping.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            let next = {
+                let partition = worker.partition.lock();
+                let Some(bucket) = partition.bucket_with_id(&name, id) else { break };
+                if moves.is_some_and(|moved| moved != bucket.moves()) {
+                    // Records moved in the arena: read the bucket again from the start.
+                    at = Some(0);
+                }
+                moves = Some(bucket.moves());
+                bucket_records(&partition, &name, id, at, &mut chunk)
+            };
+            writer.write(&chunk)?;
+            chunk.clear();
+            match next {
+                Some(next) => at = Some(next),
+                None => break,
+            }
+        }
+    }
+    let snapshot_len = writer.publish()?;
+    remove_before(&dir, from);
+    if let Some(log) = worker.log.lock().as_mut() {
+        log.compacted(from, snapshot_len)?;
+        worker.stats.log_bytes.store(log.total_bytes(), Ordering::Relaxed);
+    }
+    Ok(true)
+}
+
+/// The number of a data file (`0000000003.log` is 3), and whether it is a segment.
+fn data_file(path: &Path) -> Option<(u64, bool)> {
+    let name = path.file_name()?.to_str()?;
+    if let Some(seq) = name.strip_suffix(".log") {
+        return seq.parse().ok().map(|seq| (seq, true));
+    }
+    name.strip_suffix(".snap")?.parse().ok().map(|seq| (seq, false))
+}
+
+fn sync_segments_before(dir: &Path, from: u64) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if let Some((seq, true)) = data_file(&path)
+            && seq < from
+        {
+            fs::File::open(&path)?.sync_data()?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the segments and snapshots the snapshot `from` replaces. A file left by a
+/// failure here is removed at the next load.
+fn remove_before(dir: &Path, from: u64) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if data_file(&path).is_some_and(|(seq, _)| seq < from) {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}

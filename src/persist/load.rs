@@ -1,0 +1,285 @@
+//! Loading one partition's folder at start: its newest snapshot, then every segment
+//! begun since, in order.
+//!
+//! A torn tail (the newest segment ending inside a record, or in a record whose
+//! checksum fails) is what a crash mid-write leaves: it is cut off with a warning, as
+//! Redis's `aof-load-truncated` does. Damage anywhere else is refused, naming the file
+//! and offset, unless the operator asked to repair: then what precedes the damage is
+//! kept, and the damaged file is moved aside, never deleted.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::record::{self, FileKind, Op, Read};
+use super::{LoadError, sync_dir};
+use crate::store::Partition;
+
+/// What loading a partition's folder found.
+#[derive(Debug)]
+pub struct Loaded {
+    pub partition: Partition,
+    /// The newest segment, to append to, and its good length.
+    pub segment: u64,
+    pub segment_len: u64,
+    /// Bytes of every live file.
+    pub total: u64,
+    /// Warnings for the log: torn tails cut off, damage repaired, leftovers removed.
+    pub warnings: Vec<String>,
+}
+
+/// One file of a partition's folder.
+#[derive(Debug, Clone)]
+struct DataFile {
+    seq: u64,
+    kind: FileKind,
+    path: PathBuf,
+}
+
+/// The snapshot and segments of `dir` to load, in order; removes files a finished
+/// compaction left behind (and unfinished `.tmp` snapshots).
+fn files_to_load(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<DataFile>, LoadError> {
+    let mut files = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|error| LoadError::io(dir, error))?;
+    for entry in entries {
+        let path = entry.map_err(|error| LoadError::io(dir, error))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let parsed = if let Some(seq) = name.strip_suffix(".log") {
+            seq.parse().ok().map(|seq| (seq, FileKind::Segment))
+        } else if let Some(seq) = name.strip_suffix(".snap") {
+            seq.parse().ok().map(|seq| (seq, FileKind::Snapshot))
+        } else {
+            if name.ends_with(".tmp") {
+                let _ = fs::remove_file(&path);
+            }
+            None
+        };
+        if let Some((seq, kind)) = parsed {
+            files.push(DataFile { seq, kind, path });
+        }
+    }
+    let snapshot = files.iter().filter(|f| f.kind == FileKind::Snapshot).map(|f| f.seq).max();
+    // The newest snapshot covers everything before the segment of its own number.
+    let (mut keep, stale): (Vec<DataFile>, Vec<DataFile>) = files.into_iter().partition(|f| match snapshot {
+        None => true,
+        Some(snap) if f.kind == FileKind::Snapshot => f.seq == snap,
+        Some(snap) => f.seq >= snap,
+    });
+    for file in stale {
+        // A compaction published its snapshot and stopped before deleting these.
+        let _ = fs::remove_file(&file.path);
+        warnings.push(format!("removed {}, replaced by a snapshot", file.path.display()));
+    }
+    keep.sort_by_key(|f| (f.seq, f.kind == FileKind::Segment));
+    Ok(keep)
+}
+
+/// Loads the folder of one partition.
+pub fn load_partition(dir: &Path, repair: bool) -> Result<Loaded, LoadError> {
+    let mut warnings = Vec::new();
+    let files = files_to_load(dir, &mut warnings)?;
+    let mut partition = Partition::new();
+    let mut total = 0;
+    let newest_segment = files.iter().filter(|f| f.kind == FileKind::Segment).map(|f| f.seq).max();
+    let mut segment_len = 0;
+    for file in &files {
+        let is_tail = file.kind == FileKind::Segment && Some(file.seq) == newest_segment;
+        let len = load_file(&mut partition, file, is_tail, repair, &mut warnings)?;
+        total += len;
+        if is_tail {
+            segment_len = len;
+        }
+    }
+    let segment = match newest_segment {
+        Some(seq) => seq,
+        None => {
+            // A new partition, or one whose every segment a compaction replaced.
+            let next = files.iter().map(|f| f.seq).max().unwrap_or(0) + 1;
+            drop(super::log::create_segment(dir, next).map_err(|error| LoadError::io(dir, error))?);
+            segment_len = record::HEADER_LEN as u64;
+            total += segment_len;
+            next
+        }
+    };
+    Ok(Loaded { partition, segment, segment_len, total, warnings })
+}
+
+/// Replays one file into `partition`; returns its good length.
+fn load_file(
+    partition: &mut Partition,
+    file: &DataFile,
+    is_tail: bool,
+    repair: bool,
+    warnings: &mut Vec<String>,
+) -> Result<u64, LoadError> {
+    let bytes = fs::read(&file.path).map_err(|error| LoadError::io(&file.path, error))?;
+    let damage = match record::check_header(&bytes, file.kind) {
+        Err(_) if is_tail && bytes.len() < record::HEADER_LEN => {
+            // Created, then the crash came before its header was whole.
+            Some((0, "a torn header".to_string(), true))
+        }
+        Err(why) => Some((0, why, false)),
+        Ok(()) => replay(partition, &bytes[record::HEADER_LEN..])
+            .map(|(offset, why, torn)| (offset + record::HEADER_LEN, why, torn)),
+    };
+    let Some((offset, why, torn)) = damage else { return Ok(bytes.len() as u64) };
+    if torn && is_tail {
+        cut_tail(&file.path, offset)?;
+        warnings.push(format!(
+            "{}: cut off a torn last record at offset {offset} ({} bytes dropped)",
+            file.path.display(),
+            bytes.len() - offset
+        ));
+        return Ok(offset.max(record::HEADER_LEN) as u64);
+    }
+    if !repair {
+        return Err(LoadError::Damaged { path: file.path.clone(), offset: offset as u64, why });
+    }
+    move_aside_keeping(&file.path, &bytes, offset, file.kind)?;
+    warnings.push(format!(
+        "{}: {why} at offset {offset}; kept the {offset} bytes before it, moved the damaged file to {}",
+        file.path.display(),
+        aside_path(&file.path).display()
+    ));
+    Ok(offset.max(record::HEADER_LEN) as u64)
+}
+
+/// Applies every record of `records` to `partition`. Returns where the first bad
+/// record starts, why, and whether it is merely torn (the bytes end inside it).
+fn replay(partition: &mut Partition, records: &[u8]) -> Option<(usize, String, bool)> {
+    let mut at = 0;
+    while let Some(read) = record::decode(&records[at..]) {
+        match read {
+            Read::Record(op, len) => {
+                apply(partition, op);
+                at += len;
+            }
+            Read::Torn => return Some((at, "a record cut short".to_string(), true)),
+            // A bad last record is what a torn write of it can leave too, and so is a
+            // tail of zeros (a file extended but not written before a crash).
+            Read::Damaged(why) => {
+                let rest = &records[at..];
+                let torn = !has_record_after(rest) || rest.iter().all(|&b| b == 0);
+                return Some((at, why, torn));
+            }
+        }
+    }
+    None
+}
+
+/// True if bytes remain past the end that the damaged record at the start of `bytes`
+/// claims: then it is not the last record, and the damage is not a torn tail.
+fn has_record_after(bytes: &[u8]) -> bool {
+    let Some(len) = bytes.get(4..8).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize) else {
+        return false;
+    };
+    8usize.checked_add(len).is_some_and(|end| end < bytes.len())
+}
+
+/// Replays one logged change. A change to a bucket that is not there is skipped: a
+/// snapshot may already reflect a later state (see compaction in `persist/mod.rs`).
+pub fn apply(partition: &mut Partition, op: Op<'_>) {
+    let _ = match op {
+        Op::Create { bucket } => {
+            partition.create(bucket);
+            Ok(())
+        }
+        Op::Put { bucket, key, value } => partition.put(bucket, key, value),
+        Op::Delete { bucket, key } => partition.delete(bucket, key),
+        Op::Drop { bucket } => partition.drop_bucket(bucket),
+    };
+}
+
+/// Cuts `path` (whose content is `bytes`) back to `offset`, or to a bare header.
+fn cut_tail(path: &Path, offset: usize) -> Result<(), LoadError> {
+    let file = fs::OpenOptions::new().write(true).open(path).map_err(|error| LoadError::io(path, error))?;
+    if offset < record::HEADER_LEN {
+        file.set_len(0).map_err(|error| LoadError::io(path, error))?;
+        use std::io::Write;
+        (&file).write_all(&record::header(FileKind::Segment)).map_err(|error| LoadError::io(path, error))?;
+    } else {
+        file.set_len(offset as u64).map_err(|error| LoadError::io(path, error))?;
+    }
+    file.sync_all().map_err(|error| LoadError::io(path, error))
+}
+
+fn aside_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".damaged");
+    path.with_file_name(name)
+}
+
+/// `--repair`: moves the damaged file aside and writes what preceded the damage back
+/// under its name.
+fn move_aside_keeping(path: &Path, bytes: &[u8], offset: usize, kind: FileKind) -> Result<(), LoadError> {
+    let aside = aside_path(path);
+    fs::rename(path, &aside).map_err(|error| LoadError::io(path, error))?;
+    let mut kept = bytes[..offset.max(record::HEADER_LEN).min(bytes.len())].to_vec();
+    if kept.len() < record::HEADER_LEN {
+        kept = record::header(kind).to_vec();
+    }
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, &kept).map_err(|error| LoadError::io(&tmp, error))?;
+    fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|error| LoadError::io(&tmp, error))?;
+    fs::rename(&tmp, path).map_err(|error| LoadError::io(path, error))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir).map_err(|error| LoadError::io(dir, error))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(ops: &[Op<'_>]) -> Vec<u8> {
+        let mut bytes = record::header(FileKind::Segment).to_vec();
+        for op in ops {
+            record::encode(op, &mut bytes);
+        }
+        bytes
+    }
+
+    #[test]
+    fn replay_cut_at_every_offset_of_the_last_record_loads_what_precedes() {
+        let ops = [
+            Op::Create { bucket: b"b" },
+            Op::Put { bucket: b"b", key: b"k", value: b"1" },
+            Op::Put { bucket: b"b", key: b"k", value: b"22" },
+        ];
+        let whole = segment(&ops);
+        let before_last = segment(&ops[..2]).len();
+        for cut in before_last..whole.len() {
+            let mut partition = Partition::new();
+            let damage = replay(&mut partition, &whole[record::HEADER_LEN..cut]);
+            if cut == before_last {
+                assert!(damage.is_none());
+            } else {
+                let (offset, _, torn) = damage.expect("a cut record");
+                assert_eq!(offset + record::HEADER_LEN, before_last, "cut at {cut}");
+                assert!(torn, "cut at {cut} is a torn tail");
+            }
+            assert_eq!(partition.get(b"b", b"k"), Ok(Some(&b"1"[..])), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_tail_of_zeros_is_torn() {
+        let mut bytes = segment(&[Op::Create { bucket: b"b" }]);
+        bytes.extend_from_slice(&[0; 100]);
+        let mut partition = Partition::new();
+        let (_, _, torn) = replay(&mut partition, &bytes[record::HEADER_LEN..]).unwrap();
+        assert!(torn);
+        assert!(partition.contains(b"b"));
+    }
+
+    #[test]
+    fn damage_before_the_last_record_is_not_a_torn_tail() {
+        let ops = [Op::Create { bucket: b"b" }, Op::Put { bucket: b"b", key: b"k", value: b"1" }];
+        let mut bytes = segment(&ops);
+        bytes[record::HEADER_LEN + 9] ^= 0xff;
+        let mut partition = Partition::new();
+        let (offset, _, torn) = replay(&mut partition, &bytes[record::HEADER_LEN..]).unwrap();
+        assert_eq!(offset, 0);
+        assert!(!torn);
+    }
+}

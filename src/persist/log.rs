@@ -1,0 +1,282 @@
+//! One partition's log: the segment being appended to, the records of the commit in
+//! progress, and what a flusher needs to sync it without the partition's lock.
+//!
+//! A commit is one `write` of every record of a batch, made under the partition's lock
+//! before the batch's changes are applied; if it fails, the file is cut back to where
+//! it was, so a half-written commit never stays between two good ones. Syncing is
+//! separate ([`LogSync`]): `always` syncs after the commit, before the replies go out;
+//! `everysec` leaves it to the flusher thread; `no` leaves it to the kernel.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::record::{self, FileKind, Op};
+use super::{FsyncPolicy, sync_dir};
+
+/// How long a sync may run before writers wait for it, as Redis's `everysec` does: so
+/// a disk that stalls makes writes slow instead of letting unsynced data pile up.
+pub const STUCK_SYNC: Duration = Duration::from_secs(2);
+
+/// The file name of segment or snapshot `seq`.
+pub fn file_name(seq: u64, kind: FileKind) -> String {
+    match kind {
+        FileKind::Segment => format!("{seq:010}.log"),
+        FileKind::Snapshot => format!("{seq:010}.snap"),
+    }
+}
+
+/// Creates segment `seq` in `dir`, header written and synced, the directory too.
+pub fn create_segment(dir: &Path, seq: u64) -> io::Result<File> {
+    let path = dir.join(file_name(seq, FileKind::Segment));
+    let mut file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+    file.write_all(&record::header(FileKind::Segment))?;
+    file.sync_all()?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// What the flusher and the `always` path need, shared outside the partition's lock.
+#[derive(Debug)]
+pub struct LogSync {
+    /// The segment now appended to (replaced on rotation).
+    file: Mutex<Arc<File>>,
+    /// Written since the last sync.
+    dirty: AtomicBool,
+    /// When the running sync began, in ms since `epoch` plus one; 0 when none runs.
+    syncing_since: AtomicU64,
+    synced: Condvar,
+    synced_lock: Mutex<()>,
+    epoch: Instant,
+    /// When the last sync finished, as `syncing_since`.
+    last_sync: AtomicU64,
+    /// Commits that waited for a stuck sync.
+    pub delayed: AtomicU64,
+}
+
+impl LogSync {
+    fn new(file: Arc<File>) -> Self {
+        LogSync {
+            file: Mutex::new(file),
+            dirty: AtomicBool::new(false),
+            syncing_since: AtomicU64::new(0),
+            synced: Condvar::new(),
+            synced_lock: Mutex::new(()),
+            epoch: Instant::now(),
+            last_sync: AtomicU64::new(1),
+            delayed: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Syncs the current segment if anything was written since the last sync.
+    pub fn sync_if_dirty(&self) -> io::Result<()> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let file = self.file.lock().clone();
+        self.syncing_since.store(self.now_ms(), Ordering::Release);
+        let result = file.sync_data();
+        self.syncing_since.store(0, Ordering::Release);
+        self.last_sync.store(self.now_ms(), Ordering::Relaxed);
+        let _guard = self.synced_lock.lock();
+        self.synced.notify_all();
+        if result.is_err() {
+            self.dirty.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    /// Waits while a sync has been running for longer than [`STUCK_SYNC`].
+    fn wait_if_stuck(&self) {
+        let since = self.syncing_since.load(Ordering::Acquire);
+        if since == 0 || self.now_ms().saturating_sub(since) < STUCK_SYNC.as_millis() as u64 {
+            return;
+        }
+        self.delayed.fetch_add(1, Ordering::Relaxed);
+        let mut guard = self.synced_lock.lock();
+        while self.syncing_since.load(Ordering::Acquire) != 0 {
+            self.synced.wait_for(&mut guard, Duration::from_millis(100));
+        }
+    }
+
+    /// Milliseconds since the last sync finished.
+    pub fn last_sync_age_ms(&self) -> u64 {
+        self.now_ms().saturating_sub(self.last_sync.load(Ordering::Relaxed))
+    }
+}
+
+/// One partition's log, owned under the partition's lock.
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    policy: FsyncPolicy,
+    file: Arc<File>,
+    /// The segment appended to.
+    seq: u64,
+    /// Bytes of it known good: a failed commit is cut back to here.
+    good_len: u64,
+    /// Bytes of every live file of the partition, for the compaction trigger.
+    total: u64,
+    /// Records of the commit in progress.
+    pending: Vec<u8>,
+    /// A failed commit could not be cut back: the next commit tries again first.
+    needs_trim: bool,
+    sync: Arc<LogSync>,
+}
+
+impl PartitionLog {
+    /// Appends to segment `seq` of `dir`, whose good length is `len`; the partition's
+    /// live files hold `total` bytes in all.
+    pub fn open(dir: &Path, seq: u64, len: u64, total: u64, policy: FsyncPolicy) -> io::Result<Self> {
+        let path = dir.join(file_name(seq, FileKind::Segment));
+        let file = Arc::new(OpenOptions::new().append(true).open(path)?);
+        Ok(PartitionLog {
+            dir: dir.to_path_buf(),
+            policy,
+            sync: Arc::new(LogSync::new(file.clone())),
+            file,
+            seq,
+            good_len: len,
+            total,
+            pending: Vec::new(),
+            needs_trim: false,
+        })
+    }
+
+    /// The shared half, for the flusher and for syncing after a round.
+    pub fn sync_handle(&self) -> Arc<LogSync> {
+        self.sync.clone()
+    }
+
+    /// The partition's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The fsync policy.
+    pub fn policy(&self) -> FsyncPolicy {
+        self.policy
+    }
+
+    /// Bytes of every live file of the partition.
+    pub fn total_bytes(&self) -> u64 {
+        self.total
+    }
+
+    /// Adds one change to the commit in progress.
+    #[inline]
+    pub fn push(&mut self, op: &Op<'_>) {
+        record::encode(op, &mut self.pending);
+    }
+
+    /// True when the commit in progress holds records.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes the commit in progress with one `write`. On failure the segment is cut
+    /// back to where it was and the reason returned; nothing of it stays.
+    pub fn commit(&mut self) -> Result<(), String> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.sync.wait_if_stuck();
+        let result = self.trim_if_needed().and_then(|()| (&*self.file).write_all(&self.pending));
+        let written = self.pending.len() as u64;
+        self.pending.clear();
+        if let Err(error) = result {
+            self.needs_trim = true;
+            let _ = self.trim_if_needed();
+            return Err(error.to_string());
+        }
+        self.good_len += written;
+        self.total += written;
+        self.sync.dirty.store(true, Ordering::Release);
+        if self.pending.capacity() > 1024 * 1024 {
+            self.pending = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Cuts a segment a failed commit left long back to its good length.
+    fn trim_if_needed(&mut self) -> io::Result<()> {
+        if self.needs_trim {
+            self.file.set_len(self.good_len)?;
+            self.needs_trim = false;
+        }
+        Ok(())
+    }
+
+    /// Starts segment `seq + 1` and appends to it from now on; returns its number. The
+    /// old segment stays as it is, for compaction to sync and later delete.
+    pub fn rotate(&mut self) -> io::Result<u64> {
+        self.trim_if_needed()?;
+        let next = self.seq + 1;
+        let file = Arc::new(create_segment(&self.dir, next)?);
+        self.file = file.clone();
+        *self.sync.file.lock() = file;
+        self.seq = next;
+        self.good_len = record::HEADER_LEN as u64;
+        self.total += self.good_len;
+        Ok(next)
+    }
+
+    /// After compaction replaced the files before segment `from` with a snapshot of
+    /// `snapshot_len` bytes: the live total is that plus the segments from `from` on.
+    pub fn compacted(&mut self, from: u64, snapshot_len: u64) -> io::Result<()> {
+        let mut total = snapshot_len;
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(seq) = name.strip_suffix(".log").and_then(|n| n.parse::<u64>().ok())
+                && seq >= from
+            {
+                total += if seq == self.seq { self.good_len } else { entry.metadata()?.len() };
+            }
+        }
+        self.total = total;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kv-log-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_commit_is_one_write_of_every_pending_record() {
+        let dir = temp_dir("commit");
+        drop(create_segment(&dir, 1).unwrap());
+        let header = record::HEADER_LEN as u64;
+        let mut log = PartitionLog::open(&dir, 1, header, header, FsyncPolicy::Always).unwrap();
+        log.push(&Op::Create { bucket: b"b" });
+        log.push(&Op::Put { bucket: b"b", key: b"k", value: b"v" });
+        log.commit().unwrap();
+        let bytes = fs::read(dir.join(file_name(1, FileKind::Segment))).unwrap();
+        assert_eq!(bytes.len() as u64, log.total_bytes());
+        assert!(log.sync.dirty.load(Ordering::Acquire));
+        log.sync.sync_if_dirty().unwrap();
+        assert!(!log.sync.dirty.load(Ordering::Acquire));
+        let next = log.rotate().unwrap();
+        assert_eq!(next, 2);
+        assert!(dir.join(file_name(2, FileKind::Segment)).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

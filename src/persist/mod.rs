@@ -1,0 +1,428 @@
+//! Persistence: a data directory that gives a restarted node its buckets back.
+//!
+//! Each partition has a log of its own (no lock shared across workers): append-only
+//! segments `NNNNNNNNNN.log` of checksummed records (`record.rs`), and now and then a
+//! snapshot `NNNNNNNNNN.snap` that replaces every segment numbered below it. A change
+//! is logged in the same critical section that applies it (`apply.rs`, `batch.rs`),
+//! and its `OK` goes out only after its record is written (`everysec`, `no`) or written
+//! and synced (`always`).
+//!
+//! ```text
+//! DIR/LOCK                      held by the running process (a second one refuses)
+//! DIR/CURRENT                   the name of the live generation, replaced atomically
+//! DIR/gen-0001/MANIFEST         "kv-data 1" and the number of partitions
+//! DIR/gen-0001/p000/0000000003.snap, 0000000003.log, 0000000004.log
+//! DIR/foreign-<time>.snap       buckets this node no longer owns, kept, never loaded
+//! ```
+//!
+//! A generation fixes the number of partitions. Started with another `--workers`, kv
+//! loads the old generation, moves every bucket to its new owner, writes a snapshot of
+//! each new partition into a new generation, and switches `CURRENT` to it: one rename.
+//!
+//! Compaction (in `compaction.rs`, which can reach the workers' locks) relies on one
+//! invariant: replaying a snapshot, then every segment from the one started just before
+//! the snapshot began, in order, gives the current state. A snapshot is written in
+//! chunks while writes go on, so it may hold a bucket's state from any moment after
+//! that segment began; replaying the segment's records over it brings every bucket to
+//! its final state, because each record sets what it names (a PUT the value, a DELETE
+//! the key's absence, a DROP the bucket's), and changes to a bucket that is not there are
+//! skipped on replay.
+
+mod load;
+mod log;
+mod record;
+mod snapshot;
+
+pub use load::apply as replay_op;
+pub use log::{LogSync, PartitionLog, STUCK_SYNC};
+pub use record::Op;
+pub use snapshot::{CHUNK_BYTES, SnapshotWriter, bucket_records};
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::store::Partition;
+use crate::sys;
+
+/// When a logged change is synced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// Before its `OK` goes out: one sync per round or per worker drain, never per
+    /// request.
+    Always,
+    /// By a flusher thread, every second: a crash loses at most about two seconds.
+    #[default]
+    EverySec,
+    /// When the kernel writes it back; at shutdown.
+    No,
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "always" => Ok(FsyncPolicy::Always),
+            "everysec" => Ok(FsyncPolicy::EverySec),
+            "no" => Ok(FsyncPolicy::No),
+            _ => Err(format!("--fsync {text:?}: expected always, everysec or no")),
+        }
+    }
+}
+
+impl fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::EverySec => "everysec",
+            FsyncPolicy::No => "no",
+        })
+    }
+}
+
+/// Syncs a directory, so that a file created or renamed in it survives a power cut.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Why a data directory could not be opened or loaded. Its `Display` is what
+/// `kv serve` prints before exiting.
+#[derive(Debug)]
+pub enum LoadError {
+    /// A file or folder could not be read or written.
+    Io { path: PathBuf, error: io::Error },
+    /// Another process holds the directory.
+    InUse(PathBuf),
+    /// `--data-dir` is not a directory.
+    NotADirectory(PathBuf),
+    /// Damage that is not a torn tail; `--repair` keeps what precedes it.
+    Damaged { path: PathBuf, offset: u64, why: String },
+    /// A manifest this build cannot read.
+    Manifest { path: PathBuf, why: String },
+}
+
+impl LoadError {
+    fn io(path: &Path, error: io::Error) -> Self {
+        LoadError::Io { path: path.to_path_buf(), error }
+    }
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Io { path, error } => write!(f, "{}: {error}", path.display()),
+            LoadError::InUse(path) => {
+                write!(f, "{}: the data directory is in use by another kv process", path.display())
+            }
+            LoadError::NotADirectory(path) => write!(f, "--data-dir {}: not a directory", path.display()),
+            LoadError::Damaged { path, offset, why } => write!(
+                f,
+                "{}: {why} at offset {offset}; start with --repair to keep what precedes it \
+                 (the damaged file is moved aside, not deleted)",
+                path.display()
+            ),
+            LoadError::Manifest { path, why } => write!(f, "{}: {why}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// How a data directory is opened.
+#[derive(Debug, Clone)]
+pub struct DataDirConfig {
+    pub root: PathBuf,
+    pub policy: FsyncPolicy,
+    pub repair: bool,
+}
+
+/// An open data directory: the lock, and each partition's log and loaded data.
+#[derive(Debug)]
+pub struct Opened {
+    pub logs: Vec<PartitionLog>,
+    pub partitions: Vec<Partition>,
+    /// How long loading took.
+    pub load_time: Duration,
+    /// Held for the process's life: a second process refuses the directory.
+    pub lock: File,
+}
+
+const MANIFEST_FIRST_LINE: &str = "kv-data 1";
+
+/// Opens (creating if needed) the data directory, loads every partition and places
+/// each bucket in partition `place(bucket)` of `partitions`, or, for `None` (a bucket
+/// this node does not own), in a foreign snapshot kept beside the data. Warnings go to
+/// the log.
+pub fn open(
+    config: &DataDirConfig,
+    partitions: usize,
+    place: &(dyn Fn(&[u8]) -> Option<usize> + Sync),
+) -> Result<Opened, LoadError> {
+    let started = Instant::now();
+    let root = &config.root;
+    if root.exists() && !root.is_dir() {
+        return Err(LoadError::NotADirectory(root.clone()));
+    }
+    fs::create_dir_all(root).map_err(|error| LoadError::io(root, error))?;
+    let lock = lock_dir(root)?;
+    let (generation, stored) = current_generation(root, partitions)?;
+    let gen_dir = root.join(&generation);
+    let loaded = load_all(&gen_dir, stored, config.repair)?;
+    let mut placed: Vec<Partition> = (0..partitions).map(|_| Partition::new()).collect();
+    let moved = place_buckets(root, loaded.partitions, stored == partitions, place, &mut placed)?;
+    let logs = if moved {
+        let next = next_generation(root, &generation, &placed, config.policy)?;
+        open_logs(&root.join(next), partitions, config.policy)?
+    } else {
+        loaded
+            .tails
+            .iter()
+            .enumerate()
+            .map(|(p, tail)| tail.open(&partition_dir(&gen_dir, p), config.policy))
+            .collect::<Result<_, _>>()?
+    };
+    Ok(Opened { logs, partitions: placed, load_time: started.elapsed(), lock })
+}
+
+fn lock_dir(root: &Path) -> Result<File, LoadError> {
+    let path = root.join("LOCK");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|error| LoadError::io(&path, error))?;
+    match sys::try_lock_exclusive(&lock) {
+        Ok(true) => Ok(lock),
+        Ok(false) => Err(LoadError::InUse(root.to_path_buf())),
+        Err(error) => Err(LoadError::io(&path, error)),
+    }
+}
+
+/// The folder of partition `p` in a generation.
+fn partition_dir(gen_dir: &Path, p: usize) -> PathBuf {
+    gen_dir.join(format!("p{p:03}"))
+}
+
+/// The live generation's name and partition count, creating the first one for a new
+/// directory. Removes generations `CURRENT` does not name (superseded, or a switch
+/// that never finished).
+fn current_generation(root: &Path, partitions: usize) -> Result<(String, usize), LoadError> {
+    let current = root.join("CURRENT");
+    let generation = match fs::read_to_string(&current) {
+        Ok(text) => text.trim().to_string(),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            let name = "gen-0001".to_string();
+            create_generation(root, &name, partitions)?;
+            switch_current(root, &name)?;
+            name
+        }
+        Err(error) => return Err(LoadError::io(&current, error)),
+    };
+    if !generation.starts_with("gen-") || generation.contains('/') {
+        return Err(LoadError::Manifest {
+            path: current,
+            why: format!("names {generation:?}, not a generation"),
+        });
+    }
+    remove_other_generations(root, &generation);
+    let manifest = root.join(&generation).join("MANIFEST");
+    let text = fs::read_to_string(&manifest).map_err(|error| LoadError::io(&manifest, error))?;
+    let mut lines = text.lines();
+    let stored = match (lines.next(), lines.next().and_then(|l| l.strip_prefix("partitions "))) {
+        (Some(MANIFEST_FIRST_LINE), Some(n)) => n.trim().parse::<usize>().ok().filter(|&n| n > 0),
+        _ => None,
+    };
+    let stored = stored.ok_or_else(|| LoadError::Manifest {
+        path: manifest,
+        why: "not a kv manifest of this version".into(),
+    })?;
+    Ok((generation, stored))
+}
+
+fn remove_other_generations(root: &Path, live: &str) {
+    let Ok(entries) = fs::read_dir(root) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("gen-") && name != live {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Creates generation `name` with `partitions` empty partition folders.
+fn create_generation(root: &Path, name: &str, partitions: usize) -> Result<(), LoadError> {
+    let dir = root.join(name);
+    let _ = fs::remove_dir_all(&dir);
+    for p in 0..partitions {
+        let path = partition_dir(&dir, p);
+        fs::create_dir_all(&path).map_err(|error| LoadError::io(&path, error))?;
+    }
+    let manifest = dir.join("MANIFEST");
+    fs::write(&manifest, format!("{MANIFEST_FIRST_LINE}\npartitions {partitions}\n"))
+        .and_then(|()| File::open(&manifest)?.sync_all())
+        .and_then(|()| sync_dir(&dir))
+        .and_then(|()| sync_dir(root))
+        .map_err(|error| LoadError::io(&manifest, error))
+}
+
+/// Points `CURRENT` at generation `name`: write a temporary file, sync, rename, sync.
+fn switch_current(root: &Path, name: &str) -> Result<(), LoadError> {
+    let tmp = root.join("CURRENT.tmp");
+    fs::write(&tmp, format!("{name}\n"))
+        .and_then(|()| File::open(&tmp)?.sync_all())
+        .and_then(|()| fs::rename(&tmp, root.join("CURRENT")))
+        .and_then(|()| sync_dir(root))
+        .map_err(|error| LoadError::io(&tmp, error))
+}
+
+/// Where a loaded partition's log goes on.
+#[derive(Debug)]
+struct Tail {
+    segment: u64,
+    segment_len: u64,
+    total: u64,
+}
+
+impl Tail {
+    fn open(&self, dir: &Path, policy: FsyncPolicy) -> Result<PartitionLog, LoadError> {
+        PartitionLog::open(dir, self.segment, self.segment_len, self.total, policy)
+            .map_err(|error| LoadError::io(dir, error))
+    }
+}
+
+struct LoadedAll {
+    partitions: Vec<Partition>,
+    tails: Vec<Tail>,
+}
+
+/// Loads every partition of a generation, in parallel.
+fn load_all(gen_dir: &Path, partitions: usize, repair: bool) -> Result<LoadedAll, LoadError> {
+    let results: Vec<Result<load::Loaded, LoadError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..partitions)
+            .map(|p| {
+                let dir = partition_dir(gen_dir, p);
+                scope.spawn(move || {
+                    fs::create_dir_all(&dir).map_err(|error| LoadError::io(&dir, error))?;
+                    load::load_partition(&dir, repair)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(LoadError::io(gen_dir, io::Error::other("a loading thread panicked")))
+                })
+            })
+            .collect()
+    });
+    let mut all = LoadedAll { partitions: Vec::new(), tails: Vec::new() };
+    for result in results {
+        let loaded = result?;
+        for warning in &loaded.warnings {
+            ::log::warn!("{warning}");
+        }
+        all.tails.push(Tail {
+            segment: loaded.segment,
+            segment_len: loaded.segment_len,
+            total: loaded.total,
+        });
+        all.partitions.push(loaded.partition);
+    }
+    Ok(all)
+}
+
+/// Moves every loaded bucket to `placed[place(bucket)]`. Buckets no partition owns go
+/// to a foreign snapshot. Returns true if the data must be written anew (buckets moved
+/// between partitions, or left the node), false if every bucket stayed where it was.
+fn place_buckets(
+    root: &Path,
+    loaded: Vec<Partition>,
+    same_count: bool,
+    place: &dyn Fn(&[u8]) -> Option<usize>,
+    placed: &mut [Partition],
+) -> Result<bool, LoadError> {
+    let mut foreign = Partition::new();
+    let mut moved = false;
+    for (p, mut partition) in loaded.into_iter().enumerate() {
+        if same_count && partition.bucket_ids().iter().all(|(name, _)| place(name) == Some(p)) {
+            placed[p] = partition;
+            continue;
+        }
+        moved = true;
+        for (name, bucket) in partition.take_buckets() {
+            match place(&name) {
+                Some(owner) => placed[owner].insert_bucket(name, bucket),
+                None => foreign.insert_bucket(name, bucket),
+            }
+        }
+    }
+    if foreign.bucket_count() > 0 {
+        keep_foreign(root, &foreign)?;
+    }
+    Ok(moved)
+}
+
+/// Writes buckets this node no longer owns to `DIR/foreign-<time>.snap`, and names them.
+fn keep_foreign(root: &Path, foreign: &Partition) -> Result<(), LoadError> {
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let names: Vec<String> =
+        foreign.bucket_ids().iter().take(10).map(|(n, _)| String::from_utf8_lossy(n).into_owned()).collect();
+    let seq = stamp;
+    let dir = root.join("foreign");
+    fs::create_dir_all(&dir).map_err(|error| LoadError::io(&dir, error))?;
+    snapshot::write_whole(&dir, seq, foreign).map_err(|error| LoadError::io(&dir, error))?;
+    ::log::warn!(
+        "{} bucket(s) in {} belong to other nodes under the cluster file and were not loaded \
+         (kept in {}): {}{}",
+        foreign.bucket_count(),
+        root.display(),
+        dir.display(),
+        names.join(", "),
+        if foreign.bucket_count() > names.len() { ", ..." } else { "" }
+    );
+    Ok(())
+}
+
+/// Writes `placed` as the next generation and switches to it; returns its name.
+fn next_generation(
+    root: &Path,
+    current: &str,
+    placed: &[Partition],
+    _policy: FsyncPolicy,
+) -> Result<String, LoadError> {
+    let number: u32 = current.trim_start_matches("gen-").parse().unwrap_or(0);
+    let name = format!("gen-{:04}", number + 1);
+    create_generation(root, &name, placed.len())?;
+    for (p, partition) in placed.iter().enumerate() {
+        let dir = partition_dir(&root.join(&name), p);
+        snapshot::write_whole(&dir, 1, partition).map_err(|error| LoadError::io(&dir, error))?;
+        log::create_segment(&dir, 1).map_err(|error| LoadError::io(&dir, error))?;
+    }
+    switch_current(root, &name)?;
+    remove_other_generations(root, &name);
+    ::log::info!("wrote the data as {} partitions in {}", placed.len(), root.join(&name).display());
+    Ok(name)
+}
+
+/// Opens the logs of a generation just written (snapshot 1, empty segment 1).
+fn open_logs(gen_dir: &Path, partitions: usize, policy: FsyncPolicy) -> Result<Vec<PartitionLog>, LoadError> {
+    (0..partitions)
+        .map(|p| {
+            let dir = partition_dir(gen_dir, p);
+            let total = fs::read_dir(&dir)
+                .map_err(|error| LoadError::io(&dir, error))?
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            let header = record::HEADER_LEN as u64;
+            PartitionLog::open(&dir, 1, header, total, policy).map_err(|error| LoadError::io(&dir, error))
+        })
+        .collect()
+}
