@@ -184,8 +184,28 @@ fn render_node(out: &mut String, name: &str, node: &NodeView, sample: &Sample) {
         show("subscribers"),
         show("subscribers_dropped"),
     );
+    render_persistence(out, sample);
     render_workers(out, sample);
     render_peers(out, sample);
+}
+
+/// The persistence line, for a node with a data directory.
+fn render_persistence(out: &mut String, sample: &Sample) {
+    if sample.get("persistence") != Some("on") {
+        return;
+    }
+    let show = |stat: &str| sample.get(stat).unwrap_or("-").to_string();
+    let _ = writeln!(
+        out,
+        "  fsync {}   log bytes {}   last fsync {} ms ago   delayed {}   compactions {}   errors {}   loaded in {} ms",
+        show("fsync"),
+        show("log_bytes"),
+        show("last_fsync_age_ms"),
+        show("fsyncs_delayed"),
+        show("compactions"),
+        show("persistence_errors"),
+        show("load_time_ms"),
+    );
 }
 
 /// The per-worker table, at most [`MAX_WORKERS_SHOWN`] rows whatever STATS claims.
@@ -287,6 +307,34 @@ mod tests {
 
     fn sample_of(pairs: &[(&str, &str)], at: Instant) -> Sample {
         Sample { at, stats: pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect() }
+    }
+
+    #[test]
+    fn persistence_figures_show_only_with_a_data_directory() {
+        let at = Instant::now();
+        let on = [
+            ("node", "foo"),
+            ("persistence", "on"),
+            ("fsync", "always"),
+            ("log_bytes", "4096"),
+            ("last_fsync_age_ms", "12"),
+            ("fsyncs_delayed", "0"),
+            ("compactions", "2"),
+            ("persistence_errors", "1"),
+            ("load_time_ms", "35"),
+        ];
+        let view = |pairs: &[(&str, &str)]| NodeView {
+            addr: "a".into(),
+            previous: None,
+            latest: Ok(sample_of(pairs, at)),
+            name: None,
+        };
+        let frame = render(&[view(&on)]);
+        assert!(
+            frame.contains("fsync always   log bytes 4096   last fsync 12 ms ago   delayed 0   compactions 2   errors 1   loaded in 35 ms"),
+            "{frame}"
+        );
+        assert!(!render(&[view(&[("node", "foo"), ("persistence", "off")])]).contains("fsync"));
     }
 
     #[test]
