@@ -175,7 +175,7 @@ pub fn open(
     let mut placed: Vec<Partition> = (0..partitions).map(|_| Partition::new()).collect();
     let moved = place_buckets(root, loaded.partitions, stored == partitions, place, &mut placed)?;
     let logs = if moved {
-        let next = next_generation(root, &generation, &placed, config.policy)?;
+        let next = next_generation(root, &generation, &placed)?;
         open_logs(&root.join(next), partitions, config.policy)?
     } else {
         loaded
@@ -373,9 +373,13 @@ fn keep_foreign(root: &Path, foreign: &Partition) -> Result<(), LoadError> {
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let names: Vec<String> =
         foreign.bucket_ids().iter().take(10).map(|(n, _)| String::from_utf8_lossy(n).into_owned()).collect();
-    let seq = stamp;
     let dir = root.join("foreign");
     fs::create_dir_all(&dir).map_err(|error| LoadError::io(&dir, error))?;
+    // A name no earlier start used, so that no foreign snapshot ever replaces another.
+    let mut seq = stamp;
+    while dir.join(log::file_name(seq, record::FileKind::Snapshot)).exists() {
+        seq += 1;
+    }
     snapshot::write_whole(&dir, seq, foreign).map_err(|error| LoadError::io(&dir, error))?;
     ::log::warn!(
         "{} bucket(s) in {} belong to other nodes under the cluster file and were not loaded \
