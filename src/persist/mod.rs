@@ -394,12 +394,7 @@ fn keep_foreign(root: &Path, foreign: &Partition) -> Result<(), LoadError> {
 }
 
 /// Writes `placed` as the next generation and switches to it; returns its name.
-fn next_generation(
-    root: &Path,
-    current: &str,
-    placed: &[Partition],
-    _policy: FsyncPolicy,
-) -> Result<String, LoadError> {
+fn next_generation(root: &Path, current: &str, placed: &[Partition]) -> Result<String, LoadError> {
     let number: u32 = current.trim_start_matches("gen-").parse().unwrap_or(0);
     let name = format!("gen-{:04}", number + 1);
     create_generation(root, &name, placed.len())?;
