@@ -4,10 +4,10 @@
 //! One request's path, and the file that owns each step:
 //!
 //! ```text
-//!  client ─TCP─▶ acceptor.rs ─▶ connection.rs ─▶ round.rs ──Batch──▶ worker.rs ─▶ store.rs
-//!  (nc, kv cli)  a thread per   read, frame,     group by owner,      apply under  buckets of
-//!                connection     parse, dispatch  send, collect,       the lock     key-value
-//!                               (protocol/)      reorder              (batch.rs)   pairs
+//!  client ─TCP─▶ acceptor.rs ─▶ connection.rs ─▶ round.rs ──Batch──▶ worker.rs ─▶ apply.rs ─▶ store.rs
+//!  (nc, kv cli)  a thread per   read, frame,     group by owner,      under the    one place    buckets of
+//!                connection     parse, dispatch  send, collect,       lock         per request  key-value
+//!                               (protocol/)      reorder              (batch.rs)   (persist/)   pairs
 //!        ◀────── one write per read ◀──────────── replies in request order ◀──────
 //!                                                 └─▶ forward.rs ─▶ peer/ (buckets other
 //!                                                     nodes own, router.rs says which)
@@ -18,6 +18,8 @@
 //! - [`store`]: [`Partition`](store::Partition) and [`Bucket`](store::Bucket). Plain data.
 //! - [`apply`]: where every request meets the partition, the one place each mutation
 //!   passes.
+//! - [`persist`]: with `--data-dir`, each partition's log and its snapshots, loading at
+//!   start; the flusher and compactor threads behind it are crate-internal.
 //! - [`batch`] and [`worker`]: the batch a connection sends a worker, and the worker
 //!   loop.
 //! - [`subscribe`]: SUBSCRIBE's event streams, never able to slow a worker down.
