@@ -140,7 +140,7 @@ impl Batch {
     ///
     /// With a `log`, each stretch of requests is logged before it is applied: first the
     /// records of the writes that will succeed are gathered and written with one
-    /// `write` (see [`Batch::log_ahead`]), then the stretch is applied. If the write
+    /// `write` (see `Batch::log_ahead`), then the stretch is applied. If the write
     /// fails, the stretch's writes are not applied but answered `ERROR persistence
     /// failed: <reason>`, and its reads are served as usual. Returns how many writes
     /// were refused so.

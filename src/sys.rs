@@ -75,7 +75,7 @@ pub fn recv_now(stream: &TcpStream, buffer: &mut [u8]) -> io::Result<Option<usiz
 const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Asks glibc's malloc to give free memory back to the system, at most once per
-/// [`TRIM_INTERVAL`] for the whole process. Freeing a large buffer alone often does
+/// `TRIM_INTERVAL` for the whole process. Freeing a large buffer alone often does
 /// not: glibc keeps it in the freeing thread's arena. Called after a burst released
 /// buffers (a cold path), never per request; a trim skipped here is done by the next
 /// burst's, and the memory stays bounded either way.

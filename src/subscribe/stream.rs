@@ -254,7 +254,7 @@ pub fn stream_relayed(
 const MAX_IGNORED_PER_CHECK: usize = 256 * 1024;
 
 /// True if the client closed its end. Reads (and ignores) what it sent, up to
-/// [`MAX_IGNORED_PER_CHECK`].
+/// `MAX_IGNORED_PER_CHECK`.
 pub fn client_gone(stream: &TcpStream) -> io::Result<bool> {
     stream.set_nonblocking(true)?;
     let mut scratch = [0u8; 4096];
