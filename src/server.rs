@@ -26,7 +26,7 @@ use crate::acceptor;
 use crate::batch::Batch;
 use crate::peer::Peers;
 use crate::router::Cluster;
-use crate::state::{Counters, State};
+use crate::state::{Budget, Counters, State};
 use crate::supervisor::{AcceptorStart, ChildExit, Control, RestartIntensity, StopReason, Supervisor};
 use crate::sys;
 use crate::worker::{self, WorkerShared};
@@ -82,6 +82,8 @@ impl Server {
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, ConfigError::Cluster(error)))?;
         let routes = cluster.routes_for(this);
         let peers = Peers::start(cluster, this, &config.peer)?;
+        let free_descriptors = sys::open_file_limit().map(|limit| limit.saturating_sub(RESERVED_DESCRIPTORS));
+        let budget = Budget::new(&config, peers.iter().count(), free_descriptors);
         let mut workers = Vec::with_capacity(config.workers);
         let mut inboxes = Vec::with_capacity(config.workers);
         let mut worker_inboxes = Vec::with_capacity(config.workers);
@@ -102,6 +104,7 @@ impl Server {
             open: Mutex::new(HashMap::new()),
             routes,
             peers,
+            budget,
         });
         Ok(Server { listener: Arc::new(listener), state, worker_inboxes })
     }
