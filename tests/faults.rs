@@ -37,7 +37,33 @@ fn temp_file(tag: &str, text: &str) -> TempFile {
 
 /// `kv serve` for node `name` of `file`, with short peer timeouts and `extra` flags.
 fn start_node(file: &TempFile, name: &str, addr: SocketAddr, extra: &[&str]) -> ChildServer {
+    start_node_with(file, name, addr, extra, None)
+}
+
+/// [`start_node`], with open-file limits (soft and hard) of `file_limit` if given.
+#[allow(unsafe_code)] // pre_exec has no safe form; see the SAFETY note.
+fn start_node_with(
+    file: &TempFile,
+    name: &str,
+    addr: SocketAddr,
+    extra: &[&str],
+    file_limit: Option<u64>,
+) -> ChildServer {
+    use std::os::unix::process::CommandExt;
     let mut command = kv_binary();
+    if let Some(n) = file_limit {
+        // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
     command
         .args(["serve", "--workers", "1", "--node", name, "--peer-connect-timeout", "0.5"])
         .args(["--peer-timeout", "1", "--peer-backoff-max", "0.3"])
@@ -195,6 +221,52 @@ fn connections_from_nodes_outlive_the_client_idle_timeout() {
     let links = pair.relay.links();
     Conn::connect(a).roundtrip(b"GET shopping eggs\r\n", b"\r\nOK\r\n");
     assert_eq!(pair.relay.links(), links, "the pooled connection was still open and reused");
+}
+
+/// Regression: a relayed SUBSCRIBE holds two descriptors but the cap counted one: at
+/// `ulimit -n 128`, 62 relayed subscribers left new clients waiting silently in the
+/// listen queue while `accept failed: Too many open files` was logged about 97 times
+/// a second, and three such failures marked a healthy peer down.
+#[test]
+fn relayed_subscribers_cannot_exhaust_descriptors_and_leave_clients_in_silence() {
+    let (a_addr, b_addr) = (free_loopback_addr(), free_loopback_addr());
+    let file = temp_file("descriptors", &format!("a {a_addr} a-m\nb {b_addr} n-z\n"));
+    let a = start_node(&file, "a", a_addr, &[]);
+    let b = start_node_with(&file, "b", b_addr, &["--peer-connections", "4"], Some(128));
+    Conn::connect(a.addr()).roundtrip(b"CREATE apple\r\n", b"OK\r\n");
+    let mut owner = Conn::connect(a.addr());
+    // Subscribe through b until b says it is full; each subscription is relayed.
+    let mut subscribers = Vec::new();
+    let refusal = loop {
+        assert!(subscribers.len() < 100, "128 descriptors cannot hold 100 relayed subscribers");
+        let mut conn = Conn::connect(b.addr());
+        conn.send(b"SUBSCRIBE apple\r\n");
+        let expected = subscribers.len() as u64 + 1;
+        let mut answered = false;
+        wait_until("the subscription is relayed or refused", || {
+            answered = !conn.nothing_within(Duration::from_millis(20));
+            answered || owner.stat("subscribers") == expected
+        });
+        if answered {
+            break conn.read_line();
+        }
+        subscribers.push(conn);
+    };
+    assert_eq!(show(&refusal), show(b"ERROR too many connections\r\n"), "after {}", subscribers.len());
+    assert!(subscribers.len() >= 10, "only {} relayed subscribers fit", subscribers.len());
+    eprintln!("{} relayed subscribers fit in 128 descriptors", subscribers.len());
+    // New clients are told, not left in the listen queue, without sending a thing.
+    for _ in 0..3 {
+        let mut late = Conn::connect(b.addr());
+        assert_eq!(show(&late.read_line()), show(b"ERROR too many connections\r\n"));
+    }
+    // The subscriptions still stream, and b never mistook its own limits for a's death.
+    Conn::connect(a.addr()).roundtrip(b"PUT apple k 1\r\n", b"OK\r\n");
+    for subscriber in &mut subscribers {
+        subscriber.expect(b"k SET TO 1\r\n");
+    }
+    assert!(b.log_lines_with("marked down").is_empty(), "{}", b.log_text());
+    assert!(b.log_lines_with("accept failed").len() <= 2, "{}", b.log_text());
 }
 
 /// Regression: a "peer" that is no kv node could have any line it sent relayed as
