@@ -13,6 +13,7 @@
 //! replies to everything before it. The socket's manners (idle clock, closing without
 //! losing replies) are `socket.rs`'s.
 
+use std::cell::Cell;
 use std::io;
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crossbeam_channel::Sender;
 
 use crate::batch::Batch;
 use crate::forward::Forwarder;
+use crate::logcap::{Limiter, quote, warn_limited};
 use crate::peer::RemoteSubscription;
 use crate::protocol::{
     self, Command, ErrorKind, Frame, Hello, LineReader, Refusal, Reply, ReplyShape, check_hello,
@@ -30,7 +32,7 @@ use crate::protocol::{
 use crate::round::Round;
 use crate::router::Route;
 use crate::socket::{self, IdleClock};
-use crate::state::State;
+use crate::state::{Seat, State};
 use crate::subscribe::{self, RelayedEvents, Subscription};
 use crate::{stats, worker};
 
@@ -45,9 +47,26 @@ const MAX_REQUESTS_PER_ROUND: usize = 256;
 /// dispatched, so a pipeline of large GETs is not buffered whole.
 const OUT_HIGH_WATER: usize = 256 * 1024;
 
+/// How long a connection let in beyond the client cap, on the peer budget, has to
+/// open with a node's handshake. A node sends it in the same write as its first
+/// requests, right after connecting; a client that says nothing meanwhile is told
+/// `ERROR too many connections` when this runs out.
+const PEER_HELLO_WAIT: Duration = Duration::from_secs(1);
+
+/// Refused handshakes and HTTP requests, logged at most once a second with a count.
+static REFUSED_HELLO: Limiter = Limiter::new();
+static HTTP_GUARD: Limiter = Limiter::new();
+
 /// Serves one client connection until it closes, quits or becomes a stream that ends.
-pub(crate) fn serve(stream: Arc<TcpStream>, state: &State, inboxes: Vec<Sender<Batch>>) -> io::Result<()> {
-    Connection::new(stream, state, inboxes).serve()
+/// `seat` is the limit it counts against, which it moves when its first line shows it
+/// is another node (`state.rs`).
+pub(crate) fn serve(
+    stream: Arc<TcpStream>,
+    state: &State,
+    seat: &Cell<Seat>,
+    inboxes: Vec<Sender<Batch>>,
+) -> io::Result<()> {
+    Connection::new(stream, state, seat, inboxes).serve()
 }
 
 /// Who is at the other end of a connection, as its first line says.
@@ -100,10 +119,19 @@ struct Connection<'s> {
     first_line: bool,
     /// Requests seen since the last flush to the shared counter.
     commands: u64,
+    /// The limit this connection counts against.
+    seat: &'s Cell<Seat>,
+    /// Let in on the peer budget: its first line must be an accepted handshake.
+    on_probation: bool,
 }
 
 impl<'s> Connection<'s> {
-    fn new(stream: Arc<TcpStream>, state: &'s State, inboxes: Vec<Sender<Batch>>) -> Self {
+    fn new(
+        stream: Arc<TcpStream>,
+        state: &'s State,
+        seat: &'s Cell<Seat>,
+        inboxes: Vec<Sender<Batch>>,
+    ) -> Self {
         Connection {
             stream,
             state,
@@ -111,13 +139,16 @@ impl<'s> Connection<'s> {
             mode: Mode::Client,
             first_line: true,
             commands: 0,
+            seat,
+            on_probation: seat.get() == Seat::Peer,
         }
     }
 
     fn serve(&mut self) -> io::Result<()> {
         self.stream.set_nodelay(true)?;
         let mut reader = LineReader::new(self.state.config.max_line);
-        let mut idle = match self.state.config.idle_timeout {
+        let limit = if self.on_probation { Some(PEER_HELLO_WAIT) } else { self.state.config.idle_timeout };
+        let mut idle = match limit {
             Some(limit) => Some(IdleClock::start(&self.stream, limit)?),
             None => None,
         };
@@ -126,6 +157,10 @@ impl<'s> Connection<'s> {
             match self.read(&mut reader, &mut idle)? {
                 Read::Bytes => {}
                 Read::Again => continue,
+                Read::Closed if self.on_probation => {
+                    self.turn_away();
+                    return Ok(());
+                }
                 Read::Closed => return Ok(()),
             }
             if stopping {
@@ -133,6 +168,12 @@ impl<'s> Connection<'s> {
             }
             self.round.set_inline(self.state.may_apply_inline());
             let (flow, saw_request) = self.serve_frames(&mut reader)?;
+            if matches!(self.mode, Mode::Peer) && idle.is_some() {
+                // Node-to-node connections are exempt from the client idle timeout:
+                // the other node's pool keeps them for its next requests.
+                idle = None;
+                self.stream.set_read_timeout(None)?;
+            }
             if let Some(clock) = &mut idle {
                 if saw_request {
                     clock.reset(&self.stream)?;
@@ -175,6 +216,10 @@ impl<'s> Connection<'s> {
             self.commands += 1;
             saw_request = true;
             let first_line = std::mem::take(&mut self.first_line);
+            if std::mem::take(&mut self.on_probation) && !self.is_accepted_hello(&frame) {
+                self.turn_away();
+                return Ok((Flow::Close, saw_request));
+            }
             let flow = match frame {
                 Frame::Line(line) => self.dispatch(line, first_line)?,
                 Frame::TooLong => {
@@ -203,7 +248,8 @@ impl<'s> Connection<'s> {
             Command::Unknown if protocol::is_http_request_line(line) => {
                 // A browser was made to talk to us: answer what came before, run
                 // nothing after.
-                log::warn!(
+                warn_limited!(
+                    HTTP_GUARD,
                     "closing connection from {:?}: it sent an HTTP request (cross-protocol attack?)",
                     self.stream.peer_addr().ok()
                 );
@@ -272,18 +318,35 @@ impl<'s> Connection<'s> {
             Hello::NotHello => self.round.push_local(Reply::Unknown),
             Hello::Accepted => {
                 self.mode = Mode::Peer;
+                self.seat.set(self.state.reseat(self.seat.get(), Seat::Peer));
                 self.round.push_local(Reply::Ok);
             }
             Hello::Refused(refusal) => {
                 let reply = refusal.reply(node);
-                log::warn!(
-                    "refused a peer handshake: {:?} (answered {reply})",
-                    String::from_utf8_lossy(line)
+                warn_limited!(
+                    REFUSED_HELLO,
+                    "refused a peer handshake from {:?}: {} (answered {})",
+                    self.stream.peer_addr().ok(),
+                    quote(line),
+                    quote(reply.to_string().as_bytes())
                 );
                 self.round.push_local(reply);
                 self.mode = Mode::Refused(refusal);
             }
         }
+    }
+
+    /// True if `frame` is a handshake this node accepts.
+    fn is_accepted_hello(&self, frame: &Frame<'_>) -> bool {
+        matches!(frame, Frame::Line(line) if check_hello(line, &self.state.config.node) == Hello::Accepted)
+    }
+
+    /// A connection let in on the peer budget that is not a node: it gets what a
+    /// client over the cap gets.
+    #[cold]
+    fn turn_away(&self) {
+        self.state.counters.rejected_connections.fetch_add(1, Ordering::Relaxed);
+        socket::reject(&self.stream, Reply::Error(ErrorKind::TooManyConnections));
     }
 
     /// STATS: after the replies before it, which it must reflect.
@@ -341,8 +404,10 @@ impl<'s> Connection<'s> {
         }
         if matches!(self.mode, Mode::Peer) {
             // Between nodes a subscription is acknowledged, so the relaying node knows
-            // it took (docs/CLUSTER.md).
+            // it took (docs/CLUSTER.md). It serves one client from now on, so it counts
+            // as one, and leaves the peer budget to forwarding.
             self.round.push_output(Reply::Ok);
+            self.seat.set(self.state.reseat(self.seat.get(), Seat::Client));
         }
         Flow::Stream(Handoff::Local(subscription))
     }
@@ -350,6 +415,21 @@ impl<'s> Connection<'s> {
     fn subscribe_there(&mut self, p: usize, line: &[u8]) -> Flow {
         // As locally, the replies before it go first.
         self.round.flush();
+        // A relayed subscription holds a second socket, to the owner.
+        if !self.state.take_socket() {
+            self.state.counters.rejected_connections.fetch_add(1, Ordering::Relaxed);
+            self.round.push_output(Reply::Error(ErrorKind::TooManyConnections));
+            return Flow::Close;
+        }
+        let flow = self.relay_from(p, line);
+        if !matches!(flow, Flow::Stream(_)) {
+            self.state.release_socket();
+        }
+        flow
+    }
+
+    /// Sends the SUBSCRIBE to the owner; its socket is taken.
+    fn relay_from(&mut self, p: usize, line: &[u8]) -> Flow {
         let peer = self.state.peers.get(p);
         match self.state.peers.subscribe(p, line) {
             RemoteSubscription::Answered(reply) => self.round.output().extend_from_slice(&reply),
@@ -373,6 +453,7 @@ impl<'s> Connection<'s> {
                 subscribe::stream_events(&self.stream, subscription, stop)
             }
             Handoff::Relayed { events, pending } => {
+                let _owner_socket = self.state.socket_taken();
                 subscribe::stream_relayed(&self.stream, events, &pending, stop)
             }
         }

@@ -10,14 +10,24 @@
 //! Between nodes the protocol is the client protocol plus one handshake line
 //! (`protocol/hello.rs`; docs/CLUSTER.md tells the whole story).
 //!
-//! # Faults
+//! # Faults: at most once
+//! A forwarded request is written to a peer at most once. A pooled connection the peer
+//! closed while it sat idle (it restarted, or is stopping) is seen to be closed before
+//! anything is written to it and replaced; after the first byte of an exchange has
+//! left, nothing of it is sent again, on that connection or another. Resending after
+//! that point is what applied writes twice: the peer may have applied the batch and
+//! lost only the reply, and a resend then overwrites later writes of other clients.
+//!
 //! A peer that refuses, resets, closes or does not answer within the request timeout
-//! fails the whole exchange: every request of it not yet answered gets
-//! `ERROR peer <name> unavailable`, and the client connection carries on; the failure
-//! counts towards marking the peer down (`peer/`).
+//! fails the whole exchange: every request of it not yet answered gets an error line,
+//! and the client connection carries on; the failure counts towards marking the peer
+//! down (`peer/`). The error line says what is known: `ERROR peer <name> unavailable`
+//! when the request never reached the peer (not connected, marked down, turned away
+//! unread) or is a read, `ERROR peer <name> unavailable: outcome unknown` for a write
+//! that may have been applied. docs/CLUSTER.md argues this for users.
 
 use crate::peer::{Deadline, Failure, HelloReply, Peer, PeerConn, Peers};
-use crate::protocol::ReplyShape;
+use crate::protocol::{self, ReplyShape};
 
 /// Most request bytes sent to a peer in one exchange; a round with more for one peer
 /// is split.
@@ -62,44 +72,36 @@ impl Exchange {
         self.cursor = 0;
     }
 
-    /// Sends the requests on a pooled or new connection. A reused connection that fails
-    /// is assumed to have died while idle and is replaced once.
-    fn send(&mut self, peer: &Peer, deadline: Deadline) -> Result<(), Failure> {
-        let mut conn = peer.checkout(deadline)?;
-        let mut result = conn.send(peer.hello(), &self.requests);
-        if result.is_err() && conn.reused {
-            result = peer.replace(&mut conn, deadline).and_then(|()| conn.send(peer.hello(), &self.requests));
+    /// Sends the requests on a pooled or new connection. A pooled connection the peer
+    /// closed while it sat idle is replaced before anything is written to it; once a
+    /// byte has been written, the requests are never sent again (module docs).
+    fn send(&mut self, peer: &Peer, deadline: Deadline) -> Result<(), (Failure, Sent)> {
+        let mut conn = peer.checkout(deadline).map_err(|failure| (failure, Sent::Nothing))?;
+        if conn.reused
+            && conn.closed_while_idle()
+            && let Err(failure) = peer.replace(&mut conn, deadline)
+        {
+            peer.discard(conn);
+            return Err((failure, Sent::Nothing));
         }
-        match result {
+        match conn.send(peer.hello(), &self.requests) {
             Ok(()) => {
                 self.conn = Some(conn);
                 Ok(())
             }
             Err(failure) => {
+                let sent = if conn.wrote_any() { Sent::Maybe } else { Sent::Nothing };
                 peer.discard(conn);
-                Err(failure)
+                Err((failure, sent))
             }
         }
     }
 
-    /// Reads the replies. If a reused connection fails before a single reply byte
-    /// arrives, it had most likely died while idle (the peer restarted), so the requests
-    /// are sent again on a new connection, once. The bucket commands are idempotent as
-    /// to the data, so a request the dead connection did deliver is harmless to repeat,
-    /// with two caveats for the rare case that the peer applied the batch and then died
-    /// before replying: subscribers see such a change twice, and a repeated PUT can
-    /// overwrite another client's write made in between. (A peer's `--idle-timeout`
-    /// closes idle pooled connections too; this is what makes that invisible.)
+    /// Reads the replies. Never sends again: the requests may have been applied even
+    /// when no reply came back, so the ones left unanswered are failed (see
+    /// [`Exchange::fail`]).
     fn receive(&mut self, peer: &Peer, mut conn: PeerConn, deadline: Deadline) {
-        let mut result = conn.read_replies(&mut self.replies, &mut self.reply_ends, &self.shapes, deadline);
-        if result.is_err() && conn.reused && self.replies.is_empty() {
-            result = peer
-                .replace(&mut conn, deadline)
-                .and_then(|()| conn.send(peer.hello(), &self.requests))
-                .and_then(|()| {
-                    conn.read_replies(&mut self.replies, &mut self.reply_ends, &self.shapes, deadline)
-                });
-        }
+        let result = conn.read_replies(&mut self.replies, &mut self.reply_ends, &self.shapes, deadline);
         match result {
             Ok(HelloReply::Accepted) => {
                 peer.succeeded();
@@ -113,36 +115,54 @@ impl Exchange {
             }
             Err(failure) => {
                 peer.discard(conn);
-                self.fail(peer, &failure);
+                // A peer that turned the connection away read none of it.
+                let sent = if matches!(failure, Failure::Full | Failure::Rejected(_)) {
+                    Sent::Nothing
+                } else {
+                    Sent::Maybe
+                };
+                self.fail(peer, &failure, sent);
             }
         }
     }
 
-    /// Answers every request not answered yet `ERROR peer <name> unavailable`, and
-    /// counts the failure towards marking the peer down.
-    fn fail(&mut self, peer: &Peer, failure: &Failure) {
-        let missing = self.answer_unavailable(peer);
-        log::debug!(
-            "peer {} at {}: {failure}; {missing} requests answered unavailable",
-            peer.name(),
-            peer.addr()
-        );
+    /// Answers every request not answered yet, and counts the failure towards marking
+    /// the peer down. If the requests may have reached the peer, a write among them
+    /// may have been applied: it gets `ERROR peer <name> unavailable: outcome
+    /// unknown`; everything else gets `ERROR peer <name> unavailable`.
+    fn fail(&mut self, peer: &Peer, failure: &Failure, sent: Sent) {
+        let missing = self.answer_unavailable(peer, sent);
+        peer.log_failure(failure, missing);
         peer.count_failure(failure);
     }
 
-    /// Answers every request not answered yet `ERROR peer <name> unavailable`; returns
-    /// how many that was.
-    fn answer_unavailable(&mut self, peer: &Peer) -> usize {
+    /// Answers every request not answered yet as [`Exchange::fail`] says; returns how
+    /// many that was.
+    fn answer_unavailable(&mut self, peer: &Peer, sent: Sent) -> usize {
         let answered = self.reply_ends.last().copied().unwrap_or(0);
         self.replies.truncate(answered);
         let missing = self.shapes.len() - self.reply_ends.len();
+        let mut lines = self.requests.split(|&b| b == b'\n').skip(self.reply_ends.len());
         for _ in 0..missing {
-            peer.unavailable().write_text(&mut self.replies);
+            let is_write = lines.next().is_some_and(|line| protocol::parse(line).is_write());
+            let reply =
+                if is_write && sent == Sent::Maybe { peer.outcome_unknown() } else { peer.unavailable() };
+            reply.write_text(&mut self.replies);
             self.reply_ends.push(self.replies.len());
         }
         peer.count_errors(missing);
         missing
     }
+}
+
+/// Whether an exchange's requests may have reached the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Not one byte left this node, or the peer turned the connection away unread:
+    /// nothing was applied.
+    Nothing,
+    /// Some bytes left: the peer may have applied any of the requests.
+    Maybe,
 }
 
 /// A connection thread's forwarding state: one [`Exchange`] per peer, reused for the
@@ -205,11 +225,11 @@ impl<'p> Forwarder<'p> {
             peer.count_forwarded(exchange.shapes.len());
             if !peer.is_up() {
                 // Down: fail at once; its prober will say when it is back.
-                exchange.answer_unavailable(peer);
+                exchange.answer_unavailable(peer, Sent::Nothing);
                 continue;
             }
-            if let Err(failure) = exchange.send(peer, deadline) {
-                exchange.fail(peer, &failure);
+            if let Err((failure, sent)) = exchange.send(peer, deadline) {
+                exchange.fail(peer, &failure, sent);
             }
         }
         for (peer, exchange) in self.peers.iter().zip(&mut self.exchanges) {

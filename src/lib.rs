@@ -30,6 +30,7 @@
 //!   rounds, STATS, forwarding and peers behind it are crate-internal.
 //! - [`client`]: the blocking [`Client`] used by `kv cli`, the tests and the bench.
 //! - [`signals`] and [`sys`]: the process-wide effects, which only the binary asks for.
+//! - `logcap`: warnings clients and peers can provoke, cut short and rate-limited.
 //!
 //! Each worker owns a fixed partition of the buckets (chosen by a hash of the bucket
 //! name), held in an `Arc` behind a lock so that the data outlives the thread that
@@ -55,6 +56,7 @@ mod acceptor;
 mod connection;
 mod forward;
 mod housekeeping;
+mod logcap;
 mod peer;
 mod round;
 mod socket;

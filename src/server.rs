@@ -28,7 +28,7 @@ use crate::housekeeping::{self, Housekeeping};
 use crate::peer::Peers;
 use crate::persist::{self, DataDirConfig};
 use crate::router::{Cluster, Route, RouteTable};
-use crate::state::{Counters, DataState, State};
+use crate::state::{Budget, Counters, DataState, State};
 use crate::supervisor::{AcceptorStart, ChildExit, Control, RestartIntensity, StopReason, Supervisor};
 use crate::sys;
 use crate::worker::{self, WorkerShared};
@@ -85,6 +85,8 @@ impl Server {
         let routes = cluster.routes_for(this);
         let (workers, data) = load_workers(&config, &routes)?;
         let peers = Peers::start(cluster, this, &config.peer)?;
+        let free_descriptors = sys::open_file_limit().map(|limit| limit.saturating_sub(RESERVED_DESCRIPTORS));
+        let budget = Budget::new(&config, peers.iter().count(), free_descriptors);
         let mut inboxes = Vec::with_capacity(config.workers);
         let mut worker_inboxes = Vec::with_capacity(config.workers);
         for _ in 0..config.workers {
@@ -104,6 +106,7 @@ impl Server {
             routes,
             peers,
             data,
+            budget,
         });
         Ok(Server { listener: Arc::new(listener), state, worker_inboxes })
     }

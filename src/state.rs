@@ -44,6 +44,8 @@ pub(crate) struct State {
     pub peers: Peers,
     /// With `--data-dir`: the directory's lock and how loading went.
     pub data: Option<DataState>,
+    /// How many sockets of each kind may be open (issue 13).
+    pub budget: Budget,
 }
 
 /// What a server keeps of its data directory once loaded.
@@ -52,6 +54,40 @@ pub(crate) struct DataState {
     /// Held for the server's life: a second process refuses the directory.
     pub _lock: std::fs::File,
     pub load_time: std::time::Duration,
+}
+
+/// How many sockets this node may hold open, beyond `--max-connections` clients.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    /// Connections other nodes opened to this one: `--peer-connections` per peer,
+    /// counted apart from the client cap so that clients cannot crowd forwarding out.
+    pub peers: usize,
+    /// Every socket the acceptor takes and every relayed subscription's second
+    /// socket together: the descriptors the open-file limit leaves once the reserve
+    /// and this node's own pools to its peers are set aside.
+    pub sockets: usize,
+}
+
+impl Budget {
+    /// The budget of a node with `config` and `peers` other nodes, when the open-file
+    /// limit less the server's reserve leaves `descriptors` (`None`: no limit known).
+    pub fn new(config: &Config, peers: usize, descriptors: Option<u64>) -> Budget {
+        let pools = config.peer.connections.saturating_mul(peers);
+        let sockets = descriptors.map_or(usize::MAX, |free| {
+            usize::try_from(free).unwrap_or(usize::MAX).saturating_sub(pools).max(1)
+        });
+        Budget { peers: pools, sockets }
+    }
+}
+
+/// Which limit an open connection counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seat {
+    /// `--max-connections`: a client, or a connection not yet known to be a node.
+    Client,
+    /// The peer budget: a connection that opened with an accepted handshake, or was
+    /// let in beyond the client cap on condition that it does.
+    Peer,
 }
 
 /// The server-wide counters of STATS.
@@ -63,6 +99,10 @@ pub(crate) struct Counters {
     pub commands_total: AtomicU64,
     /// Subscriptions streaming now, on this node's own buckets.
     pub subscribers: AtomicUsize,
+    /// Connections from other nodes open now ([`Seat::Peer`]).
+    pub peer_connections: AtomicUsize,
+    /// Sockets open now against [`Budget::sockets`].
+    pub sockets: AtomicUsize,
 }
 
 impl State {
@@ -81,10 +121,97 @@ impl State {
         !self.config.debug && self.counters.connections.load(Ordering::Relaxed) <= config::cores()
     }
 
+    /// Takes one socket of [`Budget::sockets`]; false when none is left.
+    pub fn take_socket(&self) -> bool {
+        let budget = self.budget.sockets;
+        self.counters
+            .sockets
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < budget).then_some(n + 1))
+            .is_ok()
+    }
+
+    pub fn release_socket(&self) {
+        self.counters.sockets.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// A seat for a connection just accepted, its socket taken: a client's while
+    /// fewer than `--max-connections` are open, else a peer's if the peer budget has
+    /// room (the connection must then open with a handshake), else none.
+    pub fn admit(&self) -> Option<Seat> {
+        if !self.take_socket() {
+            return None;
+        }
+        let max = self.config.max_connections;
+        let counters = &self.counters;
+        if counters
+            .connections
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .is_ok()
+        {
+            return Some(Seat::Client);
+        }
+        if self.take_peer_seat() {
+            return Some(Seat::Peer);
+        }
+        self.release_socket();
+        None
+    }
+
+    fn take_peer_seat(&self) -> bool {
+        let budget = self.budget.peers;
+        self.counters
+            .peer_connections
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < budget).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Moves a connection to seat `to`. A client becomes a peer only while the peer
+    /// budget has room (otherwise it stays a client, which is no worse); a peer
+    /// becomes a client (a relayed subscription, serving one client) always. Returns
+    /// the seat it has now.
+    pub fn reseat(&self, from: Seat, to: Seat) -> Seat {
+        match (from, to) {
+            (Seat::Client, Seat::Peer) if self.take_peer_seat() => {
+                self.counters.connections.fetch_sub(1, Ordering::SeqCst);
+                Seat::Peer
+            }
+            (Seat::Peer, Seat::Client) => {
+                self.counters.connections.fetch_add(1, Ordering::SeqCst);
+                self.counters.peer_connections.fetch_sub(1, Ordering::SeqCst);
+                Seat::Client
+            }
+            _ => from,
+        }
+    }
+
+    /// A connection in `seat` closed: its seat and its socket are free again.
+    pub fn leave(&self, seat: Seat) {
+        let count = match seat {
+            Seat::Client => &self.counters.connections,
+            Seat::Peer => &self.counters.peer_connections,
+        };
+        count.fetch_sub(1, Ordering::SeqCst);
+        self.release_socket();
+    }
+
+    /// Gives back a socket taken with [`State::take_socket`] when dropped.
+    pub fn socket_taken(&self) -> SocketTaken<'_> {
+        SocketTaken(self)
+    }
+
     /// Counts a subscription streaming from this node until the guard is dropped.
     pub fn subscriber_guard(&self) -> SubscriberGuard<'_> {
         self.counters.subscribers.fetch_add(1, Ordering::Relaxed);
         SubscriberGuard(&self.counters.subscribers)
+    }
+}
+
+/// A socket of [`Budget::sockets`], given back when dropped (also while unwinding).
+pub(crate) struct SocketTaken<'a>(&'a State);
+
+impl Drop for SocketTaken<'_> {
+    fn drop(&mut self) {
+        self.0.release_socket();
     }
 }
 

@@ -30,6 +30,7 @@ pub(crate) fn collect(state: &State) -> Stats {
         .push("subscribers_dropped", workers.iter().map(|w| load(&w.stats.subscribers_dropped)).sum::<u64>());
     add_persistence(state, &mut stats);
     state.peers.add_stats(&mut stats);
+    stats.push("peer_connections", counters.peer_connections.load(Ordering::Relaxed));
     let inboxes = state.inboxes.lock();
     for (i, worker) in workers.iter().enumerate() {
         let queue = inboxes.as_ref().map_or(0, |inboxes| inboxes[i].len());

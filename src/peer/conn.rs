@@ -1,12 +1,19 @@
 //! One open connection to a peer: the handshake it opens with, one write of a round's
 //! requests, and reading the replies back by their shape within a deadline.
+//!
+//! It also answers the question the forwarder's at-most-once rule hangs on: did any
+//! byte of the requests leave ([`PeerConn::wrote_any`]), and had the peer already
+//! closed an idle connection before we wrote to it ([`PeerConn::closed_while_idle`]).
 
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{ReplyLine, ReplyShape, line_len, reply_len};
+use crate::logcap::quote;
+use crate::protocol::{
+    ErrorKind, Reply, ReplyLine, ReplyShape, is_routing_mismatch, line_len, reply_len, trim_line_end,
+};
 use crate::sys;
 
 /// How far a socket's read timeout may be from the time left before it is reset: a
@@ -41,6 +48,13 @@ pub enum Failure {
     /// Every connection to the peer was busy for the whole timeout. Not the peer's
     /// fault, so it does not count towards marking it down.
     Busy,
+    /// The peer is at its connection limits and turned the connection away unread
+    /// (`ERROR too many connections`). Nothing sent on it was applied; the peer is
+    /// healthy, so this does not count towards marking it down.
+    Full,
+    /// The peer turned the connection away before reading a request for another
+    /// reason (`ERROR shutting down`): its error text. Nothing sent on it was applied.
+    Rejected(String),
 }
 
 impl fmt::Display for Failure {
@@ -52,6 +66,26 @@ impl fmt::Display for Failure {
             Failure::Closed => f.write_str("connection closed"),
             Failure::Protocol(text) => write!(f, "unexpected reply: {text}"),
             Failure::Busy => f.write_str("all connections busy"),
+            Failure::Full => f.write_str("the peer is at its connection limit"),
+            Failure::Rejected(text) => write!(f, "connection turned away by the peer: {text}"),
+        }
+    }
+}
+
+impl Failure {
+    /// True for failures that say nothing about the peer's health: every pooled
+    /// connection was busy, the peer was full, or this process ran out of descriptors.
+    /// They do not count towards marking the peer down.
+    pub fn is_local_or_busy(&self) -> bool {
+        match self {
+            Failure::Busy | Failure::Full => true,
+            Failure::Connect(error) | Failure::Io(error) => {
+                matches!(
+                    error.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                )
+            }
+            _ => false,
         }
     }
 }
@@ -102,30 +136,52 @@ pub struct PeerConn {
     pub hello_pending: bool,
     /// Taken from the pool rather than just opened: it may have died while idle.
     pub reused: bool,
+    /// Some byte of the current requests was handed to the kernel.
+    wrote: bool,
 }
 
 impl PeerConn {
     /// A new connection whose handshake is still to be sent.
     pub fn new(stream: TcpStream, read_timeout: Duration) -> PeerConn {
-        PeerConn { stream, read_timeout, hello_pending: true, reused: false }
+        PeerConn { stream, read_timeout, hello_pending: true, reused: false, wrote: false }
+    }
+
+    /// True if some byte of the last [`PeerConn::send`] may have reached the peer. A
+    /// send that failed before its first byte left delivered nothing.
+    pub fn wrote_any(&self) -> bool {
+        self.wrote
+    }
+
+    /// True if an idle pooled connection can no longer carry requests: the peer closed
+    /// or reset it while it sat in the pool, or sent bytes nobody asked for. One
+    /// non-blocking `recv` per exchange, on reused connections only. A kv node sends
+    /// its FIN only once it has stopped serving the connection (it closed an idle
+    /// connection, or is shutting down), so requests written after it would never be
+    /// applied: such a connection is replaced before anything is written to it.
+    pub fn closed_while_idle(&self) -> bool {
+        let mut byte = [0u8; 1];
+        !matches!(sys::recv_now(&self.stream, &mut byte), Ok(None))
     }
 
     /// Writes `requests`, preceded by the handshake line if the connection is new, as
-    /// one write where the kernel takes it all.
+    /// one write where the kernel takes it all. [`PeerConn::wrote_any`] says afterwards
+    /// whether any of it left.
     pub fn send(&mut self, hello: &[u8], requests: &[u8]) -> Result<(), Failure> {
-        if !self.hello_pending {
-            self.stream.write_all(requests)?;
-            return Ok(());
-        }
-        let written = self.stream.write_vectored(&[IoSlice::new(hello), IoSlice::new(requests)])?;
-        if written == 0 {
-            return Err(Failure::Closed);
-        }
-        if written < hello.len() {
-            self.stream.write_all(&hello[written..])?;
-            self.stream.write_all(requests)?;
-        } else {
-            self.stream.write_all(&requests[written - hello.len()..])?;
+        self.wrote = false;
+        let hello = if self.hello_pending { hello } else { &[] };
+        let (mut hello_at, mut request_at) = (0, 0);
+        while request_at < requests.len() || hello_at < hello.len() {
+            let slices = [IoSlice::new(&hello[hello_at..]), IoSlice::new(&requests[request_at..])];
+            let written = match self.stream.write_vectored(&slices) {
+                Ok(0) => return Err(Failure::Closed),
+                Ok(written) => written,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error.into()),
+            };
+            self.wrote = true;
+            let into_hello = written.min(hello.len() - hello_at);
+            hello_at += into_hello;
+            request_at += written - into_hello;
         }
         Ok(())
     }
@@ -197,19 +253,37 @@ impl PeerConn {
             Ok(0) => Err(Failure::Closed),
             Ok(_) => Ok(()),
             Err(error) if error.kind() == io::ErrorKind::Interrupted => Ok(()),
+            // The socket's timeout may be up to TIMEOUT_SLACK shorter than the time
+            // that was left: a timeout before the deadline is not one.
+            Err(error) if is_timeout(&error) && Instant::now() < deadline.soft => Ok(()),
             Err(error) => Err(error.into()),
         }
     }
 }
 
-/// What the first reply line on a new connection says about the handshake.
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+/// True for the line a node at its connection cap answers with.
+fn is_too_many_connections(line: &[u8]) -> bool {
+    let mut full = Vec::new();
+    Reply::Error(ErrorKind::TooManyConnections).write_text(&mut full);
+    trim_line_end(line) == trim_line_end(&full)
+}
+
+/// What the first reply line on a new connection says about the handshake. Only a
+/// routing refusal is the peer's answer to relay; any other error line (too many
+/// connections, shutting down) means the peer turned the connection away unread.
 pub fn read_hello(line: &[u8]) -> Result<HelloReply, Failure> {
     match ReplyLine::of(line) {
         ReplyLine::Ok => Ok(HelloReply::Accepted),
-        ReplyLine::Error(_) => Ok(HelloReply::Refused(line.to_vec())),
+        ReplyLine::Error(text) if is_routing_mismatch(text) => Ok(HelloReply::Refused(line.to_vec())),
+        ReplyLine::Error(_) if is_too_many_connections(line) => Err(Failure::Full),
+        ReplyLine::Error(text) => Err(Failure::Rejected(quote(text))),
         _ => Err(Failure::Protocol(format!(
-            "handshake answered {:?}; is this a kv node of this version?",
-            String::from_utf8_lossy(line).trim_end()
+            "handshake answered {}; is this a kv node of this version?",
+            quote(line)
         ))),
     }
 }
@@ -244,5 +318,18 @@ mod tests {
         assert_eq!(read_hello(b"OK\r\n").unwrap(), HelloReply::Accepted);
         assert!(matches!(read_hello(b"ERROR routing mismatch: x\r\n"), Ok(HelloReply::Refused(_))));
         assert!(read_hello(b"PONG\r\n").is_err());
+    }
+
+    /// Regression: an owner at its connection cap answered the handshake `ERROR too
+    /// many connections`, which was taken for a refusal of this node and relayed.
+    #[test]
+    fn a_full_peer_is_a_rejection_not_a_refusal() {
+        let full = read_hello(b"ERROR too many connections\r\n").unwrap_err();
+        assert!(matches!(full, Failure::Full), "{full:?}");
+        assert!(full.is_local_or_busy(), "a full peer is not a dead one");
+        let stopping = read_hello(b"ERROR shutting down\r\n").unwrap_err();
+        assert!(!stopping.is_local_or_busy());
+        let long = [b"ERROR ".as_slice(), &[b'x'; 500], b"\r\n"].concat();
+        assert!(read_hello(&long).unwrap_err().to_string().len() < 150, "quoted cut short");
     }
 }

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::config::{CONNECTION_STACK_SIZE, PeerConfig};
+use crate::logcap::{Limiter, quote, warn_limited};
 use crate::protocol::{ErrorKind, Reply, ReplyLine, ReplyShape, Stats, hello_line, line_len};
 use crate::router::Cluster;
 
@@ -71,6 +72,9 @@ pub struct Peer {
     wake: Condvar,
     /// A refused handshake is logged once per peer, not once per request round.
     refusal_logged: AtomicBool,
+    /// Connections the peer turned away (full, stopping) are logged at most once a
+    /// second.
+    turned_away: Limiter,
 }
 
 impl Peer {
@@ -89,18 +93,40 @@ impl Peer {
             stopping: Mutex::new(false),
             wake: Condvar::new(),
             refusal_logged: AtomicBool::new(false),
+            turned_away: Limiter::new(),
         }
-    }
-
-    /// The peer's name in the cluster file.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// What a request gets when this peer cannot be reached: `ERROR peer <name>
     /// unavailable`.
     pub fn unavailable(&self) -> Reply<'_> {
         Reply::Error(ErrorKind::PeerUnavailable { peer: &self.name })
+    }
+
+    /// What a write gets when it was sent to this peer but no reply came back: `ERROR
+    /// peer <name> unavailable: outcome unknown`.
+    pub fn outcome_unknown(&self) -> Reply<'_> {
+        Reply::Error(ErrorKind::PeerOutcomeUnknown { peer: &self.name })
+    }
+
+    /// Logs a failed exchange: at debug when it is the peer's failure (counting it
+    /// towards marking the peer down says it at warn soon enough), at warn, at most
+    /// once a second, when the peer turned us away for a reason of its own.
+    pub(crate) fn log_failure(&self, failure: &Failure, answered: usize) {
+        if matches!(failure, Failure::Full | Failure::Rejected(_)) {
+            warn_limited!(
+                self.turned_away,
+                "peer {} at {} turned a connection away: {failure}; {answered} requests answered unavailable",
+                self.name,
+                self.addr
+            );
+        } else {
+            log::debug!(
+                "peer {} at {}: {failure}; {answered} requests answered unavailable",
+                self.name,
+                self.addr
+            );
+        }
     }
 
     /// The handshake line this node opens every connection to the peer with.
@@ -126,14 +152,9 @@ impl Peer {
                  the same cluster file",
                 self.name,
                 self.addr,
-                String::from_utf8_lossy(line).trim_end()
+                quote(line)
             );
         }
-    }
-
-    /// Where the peer listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     /// False while the peer is marked down.
@@ -226,7 +247,7 @@ impl Peer {
     /// Counts a failed exchange towards marking the peer down, and marks it down after
     /// [`DOWN_AFTER_FAILURES`] in a row.
     pub(crate) fn count_failure(&self, failure: &Failure) {
-        if matches!(failure, Failure::Busy) {
+        if failure.is_local_or_busy() {
             return;
         }
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -259,7 +280,7 @@ impl Peer {
             }
             Err(failure) => {
                 self.count_errors(1);
-                log::debug!("peer {} at {}: SUBSCRIBE failed: {failure}", self.name, self.addr);
+                self.log_failure(&failure, 1);
                 self.count_failure(&failure);
                 RemoteSubscription::Unavailable
             }
@@ -288,9 +309,13 @@ impl Peer {
                         HelloReply::Refused(line) => return Ok(RemoteSubscription::Answered(line)),
                     }
                 }
-                if ReplyLine::of(reply) != ReplyLine::Ok {
+                let reply_line = ReplyLine::of(reply);
+                if reply_line.is_error() {
                     // Not found, or an error line: the reply, and no stream.
                     return Ok(RemoteSubscription::Answered(reply.to_vec()));
+                }
+                if reply_line != ReplyLine::Ok {
+                    return Err(Failure::Protocol(format!("SUBSCRIBE answered {}", quote(reply))));
                 }
                 // Events that came right behind the acknowledgement go first.
                 let pending = buffer[start + len..].to_vec();
@@ -307,12 +332,11 @@ impl Peer {
         conn.send(&self.hello, b"PING\n")?;
         let (mut replies, mut ends) = (Vec::new(), Vec::new());
         match conn.read_replies(&mut replies, &mut ends, &[ReplyShape::Line], deadline)? {
-            HelloReply::Refused(line) => Err(Failure::Protocol(format!(
-                "handshake refused: {}",
-                String::from_utf8_lossy(&line).trim_end()
-            ))),
+            HelloReply::Refused(line) => {
+                Err(Failure::Protocol(format!("handshake refused: {}", quote(&line))))
+            }
             HelloReply::Accepted if ReplyLine::of(&replies) != ReplyLine::Other(b"PONG") => {
-                Err(Failure::Protocol(format!("PING answered {:?}", String::from_utf8_lossy(&replies))))
+                Err(Failure::Protocol(format!("PING answered {}", quote(&replies))))
             }
             HelloReply::Accepted => Ok(conn),
         }

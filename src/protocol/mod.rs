@@ -23,5 +23,5 @@ pub use command::{Command, Words, is_http_request_line, is_space, parse, words};
 pub use frame::{DEFAULT_MAX_LINE, Frame, LineReader, MAX_MAX_LINE};
 pub use hello::{HELLO_WORD, Hello, PEER_PROTOCOL_VERSION, Refusal, check_hello, hello_line};
 pub(crate) use reply::DROPPED_LINE;
-pub use reply::{ErrorKind, Event, Reply, Stats};
+pub use reply::{ErrorKind, Event, Reply, Stats, is_routing_mismatch};
 pub use shape::{BadReply, ReplyLine, ReplyShape, line_len, reply_len, trim_line_end};

@@ -20,6 +20,23 @@ pub(crate) const ERROR_PREFIX: &[u8] = b"ERROR ";
 pub(crate) const PONG_WORD: &[u8] = b"PONG";
 pub(crate) const OK_WORD: &[u8] = b"OK";
 
+/// What every routing refusal between nodes starts with, after `ERROR `: a node that
+/// reads it in reply to its handshake knows the peer refused *it* (the cluster files
+/// disagree), not that the peer is busy or stopping.
+const ROUTING_MISMATCH: &[u8] = b"routing mismatch: ";
+
+/// True if `error_text` (an error line's text after `ERROR `) is a routing refusal.
+///
+/// ```
+/// use kv::protocol::is_routing_mismatch;
+///
+/// assert!(is_routing_mismatch(b"routing mismatch: this is node a, not b"));
+/// assert!(!is_routing_mismatch(b"too many connections"));
+/// ```
+pub fn is_routing_mismatch(error_text: &[u8]) -> bool {
+    error_text.starts_with(ROUTING_MISMATCH)
+}
+
 /// One reply to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply<'a> {
@@ -64,8 +81,8 @@ pub enum ErrorKind<'a> {
     WrongNode { node: &'a str, asked: &'a [u8] },
     /// A handshake of a version or shape this node does not speak.
     HandshakeNotUnderstood { node: &'a str },
-    /// The peer owning the bucket did not answer; see docs/CLUSTER.md for what that
-    /// says about a write.
+    /// The peer owning the bucket could not be reached, or the request never reached
+    /// it: a write answered so is known not to have happened (docs/CLUSTER.md).
     PeerUnavailable { peer: &'a str },
     /// A SUBSCRIBE reached a worker without its subscriber (a bug, answered rather
     /// than trusted).
@@ -74,6 +91,9 @@ pub enum ErrorKind<'a> {
     CannotWakeAcceptor,
     /// A write whose record could not reach the log: it was not applied.
     PersistenceFailed { reason: &'a str },
+    /// A write was sent to the peer owning the bucket, which then failed or did not
+    /// answer in time: it may or may not have been applied (docs/CLUSTER.md).
+    PeerOutcomeUnknown { peer: &'a str },
 }
 
 impl Reply<'_> {
@@ -119,16 +139,17 @@ impl ErrorKind<'_> {
             ErrorKind::WorkerUnavailable => line(out, &[e, b"worker unavailable"]),
             ErrorKind::NoRoute { bucket } => line(out, &[e, b"no route for bucket ", bucket]),
             ErrorKind::NotOwner { node, bucket } => {
-                line(out, &[e, b"routing mismatch: node ", node.as_bytes(), b" does not own bucket ", bucket])
+                line(out, &[e, ROUTING_MISMATCH, b"node ", node.as_bytes(), b" does not own bucket ", bucket])
             }
             ErrorKind::WrongNode { node, asked } => {
-                line(out, &[e, b"routing mismatch: this is node ", node.as_bytes(), b", not ", asked])
+                line(out, &[e, ROUTING_MISMATCH, b"this is node ", node.as_bytes(), b", not ", asked])
             }
             ErrorKind::HandshakeNotUnderstood { node } => line(
                 out,
                 &[
                     e,
-                    b"routing mismatch: node ",
+                    ROUTING_MISMATCH,
+                    b"node ",
                     node.as_bytes(),
                     b" does not understand this peer handshake",
                 ],
@@ -140,6 +161,9 @@ impl ErrorKind<'_> {
             ErrorKind::CannotWakeAcceptor => line(out, &[e, b"cannot wake the acceptor"]),
             ErrorKind::PersistenceFailed { reason } => {
                 line(out, &[e, b"persistence failed: ", reason.as_bytes()])
+            }
+            ErrorKind::PeerOutcomeUnknown { peer } => {
+                line(out, &[e, b"peer ", peer.as_bytes(), b" unavailable: outcome unknown"])
             }
         }
     }
@@ -319,6 +343,10 @@ mod tests {
             (
                 Reply::Error(ErrorKind::PersistenceFailed { reason: "File too large (os error 27)" }),
                 b"ERROR persistence failed: File too large (os error 27)\r\n",
+            ),
+            (
+                Reply::Error(ErrorKind::PeerOutcomeUnknown { peer: "n1" }),
+                b"ERROR peer n1 unavailable: outcome unknown\r\n",
             ),
         ];
         for (reply, bytes) in cases {

@@ -6,8 +6,15 @@
 //! STATS's is lines up to `OK`; an error line (`NOT FOUND`, `UNKNOWN COMMAND`,
 //! `ERROR ...`) ends any reply by itself. A value can never be mistaken for an error
 //! line because every error line holds a space and a value holds none.
+//!
+//! Each shape also says which lines can be a reply at all: a write's reply is `OK` or
+//! an error line, a GET's value is one word. Bytes that fit no reply of the expected
+//! shape are a [`BadReply`], so a reader that is not talking to kv (or is out of step)
+//! finds out instead of passing the bytes on as someone's answer.
 
 use std::fmt;
+
+use crate::logcap::quote as shown;
 
 use super::command::{Command, parse};
 use super::reply::{ERROR_PREFIX, NOT_FOUND_WORDS, OK_WORD, UNKNOWN_WORDS};
@@ -15,12 +22,15 @@ use super::reply::{ERROR_PREFIX, NOT_FOUND_WORDS, OK_WORD, UNKNOWN_WORDS};
 /// How a request's reply is laid out on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyShape {
-    /// One line.
+    /// One line, any line (`PING`'s `PONG`, `UNKNOWN COMMAND`, ...).
     Line,
     /// GET: a value line then `OK`, unless the first line is an error.
     Value,
     /// STATS: lines up to `OK`, unless the first line is an error.
     Lines,
+    /// CREATE, PUT, DELETE, DROP: `OK`, or an error line. Anything else is a
+    /// [`BadReply`].
+    Status,
 }
 
 impl ReplyShape {
@@ -29,6 +39,9 @@ impl ReplyShape {
         match command {
             Command::Get { .. } => ReplyShape::Value,
             Command::Stats => ReplyShape::Lines,
+            Command::Create { .. } | Command::Put { .. } | Command::Delete { .. } | Command::Drop { .. } => {
+                ReplyShape::Status
+            }
             _ => ReplyShape::Line,
         }
     }
@@ -40,6 +53,7 @@ impl ReplyShape {
     ///
     /// assert_eq!(ReplyShape::of_line(b"get a b"), ReplyShape::Value);
     /// assert_eq!(ReplyShape::of_line(b"STATS"), ReplyShape::Lines);
+    /// assert_eq!(ReplyShape::of_line(b"PUT a k v"), ReplyShape::Status);
     /// assert_eq!(ReplyShape::of_line(b"GET a"), ReplyShape::Line); // UNKNOWN COMMAND
     /// ```
     pub fn of_line(line: &[u8]) -> ReplyShape {
@@ -117,7 +131,7 @@ pub fn line_len(bytes: &[u8]) -> Option<usize> {
 }
 
 /// Length of the first complete reply of `shape` in `bytes`; `None` while more bytes
-/// are needed.
+/// are needed; a [`BadReply`] if the bytes cannot be a reply of that shape.
 ///
 /// ```
 /// use kv::protocol::{ReplyShape, reply_len};
@@ -125,6 +139,7 @@ pub fn line_len(bytes: &[u8]) -> Option<usize> {
 /// assert_eq!(reply_len(b"3\r\nOK\r\nOK\r\n", ReplyShape::Value), Ok(Some(7)));
 /// assert_eq!(reply_len(b"NOT FOUND\r\nOK\r\n", ReplyShape::Value), Ok(Some(11)));
 /// assert_eq!(reply_len(b"keys 1\r\nOK", ReplyShape::Lines), Ok(None));
+/// assert!(reply_len(b"hello there\r\n", ReplyShape::Status).is_err());
 /// ```
 pub fn reply_len(bytes: &[u8], shape: ReplyShape) -> Result<Option<usize>, BadReply> {
     let Some(first) = line_len(bytes) else { return Ok(None) };
@@ -132,7 +147,16 @@ pub fn reply_len(bytes: &[u8], shape: ReplyShape) -> Result<Option<usize>, BadRe
     if shape == ReplyShape::Line || first_line.is_error() {
         return Ok(Some(first));
     }
+    if shape == ReplyShape::Status {
+        if first_line != ReplyLine::Ok {
+            return Err(BadReply(format!("{} where OK or an error line belongs", shown(&bytes[..first]))));
+        }
+        return Ok(Some(first));
+    }
     if shape == ReplyShape::Value {
+        if trim_line_end(&bytes[..first]).iter().any(|&b| super::command::is_space(b)) {
+            return Err(BadReply(format!("{} where a value belongs", shown(&bytes[..first]))));
+        }
         let Some(second) = line_len(&bytes[first..]) else { return Ok(None) };
         if ReplyLine::of(&bytes[first..first + second]) != ReplyLine::Ok {
             return Err(BadReply("a GET reply without OK after its value".to_string()));
@@ -170,6 +194,29 @@ mod tests {
         assert!(reply_len(b"3\r\nPONG\r\n", Value).is_err());
         assert_eq!(reply_len(b"a 1\r\nb 2\r\nOK\r\nPONG\r\n", Lines), Ok(Some(14)));
         assert_eq!(reply_len(b"UNKNOWN COMMAND\r\n", Lines), Ok(Some(17)));
+    }
+
+    /// Regression: a non-kv "peer" answering a forwarded PUT with any line had that
+    /// line relayed to the client as the PUT's reply.
+    #[test]
+    fn a_write_is_answered_ok_or_an_error_line_and_nothing_else() {
+        use ReplyShape::*;
+        assert_eq!(ReplyShape::of_line(b"create b"), Status);
+        assert_eq!(ReplyShape::of_line(b"DELETE b k"), Status);
+        assert_eq!(ReplyShape::of_line(b"DROP b"), Status);
+        for good in
+            [&b"OK\r\n"[..], b"NOT FOUND\r\n", b"UNKNOWN COMMAND\r\n", b"ERROR peer x unavailable\r\n"]
+        {
+            assert_eq!(reply_len(good, Status), Ok(Some(good.len())), "{}", shown(good));
+        }
+        for bad in [&b"PONG\r\n"[..], b"v\r\n", b"HTTP/1.1 200 OK\r\n", b"ERROR\r\n", b"OKAY\r\n"] {
+            assert!(reply_len(bad, Status).is_err(), "{}", shown(bad));
+        }
+        // A value is one word: a line with a space is no GET's value.
+        assert!(reply_len(b"hello world\r\nOK\r\n", Value).is_err());
+        let long = [b'x'; 500];
+        let error = reply_len(&[&b"a "[..], &long, b"\r\n"].concat(), Status).unwrap_err();
+        assert!(error.0.len() < 150, "a bad reply is quoted cut short: {error}");
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! memory. Writes wait at most [`WRITE_WAIT`], so the loop keeps taking events (and a
 //! relay keeps draining the owner) while the client is stuck; how far behind is too
 //! far is the source's call ([`Source::too_far_behind`]). Input from the client is read
-//! and ignored, and a client that has gone away is noticed within
-//! [`CLIENT_CHECK_INTERVAL`].
+//! and ignored, and a client whose connection was reset is noticed within
+//! [`CLIENT_CHECK_INTERVAL`]; one that only closed its sending side keeps its stream
+//! (see [`client_gone`]).
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -253,8 +254,14 @@ pub fn stream_relayed(
 /// pause cannot keep its thread here instead of writing events.
 const MAX_IGNORED_PER_CHECK: usize = 256 * 1024;
 
-/// True if the client closed its end. Reads (and ignores) what it sent, up to
-/// `MAX_IGNORED_PER_CHECK`.
+/// True if the client is gone: its connection was reset or failed. Reads (and
+/// ignores) what it sent, up to `MAX_IGNORED_PER_CHECK`.
+///
+/// A read of 0 is not "gone": it means the client closed its sending side (`nc -N`
+/// at the end of its input, `shutdown(SHUT_WR)`), and a half-closed subscriber still
+/// reads its events. A client that closed both sides is found out by the next event
+/// written to it: its kernel answers with a reset, and the write or read after that
+/// fails.
 pub fn client_gone(stream: &TcpStream) -> io::Result<bool> {
     stream.set_nonblocking(true)?;
     let mut scratch = [0u8; 4096];
@@ -264,7 +271,7 @@ pub fn client_gone(stream: &TcpStream) -> io::Result<bool> {
             break false;
         }
         match (&*stream).read(&mut scratch) {
-            Ok(0) => break true,
+            Ok(0) => break false,
             Ok(n) => ignored += n,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => break false,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,

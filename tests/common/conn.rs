@@ -64,6 +64,26 @@ impl Conn {
         }
     }
 
+    /// True if nothing arrives within `within` (a bounded wait on a condition: that
+    /// the server stays silent). What does arrive is kept for the next read.
+    pub fn nothing_within(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let mut chunk = [0u8; 4096];
+        while self.pending.is_empty() && Instant::now() < deadline {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => panic!("read failed while expecting silence: {e}"),
+            }
+        }
+        self.pending.is_empty()
+    }
+
     /// Reads exactly `n` bytes.
     pub fn read_exact_bytes(&mut self, n: usize) -> Vec<u8> {
         let deadline = Instant::now() + DEADLINE;

@@ -8,6 +8,8 @@
 //!   guide's sequence.
 //! - [`server`]: an in-process server and waits on what its STATS say.
 //! - [`child`]: the real `kv` binary as a child process, guarded and bounded.
+//! - [`relay`]: a fault-injecting TCP relay between two nodes (drop replies, stall,
+//!   reset on command).
 //! - [`proc`]: what `/proc` says about a process (memory, descriptors, file limits).
 //! - [`lib_paths`]: every `kv::` path below the crate root the tests use, so a move in
 //!   `src/` is a one-line fix there.
@@ -25,6 +27,7 @@ pub mod conn;
 pub mod fuzzing;
 pub mod lib_paths;
 pub mod proc;
+pub mod relay;
 pub mod server;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
