@@ -9,6 +9,7 @@
 //! - [`server`]: an in-process server and waits on what its STATS say.
 //! - [`child`]: the real `kv` binary as a child process, guarded and bounded.
 //! - [`proc`]: what `/proc` says about a process (memory, descriptors, file limits).
+//! - [`temp`]: temporary directories, removed when dropped.
 //! - [`lib_paths`]: every `kv::` path below the crate root the tests use, so a move in
 //!   `src/` is a one-line fix there.
 //! - [`fuzzing`]: seeded randomness and the framing model, kept in `tests/fuzzing/`
@@ -26,6 +27,7 @@ pub mod fuzzing;
 pub mod lib_paths;
 pub mod proc;
 pub mod server;
+pub mod temp;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::thread;
