@@ -228,6 +228,9 @@ pub fn run(shared: &WorkerShared, inbox: &Receiver<Batch>, pending: Option<Batch
         Ok(()) => Outcome::Clean,
         Err(payload) => {
             let message = panic_message(&*payload);
+            // What the finished batches (and the crashed one, before the crash) wrote
+            // is synced before their replies go out, as `serve` does.
+            shared.sync_if_always();
             for batch in in_hand.done.drain(..) {
                 batch.send_back();
             }

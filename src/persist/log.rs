@@ -48,6 +48,9 @@ pub struct LogSync {
     file: Mutex<Arc<File>>,
     /// Written since the last sync.
     dirty: AtomicBool,
+    /// Held for the whole of a sync: a caller that finds nothing dirty may return only
+    /// once a sync that began after its write has finished (see `sync_if_dirty`).
+    syncing: Mutex<()>,
     /// When the running sync began, in ms since `epoch` plus one; 0 when none runs.
     syncing_since: AtomicU64,
     synced: Condvar,
@@ -64,6 +67,7 @@ impl LogSync {
         LogSync {
             file: Mutex::new(file),
             dirty: AtomicBool::new(false),
+            syncing: Mutex::new(()),
             syncing_since: AtomicU64::new(0),
             synced: Condvar::new(),
             synced_lock: Mutex::new(()),
@@ -77,8 +81,15 @@ impl LogSync {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
-    /// Syncs the current segment if anything was written since the last sync.
+    /// Syncs the current segment if anything was written since the last sync; on
+    /// return, everything written before the call is on disk.
+    ///
+    /// Syncs are serialized: with `always`, a worker and a connection applying inline
+    /// both sync the same log, and without the lock the second would find `dirty`
+    /// already cleared by the first, whose sync is still running, and send its `OK`
+    /// before its record is on disk.
     pub fn sync_if_dirty(&self) -> io::Result<()> {
+        let _syncing = self.syncing.lock();
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
@@ -220,6 +231,11 @@ impl PartitionLog {
     /// old segment stays as it is, for compaction to sync and later delete.
     pub fn rotate(&mut self) -> io::Result<u64> {
         self.trim_if_needed()?;
+        // Synced before the next segment exists: a sync that runs after the switch
+        // syncs the new segment only, and a `--fsync always` commit made just before
+        // this rotation may not have been synced yet. Also, a crash must never leave a
+        // torn record in a segment that is not the newest (load would call it damage).
+        self.file.sync_data()?;
         let next = self.seq + 1;
         let file = Arc::new(create_segment(&self.dir, next)?);
         self.file = file.clone();

@@ -11,6 +11,7 @@
 //! - [`relay`]: a fault-injecting TCP relay between two nodes (drop replies, stall,
 //!   reset on command).
 //! - [`proc`]: what `/proc` says about a process (memory, descriptors, file limits).
+//! - [`temp`]: temporary directories, removed when dropped.
 //! - [`lib_paths`]: every `kv::` path below the crate root the tests use, so a move in
 //!   `src/` is a one-line fix there.
 //! - [`fuzzing`]: seeded randomness and the framing model, kept in `tests/fuzzing/`
@@ -29,6 +30,7 @@ pub mod lib_paths;
 pub mod proc;
 pub mod relay;
 pub mod server;
+pub mod temp;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::thread;
