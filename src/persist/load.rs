@@ -4,8 +4,9 @@
 //! A torn tail (the newest segment ending inside a record, or in a record whose
 //! checksum fails) is what a crash mid-write leaves: it is cut off with a warning, as
 //! Redis's `aof-load-truncated` does. Damage anywhere else is refused, naming the file
-//! and offset, unless the operator asked to repair: then what precedes the damage is
-//! kept, and the damaged file is moved aside, never deleted.
+//! and offset, unless the operator asked to repair: then what precedes the damage in
+//! that file is kept, the damaged file is moved aside (never deleted), and loading goes
+//! on with the files after it, whose records are each right about what they name.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -12,14 +12,14 @@
 //! DIR/CURRENT                   the name of the live generation, replaced atomically
 //! DIR/gen-0001/MANIFEST         "kv-data 1" and the number of partitions
 //! DIR/gen-0001/p000/0000000003.snap, 0000000003.log, 0000000004.log
-//! DIR/foreign-<time>.snap       buckets this node no longer owns, kept, never loaded
+//! DIR/foreign/NNNNNNNNNN.snap    buckets this node no longer owns, kept, never loaded
 //! ```
 //!
 //! A generation fixes the number of partitions. Started with another `--workers`, kv
 //! loads the old generation, moves every bucket to its new owner, writes a snapshot of
 //! each new partition into a new generation, and switches `CURRENT` to it: one rename.
 //!
-//! Compaction (in `compaction.rs`, which can reach the workers' locks) relies on one
+//! Compaction (in `housekeeping.rs`, which can reach the workers' locks) relies on one
 //! invariant: replaying a snapshot, then every segment from the one started just before
 //! the snapshot began, in order, gives the current state. A snapshot is written in
 //! chunks while writes go on, so it may hold a bucket's state from any moment after
@@ -368,7 +368,7 @@ fn place_buckets(
     Ok(moved)
 }
 
-/// Writes buckets this node no longer owns to `DIR/foreign-<time>.snap`, and names them.
+/// Writes buckets this node no longer owns to `DIR/foreign/<time>.snap`, and names them.
 fn keep_foreign(root: &Path, foreign: &Partition) -> Result<(), LoadError> {
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let names: Vec<String> =
