@@ -74,6 +74,13 @@ pub const DEFAULT_PEER_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// are busy a client waits for one (within its request timeout) instead of opening more.
 pub const DEFAULT_PEER_CONNECTIONS: usize = 32;
 
+/// Default `--shutdown-grace`: how long a stopping server gives each client to read
+/// the replies to what it had sent, before closing its connection anyway.
+///
+/// Ten seconds: a client that is reading drains megabytes in that time, and a service
+/// manager's stop timeout (systemd's default is 90 s) is far longer.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Longest any configured timeout may be: longer is a typo, and deadlines computed
 /// from it must not overflow.
 pub const LONGEST_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
@@ -133,6 +140,10 @@ pub struct Config {
     pub max_restarts: u32,
     /// ... within this many seconds, or the supervisor gives up.
     pub max_seconds: u64,
+    /// Most bytes the store may hold, as it counts them (`None`: no limit).
+    pub max_memory: Option<usize>,
+    /// How long shutdown waits for clients to read their replies.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Config {
@@ -151,6 +162,8 @@ impl Default for Config {
             debug: false,
             max_restarts: DEFAULT_MAX_RESTARTS,
             max_seconds: DEFAULT_MAX_SECONDS,
+            max_memory: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
@@ -182,6 +195,7 @@ impl Config {
             ("--max-connections", self.max_connections),
             ("--peer-connections", self.peer.connections),
             ("--subscriber-backlog", self.subscriber_backlog),
+            ("--max-memory", self.max_memory.unwrap_or(1)),
         ];
         if let Some((flag, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::Zero(flag));
@@ -197,6 +211,7 @@ impl Config {
             ("--peer-timeout", Some(self.peer.timeout)),
             ("--peer-backoff-max", Some(self.peer.max_backoff)),
             ("--idle-timeout", self.idle_timeout),
+            ("--shutdown-grace", Some(self.shutdown_grace)),
         ];
         for (flag, timeout) in timeouts {
             if let Some(timeout) = timeout.filter(|t| t.is_zero() || *t > LONGEST_TIMEOUT) {
@@ -290,6 +305,11 @@ mod tests {
                     ..Config::default()
                 },
                 "--peer-timeout",
+            ),
+            (Config { max_memory: Some(0), ..Config::default() }, "--max-memory must be at least 1"),
+            (
+                Config { shutdown_grace: Duration::ZERO, ..Config::default() },
+                "--shutdown-grace 0ns: expected more than 0",
             ),
         ];
         for (config, message) in cases {

@@ -15,7 +15,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -85,9 +85,12 @@ impl Server {
         let mut workers = Vec::with_capacity(config.workers);
         let mut inboxes = Vec::with_capacity(config.workers);
         let mut worker_inboxes = Vec::with_capacity(config.workers);
+        let memory_total = Arc::new(AtomicUsize::new(0));
         for _ in 0..config.workers {
             let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
-            workers.push(Arc::new(WorkerShared::default()));
+            let worker = WorkerShared { memory_total: memory_total.clone(), ..WorkerShared::default() };
+            worker.partition.lock().set_memory_limit(config.max_memory);
+            workers.push(Arc::new(worker));
             inboxes.push(inbox_tx);
             worker_inboxes.push(inbox_rx);
         }

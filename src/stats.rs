@@ -28,6 +28,9 @@ pub(crate) fn collect(state: &State) -> Stats {
     stats.push("subscribers", counters.subscribers.load(Ordering::Relaxed));
     stats
         .push("subscribers_dropped", workers.iter().map(|w| load(&w.stats.subscribers_dropped)).sum::<u64>());
+    let memory_used: usize = workers.iter().map(|w| w.stats.memory.load(Ordering::Relaxed)).sum();
+    stats.push("memory_used", memory_used);
+    stats.push("memory_limit", state.config.max_memory.unwrap_or(0));
     state.peers.add_stats(&mut stats);
     let inboxes = state.inboxes.lock();
     for (i, worker) in workers.iter().enumerate() {

@@ -24,6 +24,7 @@
 //! This file must not do I/O on sockets: a worker only ever talks to channels.
 
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, RecvError, TryRecvError};
@@ -45,6 +46,8 @@ pub struct WorkerStats {
     pub restarts: AtomicU64,
     /// Subscribers dropped for falling too far behind.
     pub subscribers_dropped: AtomicU64,
+    /// Bytes the partition holds, as the store counts them (`--max-memory`).
+    pub memory: AtomicUsize,
 }
 
 /// What outlives a worker thread: its partition and its counters.
@@ -57,13 +60,31 @@ pub struct WorkerShared {
     pub subscriptions: Mutex<Subscriptions>,
     /// Counters for STATS.
     pub stats: WorkerStats,
+    /// Bytes every partition of the node holds together, each worker adding its
+    /// change once per batch: what `--max-memory` is checked against.
+    pub memory_total: Arc<AtomicUsize>,
 }
 
 impl WorkerShared {
-    fn publish(&self, partition: &Partition, subscriptions: &Subscriptions) {
+    fn publish(&self, partition: &mut Partition, subscriptions: &Subscriptions) {
         self.stats.buckets.store(partition.bucket_count(), Ordering::Relaxed);
         self.stats.keys.store(partition.key_count(), Ordering::Relaxed);
         self.stats.subscribers_dropped.store(subscriptions.dropped_total(), Ordering::Relaxed);
+        self.publish_memory(partition);
+    }
+
+    /// Adds this partition's change in memory to the node's total, and tells the
+    /// partition what the others hold. Between two batches the others may have grown:
+    /// the node can pass its limit by what one batch per worker stores.
+    fn publish_memory(&self, partition: &mut Partition) {
+        let now = partition.memory_used();
+        let before = self.stats.memory.swap(now, Ordering::Relaxed);
+        let total = if now >= before {
+            self.memory_total.fetch_add(now - before, Ordering::Relaxed) + (now - before)
+        } else {
+            self.memory_total.fetch_sub(before - now, Ordering::Relaxed) - (before - now)
+        };
+        partition.set_memory_elsewhere(total.saturating_sub(now));
     }
 }
 
@@ -118,7 +139,7 @@ pub fn apply_inline(shared: &WorkerShared, batch: &mut Batch) -> bool {
     };
     let applied = panic::catch_unwind(AssertUnwindSafe(|| {
         batch.apply(&mut partition, &mut subscriptions);
-        shared.publish(&partition, &subscriptions);
+        shared.publish(&mut partition, &subscriptions);
     }));
     if applied.is_err() {
         batch.discard_partial_reply();
@@ -207,7 +228,7 @@ fn serve(shared: &WorkerShared, inbox: &Receiver<Batch>, in_hand: &mut InHand) {
                 }
                 in_hand.current = inbox.try_recv().ok();
             }
-            shared.publish(&partition, &subscriptions);
+            shared.publish(&mut partition, &subscriptions);
         }
         for batch in in_hand.done.drain(..) {
             batch.send_back();
@@ -230,28 +251,22 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Which of `workers` owns `bucket`.
+/// Which of `workers` owns `bucket`: the one function every part of kv asks.
 ///
-/// A fixed-seed ahash of the name, so the mapping is the same in every run of the
-/// same build, which lets tests and operators find a bucket's worker.
+/// An ahash of the name under seeds drawn once per process, so that a client cannot
+/// pick names that all land on one worker; the mapping holds for the life of the
+/// process, not across restarts (anything stored by worker must be placed again by
+/// this function when it is loaded).
 #[inline]
 pub fn worker_for(bucket: &[u8], workers: usize) -> usize {
     static SEEDS: std::sync::OnceLock<ahash::RandomState> = std::sync::OnceLock::new();
-    let state = SEEDS.get_or_init(|| {
-        ahash::RandomState::with_seeds(
-            0x6b76_5f70_6172_7469,
-            0x7469_6f6e_5f73_6565,
-            0x645f_6f6e_655f_7477,
-            0x6f5f_7468_7265_6521,
-        )
-    });
+    let state = SEEDS.get_or_init(ahash::RandomState::new);
     (state.hash_one(bucket) % workers.max(1) as u64) as usize
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     /// Every reply of a batch, concatenated.
     fn replies_of(batch: &Batch) -> Vec<u8> {

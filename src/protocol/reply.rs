@@ -72,6 +72,9 @@ pub enum ErrorKind<'a> {
     SubscriptionNotSetUp,
     /// `DEBUG CRASH-ACCEPTOR` could not wake the acceptor.
     CannotWakeAcceptor,
+    /// A write (`CREATE`, `PUT`) would take the store past `--max-memory`; nothing
+    /// was changed.
+    OutOfMemory,
 }
 
 impl Reply<'_> {
@@ -136,6 +139,7 @@ impl ErrorKind<'_> {
             }
             ErrorKind::SubscriptionNotSetUp => line(out, &[e, b"subscription not set up"]),
             ErrorKind::CannotWakeAcceptor => line(out, &[e, b"cannot wake the acceptor"]),
+            ErrorKind::OutOfMemory => line(out, &[e, b"out of memory"]),
         }
     }
 }
@@ -311,6 +315,7 @@ mod tests {
             (Reply::Error(ErrorKind::PeerUnavailable { peer: "n1" }), b"ERROR peer n1 unavailable\r\n"),
             (Reply::Error(ErrorKind::SubscriptionNotSetUp), b"ERROR subscription not set up\r\n"),
             (Reply::Error(ErrorKind::CannotWakeAcceptor), b"ERROR cannot wake the acceptor\r\n"),
+            (Reply::Error(ErrorKind::OutOfMemory), b"ERROR out of memory\r\n"),
         ];
         for (reply, bytes) in cases {
             assert_eq!(text(*reply), *bytes, "{reply:?}");
