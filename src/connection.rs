@@ -17,7 +17,7 @@ use std::io;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
@@ -32,7 +32,7 @@ use crate::router::Route;
 use crate::socket::{self, IdleClock};
 use crate::state::State;
 use crate::subscribe::{self, RelayedEvents, Subscription};
-use crate::{stats, worker};
+use crate::{stats, sys, worker};
 
 /// Most requests a connection sends to the workers in one round. Bounds what one
 /// client can make the server hold before its replies are written out: at most this
@@ -40,6 +40,11 @@ use crate::{stats, worker};
 /// a few KiB. Large enough that a deep pipeline still shares each channel round trip
 /// among hundreds of requests.
 const MAX_REQUESTS_PER_ROUND: usize = 256;
+
+/// Most request bytes a connection reads after the stop to answer them `ERROR
+/// shutting down`: a client that keeps sending cannot hold the shutdown for the whole
+/// grace. Beyond it the connection closes as soon as its replies are taken.
+const REFUSE_AT_STOP_BYTES: usize = 1024 * 1024;
 
 /// Once this many reply bytes are waiting, they are written before more requests are
 /// dispatched, so a pipeline of large GETs is not buffered whole.
@@ -100,6 +105,8 @@ struct Connection<'s> {
     first_line: bool,
     /// Requests seen since the last flush to the shared counter.
     commands: u64,
+    /// The connection became an event stream (its losses are not replies).
+    streaming: bool,
 }
 
 impl<'s> Connection<'s> {
@@ -111,10 +118,19 @@ impl<'s> Connection<'s> {
             mode: Mode::Client,
             first_line: true,
             commands: 0,
+            streaming: false,
         }
     }
 
     fn serve(&mut self) -> io::Result<()> {
+        let served = self.serve_requests();
+        if self.state.is_stopping() && !self.streaming {
+            self.count_lost_replies();
+        }
+        served
+    }
+
+    fn serve_requests(&mut self) -> io::Result<()> {
         self.stream.set_nodelay(true)?;
         let mut reader = LineReader::new(self.state.config.max_line);
         let mut idle = match self.state.config.idle_timeout {
@@ -126,6 +142,11 @@ impl<'s> Connection<'s> {
             match self.read(&mut reader, &mut idle)? {
                 Read::Bytes => {}
                 Read::Again => continue,
+                // Shutdown woke us: everything read has been answered.
+                Read::Closed if self.state.is_stopping() => {
+                    self.close_at_stop();
+                    return Ok(());
+                }
                 Read::Closed => return Ok(()),
             }
             if stopping {
@@ -144,7 +165,7 @@ impl<'s> Connection<'s> {
             match flow {
                 Flow::Next => {}
                 Flow::Close => {
-                    socket::close_after_last_reply(&self.stream);
+                    socket::close_after_last_reply(&self.stream, Instant::now() + socket::CLOSE_DRAIN_TIME);
                     return Ok(());
                 }
                 Flow::Stream(handoff) => return self.stream_events(handoff),
@@ -366,6 +387,7 @@ impl<'s> Connection<'s> {
 
     /// From here on input is ignored and events are written.
     fn stream_events(&mut self, handoff: Handoff) -> io::Result<()> {
+        self.streaming = true;
         let stop = &self.state.shutting_down;
         match handoff {
             Handoff::Local(subscription) => {
@@ -378,15 +400,52 @@ impl<'s> Connection<'s> {
         }
     }
 
-    /// Shutdown began before this read: each complete line is refused, then the
-    /// connection closes.
+    /// Shutdown began before this read: each complete line is refused, and so is
+    /// every line still waiting in the socket (up to [`REFUSE_AT_STOP_BYTES`] and the
+    /// end of the grace), then the connection closes.
     fn refuse_the_rest(&mut self, reader: &mut LineReader) -> io::Result<()> {
-        while reader.next_frame().is_some() {
-            self.round.push_local(Reply::Error(ErrorKind::ShuttingDown));
+        let deadline = self.state.stop_deadline();
+        let mut refused = 0;
+        loop {
+            while reader.next_frame().is_some() {
+                self.commands += 1;
+                self.round.push_local(Reply::Error(ErrorKind::ShuttingDown));
+            }
+            self.finish_round()?;
+            if refused >= REFUSE_AT_STOP_BYTES || Instant::now() >= deadline {
+                break;
+            }
+            // Shutdown stopped the socket's reading: this never blocks, and ends at
+            // what the socket holds.
+            match reader.fill_from(&mut &*self.stream) {
+                Ok(0) => break,
+                Ok(n) => refused += n,
+                Err(error) if socket::is_timeout(&error) => break,
+                Err(error) => return Err(error),
+            }
         }
-        self.finish_round()?;
-        socket::close_after_last_reply(&self.stream);
+        self.close_at_stop();
         Ok(())
+    }
+
+    /// Every request read has been answered: close once the client has taken the
+    /// replies, or at the end of the shutdown grace.
+    fn close_at_stop(&mut self) {
+        socket::close_after_last_reply(&self.stream, self.state.stop_deadline());
+    }
+
+    /// At shutdown: logs and counts the replies this client never received.
+    #[cold]
+    fn count_lost_replies(&self) {
+        let unsent = sys::unsent_bytes(&self.stream).unwrap_or(0);
+        let lost = self.round.ledger().lost(unsent);
+        if lost > 0 {
+            log::warn!(
+                "closed the connection from {:?} at shutdown: about {lost} replies ({unsent} bytes) not received",
+                self.stream.peer_addr().ok()
+            );
+            self.state.counters.replies_lost.fetch_add(lost, Ordering::SeqCst);
+        }
     }
 
     /// Flushes the round and writes every reply out.

@@ -53,6 +53,7 @@ mod connection;
 mod forward;
 mod peer;
 mod round;
+mod shutdown;
 mod socket;
 mod state;
 mod stats;

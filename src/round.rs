@@ -19,6 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::batch::{self, Batch};
 use crate::forward::Forwarder;
 use crate::protocol::{Reply, ReplyShape};
+use crate::socket::Ledger;
 use crate::subscribe::Subscriber;
 use crate::sys;
 use crate::worker::{self, WorkerShared};
@@ -59,6 +60,10 @@ pub(crate) struct Round<'s> {
     out: Vec<u8>,
     /// Batches may be applied on this thread (see `worker::apply_inline`).
     inline: bool,
+    /// Replies in `out`.
+    out_replies: usize,
+    /// What has been written to the client so far.
+    ledger: Ledger,
 }
 
 impl<'s> Round<'s> {
@@ -82,6 +87,8 @@ impl<'s> Round<'s> {
             forwarder,
             out: Vec::new(),
             inline: false,
+            out_replies: 0,
+            ledger: Ledger::default(),
         }
     }
 
@@ -147,20 +154,45 @@ impl<'s> Round<'s> {
     pub fn push_output(&mut self, reply: Reply<'_>) {
         debug_assert!(self.order.is_empty());
         reply.write_text(&mut self.out);
+        self.out_replies += 1;
     }
 
-    /// STATS-style replies the connection builds itself, straight to the output.
+    /// For one STATS-style reply the connection builds itself, straight to the output.
     pub fn output(&mut self) -> &mut Vec<u8> {
+        self.out_replies += 1;
         &mut self.out
     }
 
-    /// Writes the output to `sink` and empties it.
+    /// Writes the output to `sink` and empties it, entering what was and was not
+    /// written in the [`Ledger`].
     pub fn write_output(&mut self, sink: &mut impl Write) -> io::Result<()> {
-        if !self.out.is_empty() {
-            sink.write_all(&self.out)?;
-            self.out.clear();
+        if self.out.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let mut written = 0;
+        let result = loop {
+            if written == self.out.len() {
+                break Ok(());
+            }
+            match sink.write(&self.out[written..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => break Err(error),
+            }
+        };
+        // Replies are not told apart in `out`: a failed write counts its share.
+        let whole = self.out_replies * written / self.out.len();
+        self.ledger.wrote(written, whole);
+        self.ledger.not_written(self.out_replies - whole);
+        self.out.clear();
+        self.out_replies = 0;
+        result
+    }
+
+    /// What has been written to the client so far.
+    pub fn ledger(&self) -> Ledger {
+        self.ledger
     }
 
     /// Sends each worker its batch, exchanges with the peers, waits for every batch,
@@ -237,6 +269,7 @@ impl<'s> Round<'s> {
                 }
             }
         }
+        self.out_replies += self.order.len();
         self.order.clear();
         self.local.clear();
         self.local_ends.clear();

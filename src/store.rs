@@ -1,7 +1,7 @@
 //! Buckets and partitions: the data itself, as plain structs.
 //!
 //! A [`Partition`] is the set of buckets one worker owns; a [`Bucket`] maps keys to
-//! values. No threads, no locks, no I/O: the worker that owns a partition wraps it in
+//! values. No threads, no locks, no I/O (one shared counter, for `--max-memory`): the worker that owns a partition wraps it in
 //! a lock and applies requests to it; everything here is tested directly.
 //!
 //! Every mutating method leaves the partition whole wherever it could stop: a new
@@ -15,6 +15,8 @@
 //! slot, about 57 bytes per 12-byte key with a 32-byte value (see its docs).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The hasher for every map in the store: ahash, keyed per map (so a client cannot
 /// pick keys that collide), and much faster than SipHash on short keys.
@@ -404,13 +406,23 @@ pub struct Partition {
     bytes: usize,
     /// Most bytes the whole node's store may hold (`usize::MAX`: no limit).
     limit: usize,
-    /// What the other partitions of the node held when last told.
-    elsewhere: usize,
+    /// What every partition of the node holds together, each adding its changes
+    /// ([`Partition::publish_memory`]); read only when there is a limit.
+    node_total: Arc<AtomicUsize>,
+    /// What this partition last added to `node_total`.
+    published: usize,
 }
 
 impl Default for Partition {
     fn default() -> Self {
-        Partition { buckets: HashMap::default(), keys: 0, bytes: 0, limit: usize::MAX, elsewhere: 0 }
+        Partition {
+            buckets: HashMap::default(),
+            keys: 0,
+            bytes: 0,
+            limit: usize::MAX,
+            node_total: Arc::default(),
+            published: 0,
+        }
     }
 }
 
@@ -528,19 +540,34 @@ impl Partition {
         self.bytes
     }
 
-    /// Sets the node's memory limit (`None`: no limit).
-    pub fn set_memory_limit(&mut self, limit: Option<usize>) {
+    /// Sets the node's memory limit (`None`: no limit), shared with the node's other
+    /// partitions through `node_total`.
+    pub fn set_memory_limit(&mut self, limit: Option<usize>, node_total: Arc<AtomicUsize>) {
         self.limit = limit.unwrap_or(usize::MAX);
+        self.node_total = node_total;
+        self.published = 0;
+        self.publish_memory();
     }
 
-    /// Tells the partition what the node's other partitions hold, for the limit.
-    pub fn set_memory_elsewhere(&mut self, bytes: usize) {
-        self.elsewhere = bytes;
+    /// Adds this partition's change since the last call to the node's total: once
+    /// per batch, not per write, so the node may pass its limit by what one batch
+    /// per worker stores.
+    pub fn publish_memory(&mut self) {
+        if self.bytes >= self.published {
+            self.node_total.fetch_add(self.bytes - self.published, Ordering::Relaxed);
+        } else {
+            self.node_total.fetch_sub(self.published - self.bytes, Ordering::Relaxed);
+        }
+        self.published = self.bytes;
     }
 
     /// Bytes that may still be allocated under the limit.
     fn room(&self) -> usize {
-        self.limit.saturating_sub(self.bytes.saturating_add(self.elsewhere))
+        if self.limit == usize::MAX {
+            return usize::MAX;
+        }
+        let elsewhere = self.node_total.load(Ordering::Relaxed).saturating_sub(self.published);
+        self.limit.saturating_sub(self.bytes.saturating_add(elsewhere))
     }
 }
 
@@ -656,7 +683,8 @@ mod tests {
     fn writes_past_the_memory_limit_are_refused_while_reads_and_deletes_still_work() {
         const LIMIT: usize = 256 * 1024;
         let mut p = Partition::new();
-        p.set_memory_limit(Some(LIMIT));
+        let node_total = Arc::new(AtomicUsize::new(0));
+        p.set_memory_limit(Some(LIMIT), node_total.clone());
         p.create_within_limit(b"b").unwrap();
         let value = [b'v'; 1000];
         let mut stored = 0;
@@ -675,7 +703,7 @@ mod tests {
             p.delete(b"b", format!("k{i}").as_bytes()).unwrap();
         }
         assert_eq!(p.put_within_limit(b"b", b"new", &value), Ok(()), "room again after deletes");
-        p.set_memory_elsewhere(LIMIT);
+        node_total.fetch_add(LIMIT, Ordering::Relaxed);
         assert_eq!(p.put_within_limit(b"b", b"more", &value), Err(WriteError::OutOfMemory));
         assert_eq!(record_len(127, 128), 1 + 2 + 127 + 128);
     }

@@ -103,30 +103,48 @@ fn claim_interval(last: &AtomicU64, now_ms: u64, interval_ms: u64) -> bool {
     last.compare_exchange(previous, now_ms + 1, Ordering::Relaxed, Ordering::Relaxed).is_ok()
 }
 
-/// SIGINT or SIGTERM.
+/// SIGINT, SIGTERM or SIGHUP: each asks for a graceful shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShutdownSignal {
     Interrupt,
     Terminate,
+    /// The terminal went away, or an operator's reload habit: kv has nothing to
+    /// reload, and dying at once (the default action) would lose replies.
+    Hangup,
 }
+
+impl ShutdownSignal {
+    /// The signal's name, for the log.
+    pub fn name(self) -> &'static str {
+        match self {
+            ShutdownSignal::Interrupt => "SIGINT",
+            ShutdownSignal::Terminate => "SIGTERM",
+            ShutdownSignal::Hangup => "SIGHUP",
+        }
+    }
+}
+
+/// The signals [`block_shutdown_signals`] takes over.
+const SHUTDOWN_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 fn shutdown_signals() -> libc::sigset_t {
     // SAFETY: sigemptyset initialises the zeroed set; the signal numbers are valid.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
+        for signal in SHUTDOWN_SIGNALS {
+            libc::sigaddset(&mut set, signal);
+        }
         set
     }
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread and every thread it starts
 /// afterwards, after restoring their default action (a shell starts background jobs
 /// with SIGINT ignored, and an ignored signal is discarded rather than left pending
 /// for [`wait_for_shutdown_signal`]).
 pub fn block_shutdown_signals() -> io::Result<()> {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
+    for signal in SHUTDOWN_SIGNALS {
         // SAFETY: SIG_DFL is a valid disposition for these signals.
         if unsafe { libc::signal(signal, libc::SIG_DFL) } == libc::SIG_ERR {
             return Err(io::Error::last_os_error());
@@ -138,7 +156,7 @@ pub fn block_shutdown_signals() -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(rc)) }
 }
 
-/// Waits for the next SIGINT or SIGTERM (blocked by [`block_shutdown_signals`]).
+/// Waits for the next SIGINT, SIGTERM or SIGHUP (blocked by [`block_shutdown_signals`]).
 pub fn wait_for_shutdown_signal() -> io::Result<ShutdownSignal> {
     let set = shutdown_signals();
     let mut signal: libc::c_int = 0;
@@ -147,7 +165,23 @@ pub fn wait_for_shutdown_signal() -> io::Result<ShutdownSignal> {
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
     }
-    Ok(if signal == libc::SIGINT { ShutdownSignal::Interrupt } else { ShutdownSignal::Terminate })
+    Ok(match signal {
+        libc::SIGINT => ShutdownSignal::Interrupt,
+        libc::SIGHUP => ShutdownSignal::Hangup,
+        _ => ShutdownSignal::Terminate,
+    })
+}
+
+/// Bytes written to `stream` that its peer has not yet acknowledged (Linux's
+/// `SIOCOUTQ`): 0 once the client's kernel holds every reply, after which closing the
+/// socket loses nothing even if the close turns into a reset.
+pub fn unsent_bytes(stream: &TcpStream) -> io::Result<usize> {
+    let mut unsent: libc::c_int = 0;
+    // SAFETY: the descriptor belongs to `stream`; TIOCOUTQ (SIOCOUTQ) writes one int.
+    if unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut unsent) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(unsent).unwrap_or(0))
 }
 
 #[cfg(test)]

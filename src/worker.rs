@@ -24,7 +24,6 @@
 //! This file must not do I/O on sockets: a worker only ever talks to channels.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, RecvError, TryRecvError};
@@ -60,9 +59,6 @@ pub struct WorkerShared {
     pub subscriptions: Mutex<Subscriptions>,
     /// Counters for STATS.
     pub stats: WorkerStats,
-    /// Bytes every partition of the node holds together, each worker adding its
-    /// change once per batch: what `--max-memory` is checked against.
-    pub memory_total: Arc<AtomicUsize>,
 }
 
 impl WorkerShared {
@@ -70,21 +66,8 @@ impl WorkerShared {
         self.stats.buckets.store(partition.bucket_count(), Ordering::Relaxed);
         self.stats.keys.store(partition.key_count(), Ordering::Relaxed);
         self.stats.subscribers_dropped.store(subscriptions.dropped_total(), Ordering::Relaxed);
-        self.publish_memory(partition);
-    }
-
-    /// Adds this partition's change in memory to the node's total, and tells the
-    /// partition what the others hold. Between two batches the others may have grown:
-    /// the node can pass its limit by what one batch per worker stores.
-    fn publish_memory(&self, partition: &mut Partition) {
-        let now = partition.memory_used();
-        let before = self.stats.memory.swap(now, Ordering::Relaxed);
-        let total = if now >= before {
-            self.memory_total.fetch_add(now - before, Ordering::Relaxed) + (now - before)
-        } else {
-            self.memory_total.fetch_sub(before - now, Ordering::Relaxed) - (before - now)
-        };
-        partition.set_memory_elsewhere(total.saturating_sub(now));
+        partition.publish_memory();
+        self.stats.memory.store(partition.memory_used(), Ordering::Relaxed);
     }
 }
 
@@ -267,6 +250,7 @@ pub fn worker_for(bucket: &[u8], workers: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     /// Every reply of a batch, concatenated.
     fn replies_of(batch: &Batch) -> Vec<u8> {

@@ -8,9 +8,14 @@
 
 mod common;
 
+use std::io::Write;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
 use kv::Config;
 
-use common::{ChildServer, Conn, kv_serve, show, start_kv_serve, start_server_with, wait_until};
+use common::{ChildServer, Conn, DEADLINE, kv_serve, show, start_kv_serve, start_server_with, wait_until};
 
 const OUT_OF_MEMORY: &[u8] = b"ERROR out of memory\r\n";
 
@@ -25,17 +30,21 @@ fn puts_had_no_memory_limit_now_past_max_memory_writes_are_refused_and_reads_del
     let mut conn = Conn::connect(server.addr());
     conn.roundtrip(b"CREATE a\r\nCREATE b\r\n", b"OK\r\nOK\r\n");
     let value = "v".repeat(1000);
-    let mut stored = 0;
-    loop {
-        assert!(stored < 10_000, "1,000 KB stored under a 1 MiB limit and still no refusal");
-        let bucket = if stored % 2 == 0 { "a" } else { "b" };
-        conn.send(format!("PUT {bucket} k{stored} {value}\r\n").as_bytes());
+    // Filled until both buckets (on one worker or two) refuse a value.
+    let (mut stored, mut refused_in_a_row, mut i) = (0, 0, 0);
+    while refused_in_a_row < 2 {
+        assert!(i < 10_000, "10 MB offered under a 1 MiB limit and still no refusal");
+        let bucket = if i % 2 == 0 { "a" } else { "b" };
+        conn.send(format!("PUT {bucket} k{i} {value}\r\n").as_bytes());
         let reply = conn.read_line();
         if reply == OUT_OF_MEMORY {
-            break;
+            refused_in_a_row += 1;
+        } else {
+            assert_eq!(show(&reply), "OK\\r\\n");
+            refused_in_a_row = 0;
+            stored += 1;
         }
-        assert_eq!(show(&reply), "OK\\r\\n");
-        stored += 1;
+        i += 1;
     }
     assert!(stored > 100, "only {stored} values of 1 KB fit in 1 MiB");
     let stats = conn.stats();
@@ -107,4 +116,115 @@ fn max_memory_and_shutdown_grace_flags_are_checked() {
     assert_eq!(conn.stat("memory_limit"), 64 * 1024);
     conn.roundtrip(format!("CREATE a\r\nPUT a k {}\r\n", "v".repeat(60_000)).as_bytes(), b"OK\r\nOK\r\n");
     conn.roundtrip(format!("PUT a j {}\r\n", "v".repeat(60_000)).as_bytes(), OUT_OF_MEMORY);
+}
+
+// ---------------------------------------------------------------------------------
+// Item 2: SIGTERM loses replies.
+
+const SHUTTING_DOWN: &[u8] = b"ERROR shutting down\r\n";
+
+/// A child server holding bucket `b` with a 60 KB value under `k`; returns the reply
+/// to `GET b k`.
+fn server_with_a_large_value(flags: &[&str]) -> (ChildServer, Vec<u8>) {
+    let server = start_kv_serve(flags);
+    let value = "x".repeat(60_000);
+    let mut setup = Conn::connect(server.addr());
+    setup.roundtrip(format!("CREATE b\r\nPUT b k {value}\r\n").as_bytes(), b"OK\r\nOK\r\n");
+    (server, format!("{value}\r\nOK\r\n").into_bytes())
+}
+
+/// Sends `requests` from another thread and waits until all of it is written.
+fn send_all(conn: &Conn, requests: Vec<u8>) {
+    let mut writer = conn.try_clone_stream();
+    let (done_tx, done_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = done_tx.send(writer.write_all(&requests).is_ok());
+    });
+    assert_eq!(done_rx.recv_timeout(DEADLINE), Ok(true), "the pipeline could not be written");
+}
+
+/// Regression: a client that pipelined more than one read's worth, then stopped
+/// writing and read only after the SIGTERM, got the replies to the first read and the
+/// refusals of the second, then a clean close: the rest of its requests, read and
+/// thrown away while closing, got nothing.
+#[test]
+fn sigterm_threw_away_requests_waiting_in_the_socket_now_each_gets_its_reply_or_shutting_down() {
+    const GETS: usize = 400;
+    const PUTS: usize = 2_000;
+    let (mut server, reply) = server_with_a_large_value(&["--workers", "2"]);
+    let mut client = Conn::connect(server.addr());
+    // 24 MB of GET replies, more than the socket buffers hold: the server blocks
+    // writing them, with the rest of the pipeline unread in its socket.
+    let mut requests = "GET b k\r\n".repeat(GETS).into_bytes();
+    for i in 0..PUTS {
+        requests.extend_from_slice(format!("PUT p k{i} v{i}\r\n").as_bytes());
+    }
+    send_all(&client, requests);
+    // Signalled once the server is writing replies, so it read some before the stop.
+    let peeker = client.try_clone_stream();
+    wait_until("the first reply arrives", || peeker.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0));
+    server.signal(libc::SIGTERM);
+    let (got, reset) = client.read_until_gone();
+    assert!(!reset, "the connection ended with a reset");
+    let answered = got.len() / reply.len();
+    let whole =
+        (0..answered).take_while(|i| got[i * reply.len()..(i + 1) * reply.len()] == reply[..]).count();
+    let rest = &got[whole * reply.len()..];
+    assert!(whole >= 1, "no GET was answered before the stop");
+    assert!(
+        rest.len() % SHUTTING_DOWN.len() == 0 && rest.chunks(SHUTTING_DOWN.len()).all(|c| c == SHUTTING_DOWN),
+        "after {whole} GET replies: {}",
+        show(&rest[..rest.len().min(200)])
+    );
+    let refused = rest.len() / SHUTTING_DOWN.len();
+    assert_eq!(whole + refused, GETS + PUTS, "{whole} answered and {refused} refused");
+    let status = server.wait_for_exit(DEADLINE).expect("kv exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log_text());
+    wait_until("the log says every request read was answered", || {
+        !server.log_lines_with("every request read before the stop was answered").is_empty()
+    });
+}
+
+/// Regression: shutdown closed a client that had not read its replies after 3 s
+/// without saying so. Now it waits for `--shutdown-grace`, then closes it and the log
+/// counts the replies lost.
+#[test]
+fn after_the_shutdown_grace_a_client_that_never_reads_is_closed_and_the_log_counts_its_lost_replies() {
+    const GETS: usize = 400;
+    let (mut server, reply) = server_with_a_large_value(&["--workers", "2", "--shutdown-grace", "1"]);
+    let mut stuck = Conn::connect(server.addr());
+    send_all(&stuck, "GET b k\r\n".repeat(GETS).into_bytes());
+    let mut idle = Conn::connect(server.addr());
+    idle.roundtrip(b"PING\r\n", b"PONG\r\n");
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server.wait_for_exit(DEADLINE).expect("kv exits after the grace");
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log_text());
+    assert!(took >= Duration::from_secs(1), "exited after {took:?}, within the grace");
+    assert_eq!(show(&idle.read_to_close()), "", "the idle client is closed without a word");
+    wait_until("the log counts the lost replies", || {
+        !server.log_lines_with("replies to requests read before the stop were lost").is_empty()
+    });
+    assert!(!server.log_lines_with("replies (").is_empty(), "log:\n{}", server.log_text());
+    // What did arrive is whole replies, as far as they go.
+    let (got, _) = stuck.read_until_gone();
+    assert!(got.len() < GETS * reply.len(), "all {GETS} replies arrived: the client was never stuck");
+    let whole = got.len() / reply.len();
+    assert!(got[..whole * reply.len()].chunks(reply.len()).all(|c| c == reply), "a reply is damaged");
+}
+
+/// Regression: SIGHUP (the default action: die at once) killed the server, losing
+/// every reply in flight. It is now a graceful shutdown like SIGTERM.
+#[test]
+fn sighup_killed_the_process_now_it_shuts_down_gracefully() {
+    let mut server = start_kv_serve(&["--workers", "2"]);
+    let mut conn = Conn::connect(server.addr());
+    conn.roundtrip(b"CREATE h\r\nPUT h k v\r\n", b"OK\r\nOK\r\n");
+    server.signal(libc::SIGHUP);
+    let status = server.wait_for_exit(DEADLINE).expect("kv exits after SIGHUP");
+    assert_eq!(status.code(), Some(0), "{status:?}; log:\n{}", server.log_text());
+    let rest = conn.read_to_close();
+    assert!(rest.is_empty() || rest == SHUTTING_DOWN, "the client got {}", show(&rest));
+    assert!(!server.log_lines_with("SIGHUP received").is_empty(), "log:\n{}", server.log_text());
 }
