@@ -176,6 +176,19 @@ impl<'s> Connection<'s> {
     /// One read into `reader`. Whatever a read brings is served, however late: it may
     /// have waited in the socket while this thread was busy.
     fn read(&mut self, reader: &mut LineReader, idle: &mut Option<IdleClock>) -> io::Result<Read> {
+        if self.round.holds_burst_buffers() || reader.holds_grown_buffer() {
+            // After a burst, look without waiting: if the client has gone quiet, give
+            // the burst's buffers back before blocking.
+            match reader.fill_from(&mut socket::ReadNow(&self.stream)) {
+                Ok(0) => return Ok(Read::Closed),
+                Ok(_) => return Ok(Read::Bytes),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.round.release_idle_buffers();
+                    reader.release_buffer();
+                }
+                Err(error) => return Err(error),
+            }
+        }
         match reader.fill_from(&mut &*self.stream) {
             // The client closed, or shutdown woke us: what we had is answered.
             Ok(0) => Ok(Read::Closed),

@@ -28,6 +28,12 @@ use crate::worker::{self, WorkerShared};
 /// grew them, rather than kept for the connection's life.
 const KEEP_BUFFER_BYTES: usize = 256 * 1024;
 
+/// Round buffers larger than this are released once the connection goes idle (its
+/// next read would block): an idle connection keeps only small buffers, whatever its
+/// last burst was. 2 KiB holds a round of 256 small replies, so steady small traffic
+/// never reallocates.
+const IDLE_KEEP_BYTES: usize = 2 * 1024;
+
 /// Who answers one request of a round.
 #[derive(Debug, Clone, Copy)]
 enum Source {
@@ -64,6 +70,11 @@ pub(crate) struct Round<'s> {
     out_replies: usize,
     /// What has been written to the client so far.
     ledger: Ledger,
+    /// A round since the last idle release moved more than [`IDLE_KEEP_BYTES`] of
+    /// requests or replies, so buffers may have grown.
+    grown: bool,
+    /// Request bytes pushed to the workers this round.
+    pushed: usize,
 }
 
 impl<'s> Round<'s> {
@@ -89,6 +100,8 @@ impl<'s> Round<'s> {
             inline: false,
             out_replies: 0,
             ledger: Ledger::default(),
+            grown: false,
+            pushed: 0,
         }
     }
 
@@ -124,6 +137,7 @@ impl<'s> Round<'s> {
         if let Some(batch) = &mut self.batches[w] {
             batch.push_request(line);
         }
+        self.pushed += line.len();
         self.order.push(Source::Worker(w as u32));
     }
 
@@ -270,6 +284,8 @@ impl<'s> Round<'s> {
             }
         }
         self.out_replies += self.order.len();
+        self.grown |= self.out.len() > IDLE_KEEP_BYTES || self.pushed > IDLE_KEEP_BYTES;
+        self.pushed = 0;
         self.order.clear();
         self.local.clear();
         self.local_ends.clear();
@@ -294,6 +310,34 @@ impl<'s> Round<'s> {
         if released {
             sys::give_freed_memory_back();
         }
+    }
+
+    /// True when a burst may have left buffers larger than an idle connection keeps.
+    pub fn holds_burst_buffers(&self) -> bool {
+        self.grown
+    }
+
+    /// The connection is idle: gives back every buffer larger than
+    /// [`IDLE_KEEP_BYTES`], so that it costs what a fresh one does.
+    #[cold]
+    pub fn release_idle_buffers(&mut self) {
+        self.grown = false;
+        shrink(&mut self.out);
+        shrink(&mut self.local);
+        shrink(&mut self.local_ends);
+        shrink(&mut self.order);
+        for batch in self.batches.iter_mut().flatten() {
+            batch.release_large_buffers(IDLE_KEEP_BYTES);
+        }
+        self.forwarder.release_large_buffers(IDLE_KEEP_BYTES);
+        sys::give_freed_memory_back();
+    }
+}
+
+/// Frees an empty buffer's memory if it holds more than [`IDLE_KEEP_BYTES`].
+fn shrink<T>(buffer: &mut Vec<T>) {
+    if buffer.is_empty() && buffer.capacity() * std::mem::size_of::<T>() > IDLE_KEEP_BYTES {
+        *buffer = Vec::new();
     }
 }
 

@@ -55,6 +55,15 @@ pub(crate) fn close_after_last_reply(stream: &TcpStream, deadline: Instant) -> u
     }
 }
 
+/// A socket read as a [`Read`] that never waits: nothing there yet is `WouldBlock`.
+pub(crate) struct ReadNow<'a>(pub &'a TcpStream);
+
+impl Read for ReadNow<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        sys::recv_now(self.0, buffer)?.ok_or_else(|| io::ErrorKind::WouldBlock.into())
+    }
+}
+
 /// What a connection has written, so that replies lost at a forced close can be
 /// counted: every reply handed to the socket, and those that never were.
 #[derive(Debug, Default, Clone, Copy)]

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::batch::Batch;
+use crate::sys;
 use crate::worker::{self, Outcome, WorkerShared};
 
 /// Why a server stopped.
@@ -225,6 +226,9 @@ impl Supervisor {
                     self.wait_for_workers(wait);
                     return;
                 }
+                // Memory freed by connections and subscribers that went quiet together
+                // is given back within an interval (see sys::give_freed_memory_back).
+                default(sys::TRIM_INTERVAL) => sys::trim_if_pending(),
             }
         }
     }

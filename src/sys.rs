@@ -9,7 +9,7 @@
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The process's soft open-file limit, if it can be read.
@@ -72,24 +72,58 @@ pub fn recv_now(stream: &TcpStream, buffer: &mut [u8]) -> io::Result<Option<usiz
 }
 
 /// Least time between two trims of the allocator, however many connections shrink.
-const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+pub const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A trim was skipped for the interval: [`trim_if_pending`] does it later.
+static TRIM_PENDING: AtomicBool = AtomicBool::new(false);
 
 /// Asks glibc's malloc to give free memory back to the system, at most once per
 /// [`TRIM_INTERVAL`] for the whole process. Freeing a large buffer alone often does
 /// not: glibc keeps it in the freeing thread's arena. Called after a burst released
-/// buffers (a cold path), never per request; a trim skipped here is done by the next
-/// burst's, and the memory stays bounded either way.
+/// buffers (a cold path), never per request; a trim skipped here is left pending for
+/// [`trim_if_pending`], which the supervisor calls every interval, so memory freed by
+/// the last of many connections going idle together comes back too.
 pub fn give_freed_memory_back() {
     static LAST_TRIM_MS: AtomicU64 = AtomicU64::new(0);
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let now_ms = EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64;
     if !claim_interval(&LAST_TRIM_MS, now_ms, TRIM_INTERVAL.as_millis() as u64) {
+        TRIM_PENDING.store(true, Ordering::Relaxed);
         return;
     }
+    TRIM_PENDING.store(false, Ordering::Relaxed);
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks malloc's own free lists; any pad is valid.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Allocations at least this large get their own mapping from glibc's malloc, which
+/// returns it to the system when freed (see [`fix_malloc_mmap_threshold`]).
+pub const MMAP_THRESHOLD: usize = 64 * 1024;
+
+/// Fixes glibc's mmap threshold at [`MMAP_THRESHOLD`]. By default glibc raises it to
+/// the size of each large block freed (up to 32 MiB), so after one burst of large
+/// replies every later burst buffer comes from the thread arenas, and the small
+/// buffers allocated among them pin the freed pages: measured with
+/// `benches/faults.py idle`, 300 connections idle after a burst of GETs of 60 KB values
+/// held 41 KiB each with the default, 19 KiB with the threshold fixed (16 KiB after
+/// only a PING), and `malloc_trim` could not help (the pages are not free). Burst
+/// buffers are per round, never per request, so the extra `mmap` calls cost little.
+/// A process-wide setting, so the binary's to make, before any thread starts.
+pub fn fix_malloc_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a malloc parameter; the value is a valid threshold.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+    }
+}
+
+/// Does a trim [`give_freed_memory_back`] skipped, if there is one.
+pub fn trim_if_pending() {
+    if TRIM_PENDING.load(Ordering::Relaxed) {
+        give_freed_memory_back();
     }
 }
 

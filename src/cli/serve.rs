@@ -3,10 +3,11 @@
 //! The flags override [`Config::default`] and nothing else, so every default is
 //! written once, in `config.rs`; what is acceptable is [`Config::validate`]'s to say.
 //! This file owns what only a process does: reading `PORT`, loading the cluster file,
-//! raising the open-file limit, taking over SIGINT and SIGTERM, and turning each way
-//! of failing into a message on stderr and an exit status: 2 for a bad flag, a bad
-//! `PORT` or a bad cluster file, 1 for a failure at run time. Those messages are
-//! printed, not logged, so `RUST_LOG=off` cannot hide why the server did not start.
+//! raising the open-file limit, fixing malloc's mmap threshold, taking over SIGINT,
+//! SIGTERM and SIGHUP, and turning each way of failing into a message on stderr and
+//! an exit status: 2 for a bad flag, a bad `PORT` or a bad cluster file, 1 for a
+//! failure at run time. Those messages are printed, not logged, so `RUST_LOG=off`
+//! cannot hide why the server did not start.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -230,6 +231,7 @@ fn serve(args: ServeArgs) -> Result<(), StartError> {
     // Before any thread exists, so that only the signal thread ever sees them.
     kv::signals::block_shutdown_signals()
         .map_err(|error| StartError::Runtime(format!("cannot set up signal handling: {error}")))?;
+    kv::sys::fix_malloc_mmap_threshold();
     std::panic::set_hook(Box::new(|info| log::error!("{info}")));
     let config =
         config(args, std::env::var("PORT").ok()).map_err(|error| StartError::Config(error.to_string()))?;
