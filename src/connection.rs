@@ -405,7 +405,10 @@ impl<'s> Connection<'s> {
         match handoff {
             Handoff::Local(subscription) => {
                 let _counted = self.state.subscriber_guard();
-                subscribe::stream_events(&self.stream, subscription, stop)
+                let streamed = subscribe::stream_events(&self.stream, subscription, stop);
+                // The subscription's queue, maybe megabytes of events, is freed now.
+                sys::give_freed_memory_back();
+                streamed
             }
             Handoff::Relayed { events, pending } => {
                 subscribe::stream_relayed(&self.stream, events, &pending, stop)

@@ -270,3 +270,54 @@ fn idle_connections_kept_their_burst_buffers_now_they_go_back_to_small_ones() {
     warm.roundtrip(b"GET b k\r\n", &reply);
     drop(idle);
 }
+
+// ---------------------------------------------------------------------------------
+// Item 3: subscriber memory.
+
+/// Regression: the backlog counted only an event's bytes, so 100 subscribers that
+/// never read, each allowed 8 MiB, held 18-21 MiB each in queued 11-byte events, and
+/// half of it stayed after they were dropped.
+#[test]
+fn stuck_subscribers_held_twice_their_backlog_now_at_most_it_and_memory_comes_back() {
+    const SUBSCRIBERS: u64 = 50;
+    const BACKLOG: u64 = 1024 * 1024;
+    const MIB: u64 = 1024 * 1024;
+    let server = start_kv_serve(&["--workers", "2", "--subscriber-backlog", &BACKLOG.to_string()]);
+    let mut writer = Conn::connect(server.addr());
+    writer.roundtrip(b"CREATE s\r\n", b"OK\r\n");
+    let before = rss_of(server.pid());
+    let mut stuck: Vec<Conn> = (0..SUBSCRIBERS).map(|_| Conn::connect(server.addr())).collect();
+    for conn in &mut stuck {
+        conn.send(b"SUBSCRIBE s\r\n");
+    }
+    wait_until("every subscription is registered", || writer.stat("subscribers") == SUBSCRIBERS);
+    // 12-byte events until every subscriber has been dropped for falling behind.
+    let batch: Vec<u8> =
+        (0..256).flat_map(|i| format!("PUT s {} {}\r\n", i % 10, i % 10).into_bytes()).collect();
+    let mut peak = 0;
+    let deadline = Instant::now() + DEADLINE;
+    while writer.stat("subscribers_dropped") < SUBSCRIBERS {
+        assert!(Instant::now() < deadline, "the stuck subscribers were never all dropped");
+        for _ in 0..16 {
+            let got = writer.pipeline(batch.clone(), 256 * 4);
+            assert!(got.chunks(4).all(|c| c == b"OK\r\n"));
+        }
+        peak = peak.max(rss_of(server.pid()).saturating_sub(before));
+    }
+    eprintln!("{SUBSCRIBERS} stuck subscribers of {} MiB: peak {} MiB", BACKLOG / MIB, peak / MIB);
+    // Before: about 2.3 MiB each. Their buffers, threads and pending writes are the
+    // constant.
+    assert!(peak <= SUBSCRIBERS * BACKLOG + 24 * MIB, "peak {} MiB", peak / MIB);
+    drop(stuck);
+    wait_until("the subscribers are gone", || writer.stat("subscribers") == 0);
+    let mut after = u64::MAX;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        after = rss_of(server.pid()).saturating_sub(before);
+        if after < 24 * MIB {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(after < 24 * MIB, "{} MiB still held after the subscribers were dropped", after / MIB);
+}
