@@ -6,7 +6,7 @@
 //! a log of mutations would hook in. No I/O, no threads.
 
 use crate::protocol::{Command, ErrorKind, Event, Reply};
-use crate::store::{NoSuchBucket, Partition};
+use crate::store::{NoSuchBucket, Partition, WriteError};
 use crate::subscribe::{Subscriber, Subscriptions};
 
 /// Applies one parsed command to `partition`, streams the change it made to
@@ -29,12 +29,15 @@ pub fn apply<'p>(
             };
         }
         Command::Create { bucket } => {
-            partition.create(bucket);
-            return Reply::Ok;
+            return match partition.create_within_limit(bucket) {
+                Ok(()) => Reply::Ok,
+                Err(error) => refused(error),
+            };
         }
-        Command::Put { bucket, key, value } => {
-            (partition.put(bucket, key, value), (bucket, Event::Set { key, value }))
-        }
+        Command::Put { bucket, key, value } => match partition.put_within_limit(bucket, key, value) {
+            Ok(()) => (Ok(()), (bucket, Event::Set { key, value })),
+            Err(error) => return refused(error),
+        },
         Command::Delete { bucket, key } => (partition.delete(bucket, key), (bucket, Event::Deleted { key })),
         Command::Drop { bucket } => (partition.drop_bucket(bucket), (bucket, Event::Dropped)),
         Command::Subscribe { bucket } => return subscribe(partition, subscriptions, bucket, subscriber),
@@ -56,6 +59,14 @@ pub fn apply<'p>(
             Reply::Ok
         }
         Err(NoSuchBucket) => Reply::NotFound,
+    }
+}
+
+/// The reply to a write the store did not apply.
+fn refused<'p>(error: WriteError) -> Reply<'p> {
+    match error {
+        WriteError::NoSuchBucket => Reply::NotFound,
+        WriteError::OutOfMemory => Reply::Error(ErrorKind::OutOfMemory),
     }
 }
 

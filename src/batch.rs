@@ -38,6 +38,10 @@ pub struct Batch {
     /// `requests` and whether they exist after. Reused, so logging allocates nothing
     /// per request.
     overlay: Vec<(usize, usize, bool)>,
+    /// While logging ahead: for each request of the stretch, whether its record was
+    /// logged; then where the ones logged but not applied start.
+    logged: Vec<bool>,
+    unapplied: Vec<usize>,
 }
 
 impl Batch {
@@ -52,6 +56,8 @@ impl Batch {
             cursor: 0,
             subscriber: None,
             overlay: Vec::new(),
+            logged: Vec::new(),
+            unapplied: Vec::new(),
         }
     }
 
@@ -160,8 +166,42 @@ impl Batch {
                 }
             };
             refused += self.apply_until(partition, subscriptions, end, failure.as_deref());
+            if let Some(log) = log.as_deref_mut()
+                && !self.unapplied.is_empty()
+            {
+                self.log_final_state(partition, log);
+            }
         }
         refused
+    }
+
+    /// Logs the state, now, of what the writes logged ahead but then refused (past
+    /// `--max-memory`, or into a bucket whose CREATE was refused) name: replayed after
+    /// the stretch's records, it undoes them. A failure to write it is logged loudly:
+    /// the log then holds a change the node does not.
+    fn log_final_state(&mut self, partition: &Partition, log: &mut PartitionLog) {
+        for &at in &self.unapplied {
+            let (line, _) = request_at(&self.requests, at);
+            let op = match protocol::parse(line) {
+                Command::Put { bucket, key, .. } | Command::Delete { bucket, key } => {
+                    match partition.get(bucket, key) {
+                        Ok(Some(value)) => Op::Put { bucket, key, value },
+                        Ok(None) => Op::Delete { bucket, key },
+                        Err(_) => Op::Drop { bucket },
+                    }
+                }
+                Command::Create { bucket } | Command::Drop { bucket } if partition.contains(bucket) => {
+                    Op::Create { bucket }
+                }
+                Command::Create { bucket } | Command::Drop { bucket } => Op::Drop { bucket },
+                _ => continue,
+            };
+            log.push(&op);
+        }
+        self.unapplied.clear();
+        if let Err(reason) = log.commit() {
+            log::error!("could not log the state after refused writes ({reason}); a restart may show them");
+        }
     }
 
     /// Applies the requests from the cursor up to byte `end` of `requests`; with a
@@ -174,6 +214,7 @@ impl Batch {
         failure: Option<&str>,
     ) -> u64 {
         let mut refused = 0;
+        let mut index = 0;
         while self.cursor < end {
             let (line, next) = request_at(&self.requests, self.cursor);
             let command = protocol::parse(line);
@@ -182,12 +223,19 @@ impl Batch {
                     Reply::Error(ErrorKind::PersistenceFailed { reason }).write_text(&mut self.replies);
                     refused += 1;
                 }
-                _ => apply::apply(partition, subscriptions, command, &mut self.subscriber)
-                    .write_text(&mut self.replies),
+                _ => {
+                    let reply = apply::apply(partition, subscriptions, command, &mut self.subscriber);
+                    if self.logged.get(index).copied().unwrap_or(false) && reply != Reply::Ok {
+                        self.unapplied.push(self.cursor);
+                    }
+                    reply.write_text(&mut self.replies);
+                }
             }
             self.reply_ends.push(self.replies.len());
             self.cursor = next;
+            index += 1;
         }
+        self.logged.clear();
         refused
     }
 
@@ -197,6 +245,7 @@ impl Batch {
     /// applied before the crash. Returns where the stretch ends in `requests`.
     fn log_ahead(&mut self, partition: &Partition, log: &mut PartitionLog) -> usize {
         self.overlay.clear();
+        self.logged.clear();
         let mut at = self.cursor;
         while at < self.requests.len() {
             let (line, next) = request_at(&self.requests, at);
@@ -217,6 +266,7 @@ impl Batch {
             if logged && let Some(op) = Op::of(&command) {
                 log.push(&op);
             }
+            self.logged.push(logged);
             if let Some((bucket, exists)) = now {
                 let start = bucket.as_ptr() as usize - self.requests.as_ptr() as usize;
                 self.overlay.push((start, bucket.len(), exists));

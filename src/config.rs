@@ -80,6 +80,12 @@ pub const DEFAULT_PEER_CONNECTIONS: usize = 32;
 /// Default size a partition's log may reach before it is compacted, if that is also
 /// more than twice its live data: Redis's `auto-aof-rewrite-min-size` is 64 MiB too.
 pub const DEFAULT_COMPACT_MIN_BYTES: u64 = 64 * 1024 * 1024;
+/// Default `--shutdown-grace`: how long a stopping server gives each client to read
+/// the replies to what it had sent, before closing its connection anyway.
+///
+/// Ten seconds: a client that is reading drains megabytes in that time, and a service
+/// manager's stop timeout (systemd's default is 90 s) is far longer.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Longest any configured timeout may be: longer is a typo, and deadlines computed
 /// from it must not overflow.
@@ -148,6 +154,10 @@ pub struct Config {
     pub repair: bool,
     /// A partition's log is compacted past this size (and twice its live data).
     pub compact_min_bytes: u64,
+    /// Most bytes the store may hold, as it counts them (`None`: no limit).
+    pub max_memory: Option<usize>,
+    /// How long shutdown waits for clients to read their replies.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Config {
@@ -170,6 +180,8 @@ impl Default for Config {
             fsync: FsyncPolicy::default(),
             repair: false,
             compact_min_bytes: DEFAULT_COMPACT_MIN_BYTES,
+            max_memory: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
@@ -202,6 +214,7 @@ impl Config {
             ("--peer-connections", self.peer.connections),
             ("--subscriber-backlog", self.subscriber_backlog),
             ("--compact-min-bytes", usize::try_from(self.compact_min_bytes).unwrap_or(usize::MAX)),
+            ("--max-memory", self.max_memory.unwrap_or(1)),
         ];
         if let Some((flag, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::Zero(flag));
@@ -217,6 +230,7 @@ impl Config {
             ("--peer-timeout", Some(self.peer.timeout)),
             ("--peer-backoff-max", Some(self.peer.max_backoff)),
             ("--idle-timeout", self.idle_timeout),
+            ("--shutdown-grace", Some(self.shutdown_grace)),
         ];
         for (flag, timeout) in timeouts {
             if let Some(timeout) = timeout.filter(|t| t.is_zero() || *t > LONGEST_TIMEOUT) {
@@ -318,6 +332,11 @@ mod tests {
                     ..Config::default()
                 },
                 "--peer-timeout",
+            ),
+            (Config { max_memory: Some(0), ..Config::default() }, "--max-memory must be at least 1"),
+            (
+                Config { shutdown_grace: Duration::ZERO, ..Config::default() },
+                "--shutdown-grace 0ns: expected more than 0",
             ),
         ];
         for (config, message) in cases {

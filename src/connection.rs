@@ -18,7 +18,7 @@ use std::io;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
@@ -34,7 +34,7 @@ use crate::router::Route;
 use crate::socket::{self, IdleClock};
 use crate::state::{Seat, State};
 use crate::subscribe::{self, RelayedEvents, Subscription};
-use crate::{stats, worker};
+use crate::{stats, sys, worker};
 
 /// Most requests a connection sends to the workers in one round. Bounds what one
 /// client can make the server hold before its replies are written out: at most this
@@ -42,6 +42,11 @@ use crate::{stats, worker};
 /// a few KiB. Large enough that a deep pipeline still shares each channel round trip
 /// among hundreds of requests.
 const MAX_REQUESTS_PER_ROUND: usize = 256;
+
+/// Most request bytes a connection reads after the stop to answer them `ERROR
+/// shutting down`: a client that keeps sending cannot hold the shutdown for the whole
+/// grace. Beyond it the connection closes as soon as its replies are taken.
+const REFUSE_AT_STOP_BYTES: usize = 1024 * 1024;
 
 /// Once this many reply bytes are waiting, they are written before more requests are
 /// dispatched, so a pipeline of large GETs is not buffered whole.
@@ -123,6 +128,8 @@ struct Connection<'s> {
     seat: &'s Cell<Seat>,
     /// Let in on the peer budget: its first line must be an accepted handshake.
     on_probation: bool,
+    /// The connection became an event stream (its losses are not replies).
+    streaming: bool,
 }
 
 impl<'s> Connection<'s> {
@@ -141,10 +148,19 @@ impl<'s> Connection<'s> {
             commands: 0,
             seat,
             on_probation: seat.get() == Seat::Peer,
+            streaming: false,
         }
     }
 
     fn serve(&mut self) -> io::Result<()> {
+        let served = self.serve_requests();
+        if self.state.is_stopping() && !self.streaming {
+            self.count_lost_replies();
+        }
+        served
+    }
+
+    fn serve_requests(&mut self) -> io::Result<()> {
         self.stream.set_nodelay(true)?;
         let mut reader = LineReader::new(self.state.config.max_line);
         let limit = if self.on_probation { Some(PEER_HELLO_WAIT) } else { self.state.config.idle_timeout };
@@ -159,6 +175,11 @@ impl<'s> Connection<'s> {
                 Read::Again => continue,
                 Read::Closed if self.on_probation => {
                     self.turn_away();
+                    return Ok(());
+                }
+                // Shutdown woke us: everything read has been answered.
+                Read::Closed if self.state.is_stopping() => {
+                    self.close_at_stop();
                     return Ok(());
                 }
                 Read::Closed => return Ok(()),
@@ -185,7 +206,7 @@ impl<'s> Connection<'s> {
             match flow {
                 Flow::Next => {}
                 Flow::Close => {
-                    socket::close_after_last_reply(&self.stream);
+                    socket::close_after_last_reply(&self.stream, Instant::now() + socket::CLOSE_DRAIN_TIME);
                     return Ok(());
                 }
                 Flow::Stream(handoff) => return self.stream_events(handoff),
@@ -196,6 +217,19 @@ impl<'s> Connection<'s> {
     /// One read into `reader`. Whatever a read brings is served, however late: it may
     /// have waited in the socket while this thread was busy.
     fn read(&mut self, reader: &mut LineReader, idle: &mut Option<IdleClock>) -> io::Result<Read> {
+        if self.round.holds_burst_buffers() || reader.holds_grown_buffer() {
+            // After a burst, look without waiting: if the client has gone quiet, give
+            // the burst's buffers back before blocking.
+            match reader.fill_from(&mut socket::ReadNow(&self.stream)) {
+                Ok(0) => return Ok(Read::Closed),
+                Ok(_) => return Ok(Read::Bytes),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.round.release_idle_buffers();
+                    reader.release_buffer();
+                }
+                Err(error) => return Err(error),
+            }
+        }
         match reader.fill_from(&mut &*self.stream) {
             // The client closed, or shutdown woke us: what we had is answered.
             Ok(0) => Ok(Read::Closed),
@@ -446,11 +480,15 @@ impl<'s> Connection<'s> {
 
     /// From here on input is ignored and events are written.
     fn stream_events(&mut self, handoff: Handoff) -> io::Result<()> {
+        self.streaming = true;
         let stop = &self.state.shutting_down;
         match handoff {
             Handoff::Local(subscription) => {
                 let _counted = self.state.subscriber_guard();
-                subscribe::stream_events(&self.stream, subscription, stop)
+                let streamed = subscribe::stream_events(&self.stream, subscription, stop);
+                // The subscription's queue, maybe megabytes of events, is freed now.
+                sys::give_freed_memory_back();
+                streamed
             }
             Handoff::Relayed { events, pending } => {
                 let _owner_socket = self.state.socket_taken();
@@ -459,15 +497,52 @@ impl<'s> Connection<'s> {
         }
     }
 
-    /// Shutdown began before this read: each complete line is refused, then the
-    /// connection closes.
+    /// Shutdown began before this read: each complete line is refused, and so is
+    /// every line still waiting in the socket (up to [`REFUSE_AT_STOP_BYTES`] and the
+    /// end of the grace), then the connection closes.
     fn refuse_the_rest(&mut self, reader: &mut LineReader) -> io::Result<()> {
-        while reader.next_frame().is_some() {
-            self.round.push_local(Reply::Error(ErrorKind::ShuttingDown));
+        let deadline = self.state.stop_deadline();
+        let mut refused = 0;
+        loop {
+            while reader.next_frame().is_some() {
+                self.commands += 1;
+                self.round.push_local(Reply::Error(ErrorKind::ShuttingDown));
+            }
+            self.finish_round()?;
+            if refused >= REFUSE_AT_STOP_BYTES || Instant::now() >= deadline {
+                break;
+            }
+            // Shutdown stopped the socket's reading: this never blocks, and ends at
+            // what the socket holds.
+            match reader.fill_from(&mut &*self.stream) {
+                Ok(0) => break,
+                Ok(n) => refused += n,
+                Err(error) if socket::is_timeout(&error) => break,
+                Err(error) => return Err(error),
+            }
         }
-        self.finish_round()?;
-        socket::close_after_last_reply(&self.stream);
+        self.close_at_stop();
         Ok(())
+    }
+
+    /// Every request read has been answered: close once the client has taken the
+    /// replies, or at the end of the shutdown grace.
+    fn close_at_stop(&mut self) {
+        socket::close_after_last_reply(&self.stream, self.state.stop_deadline());
+    }
+
+    /// At shutdown: logs and counts the replies this client never received.
+    #[cold]
+    fn count_lost_replies(&self) {
+        let unsent = sys::unsent_bytes(&self.stream).unwrap_or(0);
+        let lost = self.round.ledger().lost(unsent);
+        if lost > 0 {
+            log::warn!(
+                "closed the connection from {:?} at shutdown: about {lost} replies ({unsent} bytes) not received",
+                self.stream.peer_addr().ok()
+            );
+            self.state.counters.replies_lost.fetch_add(lost, Ordering::SeqCst);
+        }
     }
 
     /// Flushes the round and writes every reply out.

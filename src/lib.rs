@@ -59,6 +59,7 @@ mod housekeeping;
 mod logcap;
 mod peer;
 mod round;
+mod shutdown;
 mod socket;
 mod state;
 mod stats;

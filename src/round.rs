@@ -19,6 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::batch::{self, Batch};
 use crate::forward::Forwarder;
 use crate::protocol::{Reply, ReplyShape};
+use crate::socket::Ledger;
 use crate::subscribe::Subscriber;
 use crate::sys;
 use crate::worker::{self, WorkerShared};
@@ -26,6 +27,12 @@ use crate::worker::{self, WorkerShared};
 /// Reply and request buffers larger than this are released after the round that
 /// grew them, rather than kept for the connection's life.
 const KEEP_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Round buffers larger than this are released once the connection goes idle (its
+/// next read would block): an idle connection keeps only small buffers, whatever its
+/// last burst was. 2 KiB holds a round of 256 small replies, so steady small traffic
+/// never reallocates.
+const IDLE_KEEP_BYTES: usize = 2 * 1024;
 
 /// Who answers one request of a round.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +66,15 @@ pub(crate) struct Round<'s> {
     out: Vec<u8>,
     /// Batches may be applied on this thread (see `worker::apply_inline`).
     inline: bool,
+    /// Replies in `out`.
+    out_replies: usize,
+    /// What has been written to the client so far.
+    ledger: Ledger,
+    /// A round since the last idle release moved more than [`IDLE_KEEP_BYTES`] of
+    /// requests or replies, so buffers may have grown.
+    grown: bool,
+    /// Request bytes pushed to the workers this round.
+    pushed: usize,
 }
 
 impl<'s> Round<'s> {
@@ -82,6 +98,10 @@ impl<'s> Round<'s> {
             forwarder,
             out: Vec::new(),
             inline: false,
+            out_replies: 0,
+            ledger: Ledger::default(),
+            grown: false,
+            pushed: 0,
         }
     }
 
@@ -117,6 +137,7 @@ impl<'s> Round<'s> {
         if let Some(batch) = &mut self.batches[w] {
             batch.push_request(line);
         }
+        self.pushed += line.len();
         self.order.push(Source::Worker(w as u32));
     }
 
@@ -147,20 +168,45 @@ impl<'s> Round<'s> {
     pub fn push_output(&mut self, reply: Reply<'_>) {
         debug_assert!(self.order.is_empty());
         reply.write_text(&mut self.out);
+        self.out_replies += 1;
     }
 
-    /// STATS-style replies the connection builds itself, straight to the output.
+    /// For one STATS-style reply the connection builds itself, straight to the output.
     pub fn output(&mut self) -> &mut Vec<u8> {
+        self.out_replies += 1;
         &mut self.out
     }
 
-    /// Writes the output to `sink` and empties it.
+    /// Writes the output to `sink` and empties it, entering what was and was not
+    /// written in the [`Ledger`].
     pub fn write_output(&mut self, sink: &mut impl Write) -> io::Result<()> {
-        if !self.out.is_empty() {
-            sink.write_all(&self.out)?;
-            self.out.clear();
+        if self.out.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let mut written = 0;
+        let result = loop {
+            if written == self.out.len() {
+                break Ok(());
+            }
+            match sink.write(&self.out[written..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => break Err(error),
+            }
+        };
+        // Replies are not told apart in `out`: a failed write counts its share.
+        let whole = self.out_replies * written / self.out.len();
+        self.ledger.wrote(written, whole);
+        self.ledger.not_written(self.out_replies - whole);
+        self.out.clear();
+        self.out_replies = 0;
+        result
+    }
+
+    /// What has been written to the client so far.
+    pub fn ledger(&self) -> Ledger {
+        self.ledger
     }
 
     /// Sends each worker its batch, exchanges with the peers, waits for every batch,
@@ -239,6 +285,9 @@ impl<'s> Round<'s> {
                 }
             }
         }
+        self.out_replies += self.order.len();
+        self.grown |= self.out.len() > IDLE_KEEP_BYTES || self.pushed > IDLE_KEEP_BYTES;
+        self.pushed = 0;
         self.order.clear();
         self.local.clear();
         self.local_ends.clear();
@@ -263,6 +312,34 @@ impl<'s> Round<'s> {
         if released {
             sys::give_freed_memory_back();
         }
+    }
+
+    /// True when a burst may have left buffers larger than an idle connection keeps.
+    pub fn holds_burst_buffers(&self) -> bool {
+        self.grown
+    }
+
+    /// The connection is idle: gives back every buffer larger than
+    /// [`IDLE_KEEP_BYTES`], so that it costs what a fresh one does.
+    #[cold]
+    pub fn release_idle_buffers(&mut self) {
+        self.grown = false;
+        shrink(&mut self.out);
+        shrink(&mut self.local);
+        shrink(&mut self.local_ends);
+        shrink(&mut self.order);
+        for batch in self.batches.iter_mut().flatten() {
+            batch.release_large_buffers(IDLE_KEEP_BYTES);
+        }
+        self.forwarder.release_large_buffers(IDLE_KEEP_BYTES);
+        sys::give_freed_memory_back();
+    }
+}
+
+/// Frees an empty buffer's memory if it holds more than [`IDLE_KEEP_BYTES`].
+fn shrink<T>(buffer: &mut Vec<T>) {
+    if buffer.is_empty() && buffer.capacity() * std::mem::size_of::<T>() > IDLE_KEEP_BYTES {
+        *buffer = Vec::new();
     }
 }
 

@@ -4,7 +4,8 @@
 //! the partitions; [`Server::spawn`] starts the supervisor, which starts the workers
 //! and the acceptor (`acceptor.rs`), which gives each connection a thread
 //! (`connection.rs`). [`ServerHandle`] stops it all: no new connections, every
-//! connection answers what it has read, the workers finish what is queued.
+//! connection answers what it has read (within `--shutdown-grace`, `shutdown.rs`),
+//! the workers finish what is queued.
 //!
 //! The library leaves the host process alone: it reads the open-file limit to fit the
 //! connection cap under it, but raising that limit, and taking over SIGINT and
@@ -12,17 +13,16 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::acceptor;
 use crate::batch::Batch;
 use crate::housekeeping::{self, Housekeeping};
 use crate::peer::Peers;
@@ -33,10 +33,7 @@ use crate::supervisor::{AcceptorStart, ChildExit, Control, RestartIntensity, Sto
 use crate::sys;
 use crate::worker::{self, WorkerShared};
 use crate::{Config, ConfigError};
-
-/// How long shutdown lets connection threads finish the requests they have read
-/// before it closes their sockets under them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+use crate::{acceptor, shutdown};
 
 /// How long shutdown then waits for the workers to finish what is queued.
 const WORKER_GRACE: Duration = Duration::from_secs(1);
@@ -89,6 +86,11 @@ impl Server {
         let budget = Budget::new(&config, peers.iter().count(), free_descriptors);
         let mut inboxes = Vec::with_capacity(config.workers);
         let mut worker_inboxes = Vec::with_capacity(config.workers);
+        // Every partition counts its memory against the node's one limit.
+        let memory_total = Arc::new(AtomicUsize::new(0));
+        for worker in &workers {
+            worker.partition.lock().set_memory_limit(config.max_memory, memory_total.clone());
+        }
         for _ in 0..config.workers {
             let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
             inboxes.push(inbox_tx);
@@ -107,6 +109,7 @@ impl Server {
             peers,
             data,
             budget,
+            stop_deadline: OnceLock::new(),
         });
         Ok(Server { listener: Arc::new(listener), state, worker_inboxes })
     }
@@ -243,23 +246,13 @@ impl ServerHandle {
         };
         log::info!("shutting down ({reason:?})");
         let state = &self.state;
+        // The deadline first: a connection that sees the flag reads it.
+        state.stop_deadline();
         state.shutting_down.store(true, Ordering::SeqCst);
         state.peers.shutdown();
         // The acceptor is blocked in accept(): a connection to ourselves wakes it.
         let _ = TcpStream::connect_timeout(&wake_address(self.addr), Duration::from_secs(1));
-        // Wake every connection blocked in read(): it answers what it has read and
-        // closes (see Connection::serve).
-        for stream in state.open.lock().values() {
-            let _ = stream.shutdown(Shutdown::Read);
-        }
-        let deadline = Instant::now() + SHUTDOWN_GRACE;
-        while state.counters.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(2));
-        }
-        // Connections still there are stuck writing to clients that do not read.
-        for stream in state.open.lock().values() {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
+        shutdown::close_connections(state);
         state.inboxes.lock().take();
         let _ = self.control.send(Control::Stop(WORKER_GRACE));
         let _ = supervisor.join();
@@ -290,7 +283,17 @@ fn load_workers(
     let Some(root) = &config.data_dir else {
         return Ok(((0..config.workers).map(|_| Arc::new(WorkerShared::default())).collect(), None));
     };
-    let data_config = DataDirConfig { root: root.clone(), policy: config.fsync, repair: config.repair };
+    // The seed the data was placed with, so that it loads where it was (unless this
+    // process already placed buckets with another, as several in-process servers do).
+    if let Some(seed) = persist::stored_seed(root) {
+        worker::use_worker_seed(seed);
+    }
+    let data_config = DataDirConfig {
+        root: root.clone(),
+        policy: config.fsync,
+        repair: config.repair,
+        seed: worker::worker_seed(),
+    };
     let workers = config.workers;
     let place = move |bucket: &[u8]| match routes.route(bucket) {
         Route::Local => Some(worker::worker_for(bucket, workers)),

@@ -1,21 +1,22 @@
-//! SIGINT and SIGTERM, turned into a graceful shutdown.
+//! SIGINT, SIGTERM and SIGHUP, turned into a graceful shutdown.
 //!
 //! The standard library has no signal API. Rather than add a crate, the binary blocks
-//! the two signals in every thread (`sys::block_shutdown_signals`, first thing in
+//! the three signals in every thread (`sys::block_shutdown_signals`, first thing in
 //! `main`) and one dedicated thread waits for them synchronously with `sigwait`. No
 //! code runs in a signal handler, so there is nothing async-signal-safe to get wrong.
 //! The first signal starts a graceful shutdown; a second one, for an operator who does
-//! not want to wait, exits at once.
+//! not want to wait, exits at once. SIGHUP is a shutdown like SIGTERM: kv has no
+//! configuration to reload, and its default action (dying at once) would lose replies.
 
 use std::io;
 use std::thread;
 
 use crate::server::Stopper;
-use crate::sys::{self, ShutdownSignal};
+use crate::sys;
 
 pub use crate::sys::block_shutdown_signals;
 
-/// Starts the thread that waits for SIGINT or SIGTERM and asks `stopper` to stop the
+/// Starts the thread that waits for SIGINT, SIGTERM or SIGHUP and asks `stopper` to stop the
 /// server. [`block_shutdown_signals`] must have been called first.
 pub fn stop_on_signals(stopper: Stopper) -> io::Result<()> {
     thread::Builder::new().name("kv-signals".into()).spawn(move || {
@@ -28,7 +29,7 @@ pub fn stop_on_signals(stopper: Stopper) -> io::Result<()> {
                     return;
                 }
             };
-            let name = if signal == ShutdownSignal::Interrupt { "SIGINT" } else { "SIGTERM" };
+            let name = signal.name();
             if first {
                 log::info!("{name} received: shutting down (send it again to exit at once)");
                 stopper.stop();

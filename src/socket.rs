@@ -1,42 +1,100 @@
 //! A client socket's manners: closing without losing replies, turning a client away
-//! with one line, and the idle clock of `--idle-timeout`.
+//! with one line, the idle clock of `--idle-timeout`, and the [`Ledger`] of what was
+//! written, for counting what a close at the end of the shutdown grace lost.
 //!
 //! Closing a socket that still has unread input makes the kernel send a reset, which
-//! throws away replies still in our send buffer. Every close here reads what the
-//! client still sends first, within a bound of bytes and time.
+//! throws away replies still in our send buffer. So a close first says we are done
+//! writing, then reads and drops what the client still sends until the client's
+//! kernel has acknowledged every byte we wrote (after which a reset loses nothing),
+//! within a deadline.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::protocol::Reply;
+use crate::sys;
 
-/// Most input read and thrown away while closing after `QUIT` or at shutdown.
-const CLOSE_DRAIN_BYTES: usize = 1024 * 1024;
-/// Most time spent on that.
-const CLOSE_DRAIN_TIME: Duration = Duration::from_secs(1);
+/// How long a close after `QUIT` (or the HTTP guard) waits for the client to take its
+/// last replies.
+pub(crate) const CLOSE_DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// How often a close looks again at what the client has not yet acknowledged.
+const CLOSE_POLL: Duration = Duration::from_millis(10);
 
 /// Closes a connection whose last reply has been written, without losing it: say we
-/// are done writing, then read and drop what the client still sends until it closes
-/// too, within a bound of bytes and time.
-pub(crate) fn close_after_last_reply(stream: &TcpStream) {
+/// are done writing, then read and drop what the client still sends until its kernel
+/// has acknowledged everything we wrote, or `deadline` passes. Returns how many bytes
+/// were still unacknowledged then (0: nothing was lost).
+pub(crate) fn close_after_last_reply(stream: &TcpStream, deadline: Instant) -> usize {
     let _ = stream.shutdown(Shutdown::Write);
-    let deadline = Instant::now() + CLOSE_DRAIN_TIME;
     let mut scratch = [0u8; 4096];
-    let mut drained = 0;
-    while drained < CLOSE_DRAIN_BYTES {
+    let mut reading = true;
+    loop {
+        let unsent = sys::unsent_bytes(stream).unwrap_or(0);
+        if unsent == 0 {
+            return 0;
+        }
         let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
-            break;
+            return unsent;
         };
-        if stream.set_read_timeout(Some(left)).is_err() {
-            break;
+        let wait = left.min(CLOSE_POLL);
+        if !reading || stream.set_read_timeout(Some(wait)).is_err() {
+            thread::sleep(wait);
+            continue;
         }
         match (&*stream).read(&mut scratch) {
-            Ok(0) => break,
-            Ok(n) => drained += n,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+            // The client closed its end (or shutdown stopped our reading): wait for
+            // the acknowledgements without reading.
+            Ok(0) => reading = false,
+            Ok(_) => {}
+            Err(error) if is_timeout(&error) || error.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return sys::unsent_bytes(stream).unwrap_or(0),
         }
+    }
+}
+
+/// A socket read as a [`Read`] that never waits: nothing there yet is `WouldBlock`.
+pub(crate) struct ReadNow<'a>(pub &'a TcpStream);
+
+impl Read for ReadNow<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        sys::recv_now(self.0, buffer)?.ok_or_else(|| io::ErrorKind::WouldBlock.into())
+    }
+}
+
+/// What a connection has written, so that replies lost at a forced close can be
+/// counted: every reply handed to the socket, and those that never were.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Ledger {
+    /// Bytes handed to the socket.
+    bytes: u64,
+    /// Replies handed to the socket whole.
+    replies: u64,
+    /// Replies that were never handed over (a write failed before them).
+    unwritten: u64,
+}
+
+impl Ledger {
+    /// `replies` replies in `bytes` bytes went to the socket.
+    pub fn wrote(&mut self, bytes: usize, replies: usize) {
+        self.bytes += bytes as u64;
+        self.replies += replies as u64;
+    }
+
+    /// `replies` replies could not be written.
+    pub fn not_written(&mut self, replies: usize) {
+        self.unwritten += replies as u64;
+    }
+
+    /// Replies the client has not received when `unsent` bytes of what was written
+    /// are still unacknowledged: those never written, and as many as the unsent bytes
+    /// hold at this connection's average reply size (rounded up).
+    pub fn lost(&self, unsent: usize) -> u64 {
+        let unsent = (unsent as u64).min(self.bytes);
+        let in_socket = if unsent == 0 { 0 } else { (unsent * self.replies).div_ceil(self.bytes).max(1) };
+        self.unwritten + in_socket
     }
 }
 
@@ -107,5 +165,23 @@ impl IdleClock {
                 Ok(false)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ledger_counts_unwritten_replies_and_those_left_in_the_socket() {
+        let mut ledger = Ledger::default();
+        assert_eq!(ledger.lost(0), 0);
+        ledger.wrote(400, 100);
+        assert_eq!(ledger.lost(0), 0, "everything acknowledged");
+        assert_eq!(ledger.lost(40), 10);
+        assert_eq!(ledger.lost(1), 1, "part of a reply is a lost reply");
+        ledger.not_written(7);
+        assert_eq!(ledger.lost(0), 7);
+        assert_eq!(ledger.lost(10_000), 107, "never more than was written");
     }
 }

@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crossbeam_channel::Sender;
@@ -46,6 +46,8 @@ pub(crate) struct State {
     pub data: Option<DataState>,
     /// How many sockets of each kind may be open (issue 13).
     pub budget: Budget,
+    /// When the shutdown grace ends; set (once) before `shutting_down`.
+    pub stop_deadline: OnceLock<Instant>,
 }
 
 /// What a server keeps of its data directory once loaded.
@@ -103,6 +105,9 @@ pub(crate) struct Counters {
     pub peer_connections: AtomicUsize,
     /// Sockets open now against [`Budget::sockets`].
     pub sockets: AtomicUsize,
+    /// Replies to requests read before the stop that clients had not received when
+    /// the shutdown grace ended (see `shutdown.rs`).
+    pub replies_lost: AtomicU64,
 }
 
 impl State {
@@ -110,6 +115,12 @@ impl State {
     #[inline]
     pub fn is_stopping(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// When a stopping server closes the connections still open: the end of the
+    /// shutdown grace (a grace from now if the stop has not set it).
+    pub fn stop_deadline(&self) -> Instant {
+        *self.stop_deadline.get_or_init(|| Instant::now() + self.config.shutdown_grace)
     }
 
     /// True while a connection may apply a batch itself when the partition is free

@@ -29,6 +29,9 @@ pub(crate) fn collect(state: &State) -> Stats {
     stats
         .push("subscribers_dropped", workers.iter().map(|w| load(&w.stats.subscribers_dropped)).sum::<u64>());
     add_persistence(state, &mut stats);
+    let memory_used: usize = workers.iter().map(|w| w.stats.memory.load(Ordering::Relaxed)).sum();
+    stats.push("memory_used", memory_used);
+    stats.push("memory_limit", state.config.max_memory.unwrap_or(0));
     state.peers.add_stats(&mut stats);
     stats.push("peer_connections", counters.peer_connections.load(Ordering::Relaxed));
     let inboxes = state.inboxes.lock();

@@ -1,7 +1,7 @@
 //! Buckets and partitions: the data itself, as plain structs.
 //!
 //! A [`Partition`] is the set of buckets one worker owns; a [`Bucket`] maps keys to
-//! values. No threads, no locks, no I/O: the worker that owns a partition wraps it in
+//! values. No threads, no locks, no I/O (one shared counter, for `--max-memory`): the worker that owns a partition wraps it in
 //! a lock and applies requests to it; everything here is tested directly.
 //!
 //! Every mutating method leaves the partition whole wherever it could stop: a new
@@ -15,6 +15,8 @@
 //! slot, about 57 bytes per 12-byte key with a 32-byte value (see its docs).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The hasher for every map in the store: ahash, keyed per map (so a client cannot
 /// pick keys that collide), and much faster than SipHash on short keys.
@@ -125,6 +127,18 @@ fn push_varint(out: &mut Vec<u8>, mut n: usize) {
     out.push(n as u8);
 }
 
+/// Bytes of a LEB128 number.
+#[inline]
+fn varint_len(n: usize) -> usize {
+    (usize::BITS - (n | 1).leading_zeros()).div_ceil(7) as usize
+}
+
+/// Bytes of a record for a key and a value of these lengths.
+#[inline]
+fn record_len(key_len: usize, value_len: usize) -> usize {
+    varint_len(key_len) + varint_len(value_len) + key_len + value_len
+}
+
 /// Reads a LEB128 number at `*at`, moving `*at` past it.
 #[inline]
 fn read_varint(bytes: &[u8], at: &mut usize) -> usize {
@@ -222,12 +236,17 @@ impl Bucket {
         slots[i] = slot;
     }
 
-    /// Rebuilds the table with room for at least one more key.
-    fn grow(&mut self) {
+    /// The table size that holds one more key: the next size up by half.
+    fn grown_slots(&self) -> usize {
         let mut n = self.slots.len().max(MIN_SLOTS);
         while max_len(n) < self.len + 1 {
             n += n / 2;
         }
+        n
+    }
+
+    /// Rebuilds the table with `n` slots (see [`Bucket::grown_slots`]).
+    fn grow_to(&mut self, n: usize) {
         let mut slots = vec![0u64; n];
         for &slot in self.slots.iter().filter(|&&slot| slot != 0) {
             let hash = self.hasher.hash_one(self.key_of(slot));
@@ -269,7 +288,16 @@ impl Bucket {
     /// Stores `value` under `key`, replacing any value there. Returns true if the key
     /// is new.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> bool {
+        self.put_within(key, value, usize::MAX).unwrap_or(false)
+    }
+
+    /// [`Bucket::put`], unless that would make the bucket allocate more than `room`
+    /// bytes: then nothing changes and the answer is `None`. An overwrite of the same
+    /// length needs no room; an arena that would double past `room` grows only as far
+    /// as `room` allows.
+    pub fn put_within(&mut self, key: &[u8], value: &[u8], room: usize) -> Option<bool> {
         let hash = self.hasher.hash_one(key);
+        let needed = record_len(key.len(), value.len());
         if let Some(i) = self.find(key, hash) {
             let offset = slot_offset(self.slots[i]);
             let record = self.record(offset);
@@ -277,20 +305,45 @@ impl Bucket {
                 let start = record.value_start();
                 self.arena[start..start + value.len()].copy_from_slice(value);
             } else {
+                self.reserve_arena(needed, room)?;
                 let new_offset = self.append(key, value);
                 self.slots[i] = make_slot(hash, new_offset);
                 self.garbage += record.size;
                 self.maybe_compact();
             }
-            return false;
+            return Some(false);
         }
-        if self.len + 1 > max_len(self.slots.len()) {
-            self.grow();
+        let grown = (self.len + 1 > max_len(self.slots.len())).then(|| self.grown_slots());
+        let table_bytes = grown.map_or(0, |n| (n - self.slots.len()) * 8);
+        self.reserve_arena(needed, room.checked_sub(table_bytes)?)?;
+        if let Some(n) = grown {
+            self.grow_to(n);
         }
         let offset = self.append(key, value);
         Self::place(&mut self.slots, hash, make_slot(hash, offset));
         self.len += 1;
-        true
+        Some(true)
+    }
+
+    /// Makes room in the arena for `needed` more bytes, allocating at most `room`
+    /// more: doubling as usual, or less when doubling would pass `room`. `None` (and
+    /// nothing allocated) when even `needed` does not fit.
+    fn reserve_arena(&mut self, needed: usize, room: usize) -> Option<()> {
+        let (len, capacity) = (self.arena.len(), self.arena.capacity());
+        if len + needed <= capacity {
+            return Some(());
+        }
+        // The most Vec's own growth (doubling) can allocate for this record.
+        let doubled = (capacity * 2).max(len + needed).max(8);
+        if doubled - capacity <= room {
+            return Some(());
+        }
+        let target = capacity.saturating_add(room);
+        if target < len + needed {
+            return None;
+        }
+        self.arena.reserve_exact(target - len);
+        Some(())
     }
 
     /// Removes `key`. Returns true if it was there.
@@ -389,14 +442,57 @@ impl Bucket {
     }
 }
 
-/// The buckets one worker owns, with running counts for STATS.
-#[derive(Debug, Default)]
+/// The buckets one worker owns, with running counts for STATS and for
+/// `--max-memory`.
+#[derive(Debug)]
 pub struct Partition {
     buckets: HashMap<Box<[u8]>, (u64, Bucket), Hasher>,
     keys: usize,
     /// The id the next created bucket gets: a bucket dropped and created again is
     /// another bucket to a reader walking the partition between locks.
     next_id: u64,
+    /// Bytes the buckets hold ([`Bucket::heap_bytes`] plus [`BUCKET_ENTRY_BYTES`] and
+    /// the name of each), kept up to date by every change.
+    bytes: usize,
+    /// Most bytes the whole node's store may hold (`usize::MAX`: no limit).
+    limit: usize,
+    /// What every partition of the node holds together, each adding its changes
+    /// ([`Partition::publish_memory`]); read only when there is a limit.
+    node_total: Arc<AtomicUsize>,
+    /// What this partition last added to `node_total`.
+    published: usize,
+}
+
+impl Default for Partition {
+    fn default() -> Self {
+        Partition {
+            buckets: HashMap::default(),
+            keys: 0,
+            next_id: 0,
+            bytes: 0,
+            limit: usize::MAX,
+            node_total: Arc::default(),
+            published: 0,
+        }
+    }
+}
+
+/// What an empty bucket costs beyond its name: its entry in the partition's map.
+pub const BUCKET_ENTRY_BYTES: usize = std::mem::size_of::<(Box<[u8]>, (u64, Bucket))>() + 8;
+
+/// Why a write was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteError {
+    /// The bucket does not exist.
+    NoSuchBucket,
+    /// It would take the store past its memory limit.
+    OutOfMemory,
+}
+
+impl From<NoSuchBucket> for WriteError {
+    fn from(_: NoSuchBucket) -> Self {
+        WriteError::NoSuchBucket
+    }
 }
 
 impl Partition {
@@ -409,8 +505,18 @@ impl Partition {
     pub fn create(&mut self, bucket: &[u8]) {
         if !self.buckets.contains_key(bucket) {
             self.next_id += 1;
+            self.bytes += BUCKET_ENTRY_BYTES + bucket.len();
             self.buckets.insert(bucket.into(), (self.next_id, Bucket::default()));
         }
+    }
+
+    /// [`Partition::create`] within the memory limit.
+    pub fn create_within_limit(&mut self, bucket: &[u8]) -> Result<(), WriteError> {
+        if !self.buckets.contains_key(bucket) && BUCKET_ENTRY_BYTES + bucket.len() > self.room() {
+            return Err(WriteError::OutOfMemory);
+        }
+        self.create(bucket);
+        Ok(())
     }
 
     /// True if `bucket` exists.
@@ -424,28 +530,50 @@ impl Partition {
         Ok(bucket.get(key))
     }
 
-    /// Stores `value` under `key` in `bucket`, overwriting.
+    /// Stores `value` under `key` in `bucket`, overwriting, whatever the memory limit
+    /// says (for loading data the node already held).
     pub fn put(&mut self, bucket: &[u8], key: &[u8], value: &[u8]) -> Result<(), NoSuchBucket> {
+        self.put_with_room(bucket, key, value, usize::MAX).map_err(|_| NoSuchBucket)
+    }
+
+    /// [`Partition::put`] within the memory limit: refused, changing nothing, when the
+    /// bucket would have to allocate past it.
+    pub fn put_within_limit(&mut self, bucket: &[u8], key: &[u8], value: &[u8]) -> Result<(), WriteError> {
+        let room = self.room();
+        self.put_with_room(bucket, key, value, room)
+    }
+
+    fn put_with_room(
+        &mut self,
+        bucket: &[u8],
+        key: &[u8],
+        value: &[u8],
+        room: usize,
+    ) -> Result<(), WriteError> {
         let (_, bucket) = self.buckets.get_mut(bucket).ok_or(NoSuchBucket)?;
-        if bucket.put(key, value) {
-            self.keys += 1;
-        }
+        let before = bucket.heap_bytes();
+        let new = bucket.put_within(key, value, room).ok_or(WriteError::OutOfMemory)?;
+        self.bytes = self.bytes - before + bucket.heap_bytes();
+        self.keys += usize::from(new);
         Ok(())
     }
 
     /// Removes `key` from `bucket`; a missing key is not an error.
     pub fn delete(&mut self, bucket: &[u8], key: &[u8]) -> Result<(), NoSuchBucket> {
         let (_, bucket) = self.buckets.get_mut(bucket).ok_or(NoSuchBucket)?;
+        let before = bucket.heap_bytes();
         if bucket.delete(key) {
             self.keys -= 1;
+            self.bytes = self.bytes - before + bucket.heap_bytes();
         }
         Ok(())
     }
 
     /// Removes `bucket` and every key in it.
     pub fn drop_bucket(&mut self, bucket: &[u8]) -> Result<(), NoSuchBucket> {
-        let (_, dropped) = self.buckets.remove(bucket).ok_or(NoSuchBucket)?;
+        let (name, (_, dropped)) = self.buckets.remove_entry(bucket).ok_or(NoSuchBucket)?;
         self.keys -= dropped.len();
+        self.bytes -= BUCKET_ENTRY_BYTES + name.len() + dropped.heap_bytes();
         Ok(())
     }
 
@@ -467,6 +595,7 @@ impl Partition {
     /// Takes every bucket out, for moving them to other partitions.
     pub fn take_buckets(&mut self) -> Vec<(Box<[u8]>, Bucket)> {
         self.keys = 0;
+        self.bytes = 0;
         self.buckets.drain().map(|(name, (_, bucket))| (name, bucket)).collect()
     }
 
@@ -474,6 +603,7 @@ impl Partition {
     pub fn take_bucket(&mut self, name: &[u8]) -> Option<Bucket> {
         let (_, bucket) = self.buckets.remove(name)?;
         self.keys -= bucket.len();
+        self.bytes -= BUCKET_ENTRY_BYTES + name.len() + bucket.heap_bytes();
         Some(bucket)
     }
 
@@ -481,8 +611,11 @@ impl Partition {
     pub fn insert_bucket(&mut self, name: Box<[u8]>, bucket: Bucket) {
         self.next_id += 1;
         self.keys += bucket.len();
+        self.bytes += BUCKET_ENTRY_BYTES + name.len() + bucket.heap_bytes();
+        let name_len = name.len();
         if let Some((_, old)) = self.buckets.insert(name, (self.next_id, bucket)) {
             self.keys -= old.len();
+            self.bytes -= BUCKET_ENTRY_BYTES + name_len + old.heap_bytes();
         }
     }
 
@@ -494,6 +627,41 @@ impl Partition {
     /// Number of keys over all buckets.
     pub fn key_count(&self) -> usize {
         self.keys
+    }
+
+    /// Bytes this partition's buckets hold, as the store counts them.
+    pub fn memory_used(&self) -> usize {
+        self.bytes
+    }
+
+    /// Sets the node's memory limit (`None`: no limit), shared with the node's other
+    /// partitions through `node_total`.
+    pub fn set_memory_limit(&mut self, limit: Option<usize>, node_total: Arc<AtomicUsize>) {
+        self.limit = limit.unwrap_or(usize::MAX);
+        self.node_total = node_total;
+        self.published = 0;
+        self.publish_memory();
+    }
+
+    /// Adds this partition's change since the last call to the node's total: once
+    /// per batch, not per write, so the node may pass its limit by what one batch
+    /// per worker stores.
+    pub fn publish_memory(&mut self) {
+        if self.bytes >= self.published {
+            self.node_total.fetch_add(self.bytes - self.published, Ordering::Relaxed);
+        } else {
+            self.node_total.fetch_sub(self.published - self.bytes, Ordering::Relaxed);
+        }
+        self.published = self.bytes;
+    }
+
+    /// Bytes that may still be allocated under the limit.
+    fn room(&self) -> usize {
+        if self.limit == usize::MAX {
+            return usize::MAX;
+        }
+        let elsewhere = self.node_total.load(Ordering::Relaxed).saturating_sub(self.published);
+        self.limit.saturating_sub(self.bytes.saturating_add(elsewhere))
     }
 }
 
@@ -585,6 +753,53 @@ mod tests {
         assert_eq!(p.get(b"b", b"k"), Ok(None));
         assert!(p.contains(b"a"));
         assert!(!p.contains(b"c"));
+    }
+
+    #[test]
+    fn memory_used_follows_every_change_and_returns_to_zero() {
+        let mut p = Partition::new();
+        p.create(b"a");
+        assert_eq!(p.memory_used(), BUCKET_ENTRY_BYTES + 1);
+        for i in 0..2000 {
+            p.put(b"a", format!("k{i}").as_bytes(), &[b'v'; 100]).unwrap();
+        }
+        let bucket_bytes = p.buckets[&b"a"[..]].1.heap_bytes();
+        assert_eq!(p.memory_used(), BUCKET_ENTRY_BYTES + 1 + bucket_bytes);
+        for i in 0..1000 {
+            p.delete(b"a", format!("k{i}").as_bytes()).unwrap();
+        }
+        assert_eq!(p.memory_used(), BUCKET_ENTRY_BYTES + 1 + p.buckets[&b"a"[..]].1.heap_bytes());
+        p.drop_bucket(b"a").unwrap();
+        assert_eq!(p.memory_used(), 0);
+    }
+
+    #[test]
+    fn writes_past_the_memory_limit_are_refused_while_reads_and_deletes_still_work() {
+        const LIMIT: usize = 256 * 1024;
+        let mut p = Partition::new();
+        let node_total = Arc::new(AtomicUsize::new(0));
+        p.set_memory_limit(Some(LIMIT), node_total.clone());
+        p.create_within_limit(b"b").unwrap();
+        let value = [b'v'; 1000];
+        let mut stored = 0;
+        while p.put_within_limit(b"b", format!("k{stored}").as_bytes(), &value).is_ok() {
+            stored += 1;
+            assert!(stored < 10_000, "the limit never bit");
+        }
+        assert!(p.memory_used() <= LIMIT, "{} bytes held", p.memory_used());
+        // The arena grows by less than doubling near the limit: most of it is used.
+        assert!(stored * 1000 > LIMIT / 2, "only {stored} values fit");
+        assert_eq!(p.put_within_limit(b"b", b"new", &value), Err(WriteError::OutOfMemory));
+        assert_eq!(p.create_within_limit(b"another"), Err(WriteError::OutOfMemory));
+        assert_eq!(p.put_within_limit(b"b", b"k0", &[b'w'; 1000]), Ok(()), "same size: in place");
+        assert_eq!(p.get(b"b", b"k1"), Ok(Some(&value[..])));
+        for i in 0..stored {
+            p.delete(b"b", format!("k{i}").as_bytes()).unwrap();
+        }
+        assert_eq!(p.put_within_limit(b"b", b"new", &value), Ok(()), "room again after deletes");
+        node_total.fetch_add(LIMIT, Ordering::Relaxed);
+        assert_eq!(p.put_within_limit(b"b", b"more", &value), Err(WriteError::OutOfMemory));
+        assert_eq!(record_len(127, 128), 1 + 2 + 127 + 128);
     }
 
     #[test]

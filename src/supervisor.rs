@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::batch::Batch;
+use crate::sys;
 use crate::worker::{self, Outcome, WorkerShared};
 
 /// Why a server stopped.
@@ -225,6 +226,9 @@ impl Supervisor {
                     self.wait_for_workers(wait);
                     return;
                 }
+                // Memory freed by connections and subscribers that went quiet together
+                // is given back within an interval (see sys::give_freed_memory_back).
+                default(sys::TRIM_INTERVAL) => sys::trim_if_pending(),
             }
         }
     }
@@ -243,13 +247,13 @@ impl Supervisor {
                     // No worker will serve this partition again, but requests keep
                     // arriving until shutdown closes the inbox: answer them all
                     // rather than leave their clients waiting.
-                    if let Err(error) = self.start_drainer(index, unfinished) {
+                    if let Err(error) = self.start_drainer(index, unfinished.map(|batch| *batch)) {
                         log::error!("cannot start a drainer for worker {index}: {error}");
                     }
                     return;
                 }
                 self.workers[index].shared.stats.restarts.fetch_add(1, Ordering::Relaxed);
-                match self.start_worker(index, unfinished) {
+                match self.start_worker(index, unfinished.map(|batch| *batch)) {
                     Ok(()) => log::info!("worker {index} restarted in {:?}", crashed_at.elapsed()),
                     Err(error) => self.give_up(format!("cannot restart worker {index}: {error}")),
                 }

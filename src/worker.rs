@@ -54,6 +54,8 @@ pub struct WorkerStats {
     pub log_bytes: AtomicU64,
     /// Compactions finished.
     pub compactions: AtomicU64,
+    /// Bytes the partition holds, as the store counts them (`--max-memory`).
+    pub memory: AtomicUsize,
 }
 
 /// What outlives a worker thread: its partition, its log and its counters.
@@ -76,18 +78,21 @@ impl WorkerShared {
     /// A worker's state over `partition`, logged to `log` when there is one.
     pub fn new(partition: Partition, log: Option<PartitionLog>) -> Self {
         let sync = log.as_ref().map(|log| (log.sync_handle(), log.policy()));
-        WorkerShared {
-            partition: Mutex::new(partition),
-            log: Mutex::new(log),
-            sync,
-            ..WorkerShared::default()
-        }
+        let mut shared = WorkerShared { log: Mutex::new(None), sync, ..WorkerShared::default() };
+        // STATS shows what was loaded before the first request reaches this worker.
+        let mut partition = partition;
+        shared.publish(&mut partition, &Subscriptions::default(), log.as_ref());
+        shared.partition = Mutex::new(partition);
+        shared.log = Mutex::new(log);
+        shared
     }
 
-    fn publish(&self, partition: &Partition, subscriptions: &Subscriptions, log: Option<&PartitionLog>) {
+    fn publish(&self, partition: &mut Partition, subscriptions: &Subscriptions, log: Option<&PartitionLog>) {
         self.stats.buckets.store(partition.bucket_count(), Ordering::Relaxed);
         self.stats.keys.store(partition.key_count(), Ordering::Relaxed);
         self.stats.subscribers_dropped.store(subscriptions.dropped_total(), Ordering::Relaxed);
+        partition.publish_memory();
+        self.stats.memory.store(partition.memory_used(), Ordering::Relaxed);
         if let Some(log) = log {
             self.stats.log_bytes.store(log.total_bytes(), Ordering::Relaxed);
         }
@@ -175,7 +180,7 @@ pub fn apply_inline(shared: &WorkerShared, batch: &mut Batch) -> bool {
     };
     let applied = panic::catch_unwind(AssertUnwindSafe(|| {
         shared.apply_locked(batch, &mut partition, &mut subscriptions, &mut log);
-        shared.publish(&partition, &subscriptions, log.as_ref());
+        shared.publish(&mut partition, &subscriptions, log.as_ref());
     }));
     if applied.is_err() {
         batch.discard_partial_reply();
@@ -201,7 +206,7 @@ pub enum Outcome {
         message: String,
         /// The batch it was in the middle of, if requests after the failed one are
         /// still unanswered: the replacement must serve it before its inbox.
-        unfinished: Option<Batch>,
+        unfinished: Option<Box<Batch>>,
     },
 }
 
@@ -240,7 +245,7 @@ pub fn run(shared: &WorkerShared, inbox: &Receiver<Batch>, pending: Option<Batch
                     batch.send_back();
                     None
                 } else {
-                    Some(batch)
+                    Some(Box::new(batch))
                 }
             });
             Outcome::Crashed { message, unfinished }
@@ -268,7 +273,7 @@ fn serve(shared: &WorkerShared, inbox: &Receiver<Batch>, in_hand: &mut InHand) {
                 }
                 in_hand.current = inbox.try_recv().ok();
             }
-            shared.publish(&partition, &subscriptions, log.as_ref());
+            shared.publish(&mut partition, &subscriptions, log.as_ref());
         }
         // One sync for the whole drain, outside the lock, before any reply goes out.
         shared.sync_if_always();
@@ -293,22 +298,50 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Which of `workers` owns `bucket`.
+/// The seeds of [`worker_for`]'s hash, and the number they are made from.
+struct Placement {
+    seed: u64,
+    hasher: ahash::RandomState,
+}
+
+static PLACEMENT: std::sync::OnceLock<Placement> = std::sync::OnceLock::new();
+
+fn placement(seed: u64) -> Placement {
+    let hasher = ahash::RandomState::with_seeds(
+        seed,
+        seed.rotate_left(17) ^ 0x6b76_5f70_6172_7469,
+        seed.rotate_left(31) ^ 0x7469_6f6e_5f73_6565,
+        seed.rotate_left(47) ^ 0x645f_6f6e_655f_7477,
+    );
+    Placement { seed, hasher }
+}
+
+/// The seed [`worker_for`] hashes with: drawn at random the first time it is asked
+/// for, unless [`use_worker_seed`] set it first.
+pub fn worker_seed() -> u64 {
+    PLACEMENT.get_or_init(random_placement).seed
+}
+
+fn random_placement() -> Placement {
+    placement(ahash::RandomState::new().hash_one(std::process::id()))
+}
+
+/// Makes [`worker_for`] hash with `seed`, if nothing has used it yet: a data directory
+/// keeps the seed it was written with, so a restart finds every bucket where it was
+/// and need not move the data. Returns false if another seed was already in use.
+pub fn use_worker_seed(seed: u64) -> bool {
+    PLACEMENT.get_or_init(|| placement(seed)).seed == seed
+}
+
+/// Which of `workers` owns `bucket`: the one function every part of kv asks.
 ///
-/// A fixed-seed ahash of the name, so the mapping is the same in every run of the
-/// same build, which lets tests and operators find a bucket's worker.
+/// An ahash of the name under a seed chosen once per process (or kept by its data
+/// directory), so that a client cannot pick names that all land on one worker.
+/// Anything stored by worker is placed again by this function when it is loaded.
 #[inline]
 pub fn worker_for(bucket: &[u8], workers: usize) -> usize {
-    static SEEDS: std::sync::OnceLock<ahash::RandomState> = std::sync::OnceLock::new();
-    let state = SEEDS.get_or_init(|| {
-        ahash::RandomState::with_seeds(
-            0x6b76_5f70_6172_7469,
-            0x7469_6f6e_5f73_6565,
-            0x645f_6f6e_655f_7477,
-            0x6f5f_7468_7265_6521,
-        )
-    });
-    (state.hash_one(bucket) % workers.max(1) as u64) as usize
+    let placement = PLACEMENT.get_or_init(random_placement);
+    (placement.hasher.hash_one(bucket) % workers.max(1) as u64) as usize
 }
 
 #[cfg(test)]
@@ -360,7 +393,7 @@ mod tests {
         // The replacement finishes the batch; the first PUT happened, the crash did not
         // undo it, and the requests after the crash are served.
         drop(inbox_tx);
-        assert!(matches!(run(&shared, &inbox_rx, unfinished), Outcome::Clean));
+        assert!(matches!(run(&shared, &inbox_rx, unfinished.map(|batch| *batch)), Outcome::Clean));
         let batch = reply_rx.try_recv().unwrap();
         assert_eq!(replies_of(&batch), b"OK\r\nOK\r\nERROR worker crashed\r\nOK\r\n2\r\nOK\r\n");
         assert_eq!(batch.reply_count(), 5);
@@ -406,7 +439,7 @@ mod tests {
             panic!("the worker should have crashed on the replayed request");
         };
         drop(inbox_tx);
-        assert!(matches!(run(&shared, &inbox_rx, unfinished), Outcome::Clean));
+        assert!(matches!(run(&shared, &inbox_rx, unfinished.map(|batch| *batch)), Outcome::Clean));
         let batch = reply_rx.try_recv().unwrap();
         assert_eq!(replies_of(&batch), b"OK\r\nOK\r\nERROR worker crashed\r\n1\r\nOK\r\n");
     }

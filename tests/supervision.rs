@@ -636,7 +636,7 @@ fn sigint_with_fifty_idle_clients_exits_zero_within_five_seconds() {
 #[test]
 fn sigterm_with_a_client_that_never_reads_its_replies_still_exits_zero() {
     const GETS: usize = 400;
-    let mut server = ChildServer::start(kv_serve(&["--workers", "2"]));
+    let mut server = ChildServer::start(kv_serve(&["--workers", "2", "--shutdown-grace", "2"]));
     let mut stuck = Conn::connect(server.addr());
     let big = "x".repeat(60_000);
     stuck.roundtrip(format!("CREATE b\r\nPUT b k {big}\r\n").as_bytes(), b"OK\r\nOK\r\n");

@@ -3,10 +3,11 @@
 //! The flags override [`Config::default`] and nothing else, so every default is
 //! written once, in `config.rs`; what is acceptable is [`Config::validate`]'s to say.
 //! This file owns what only a process does: reading `PORT`, loading the cluster file,
-//! raising the open-file limit, taking over SIGINT and SIGTERM, and turning each way
-//! of failing into a message on stderr and an exit status: 2 for a bad flag, a bad
-//! `PORT` or a bad cluster file, 1 for a failure at run time. Those messages are
-//! printed, not logged, so `RUST_LOG=off` cannot hide why the server did not start.
+//! raising the open-file limit, fixing malloc's mmap threshold, taking over SIGINT,
+//! SIGTERM and SIGHUP, and turning each way of failing into a message on stderr and
+//! an exit status: 2 for a bad flag, a bad `PORT` or a bad cluster file, 1 for a
+//! failure at run time. Those messages are printed, not logged, so `RUST_LOG=off`
+//! cannot hide why the server did not start.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -99,6 +100,14 @@ pub(crate) struct ServeArgs {
     /// its live data (default 67108864, 64 MiB)
     #[argh(option)]
     compact_min_bytes: Option<u64>,
+    /// most bytes the store may hold, such as 268435456 or 256M (K, M, G: powers of
+    /// 1024); a CREATE or PUT past it gets `ERROR out of memory`; 0 = no limit (default 0)
+    #[argh(option, from_str_fn(parse_bytes))]
+    max_memory: Option<usize>,
+    /// seconds a stopping server waits for clients to read the replies to what they had
+    /// sent, before closing their connections anyway (default 10)
+    #[argh(option, from_str_fn(parse_seconds))]
+    shutdown_grace: Option<Duration>,
 }
 
 /// Parses a number of seconds, such as `1` or `0.25`. Only the syntax is checked here:
@@ -109,6 +118,27 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         Ok(secs) if secs >= 0.0 => Ok(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)),
         _ => Err(format!("expected a number of seconds, not {text:?}")),
     }
+}
+
+/// Parses a number of bytes with an optional `K`, `M` or `G` (powers of 1024), such as
+/// `268435456` or `256M`. Too large for a `usize` is an error.
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let (digits, unit) = match text.trim().char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.trim().split_at(at),
+        None => (text.trim(), ""),
+    };
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => return Err(format!("expected a number of bytes such as 256M, not {text:?}")),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("expected a number of bytes such as 256M, not {text:?}"))
 }
 
 /// Why `kv serve` did not start, and so how it exits.
@@ -171,6 +201,11 @@ pub(crate) fn config(args: ServeArgs, port_variable: PortVariable) -> Result<Con
         // 0 is the flag's "never", which the configuration spells `None`.
         config.idle_timeout = (seconds > 0).then(|| Duration::from_secs(seconds));
     }
+    if let Some(bytes) = args.max_memory {
+        // 0 is the flag's "no limit", which the configuration spells `None`.
+        config.max_memory = (bytes > 0).then_some(bytes);
+    }
+    set(&mut config.shutdown_grace, args.shutdown_grace);
     config.debug = args.debug;
     config.data_dir = args.data_dir;
     set(&mut config.fsync, args.fsync);
@@ -216,6 +251,7 @@ fn serve(args: ServeArgs) -> Result<(), StartError> {
     // Before any thread exists, so that only the signal thread ever sees them.
     kv::signals::block_shutdown_signals()
         .map_err(|error| StartError::Runtime(format!("cannot set up signal handling: {error}")))?;
+    kv::sys::fix_malloc_mmap_threshold();
     std::panic::set_hook(Box::new(|info| log::error!("{info}")));
     let config =
         config(args, std::env::var("PORT").ok()).map_err(|error| StartError::Config(error.to_string()))?;
@@ -245,5 +281,22 @@ fn raise_open_file_limit(max_connections: usize) {
     let wanted = (max_connections as u64).saturating_add(RESERVED_DESCRIPTORS);
     if let Err(error) = kv::sys::raise_open_file_limit(wanted) {
         log::warn!("cannot raise the open-file limit to {wanted}: {error}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_take_k_m_and_g_suffixes_and_refuse_the_rest() {
+        assert_eq!(parse_bytes("268435456"), Ok(268_435_456));
+        assert_eq!(parse_bytes("256M"), Ok(256 << 20));
+        assert_eq!(parse_bytes("64k"), Ok(64 << 10));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("0"), Ok(0));
+        for bad in ["", "M", "12X", "-1", "1.5G", "99999999999999999999G"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 }

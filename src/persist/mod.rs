@@ -138,6 +138,8 @@ pub struct DataDirConfig {
     pub root: PathBuf,
     pub policy: FsyncPolicy,
     pub repair: bool,
+    /// The bucket-placement seed written into a new generation's manifest.
+    pub seed: u64,
 }
 
 /// An open data directory: the lock, and each partition's log and loaded data.
@@ -169,13 +171,13 @@ pub fn open(
     }
     fs::create_dir_all(root).map_err(|error| LoadError::io(root, error))?;
     let lock = lock_dir(root)?;
-    let (generation, stored) = current_generation(root, partitions)?;
+    let (generation, stored) = current_generation(root, partitions, config.seed)?;
     let gen_dir = root.join(&generation);
     let loaded = load_all(&gen_dir, stored, config.repair)?;
     let mut placed: Vec<Partition> = (0..partitions).map(|_| Partition::new()).collect();
     let moved = place_buckets(root, loaded.partitions, stored == partitions, place, &mut placed)?;
     let logs = if moved {
-        let next = next_generation(root, &generation, &placed)?;
+        let next = next_generation(root, &generation, &placed, config.seed)?;
         open_logs(&root.join(next), partitions, config.policy)?
     } else {
         loaded
@@ -211,13 +213,13 @@ fn partition_dir(gen_dir: &Path, p: usize) -> PathBuf {
 /// The live generation's name and partition count, creating the first one for a new
 /// directory. Removes generations `CURRENT` does not name (superseded, or a switch
 /// that never finished).
-fn current_generation(root: &Path, partitions: usize) -> Result<(String, usize), LoadError> {
+fn current_generation(root: &Path, partitions: usize, seed: u64) -> Result<(String, usize), LoadError> {
     let current = root.join("CURRENT");
     let generation = match fs::read_to_string(&current) {
         Ok(text) => text.trim().to_string(),
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
             let name = "gen-0001".to_string();
-            create_generation(root, &name, partitions)?;
+            create_generation(root, &name, partitions, seed)?;
             switch_current(root, &name)?;
             name
         }
@@ -255,7 +257,7 @@ fn remove_other_generations(root: &Path, live: &str) {
 }
 
 /// Creates generation `name` with `partitions` empty partition folders.
-fn create_generation(root: &Path, name: &str, partitions: usize) -> Result<(), LoadError> {
+fn create_generation(root: &Path, name: &str, partitions: usize, seed: u64) -> Result<(), LoadError> {
     let dir = root.join(name);
     let _ = fs::remove_dir_all(&dir);
     for p in 0..partitions {
@@ -263,7 +265,7 @@ fn create_generation(root: &Path, name: &str, partitions: usize) -> Result<(), L
         fs::create_dir_all(&path).map_err(|error| LoadError::io(&path, error))?;
     }
     let manifest = dir.join("MANIFEST");
-    fs::write(&manifest, format!("{MANIFEST_FIRST_LINE}\npartitions {partitions}\n"))
+    fs::write(&manifest, format!("{MANIFEST_FIRST_LINE}\npartitions {partitions}\nseed {seed}\n"))
         .and_then(|()| File::open(&manifest)?.sync_all())
         .and_then(|()| sync_dir(&dir))
         .and_then(|()| sync_dir(root))
@@ -278,6 +280,14 @@ fn switch_current(root: &Path, name: &str) -> Result<(), LoadError> {
         .and_then(|()| fs::rename(&tmp, root.join("CURRENT")))
         .and_then(|()| sync_dir(root))
         .map_err(|error| LoadError::io(&tmp, error))
+}
+
+/// The bucket-placement seed the live generation of `root` was written with, if there
+/// is one: set before loading, a restart finds every bucket where it was.
+pub fn stored_seed(root: &Path) -> Option<u64> {
+    let generation = fs::read_to_string(root.join("CURRENT")).ok()?;
+    let manifest = fs::read_to_string(root.join(generation.trim()).join("MANIFEST")).ok()?;
+    manifest.lines().find_map(|line| line.strip_prefix("seed ")?.trim().parse().ok())
 }
 
 /// Where a loaded partition's log goes on.
@@ -394,10 +404,10 @@ fn keep_foreign(root: &Path, foreign: &Partition) -> Result<(), LoadError> {
 }
 
 /// Writes `placed` as the next generation and switches to it; returns its name.
-fn next_generation(root: &Path, current: &str, placed: &[Partition]) -> Result<String, LoadError> {
+fn next_generation(root: &Path, current: &str, placed: &[Partition], seed: u64) -> Result<String, LoadError> {
     let number: u32 = current.trim_start_matches("gen-").parse().unwrap_or(0);
     let name = format!("gen-{:04}", number + 1);
-    create_generation(root, &name, placed.len())?;
+    create_generation(root, &name, placed.len(), seed)?;
     for (p, partition) in placed.iter().enumerate() {
         let dir = partition_dir(&root.join(&name), p);
         snapshot::write_whole(&dir, 1, partition).map_err(|error| LoadError::io(&dir, error))?;

@@ -89,7 +89,7 @@ impl LineReader {
     pub fn new(max_line: usize) -> Self {
         let max_line = max_line.clamp(1, MAX_MAX_LINE);
         LineReader {
-            buf: vec![0; INITIAL_READ_BUFFER.min(max_line + 2).max(64)],
+            buf: vec![0; initial_len(max_line)],
             start: 0,
             end: 0,
             scanned: 0,
@@ -102,6 +102,25 @@ impl LineReader {
     /// The configured limit.
     pub fn max_line(&self) -> usize {
         self.max_line
+    }
+
+    /// True when the buffer has grown past its first size and holds nothing: it can
+    /// be given back ([`LineReader::release_buffer`]).
+    pub fn holds_grown_buffer(&self) -> bool {
+        self.start == self.end && self.buf.len() > initial_len(self.max_line)
+    }
+
+    /// Goes back to a buffer of the first size if the current one holds nothing, so
+    /// that an idle connection keeps no burst-sized buffer. The next burst grows it
+    /// again, doubling per filled read.
+    pub fn release_buffer(&mut self) {
+        if self.holds_grown_buffer() {
+            self.buf = vec![0; initial_len(self.max_line)];
+            self.start = 0;
+            self.end = 0;
+            self.scanned = 0;
+            self.last_read_filled = false;
+        }
     }
 
     /// Reads once from `source` into free buffer space, making room first. Returns
@@ -201,6 +220,11 @@ impl LineReader {
     }
 }
 
+/// A reader's first buffer size for lines of at most `max_line` bytes.
+fn initial_len(max_line: usize) -> usize {
+    INITIAL_READ_BUFFER.min(max_line + 2).max(64)
+}
+
 #[inline]
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| b == b'\n')
@@ -289,5 +313,24 @@ mod tests {
         }
         assert_eq!(lines, 100_000);
         assert_eq!(reader.buf.len(), READ_AHEAD_MAX);
+    }
+
+    #[test]
+    fn a_grown_buffer_goes_back_to_its_first_size_only_when_empty() {
+        let mut reader = LineReader::new(DEFAULT_MAX_LINE);
+        let long = [vec![b'a'; 50_000], b"\npartial".to_vec()].concat();
+        let mut source = &long[..];
+        while reader.fill_from(&mut source).unwrap() > 0 {}
+        assert!(matches!(reader.next_frame(), Some(Frame::Line(line)) if line.len() == 50_000));
+        assert!(reader.next_frame().is_none());
+        assert!(!reader.holds_grown_buffer(), "a partial line is kept");
+        reader.release_buffer();
+        reader.push(b"\n");
+        assert_eq!(reader.next_frame(), Some(Frame::Line(b"partial")));
+        assert!(reader.holds_grown_buffer());
+        reader.release_buffer();
+        assert_eq!(reader.buf.len(), INITIAL_READ_BUFFER);
+        reader.push(b"PING\n");
+        assert_eq!(reader.next_frame(), Some(Frame::Line(b"PING")));
     }
 }

@@ -94,6 +94,9 @@ pub enum ErrorKind<'a> {
     /// A write was sent to the peer owning the bucket, which then failed or did not
     /// answer in time: it may or may not have been applied (docs/CLUSTER.md).
     PeerOutcomeUnknown { peer: &'a str },
+    /// A write (`CREATE`, `PUT`) would take the store past `--max-memory`; nothing
+    /// was changed.
+    OutOfMemory,
 }
 
 impl Reply<'_> {
@@ -165,6 +168,7 @@ impl ErrorKind<'_> {
             ErrorKind::PeerOutcomeUnknown { peer } => {
                 line(out, &[e, b"peer ", peer.as_bytes(), b" unavailable: outcome unknown"])
             }
+            ErrorKind::OutOfMemory => line(out, &[e, b"out of memory"]),
         }
     }
 }
@@ -348,6 +352,7 @@ mod tests {
                 Reply::Error(ErrorKind::PeerOutcomeUnknown { peer: "n1" }),
                 b"ERROR peer n1 unavailable: outcome unknown\r\n",
             ),
+            (Reply::Error(ErrorKind::OutOfMemory), b"ERROR out of memory\r\n"),
         ];
         for (reply, bytes) in cases {
             assert_eq!(text(*reply), *bytes, "{reply:?}");

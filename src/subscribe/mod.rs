@@ -8,10 +8,11 @@
 //! bucket's subscribers are then let go, which ends their streams.
 //!
 //! Workers must never wait for a subscriber. Events go over an unbounded channel, and
-//! the worker keeps count of the bytes the subscriber has not yet written to its
-//! socket; once that passes the limit (8 MiB by default) the worker drops the
-//! subscriber, whose connection thread then closes the connection. So a subscriber
-//! that stops reading costs at most the limit in memory and never slows a write.
+//! the worker keeps count of what the subscriber holds: the bytes not yet written to
+//! its socket plus [`QUEUED_EVENT_OVERHEAD`] for each event still queued. Once that
+//! passes the limit (8 MiB by default) the worker drops the subscriber, whose
+//! connection thread then closes the connection. So a subscriber that stops reading
+//! costs at most the limit in memory and never slows a write.
 //!
 //! The connection side, for a local subscription and for one relayed from the node
 //! that owns the bucket alike, is `stream.rs`.
@@ -27,6 +28,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::protocol::Event;
+
+/// What one queued event costs beyond its bytes, charged to the subscriber's backlog
+/// when the worker hands it over and given back when the connection takes it off the
+/// channel: its channel slot (an `Arc<[u8]>` and a state word, 24 bytes, in blocks of
+/// 31), and the event's shared allocation (two counts and malloc's header and
+/// rounding, charged in full to every subscriber, so the count errs high).
+///
+/// Counting only the bytes let 8 MiB of 11-byte events cost 18-21 MiB a subscriber.
+pub const QUEUED_EVENT_OVERHEAD: usize = 64;
 
 /// State both ends of a subscription see.
 #[derive(Debug, Default)]
@@ -64,6 +74,14 @@ pub fn subscription(limit: usize) -> (Subscriber, Subscription) {
     )
 }
 
+impl Subscription {
+    /// `events` events were taken off the channel: their slots and shares are freed;
+    /// their bytes stay counted until written.
+    fn took(&self, events: usize) {
+        self.backlog.unsent.fetch_sub(events * QUEUED_EVENT_OVERHEAD, Ordering::AcqRel);
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.backlog.gone.store(true, Ordering::Release);
@@ -78,7 +96,8 @@ impl Subscriber {
     /// Hands `event` over; false if this subscriber is gone or too far behind and
     /// must be removed.
     fn offer(&self, event: &Arc<[u8]>) -> bool {
-        let unsent = self.backlog.unsent.fetch_add(event.len(), Ordering::AcqRel) + event.len();
+        let cost = event.len() + QUEUED_EVENT_OVERHEAD;
+        let unsent = self.backlog.unsent.fetch_add(cost, Ordering::AcqRel) + cost;
         if unsent > self.limit {
             self.backlog.dropped.store(true, Ordering::Release);
             return false;
@@ -219,7 +238,7 @@ mod tests {
     #[test]
     fn a_subscriber_past_its_limit_is_dropped_and_counted() {
         let mut subscriptions = Subscriptions::default();
-        let (slow, slow_rx) = subscription(30);
+        let (slow, slow_rx) = subscription(2 * (14 + QUEUED_EVENT_OVERHEAD) - 1);
         subscriptions.add(b"x", slow);
         subscriptions.publish(b"x", Event::Set { key: b"k", value: b"1234567890" });
         assert_eq!(subscriptions.len(), 1);
@@ -227,6 +246,24 @@ mod tests {
         assert_eq!(subscriptions.len(), 0);
         assert_eq!(subscriptions.dropped_total(), 1);
         assert!(slow_rx.backlog.dropped.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn the_backlog_counts_each_queued_event_and_gives_its_slot_back_when_taken() {
+        let mut subscriptions = Subscriptions::default();
+        let (subscriber, subscription) = subscription(1 << 20);
+        subscriptions.add(b"x", subscriber);
+        for _ in 0..10 {
+            subscriptions.publish(b"x", Event::Set { key: b"k", value: b"1" });
+        }
+        let event_len = b"k SET TO 1\r\n".len();
+        assert_eq!(
+            subscription.backlog.unsent.load(Ordering::Acquire),
+            10 * (event_len + QUEUED_EVENT_OVERHEAD)
+        );
+        let taken = subscription.events.try_iter().count();
+        subscription.took(taken);
+        assert_eq!(subscription.backlog.unsent.load(Ordering::Acquire), 10 * event_len);
     }
 
     #[test]

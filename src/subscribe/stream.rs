@@ -115,12 +115,15 @@ impl Source for Subscription {
         match self.events.recv_timeout(wait) {
             Ok(event) => {
                 out.extend_from_slice(&event);
+                let mut taken = 1;
                 while out.len() < CHUNK {
                     match self.events.try_recv() {
                         Ok(event) => out.extend_from_slice(&event),
                         Err(_) => break,
                     }
+                    taken += 1;
                 }
+                self.took(taken);
                 Ok(Fill::Got)
             }
             Err(RecvTimeoutError::Timeout) => Ok(Fill::Nothing),

@@ -1,0 +1,68 @@
+//! Closing every client connection at shutdown without losing a reply: the server's
+//! side of `--shutdown-grace`.
+//!
+//! The promise (docs/PROTOCOL.md, "Shutdown"): every request kv read before the stop is
+//! answered, and the answer reaches the client's kernel before the socket closes,
+//! within the grace; requests read after the stop get `ERROR shutting down`. The
+//! connection threads keep it (`connection.rs`, closing through `socket.rs`); this file
+//! wakes them, waits for them, and at the end of the grace closes the sockets of
+//! clients that still have not read their replies, then logs how many replies that
+//! lost. It starts no thread and owns no state of its own.
+
+use std::net::Shutdown;
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::state::State;
+
+/// How long, after the grace, the connections closed by force get to notice and
+/// count what they lost.
+const AFTER_GRACE: Duration = Duration::from_secs(1);
+
+/// How often the wait looks at the count of open connections.
+const POLL: Duration = Duration::from_millis(2);
+
+/// Wakes every connection, waits for them to answer what they read and close, and
+/// closes the rest at the end of the grace (`state.stop_deadline()`).
+pub(crate) fn close_connections(state: &State) {
+    // Wake every connection blocked in read(): its reads now return what the socket
+    // holds, then end of stream, and it answers and closes (Connection::serve).
+    for stream in state.open.lock().values() {
+        let _ = stream.shutdown(Shutdown::Read);
+    }
+    let deadline = state.stop_deadline();
+    if !wait_for_connections(state, deadline) {
+        let open = state.open.lock();
+        log::warn!(
+            "the shutdown grace ({:?}) is over: closing {} connection(s) whose clients have not read their \
+             replies",
+            state.config.shutdown_grace,
+            open.len()
+        );
+        // Their threads are blocked writing, or waiting for the client to take the
+        // last replies: both end now, and count what was lost.
+        for stream in open.values() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        drop(open);
+        wait_for_connections(state, Instant::now() + AFTER_GRACE);
+    }
+    match state.counters.replies_lost.load(Ordering::SeqCst) {
+        0 => log::info!("every request read before the stop was answered"),
+        lost => log::warn!("about {lost} replies to requests read before the stop were lost"),
+    }
+}
+
+/// Waits until no connection is open or `deadline` passes; true if none is open.
+fn wait_for_connections(state: &State, deadline: Instant) -> bool {
+    loop {
+        if state.counters.connections.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(POLL);
+    }
+}
