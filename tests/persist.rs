@@ -906,3 +906,54 @@ fn subscribe_streams_exactly_what_was_applied_with_persistence_on() {
     writer.roundtrip(b"PUT s e 6\r\n", OK);
     subscriber.expect(b"e SET TO 6\r\n");
 }
+
+// ---------------------------------------------------------------------------------
+// --max-memory with persistence.
+
+/// A write refused past `--max-memory` had its record logged ahead of it (the batch
+/// logs before it applies); the state logged after the batch must undo it, so that a
+/// restart does not bring back a write whose client was told `ERROR out of memory`.
+#[test]
+fn writes_refused_past_max_memory_stay_refused_after_a_restart() {
+    let dir = TempDir::new("max-memory");
+    let server = serve(&dir, &["--workers", "1", "--max-memory", "65536", "--fsync", "always"]);
+    let mut conn = Conn::connect(server.addr());
+    conn.roundtrip(b"CREATE m\r\nPUT m keep 1\r\n", b"OK\r\nOK\r\n");
+    // One pipeline: values of 1 KiB until the limit refuses them, each after the
+    // first refusal overwriting `keep` too, so a replayed record would show.
+    let value = "v".repeat(1024);
+    let mut pipeline = String::new();
+    for i in 0..200 {
+        pipeline.push_str(&format!("PUT m k{i} {value}\r\nPUT m keep {i}\r\n"));
+    }
+    conn.send(pipeline.as_bytes());
+    let mut acknowledged = BTreeMap::new();
+    let mut refused = 0;
+    for i in 0..200 {
+        let big = conn.read_line();
+        let small = conn.read_line();
+        assert_eq!(small, b"OK\r\n", "the small overwrite of keep {i} fits");
+        acknowledged.insert("keep".to_string(), i.to_string());
+        match big.as_slice() {
+            b"OK\r\n" => {
+                acknowledged.insert(format!("k{i}"), value.clone());
+            }
+            b"ERROR out of memory\r\n" => refused += 1,
+            other => panic!("PUT m k{i}: {}", show(other)),
+        }
+    }
+    assert!(refused > 0, "the limit was never reached");
+    stop(server);
+    let server = serve(&dir, &["--workers", "1"]);
+    let mut conn = Conn::connect(server.addr());
+    for i in 0..200 {
+        let key = format!("k{i}");
+        let expected = match acknowledged.get(&key) {
+            Some(value) => format!("{value}\r\nOK\r\n"),
+            None => "\r\nOK\r\n".to_string(),
+        };
+        conn.roundtrip(format!("GET m {key}\r\n").as_bytes(), expected.as_bytes());
+    }
+    conn.roundtrip(b"GET m keep\r\n", b"199\r\nOK\r\n");
+    stop(server);
+}
