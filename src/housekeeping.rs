@@ -49,6 +49,15 @@ impl Housekeeping {
                     .spawn(move || flush_loop(&workers, &stop))?,
             );
         }
+        for (p, worker) in workers.iter().enumerate() {
+            let Some(batches) = worker.synced_batches.lock().take() else { continue };
+            let (worker, flag) = (worker.clone(), stopping.clone());
+            threads.push(
+                thread::Builder::new()
+                    .name(format!("kv-syncer-{p}"))
+                    .spawn(move || sync_loop(&worker, &batches, &flag))?,
+            );
+        }
         let (workers, stop, flag) = (workers.to_vec(), stop_rx, stopping.clone());
         threads.push(
             thread::Builder::new()
@@ -80,6 +89,27 @@ fn flush_loop(workers: &[Arc<WorkerShared>], stop: &Receiver<()>) {
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(TICK) {
         for worker in workers {
             sync_now(worker);
+        }
+    }
+}
+
+/// With `--fsync always`, a partition's group commit: takes every drain the worker has
+/// handed over since the last sync, syncs once, and sends their batches back. While it
+/// syncs, the worker applies the next drains, which the next sync covers together.
+/// Stops once told to and nothing is left.
+fn sync_loop(worker: &WorkerShared, drains: &Receiver<Vec<crate::batch::Batch>>, stopping: &AtomicBool) {
+    let mut ready = Vec::new();
+    loop {
+        match drains.recv_timeout(TICK) {
+            Ok(drain) => ready.push(drain),
+            Err(RecvTimeoutError::Timeout) if stopping.load(Ordering::Relaxed) => return,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        ready.extend(drains.try_iter());
+        sync_now(worker);
+        for batch in ready.drain(..).flatten() {
+            batch.send_back();
         }
     }
 }

@@ -26,7 +26,7 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crossbeam_channel::{Receiver, RecvError, TryRecvError};
+use crossbeam_channel::{Receiver, RecvError, Sender, TryRecvError};
 use parking_lot::Mutex;
 
 use std::sync::Arc;
@@ -70,6 +70,12 @@ pub struct WorkerShared {
     pub log: Mutex<Option<PartitionLog>>,
     /// The log's shared half, for syncing without the partition's lock.
     pub sync: Option<(Arc<LogSync>, FsyncPolicy)>,
+    /// With `--fsync always`: where the worker hands each drain's batches, to go back
+    /// once a sync covers them (`housekeeping.rs` runs the syncer), so the worker
+    /// applies the next drain while the last one syncs.
+    pub syncer: Option<Sender<Vec<Batch>>>,
+    /// The syncer's end, taken once by the thread that runs it.
+    pub synced_batches: Mutex<Option<Receiver<Vec<Batch>>>>,
     /// Counters for STATS.
     pub stats: WorkerStats,
 }
@@ -78,7 +84,15 @@ impl WorkerShared {
     /// A worker's state over `partition`, logged to `log` when there is one.
     pub fn new(partition: Partition, log: Option<PartitionLog>) -> Self {
         let sync = log.as_ref().map(|log| (log.sync_handle(), log.policy()));
-        let mut shared = WorkerShared { log: Mutex::new(None), sync, ..WorkerShared::default() };
+        let (syncer, synced_batches) = match &sync {
+            Some((_, FsyncPolicy::Always)) => {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                (Some(tx), Mutex::new(Some(rx)))
+            }
+            _ => (None, Mutex::new(None)),
+        };
+        let mut shared =
+            WorkerShared { log: Mutex::new(None), sync, syncer, synced_batches, ..WorkerShared::default() };
         // STATS shows what was loaded before the first request reaches this worker.
         let mut partition = partition;
         shared.publish(&mut partition, &Subscriptions::default(), log.as_ref());
@@ -275,11 +289,24 @@ fn serve(shared: &WorkerShared, inbox: &Receiver<Batch>, in_hand: &mut InHand) {
             }
             shared.publish(&mut partition, &subscriptions, log.as_ref());
         }
-        // One sync for the whole drain, outside the lock, before any reply goes out.
-        shared.sync_if_always();
-        for batch in in_hand.done.drain(..) {
-            batch.send_back();
+        send_back_synced(shared, &mut in_hand.done);
+    }
+}
+
+/// Sends a drain's batches back once what they wrote is synced, if the policy asks for
+/// that: through the syncer when there is one (the worker goes on meanwhile), else
+/// with one sync here for the whole drain, outside the lock, before any reply.
+fn send_back_synced(shared: &WorkerShared, done: &mut Vec<Batch>) {
+    if let Some(syncer) = &shared.syncer {
+        match syncer.send(std::mem::replace(done, Vec::with_capacity(MAX_BATCHES_PER_LOCK))) {
+            Ok(()) => return,
+            // No syncer running (it is started with the server): sync here.
+            Err(crossbeam_channel::SendError(batches)) => *done = batches,
         }
+    }
+    shared.sync_if_always();
+    for batch in done.drain(..) {
+        batch.send_back();
     }
 }
 
