@@ -27,7 +27,8 @@
 //! - [`router`]: the static cluster description: first byte of a bucket -> its node.
 //! - [`config`]: [`Config`], its defaults and [`ConfigError`].
 //! - [`server`]: binding, starting and stopping a server; the acceptor, connections,
-//!   rounds, STATS, forwarding and peers behind it are crate-internal.
+//!   rounds, STATS, forwarding and peers behind it are crate-internal, and so is
+//!   `shutdown.rs`, which closes the connections at a stop without losing a reply.
 //! - [`client`]: the blocking [`Client`] used by `kv cli`, the tests and the bench.
 //! - [`signals`] and [`sys`]: the process-wide effects, which only the binary asks for.
 //! - `logcap`: warnings clients and peers can provoke, cut short and rate-limited.

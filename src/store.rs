@@ -444,7 +444,7 @@ impl Bucket {
 
 /// The buckets one worker owns, with running counts for STATS and for
 /// `--max-memory`.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Partition {
     buckets: HashMap<Box<[u8]>, (u64, Bucket), Hasher>,
     keys: usize,
@@ -454,27 +454,13 @@ pub struct Partition {
     /// Bytes the buckets hold ([`Bucket::heap_bytes`] plus [`BUCKET_ENTRY_BYTES`] and
     /// the name of each), kept up to date by every change.
     bytes: usize,
-    /// Most bytes the whole node's store may hold (`usize::MAX`: no limit).
-    limit: usize,
+    /// Most bytes the whole node's store may hold.
+    limit: Option<usize>,
     /// What every partition of the node holds together, each adding its changes
     /// ([`Partition::publish_memory`]); read only when there is a limit.
     node_total: Arc<AtomicUsize>,
     /// What this partition last added to `node_total`.
     published: usize,
-}
-
-impl Default for Partition {
-    fn default() -> Self {
-        Partition {
-            buckets: HashMap::default(),
-            keys: 0,
-            next_id: 0,
-            bytes: 0,
-            limit: usize::MAX,
-            node_total: Arc::default(),
-            published: 0,
-        }
-    }
 }
 
 /// What an empty bucket costs beyond its name: its entry in the partition's map.
@@ -487,12 +473,6 @@ pub enum WriteError {
     NoSuchBucket,
     /// It would take the store past its memory limit.
     OutOfMemory,
-}
-
-impl From<NoSuchBucket> for WriteError {
-    fn from(_: NoSuchBucket) -> Self {
-        WriteError::NoSuchBucket
-    }
 }
 
 impl Partition {
@@ -550,7 +530,7 @@ impl Partition {
         value: &[u8],
         room: usize,
     ) -> Result<(), WriteError> {
-        let (_, bucket) = self.buckets.get_mut(bucket).ok_or(NoSuchBucket)?;
+        let (_, bucket) = self.buckets.get_mut(bucket).ok_or(WriteError::NoSuchBucket)?;
         let before = bucket.heap_bytes();
         let new = bucket.put_within(key, value, room).ok_or(WriteError::OutOfMemory)?;
         self.bytes = self.bytes - before + bucket.heap_bytes();
@@ -637,7 +617,7 @@ impl Partition {
     /// Sets the node's memory limit (`None`: no limit), shared with the node's other
     /// partitions through `node_total`.
     pub fn set_memory_limit(&mut self, limit: Option<usize>, node_total: Arc<AtomicUsize>) {
-        self.limit = limit.unwrap_or(usize::MAX);
+        self.limit = limit;
         self.node_total = node_total;
         self.published = 0;
         self.publish_memory();
@@ -657,11 +637,9 @@ impl Partition {
 
     /// Bytes that may still be allocated under the limit.
     fn room(&self) -> usize {
-        if self.limit == usize::MAX {
-            return usize::MAX;
-        }
+        let Some(limit) = self.limit else { return usize::MAX };
         let elsewhere = self.node_total.load(Ordering::Relaxed).saturating_sub(self.published);
-        self.limit.saturating_sub(self.bytes.saturating_add(elsewhere))
+        limit.saturating_sub(self.bytes.saturating_add(elsewhere))
     }
 }
 
@@ -759,16 +737,11 @@ mod tests {
     fn memory_used_follows_every_change_and_returns_to_zero() {
         let mut p = Partition::new();
         p.create(b"a");
-        assert_eq!(p.memory_used(), BUCKET_ENTRY_BYTES + 1);
-        for i in 0..2000 {
-            p.put(b"a", format!("k{i}").as_bytes(), &[b'v'; 100]).unwrap();
+        for (puts, deletes) in [(2000, 0), (0, 1000)] {
+            (0..puts).for_each(|i| p.put(b"a", format!("k{i}").as_bytes(), &[b'v'; 100]).unwrap());
+            (0..deletes).for_each(|i| p.delete(b"a", format!("k{i}").as_bytes()).unwrap());
+            assert_eq!(p.memory_used(), BUCKET_ENTRY_BYTES + 1 + p.buckets[&b"a"[..]].1.heap_bytes());
         }
-        let bucket_bytes = p.buckets[&b"a"[..]].1.heap_bytes();
-        assert_eq!(p.memory_used(), BUCKET_ENTRY_BYTES + 1 + bucket_bytes);
-        for i in 0..1000 {
-            p.delete(b"a", format!("k{i}").as_bytes()).unwrap();
-        }
-        assert_eq!(p.memory_used(), BUCKET_ENTRY_BYTES + 1 + p.buckets[&b"a"[..]].1.heap_bytes());
         p.drop_bucket(b"a").unwrap();
         assert_eq!(p.memory_used(), 0);
     }

@@ -32,7 +32,9 @@ pub fn wait_for_connections(addr: SocketAddr, expected: u64) {
 }
 
 /// A bucket name starting with `prefix` that worker `worker` of `workers` owns, so a
-/// test can aim requests (and crashes) at one worker.
+/// test can aim requests (and crashes) at one worker. Only for servers in this
+/// process: the bucket-to-worker hash is seeded per process, so a child `kv` places
+/// buckets its own way (its STATS `worker.<i>.buckets` say where).
 pub fn bucket_on(worker: usize, workers: usize, prefix: &str) -> String {
     assert!(worker < workers);
     for i in 0..100_000 {
