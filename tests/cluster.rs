@@ -13,57 +13,38 @@ mod common;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use kv::Client;
 
 use common::lib_paths::{Cluster, DOWN_AFTER_FAILURES, PeerConfig, ReplyShape};
+use common::temp::TempFile;
 use common::{
     ChildServer, Conn, DEADLINE, free_loopback_addr, kv_binary, run_to_end, show, start_server_with,
-    wait_until, wait_until_accepting,
+    wait_until,
 };
+use common::{cluster_node_command, start_cluster_node};
 
 /// The request timeout the nodes run with in these tests, in seconds.
 const PEER_TIMEOUT_S: f64 = 1.0;
 
-/// A cluster file removed when dropped.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Writes `text` to a file in the temp directory whose name no other test or run uses.
-fn temp_file(tag: &str, text: &str) -> TempFile {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.subsec_nanos());
-    let path =
-        std::env::temp_dir().join(format!("kv-cluster-{tag}-{}-{unique}-{nanos}.conf", std::process::id()));
-    std::fs::write(&path, text).unwrap();
-    TempFile(path)
-}
-
 /// Starts node `name` of the cluster in `file`, which gives it `addr`, and waits until
 /// it accepts connections there.
 fn start_node(file: &Path, name: &str, addr: SocketAddr) -> ChildServer {
-    let mut command = kv_binary();
-    command
-        .args(["serve", "--workers", "1", "--node", name, "--peer-connect-timeout", "0.5"])
-        .args(["--peer-timeout", &PEER_TIMEOUT_S.to_string(), "--peer-backoff-max", "0.5"])
-        .arg("--cluster")
-        .arg(file);
-    let node = ChildServer::start(command);
-    assert_eq!(node.addr(), addr, "node {name} listens where the cluster file says");
-    wait_until_accepting(addr);
-    node
+    start_cluster_node(
+        cluster_node_command(
+            file,
+            name,
+            &["--peer-timeout", &PEER_TIMEOUT_S.to_string(), "--peer-backoff-max", "0.5"],
+        ),
+        addr,
+    )
+}
+
+fn temp_file(tag: &str, text: &str) -> TempFile {
+    TempFile::new(&format!("cluster-{tag}"), text)
 }
 
 /// Three nodes: a owns a-h, b owns i-p, c owns q-z.
@@ -88,7 +69,7 @@ fn start_trio(tag: &str) -> Trio {
         addrs[0], addrs[1], addrs[2]
     );
     let file = temp_file(tag, &text);
-    let nodes = std::array::from_fn(|i| Some(start_node(&file.0, NAMES[i], addrs[i])));
+    let nodes = std::array::from_fn(|i| Some(start_node(file.path(), NAMES[i], addrs[i])));
     Trio { file, addrs, nodes }
 }
 
@@ -244,7 +225,7 @@ fn a_dead_node_is_reported_and_forwarding_resumes_when_it_returns() {
 
     // Restart c on the same address. Nothing else is restarted, and no client traffic
     // is needed for the others to notice: node b's prober marks c up by itself.
-    trio.nodes[2] = Some(start_node(&trio.file.0, "c", c));
+    trio.nodes[2] = Some(start_node(trio.file.path(), "c", c));
     wait_until("b sees c come back", || stat(b, "peer.c.state") == "up");
     // Forwarding resumes through both: the restarted node has lost its data, so the
     // bucket is recreated first.
@@ -268,8 +249,8 @@ fn nodes_with_disagreeing_files_answer_an_error_not_a_loop() {
     // x's file gives n-z to y; y's file gives n-z to x.
     let file_x = temp_file("disagree-x", &format!("x {x} a-m\ny {y} n-z\n"));
     let file_y = temp_file("disagree-y", &format!("x {x} n-z\ny {y} a-m\n"));
-    let _x = start_node(&file_x.0, "x", x);
-    let _y = start_node(&file_y.0, "y", y);
+    let _x = start_node(file_x.path(), "x", x);
+    let _y = start_node(file_y.path(), "y", y);
     for (via, bucket, expected) in [
         (x, "nuts", "ERROR routing mismatch: node y does not own bucket nuts\r\n"),
         (y, "nuts", "ERROR routing mismatch: node x does not own bucket nuts\r\n"),
@@ -363,7 +344,7 @@ fn a_bad_cluster_file_stops_the_node_with_a_message_naming_the_line() {
     ];
     for (tag, contents, message) in cases {
         let file = temp_file(tag, contents);
-        let path = file.0.to_str().unwrap();
+        let path = file.path().to_str().unwrap();
         // --port 0, so that a broken check would not take a real port.
         let (status, stderr) = serve_expecting_exit(&["--cluster", path, "--node", "foo", "--port", "0"]);
         assert!(!status.success(), "{tag}: exited {status}");
@@ -373,7 +354,7 @@ fn a_bad_cluster_file_stops_the_node_with_a_message_naming_the_line() {
 
     // A --node the file does not name, a missing file, and --cluster without --node.
     let file = temp_file("unknown-node", "foo 127.0.0.1:4040 a-m\n");
-    let path = file.0.to_str().unwrap();
+    let path = file.path().to_str().unwrap();
     let (status, stderr) = serve_expecting_exit(&["--cluster", path, "--node", "baz", "--port", "0"]);
     assert!(!status.success());
     assert!(stderr.contains("--node \"baz\" is not in the cluster file; it names foo"), "{stderr}");
@@ -392,7 +373,7 @@ fn bind_and_port_override_the_files_address() {
     // reports where it really listens on standard error.
     let file = temp_file("override", "solo 127.0.0.1:1 0x00-0xFF\n");
     let mut command = kv_binary();
-    command.args(["serve", "--workers", "1", "--node", "solo", "--port", "0", "--cluster"]).arg(&file.0);
+    command.args(["serve", "--workers", "1", "--node", "solo", "--port", "0", "--cluster"]).arg(file.path());
     // ChildServer::start waits for the `kv listening on ADDR` line and reads ADDR from it.
     let node = ChildServer::start(command);
     let addr = node.addr();
@@ -416,7 +397,7 @@ fn a_peer_that_never_answers_times_out_and_the_connection_keeps_serving() {
     });
     let a = free_loopback_addr();
     let file = temp_file("stuck", &format!("a {a} a-m\nstuck {stuck_addr} n-z\n"));
-    let node = start_node(&file.0, "a", a);
+    let node = start_node(file.path(), "a", a);
     let mut client = connect(a);
     let started = Instant::now();
     assert_eq!(ask(&mut client, "GET nuts k"), b"ERROR peer stuck unavailable\r\n");

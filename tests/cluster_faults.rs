@@ -10,29 +10,16 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::relay::{Mode, Relay};
-use common::{ChildServer, Conn, free_loopback_addr, kv_binary, show, wait_until, wait_until_accepting};
-
-/// A cluster file removed when dropped.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
+use common::temp::TempFile;
+use common::{ChildServer, Conn, free_loopback_addr, show, wait_until};
+use common::{cluster_node_command, start_cluster_node};
 
 fn temp_file(tag: &str, text: &str) -> TempFile {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("kv-faults-{tag}-{}-{unique}.conf", std::process::id()));
-    std::fs::write(&path, text).unwrap();
-    TempFile(path)
+    TempFile::new(&format!("faults-{tag}"), text)
 }
 
 /// `kv serve` for node `name` of `file`, with short peer timeouts and `extra` flags.
@@ -50,7 +37,9 @@ fn start_node_with(
     file_limit: Option<u64>,
 ) -> ChildServer {
     use std::os::unix::process::CommandExt;
-    let mut command = kv_binary();
+    let mut command =
+        cluster_node_command(file.path(), name, &["--peer-timeout", "1", "--peer-backoff-max", "0.3"]);
+    command.args(extra);
     if let Some(n) = file_limit {
         // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe.
         unsafe {
@@ -64,16 +53,7 @@ fn start_node_with(
             });
         }
     }
-    command
-        .args(["serve", "--workers", "1", "--node", name, "--peer-connect-timeout", "0.5"])
-        .args(["--peer-timeout", "1", "--peer-backoff-max", "0.3"])
-        .args(extra)
-        .arg("--cluster")
-        .arg(&file.0);
-    let node = ChildServer::start(command);
-    assert_eq!(node.addr(), addr);
-    wait_until_accepting(addr);
-    node
+    start_cluster_node(command, addr)
 }
 
 /// Nodes a and b, a reaching b through `relay`.

@@ -31,9 +31,10 @@ use std::time::{Duration, Instant};
 use common::lib_paths::worker_for;
 use common::temp::TempDir;
 use common::{
-    ChildServer, Conn, DEADLINE, assert_same_bytes, assert_same_bytes_in, free_loopback_addr, kv_binary,
-    kv_serve, run_to_end, show, stat_of, wait_until, wait_until_accepting,
+    ChildServer, Conn, DEADLINE, assert_same_bytes, assert_same_bytes_in, free_loopback_addr, kv_serve,
+    run_to_end, show, stat_of, wait_until,
 };
+use common::{cluster_node_command, start_cluster_node};
 
 const OK: &[u8] = b"OK\r\n";
 const CRASHED: &[u8] = b"ERROR worker crashed\r\n";
@@ -772,16 +773,14 @@ fn a_write_the_disk_refuses_is_an_error_reads_go_on_and_writes_resume_when_the_c
 
 /// Starts node `name` of the cluster in `file` with its own data directory.
 fn start_node(file: &Path, name: &str, addr: SocketAddr, dir: &TempDir) -> ChildServer {
-    let mut command = kv_binary();
-    command
-        .args(["serve", "--workers", "1", "--node", name, "--peer-connect-timeout", "0.5"])
-        .args(["--peer-timeout", "1", "--peer-backoff-max", "0.5", "--data-dir", dir.arg()])
-        .arg("--cluster")
-        .arg(file);
-    let node = ChildServer::start(command);
-    assert_eq!(node.addr(), addr, "node {name} listens where the cluster file says");
-    wait_until_accepting(addr);
-    node
+    start_cluster_node(
+        cluster_node_command(
+            file,
+            name,
+            &["--peer-timeout", "1", "--peer-backoff-max", "0.5", "--data-dir", dir.arg()],
+        ),
+        addr,
+    )
 }
 
 #[test]

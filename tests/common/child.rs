@@ -9,6 +9,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::{self, JoinHandle};
@@ -23,6 +24,27 @@ pub fn kv_binary() -> Command {
     // RUST_LOG in the environment running the tests does not hide it.
     command.env_remove("RUST_LOG");
     command
+}
+
+/// `kv serve` as node `name` of the cluster in `file`: one worker, a 0.5 s peer connect
+/// timeout, then `extra` flags (each flag may be given once).
+pub fn cluster_node_command(file: &Path, name: &str, extra: &[&str]) -> Command {
+    let mut command = kv_binary();
+    command
+        .args(["serve", "--workers", "1", "--node", name, "--peer-connect-timeout", "0.5"])
+        .args(extra)
+        .arg("--cluster")
+        .arg(file);
+    command
+}
+
+/// Starts `command` (from [`cluster_node_command`]) and waits until it accepts
+/// connections at `addr`, where its cluster file says it listens.
+pub fn start_cluster_node(command: Command, addr: SocketAddr) -> ChildServer {
+    let node = ChildServer::start(command);
+    assert_eq!(node.addr(), addr, "the node listens where the cluster file says");
+    super::wait_until_accepting(addr);
+    node
 }
 
 /// `kv serve --port 0` followed by `args`.

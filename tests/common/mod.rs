@@ -36,7 +36,10 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-pub use child::{ChildServer, Finished, kv_binary, kv_serve, run_to_end, run_to_end_within, start_kv_serve};
+pub use child::{
+    ChildServer, Finished, cluster_node_command, kv_binary, kv_serve, run_to_end, run_to_end_within,
+    start_cluster_node, start_kv_serve,
+};
 pub use conn::{
     Conn, GUIDE_SEQUENCE, assert_same_bytes, assert_same_bytes_in, run_guide_sequence, show, stat_of,
     stat_text_of,
