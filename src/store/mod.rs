@@ -1,0 +1,360 @@
+//! Buckets and partitions: the data itself, as plain structs.
+//!
+//! A [`Partition`] is the set of buckets one worker owns; a [`Bucket`] (`bucket.rs`)
+//! maps keys to values. No threads, no locks, no I/O (one shared counter, for
+//! `--max-memory`): the worker that owns a partition wraps it in a lock and applies
+//! requests to it; everything here is tested directly.
+//!
+//! Every mutating method leaves the partition whole wherever it could stop: a new
+//! record is written to the arena before the index refers to it, and a rebuilt table
+//! or arena replaces the old one in one assignment. So a panic raised before it
+//! returns leaves the request either fully applied or not applied at all. The
+//! supervisor relies on that to hand a crashed worker's partition to its replacement
+//! as it is.
+
+mod bucket;
+
+pub use bucket::Bucket;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bucket::Hasher;
+
+/// The answer to an operation on a bucket that was never created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoSuchBucket;
+
+/// The buckets one worker owns, with running counts for STATS and for
+/// `--max-memory`.
+#[derive(Debug, Default)]
+pub struct Partition {
+    buckets: HashMap<Box<[u8]>, (u64, Bucket), Hasher>,
+    keys: usize,
+    /// The id the next created bucket gets: a bucket dropped and created again is
+    /// another bucket to a reader walking the partition between locks.
+    next_id: u64,
+    /// Bytes the buckets hold ([`Bucket::heap_bytes`] plus [`BUCKET_ENTRY_BYTES`] and
+    /// the name of each), kept up to date by every change.
+    bytes: usize,
+    /// Most bytes the whole node's store may hold.
+    limit: Option<usize>,
+    /// What every partition of the node holds together, each adding its changes
+    /// ([`Partition::publish_memory`]); read only when there is a limit.
+    node_total: Arc<AtomicUsize>,
+    /// What this partition last added to `node_total`.
+    published: usize,
+}
+
+/// What an empty bucket costs beyond its name: its entry in the partition's map.
+pub const BUCKET_ENTRY_BYTES: usize = std::mem::size_of::<(Box<[u8]>, (u64, Bucket))>() + 8;
+
+/// Why a write was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteError {
+    /// The bucket does not exist.
+    NoSuchBucket,
+    /// It would take the store past its memory limit.
+    OutOfMemory,
+}
+
+impl Partition {
+    /// An empty partition.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Creates `bucket` if it does not exist. An existing bucket keeps its data.
+    pub fn create(&mut self, bucket: &[u8]) {
+        if !self.buckets.contains_key(bucket) {
+            self.next_id += 1;
+            self.bytes += BUCKET_ENTRY_BYTES + bucket.len();
+            self.buckets.insert(bucket.into(), (self.next_id, Bucket::default()));
+        }
+    }
+
+    /// [`Partition::create`] within the memory limit.
+    pub fn create_within_limit(&mut self, bucket: &[u8]) -> Result<(), WriteError> {
+        if !self.buckets.contains_key(bucket) && BUCKET_ENTRY_BYTES + bucket.len() > self.room() {
+            return Err(WriteError::OutOfMemory);
+        }
+        self.create(bucket);
+        Ok(())
+    }
+
+    /// True if `bucket` exists.
+    pub fn contains(&self, bucket: &[u8]) -> bool {
+        self.buckets.contains_key(bucket)
+    }
+
+    /// The value under `key` in `bucket`; `Ok(None)` for a missing key.
+    pub fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<&[u8]>, NoSuchBucket> {
+        let (_, bucket) = self.buckets.get(bucket).ok_or(NoSuchBucket)?;
+        Ok(bucket.get(key))
+    }
+
+    /// Stores `value` under `key` in `bucket`, overwriting, whatever the memory limit
+    /// says (for loading data the node already held).
+    pub fn put(&mut self, bucket: &[u8], key: &[u8], value: &[u8]) -> Result<(), NoSuchBucket> {
+        self.put_with_room(bucket, key, value, usize::MAX).map_err(|_| NoSuchBucket)
+    }
+
+    /// [`Partition::put`] within the memory limit: refused, changing nothing, when the
+    /// bucket would have to allocate past it.
+    pub fn put_within_limit(&mut self, bucket: &[u8], key: &[u8], value: &[u8]) -> Result<(), WriteError> {
+        let room = self.room();
+        self.put_with_room(bucket, key, value, room)
+    }
+
+    fn put_with_room(
+        &mut self,
+        bucket: &[u8],
+        key: &[u8],
+        value: &[u8],
+        room: usize,
+    ) -> Result<(), WriteError> {
+        let (_, bucket) = self.buckets.get_mut(bucket).ok_or(WriteError::NoSuchBucket)?;
+        let before = bucket.heap_bytes();
+        let new = bucket.put_within(key, value, room).ok_or(WriteError::OutOfMemory)?;
+        self.bytes = self.bytes - before + bucket.heap_bytes();
+        self.keys += usize::from(new);
+        Ok(())
+    }
+
+    /// Removes `key` from `bucket`; a missing key is not an error.
+    pub fn delete(&mut self, bucket: &[u8], key: &[u8]) -> Result<(), NoSuchBucket> {
+        let (_, bucket) = self.buckets.get_mut(bucket).ok_or(NoSuchBucket)?;
+        let before = bucket.heap_bytes();
+        if bucket.delete(key) {
+            self.keys -= 1;
+            self.bytes = self.bytes - before + bucket.heap_bytes();
+        }
+        Ok(())
+    }
+
+    /// Removes `bucket` and every key in it.
+    pub fn drop_bucket(&mut self, bucket: &[u8]) -> Result<(), NoSuchBucket> {
+        let (name, (_, dropped)) = self.buckets.remove_entry(bucket).ok_or(NoSuchBucket)?;
+        self.keys -= dropped.len();
+        self.bytes -= BUCKET_ENTRY_BYTES + name.len() + dropped.heap_bytes();
+        Ok(())
+    }
+
+    /// Bytes of live data: about the size of a snapshot of the partition. O(buckets).
+    pub fn live_bytes(&self) -> usize {
+        self.buckets.iter().map(|(name, (_, bucket))| name.len() + bucket.live_bytes()).sum()
+    }
+
+    /// Every bucket's name and id, for a reader walking the partition between locks.
+    pub fn bucket_ids(&self) -> Vec<(Box<[u8]>, u64)> {
+        self.buckets.iter().map(|(name, (id, _))| (name.clone(), *id)).collect()
+    }
+
+    /// The bucket called `name`, if it exists and still has id `id`.
+    pub fn bucket_with_id(&self, name: &[u8], id: u64) -> Option<&Bucket> {
+        self.buckets.get(name).filter(|(found, _)| *found == id).map(|(_, bucket)| bucket)
+    }
+
+    /// Takes every bucket out, for moving them to other partitions.
+    pub fn take_buckets(&mut self) -> Vec<(Box<[u8]>, Bucket)> {
+        self.keys = 0;
+        self.bytes = 0;
+        self.buckets.drain().map(|(name, (_, bucket))| (name, bucket)).collect()
+    }
+
+    /// Takes the bucket called `name` out, if it exists.
+    pub fn take_bucket(&mut self, name: &[u8]) -> Option<Bucket> {
+        let (_, bucket) = self.buckets.remove(name)?;
+        self.keys -= bucket.len();
+        self.bytes -= BUCKET_ENTRY_BYTES + name.len() + bucket.heap_bytes();
+        Some(bucket)
+    }
+
+    /// Puts a bucket taken from another partition in, replacing one of the same name.
+    pub fn insert_bucket(&mut self, name: Box<[u8]>, bucket: Bucket) {
+        self.next_id += 1;
+        self.keys += bucket.len();
+        self.bytes += BUCKET_ENTRY_BYTES + name.len() + bucket.heap_bytes();
+        let name_len = name.len();
+        if let Some((_, old)) = self.buckets.insert(name, (self.next_id, bucket)) {
+            self.keys -= old.len();
+            self.bytes -= BUCKET_ENTRY_BYTES + name_len + old.heap_bytes();
+        }
+    }
+
+    /// Number of buckets.
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Number of keys over all buckets.
+    pub fn key_count(&self) -> usize {
+        self.keys
+    }
+
+    /// Bytes this partition's buckets hold, as the store counts them.
+    pub fn memory_used(&self) -> usize {
+        self.bytes
+    }
+
+    /// Sets the node's memory limit (`None`: no limit), shared with the node's other
+    /// partitions through `node_total`.
+    pub fn set_memory_limit(&mut self, limit: Option<usize>, node_total: Arc<AtomicUsize>) {
+        self.limit = limit;
+        self.node_total = node_total;
+        self.published = 0;
+        self.publish_memory();
+    }
+
+    /// Adds this partition's change since the last call to the node's total: once
+    /// per batch, not per write, so the node may pass its limit by what one batch
+    /// per worker stores.
+    pub fn publish_memory(&mut self) {
+        if self.bytes >= self.published {
+            self.node_total.fetch_add(self.bytes - self.published, Ordering::Relaxed);
+        } else {
+            self.node_total.fetch_sub(self.published - self.bytes, Ordering::Relaxed);
+        }
+        self.published = self.bytes;
+    }
+
+    /// Bytes that may still be allocated under the limit.
+    fn room(&self) -> usize {
+        let Some(limit) = self.limit else { return usize::MAX };
+        let elsewhere = self.node_total.load(Ordering::Relaxed).saturating_sub(self.published);
+        limit.saturating_sub(self.bytes.saturating_add(elsewhere))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_bucket_is_an_error_for_every_key_operation() {
+        let mut p = Partition::new();
+        assert_eq!(p.get(b"shopping", b"eggs"), Err(NoSuchBucket));
+        assert_eq!(p.put(b"shopping", b"eggs", b"3"), Err(NoSuchBucket));
+        assert_eq!(p.delete(b"shopping", b"eggs"), Err(NoSuchBucket));
+        assert_eq!(p.bucket_count(), 0);
+    }
+
+    #[test]
+    fn dropping_a_bucket_takes_its_keys_and_only_its_keys() {
+        let mut p = Partition::new();
+        p.create(b"a");
+        p.create(b"b");
+        p.put(b"a", b"k1", b"1").unwrap();
+        p.put(b"a", b"k2", b"2").unwrap();
+        p.put(b"b", b"k1", b"3").unwrap();
+        assert_eq!(p.drop_bucket(b"a"), Ok(()));
+        assert_eq!(p.key_count(), 1);
+        assert_eq!(p.bucket_count(), 1);
+        assert_eq!(p.get(b"a", b"k1"), Err(NoSuchBucket));
+        assert_eq!(p.get(b"b", b"k1"), Ok(Some(&b"3"[..])));
+        assert_eq!(p.drop_bucket(b"a"), Err(NoSuchBucket));
+        p.create(b"a");
+        assert_eq!(p.get(b"a", b"k1"), Ok(None), "a re-created bucket starts empty");
+    }
+
+    #[test]
+    fn the_guides_session() {
+        let mut p = Partition::new();
+        p.create(b"shopping");
+        assert_eq!(p.put(b"shopping", b"eggs", b"3"), Ok(()));
+        assert_eq!(p.get(b"shopping", b"eggs"), Ok(Some(&b"3"[..])));
+        assert_eq!(p.delete(b"shopping", b"eggs"), Ok(()));
+        assert_eq!(p.get(b"shopping", b"eggs"), Ok(None));
+    }
+
+    #[test]
+    fn create_twice_keeps_the_data() {
+        let mut p = Partition::new();
+        p.create(b"b");
+        p.put(b"b", b"k", b"v").unwrap();
+        p.create(b"b");
+        assert_eq!(p.get(b"b", b"k"), Ok(Some(&b"v"[..])));
+        assert_eq!(p.bucket_count(), 1);
+        assert_eq!(p.key_count(), 1);
+    }
+
+    #[test]
+    fn put_overwrites_with_shorter_longer_and_equal_values() {
+        let mut p = Partition::new();
+        p.create(b"b");
+        for value in [&b"12345"[..], b"1", b"123456789", b"abcdefghi"] {
+            p.put(b"b", b"k", value).unwrap();
+            assert_eq!(p.get(b"b", b"k"), Ok(Some(value)));
+        }
+        assert_eq!(p.key_count(), 1);
+    }
+
+    #[test]
+    fn key_count_follows_puts_and_deletes() {
+        let mut p = Partition::new();
+        p.create(b"a");
+        p.create(b"b");
+        p.put(b"a", b"k", b"1").unwrap();
+        p.put(b"b", b"k", b"1").unwrap();
+        p.put(b"b", b"j", b"1").unwrap();
+        assert_eq!(p.key_count(), 3);
+        p.delete(b"b", b"k").unwrap();
+        p.delete(b"b", b"k").unwrap();
+        p.delete(b"b", b"missing").unwrap();
+        assert_eq!(p.key_count(), 2);
+        assert_eq!(p.bucket_count(), 2);
+    }
+
+    #[test]
+    fn buckets_are_separate_namespaces() {
+        let mut p = Partition::new();
+        p.create(b"a");
+        p.create(b"b");
+        p.put(b"a", b"k", b"in a").unwrap();
+        assert_eq!(p.get(b"b", b"k"), Ok(None));
+        assert!(p.contains(b"a"));
+        assert!(!p.contains(b"c"));
+    }
+
+    #[test]
+    fn memory_used_follows_every_change_and_returns_to_zero() {
+        let mut p = Partition::new();
+        p.create(b"a");
+        for (puts, deletes) in [(2000, 0), (0, 1000)] {
+            (0..puts).for_each(|i| p.put(b"a", format!("k{i}").as_bytes(), &[b'v'; 100]).unwrap());
+            (0..deletes).for_each(|i| p.delete(b"a", format!("k{i}").as_bytes()).unwrap());
+            assert_eq!(p.memory_used(), BUCKET_ENTRY_BYTES + 1 + p.buckets[&b"a"[..]].1.heap_bytes());
+        }
+        p.drop_bucket(b"a").unwrap();
+        assert_eq!(p.memory_used(), 0);
+    }
+
+    #[test]
+    fn writes_past_the_memory_limit_are_refused_while_reads_and_deletes_still_work() {
+        const LIMIT: usize = 256 * 1024;
+        let mut p = Partition::new();
+        let node_total = Arc::new(AtomicUsize::new(0));
+        p.set_memory_limit(Some(LIMIT), node_total.clone());
+        p.create_within_limit(b"b").unwrap();
+        let value = [b'v'; 1000];
+        let mut stored = 0;
+        while p.put_within_limit(b"b", format!("k{stored}").as_bytes(), &value).is_ok() {
+            stored += 1;
+            assert!(stored < 10_000, "the limit never bit");
+        }
+        assert!(p.memory_used() <= LIMIT, "{} bytes held", p.memory_used());
+        // The arena grows by less than doubling near the limit: most of it is used.
+        assert!(stored * 1000 > LIMIT / 2, "only {stored} values fit");
+        assert_eq!(p.put_within_limit(b"b", b"new", &value), Err(WriteError::OutOfMemory));
+        assert_eq!(p.create_within_limit(b"another"), Err(WriteError::OutOfMemory));
+        assert_eq!(p.put_within_limit(b"b", b"k0", &[b'w'; 1000]), Ok(()), "same size: in place");
+        assert_eq!(p.get(b"b", b"k1"), Ok(Some(&value[..])));
+        for i in 0..stored {
+            p.delete(b"b", format!("k{i}").as_bytes()).unwrap();
+        }
+        assert_eq!(p.put_within_limit(b"b", b"new", &value), Ok(()), "room again after deletes");
+        node_total.fetch_add(LIMIT, Ordering::Relaxed);
+        assert_eq!(p.put_within_limit(b"b", b"more", &value), Err(WriteError::OutOfMemory));
+    }
+}
