@@ -4,7 +4,7 @@
 //! One request's path, and the file that owns each step:
 //!
 //! ```text
-//!  client ─TCP─▶ acceptor.rs ─▶ connection.rs ─▶ round.rs ──Batch──▶ worker.rs ─▶ apply.rs ─▶ store.rs
+//!  client ─TCP─▶ acceptor.rs ─▶ connection.rs ─▶ round.rs ──Batch──▶ worker.rs ─▶ apply.rs ─▶ store/
 //!  (nc, kv cli)  a thread per   read, frame,     group by owner,      under the    one place    buckets of
 //!                connection     parse, dispatch  send, collect,       lock         per request  key-value
 //!                               (protocol/)      reorder              (batch.rs)   (persist/)   pairs

@@ -17,7 +17,7 @@
 //! counters) and a clone of the same inbox receiver (so batches queued behind the
 //! crash are served), plus the batch the dead worker was in the middle of, which it
 //! finishes first. What the partition looks like after a crash is explained in
-//! `worker.rs` and `store.rs`: every request either happened or did not.
+//! `worker.rs` and `store/`: every request either happened or did not.
 //!
 //! A worker that returns because its inbox closed is shutting down cleanly and is
 //! not restarted. Restart intensity follows OTP's defaults: more than `max_restarts`

@@ -16,7 +16,7 @@
 //!
 //! A panic while applying a request leaves the partition as if that request had
 //! either happened or not: every store operation checks first and changes the
-//! partition in one step (see `store.rs`), the injected `DEBUG CRASH` panics before
+//! partition in one step (see `store/`), the injected `DEBUG CRASH` panics before
 //! touching anything, and parking_lot's mutex is released, not poisoned, while the
 //! thread unwinds. [`run`] catches the panic, repairs the batch's replies
 //! ([`Batch::answer_crashed`]) and reports the crash for the supervisor.
