@@ -39,6 +39,7 @@
 //! pipeline costs one cross-thread round trip per worker, not one per request.
 
 pub mod apply;
+pub mod auth;
 pub mod batch;
 pub mod client;
 pub mod config;
@@ -56,6 +57,7 @@ pub mod worker;
 mod acceptor;
 mod connection;
 mod forward;
+mod gate;
 mod housekeeping;
 mod logcap;
 mod peer;
