@@ -308,7 +308,11 @@ mod tests {
             ("2001:db8::1", "::1", false, false),
         ];
         for (client, bind, password, refused) in cases {
-            assert_eq!(protected_mode_refuses(ip(client), ip(bind), password, true), refused, "{client} {bind}");
+            assert_eq!(
+                protected_mode_refuses(ip(client), ip(bind), password, true),
+                refused,
+                "{client} {bind}"
+            );
             assert!(!protected_mode_refuses(ip(client), ip(bind), password, false));
         }
     }

@@ -392,11 +392,16 @@ mod tests {
                 Config { cluster_secret: Some(Secret::new(b"short")), ..Config::default() },
                 "the cluster secret has 5 bytes",
             ),
-            (Config { password: Some(Secret::new(b" \n")), ..Config::default() }, "--password-file: the file"),
+            (
+                Config { password: Some(Secret::new(b" \n")), ..Config::default() },
+                "--password-file: the file",
+            ),
             (
                 Config {
                     password: Some(Secret::new(b"pw")),
-                    cluster: Some(Cluster::parse("c.conf", "a 127.0.0.1:1 a-m\nb 127.0.0.1:2 n-z\n").unwrap()),
+                    cluster: Some(
+                        Cluster::parse("c.conf", "a 127.0.0.1:1 a-m\nb 127.0.0.1:2 n-z\n").unwrap(),
+                    ),
                     node: "a".into(),
                     ..Config::default()
                 },

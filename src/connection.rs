@@ -307,8 +307,10 @@ impl<'s> Connection<'s> {
     /// Decides who answers one request line.
     fn dispatch(&mut self, line: &[u8], first_line: bool) -> io::Result<Flow> {
         let command = protocol::parse(line);
-        if !matches!(self.mode, Mode::Peer) && !self.password.allows(&command) && !(first_line && self.is_hello(line))
-        {
+        let may_run = matches!(self.mode, Mode::Peer)
+            || self.password.allows(&command)
+            || (first_line && self.is_hello(line));
+        if !may_run {
             return Ok(self.unauthenticated(line));
         }
         match command {

@@ -148,7 +148,12 @@ impl Password {
     /// `AUTH <attempt>`: the reply, and true if the connection is to close after it
     /// ([`MAX_AUTH_FAILURES`]). A failure waits `auth::auth_delay` first, so a guesser
     /// gets few answers a second.
-    pub(crate) fn attempt(&mut self, state: &State, client: Option<IpAddr>, attempt: &[u8]) -> (Reply<'static>, bool) {
+    pub(crate) fn attempt(
+        &mut self,
+        state: &State,
+        client: Option<IpAddr>,
+        attempt: &[u8],
+    ) -> (Reply<'static>, bool) {
         let Some(password) = &state.config.password else {
             return (Reply::Error(ErrorKind::NoPasswordSet), false);
         };

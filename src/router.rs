@@ -128,7 +128,8 @@ impl Cluster {
                 continue; // blank or comment-only line
             }
             if name == SECRET_FILE_WORD {
-                cluster.secret_file = Some(parse_secret_file(rest, cluster.secret_file.is_some()).map_err(fail)?);
+                cluster.secret_file =
+                    Some(parse_secret_file(rest, cluster.secret_file.is_some()).map_err(fail)?);
                 continue;
             }
             check_name(name).map_err(fail)?;

@@ -232,9 +232,9 @@ pub(crate) fn config(args: ServeArgs, port_variable: PortVariable) -> Result<Con
     config.repair = args.repair;
     set(&mut config.compact_min_bytes, args.compact_min_bytes);
     set(&mut config.protected_mode, args.protected_mode);
-    let secret_file = args.cluster_secret_file.or_else(|| {
-        config.cluster.as_ref().and_then(|cluster| cluster.secret_file().map(Path::to_path_buf))
-    });
+    let secret_file = args
+        .cluster_secret_file
+        .or_else(|| config.cluster.as_ref().and_then(|cluster| cluster.secret_file().map(Path::to_path_buf)));
     if let Some(path) = secret_file {
         config.cluster_secret = Some(read_secret("--cluster-secret-file", &path)?);
     }

@@ -220,11 +220,23 @@ impl ErrorKind<'_> {
             ErrorKind::AuthenticationFailed => line(out, &[e, failed]),
             ErrorKind::PeerSentNoSecret { node } => line(
                 out,
-                &[e, failed, b": node ", node.as_bytes(), b" has a cluster secret and the connecting node has none"],
+                &[
+                    e,
+                    failed,
+                    b": node ",
+                    node.as_bytes(),
+                    b" has a cluster secret and the connecting node has none",
+                ],
             ),
             ErrorKind::NodeHasNoSecret { node } => line(
                 out,
-                &[e, failed, b": node ", node.as_bytes(), b" has no cluster secret but the connecting node has one"],
+                &[
+                    e,
+                    failed,
+                    b": node ",
+                    node.as_bytes(),
+                    b" has no cluster secret but the connecting node has one",
+                ],
             ),
             ErrorKind::HandshakeThrottled => {
                 line(out, &[e, failed, b": too many failed handshakes from this address, try again later"])
@@ -242,7 +254,8 @@ impl ErrorKind<'_> {
 }
 
 /// Protected mode's one line (after `ERROR `), Redis's advice in kv's words.
-const PROTECTED_MODE_TEXT: &[u8] = b"protected mode: kv listens on a non-loopback address without a password, \
+const PROTECTED_MODE_TEXT: &[u8] =
+    b"protected mode: kv listens on a non-loopback address without a password, \
 so only loopback clients are served; set one with --password-file PATH (clients then send AUTH <password>), \
 or start kv with --protected-mode no if the network is trusted";
 
