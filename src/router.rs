@@ -688,4 +688,14 @@ mod tests {
         assert_eq!(show_byte(0xff), "0xFF");
         assert_eq!(show_range(b'a', b'a'), "a");
     }
+
+    #[test]
+    fn a_secret_file_line_names_the_secret_and_is_not_a_node() {
+        let cluster = parse("secret-file keys/secret  # the cluster secret\na 127.0.0.1:1 a-z\n").unwrap();
+        assert_eq!(cluster.secret_file(), Some(Path::new("keys/secret")));
+        assert_eq!(cluster.nodes().len(), 1);
+        assert!(parse("secret-file\na 127.0.0.1:1 a-z\n").is_err());
+        assert!(parse("secret-file a b\na 127.0.0.1:1 a-z\n").is_err());
+        assert!(parse("secret-file a\nsecret-file b\na 127.0.0.1:1 a-z\n").is_err());
+    }
 }
