@@ -136,6 +136,11 @@ fn three_nodes_forward_between_the_two_with_the_secret_and_refuse_the_third() {
         b"CREATE tomato\r\n",
         b"ERROR authentication failed: node c has no cluster secret but the connecting node has one\r\n",
     );
+    let mut subscriber = Conn::connect(addrs[0]);
+    subscriber.roundtrip(
+        b"SUBSCRIBE tomato\r\n",
+        b"ERROR authentication failed: node c has no cluster secret but the connecting node has one\r\n",
+    );
     let mut from_c = Conn::connect(addrs[2]);
     from_c.roundtrip(
         b"CREATE kiwi\r\n",

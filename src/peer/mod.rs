@@ -303,7 +303,12 @@ impl Peer {
     /// so the reply to read is the handshake's line, then one line.
     fn try_subscribe(&self, line: &[u8]) -> Result<RemoteSubscription, Failure> {
         let deadline = Deadline::after(self.config.timeout);
-        let mut conn = self.connect(deadline)?;
+        let mut conn = match self.connect(deadline) {
+            // The peer refused this node's handshake (issue 14): the SUBSCRIBE gets the
+            // refusal line, as a forwarded request does.
+            Err(Failure::Refused(line)) => return Ok(RemoteSubscription::Answered(line)),
+            connected => connected?,
+        };
         conn.send(&[line, b"\n"].concat())?;
         let mut buffer = Vec::new();
         let mut start = 0;
