@@ -47,6 +47,7 @@ pub fn apply<'p>(
         Command::Ping
         | Command::Stats
         | Command::Quit
+        | Command::Auth { .. }
         | Command::DebugCrashConnection
         | Command::DebugCrashAcceptor
         | Command::Unknown => return Reply::Unknown,

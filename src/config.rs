@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use std::path::PathBuf;
 
+use crate::auth::{MIN_SECRET_LEN, Secret};
 use crate::persist::FsyncPolicy;
 use crate::protocol::{DEFAULT_MAX_LINE, MAX_MAX_LINE};
 use crate::router::{Cluster, ClusterError};
@@ -158,6 +159,14 @@ pub struct Config {
     pub max_memory: Option<usize>,
     /// How long shutdown waits for clients to read their replies.
     pub shutdown_grace: Duration,
+    /// The cluster secret nodes prove to each other (`--cluster-secret-file`, or the
+    /// cluster file's `secret-file` line); `None`: the version-1 handshake, unproven.
+    pub cluster_secret: Option<Secret>,
+    /// The password clients must `AUTH` with (`--password-file`); `None`: none.
+    pub password: Option<Secret>,
+    /// Protected mode (`--protected-mode`): listening on a non-loopback address without
+    /// a password, serve loopback clients only.
+    pub protected_mode: bool,
 }
 
 impl Default for Config {
@@ -182,6 +191,9 @@ impl Default for Config {
             compact_min_bytes: DEFAULT_COMPACT_MIN_BYTES,
             max_memory: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            cluster_secret: None,
+            password: None,
+            protected_mode: true,
         }
     }
 }
@@ -243,6 +255,22 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             cluster.node_index(&self.node).map_err(ConfigError::Cluster)?;
         }
+        self.validate_auth()
+    }
+
+    /// The issue-14 settings: a secret long enough, a password not empty, and no
+    /// password in a cluster whose nodes cannot prove who they are.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        if let Some(secret) = self.cluster_secret.as_ref().filter(|s| s.len() < MIN_SECRET_LEN) {
+            return Err(ConfigError::SecretTooShort(secret.len()));
+        }
+        if self.password.as_ref().is_some_and(Secret::is_empty) {
+            return Err(ConfigError::EmptyPassword);
+        }
+        let has_peers = self.cluster.as_ref().is_some_and(|cluster| cluster.nodes().len() > 1);
+        if self.password.is_some() && has_peers && self.cluster_secret.is_none() {
+            return Err(ConfigError::PasswordNeedsSecret);
+        }
         Ok(())
     }
 }
@@ -268,6 +296,15 @@ pub enum ConfigError {
     BadPortVariable(String),
     /// `--repair` without `--data-dir`.
     RepairWithoutDataDir,
+    /// The cluster secret has fewer than [`MIN_SECRET_LEN`] bytes.
+    SecretTooShort(usize),
+    /// The password file holds nothing but whitespace.
+    EmptyPassword,
+    /// A password in a cluster without a secret: a client could skip `AUTH` by
+    /// claiming to be a node with the unproven version-1 handshake.
+    PasswordNeedsSecret,
+    /// A secret or password file could not be read: its flag, path and the error.
+    SecretFile { flag: &'static str, path: PathBuf, error: String },
 }
 
 impl fmt::Display for ConfigError {
@@ -290,6 +327,19 @@ impl fmt::Display for ConfigError {
             ConfigError::BadPortVariable(text) => write!(f, "PORT must be a port number, not {text:?}"),
             ConfigError::RepairWithoutDataDir => {
                 f.write_str("--repair needs --data-dir: there is nothing to repair")
+            }
+            ConfigError::SecretTooShort(len) => write!(
+                f,
+                "the cluster secret has {len} bytes, fewer than {MIN_SECRET_LEN}: make one with \
+                 `head -c 32 /dev/urandom | base64 > secret`"
+            ),
+            ConfigError::EmptyPassword => f.write_str("--password-file: the file holds no password"),
+            ConfigError::PasswordNeedsSecret => f.write_str(
+                "--password-file in a cluster needs a cluster secret (--cluster-secret-file or a \
+                 `secret-file` line): without one any client could claim to be a node and skip AUTH",
+            ),
+            ConfigError::SecretFile { flag, path, error } => {
+                write!(f, "{flag} {}: cannot read it: {error}", path.display())
             }
         }
     }
@@ -337,6 +387,25 @@ mod tests {
             (
                 Config { shutdown_grace: Duration::ZERO, ..Config::default() },
                 "--shutdown-grace 0ns: expected more than 0",
+            ),
+            (
+                Config { cluster_secret: Some(Secret::new(b"short")), ..Config::default() },
+                "the cluster secret has 5 bytes",
+            ),
+            (
+                Config { password: Some(Secret::new(b" \n")), ..Config::default() },
+                "--password-file: the file",
+            ),
+            (
+                Config {
+                    password: Some(Secret::new(b"pw")),
+                    cluster: Some(
+                        Cluster::parse("c.conf", "a 127.0.0.1:1 a-m\nb 127.0.0.1:2 n-z\n").unwrap(),
+                    ),
+                    node: "a".into(),
+                    ..Config::default()
+                },
+                "--password-file in a cluster needs a cluster secret",
             ),
         ];
         for (config, message) in cases {

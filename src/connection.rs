@@ -15,7 +15,7 @@
 
 use std::cell::Cell;
 use std::io;
-use std::net::TcpStream;
+use std::net::{IpAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use crossbeam_channel::Sender;
 
 use crate::batch::Batch;
 use crate::forward::Forwarder;
+use crate::gate::{self, Door, Password, Pending};
 use crate::logcap::{Limiter, quote, warn_limited};
 use crate::peer::RemoteSubscription;
 use crate::protocol::{
@@ -84,6 +85,9 @@ enum Mode {
     Peer,
     /// A node whose handshake was refused: every bucket request gets the refusal.
     Refused(Refusal),
+    /// A node sent a version-2 hello and was challenged: the next line must be its
+    /// proof (`gate.rs`).
+    Challenged(Box<Pending>),
 }
 
 /// What the connection does after a request.
@@ -130,6 +134,12 @@ struct Connection<'s> {
     on_probation: bool,
     /// The connection became an event stream (its losses are not replies).
     streaming: bool,
+    /// The client's address, for protected mode, throttling and logs.
+    client: Option<IpAddr>,
+    /// Protected mode lets this connection in only as a node (`gate::Door`).
+    nodes_only: bool,
+    /// Its standing with `--password-file`.
+    password: Password,
 }
 
 impl<'s> Connection<'s> {
@@ -140,7 +150,6 @@ impl<'s> Connection<'s> {
         inboxes: Vec<Sender<Batch>>,
     ) -> Self {
         Connection {
-            stream,
             state,
             round: Round::new(&state.workers, inboxes, Forwarder::new(&state.peers)),
             mode: Mode::Client,
@@ -149,6 +158,10 @@ impl<'s> Connection<'s> {
             seat,
             on_probation: seat.get() == Seat::Peer,
             streaming: false,
+            client: stream.peer_addr().ok().map(|addr| addr.ip()),
+            nodes_only: false,
+            password: Password::new(state),
+            stream,
         }
     }
 
@@ -161,6 +174,14 @@ impl<'s> Connection<'s> {
     }
 
     fn serve_requests(&mut self) -> io::Result<()> {
+        match gate::door(self.state, self.client) {
+            Door::Open => {}
+            Door::NodesOnly => self.nodes_only = true,
+            Door::Refuse => {
+                socket::reject(&self.stream, gate::refuse_at_door(self.state, self.client));
+                return Ok(());
+            }
+        }
         self.stream.set_nodelay(true)?;
         let mut reader = LineReader::new(self.state.config.max_line);
         let limit = if self.on_probation { Some(PEER_HELLO_WAIT) } else { self.state.config.idle_timeout };
@@ -255,6 +276,15 @@ impl<'s> Connection<'s> {
                 return Ok((Flow::Close, saw_request));
             }
             let flow = match frame {
+                Frame::Line(line) if matches!(self.mode, Mode::Challenged(_)) => {
+                    self.answer_proof(line);
+                    Flow::Next
+                }
+                Frame::Line(line) if first_line && self.nodes_only && !self.is_hello(line) => {
+                    let reply = gate::refuse_at_door(self.state, self.client);
+                    self.round.push_local(reply);
+                    Flow::Close
+                }
                 Frame::Line(line) => self.dispatch(line, first_line)?,
                 Frame::TooLong => {
                     self.round.push_local(Reply::Error(ErrorKind::LineTooLong));
@@ -277,8 +307,21 @@ impl<'s> Connection<'s> {
     /// Decides who answers one request line.
     fn dispatch(&mut self, line: &[u8], first_line: bool) -> io::Result<Flow> {
         let command = protocol::parse(line);
+        let may_run = matches!(self.mode, Mode::Peer)
+            || self.password.allows(&command)
+            || (first_line && self.is_hello(line));
+        if !may_run {
+            return Ok(self.unauthenticated(line));
+        }
         match command {
             Command::Ping => self.round.push_local(Reply::Pong),
+            Command::Auth { password } => {
+                let (reply, close) = self.password.attempt(self.state, self.client, password);
+                self.round.push_local(reply);
+                if close {
+                    return Ok(Flow::Close);
+                }
+            }
             Command::Unknown if protocol::is_http_request_line(line) => {
                 // A browser was made to talk to us: answer what came before, run
                 // nothing after.
@@ -315,6 +358,21 @@ impl<'s> Connection<'s> {
         Ok(Flow::Next)
     }
 
+    /// A request before `AUTH` on a server with a password (nodes that proved the
+    /// cluster secret need none): refused, or the node's refusal if it failed to.
+    #[cold]
+    fn unauthenticated(&mut self, line: &[u8]) -> Flow {
+        if protocol::is_http_request_line(line) {
+            return Flow::Close;
+        }
+        let reply = match &self.mode {
+            Mode::Refused(refusal) => refusal.reply(&self.state.config.node),
+            _ => Reply::Error(ErrorKind::AuthenticationRequired),
+        };
+        self.round.push_local(reply);
+        Flow::Next
+    }
+
     /// A bucket request: to the worker that owns it here, or to the node that owns it.
     fn route(&mut self, command: &Command<'_>, line: &[u8], bucket: &[u8]) {
         match (self.state.routes.route(bucket), &self.mode) {
@@ -337,6 +395,7 @@ impl<'s> Connection<'s> {
         let node = self.state.config.node.as_str();
         let reply = match &self.mode {
             Mode::Refused(refusal) => refusal.reply(node),
+            Mode::Challenged(_) => Reply::Error(ErrorKind::AuthenticationFailed),
             Mode::Peer => Reply::Error(ErrorKind::NotOwner { node, bucket }),
             Mode::Client => Reply::Error(ErrorKind::NoRoute { bucket }),
         };
@@ -350,29 +409,72 @@ impl<'s> Connection<'s> {
         let node = self.state.config.node.as_str();
         match check_hello(line, node) {
             Hello::NotHello => self.round.push_local(Reply::Unknown),
-            Hello::Accepted => {
-                self.mode = Mode::Peer;
-                self.seat.set(self.state.reseat(self.seat.get(), Seat::Peer));
-                self.round.push_local(Reply::Ok);
+            Hello::Accepted => match gate::v1_hello(self.state, self.client) {
+                None => self.accept_peer(),
+                Some(refusal) => self.refuse_hello(line, refusal),
+            },
+            Hello::Authenticate { from, nonce } => {
+                // The challenge is this line's reply; nothing was asked before it.
+                self.round.flush();
+                match gate::challenge(self.state, self.client, from, nonce, self.round.output()) {
+                    Ok(pending) => self.mode = Mode::Challenged(Box::new(pending)),
+                    Err(refusal) => self.refuse_hello(line, refusal),
+                }
             }
-            Hello::Refused(refusal) => {
-                let reply = refusal.reply(node);
-                warn_limited!(
-                    REFUSED_HELLO,
-                    "refused a peer handshake from {:?}: {} (answered {})",
-                    self.stream.peer_addr().ok(),
-                    quote(line),
-                    quote(reply.to_string().as_bytes())
-                );
-                self.round.push_local(reply);
+            Hello::Refused(refusal) => self.refuse_hello(line, refusal),
+        }
+    }
+
+    /// The line after a challenge: the node's proof, accepted with `OK` or refused.
+    #[cold]
+    fn answer_proof(&mut self, line: &[u8]) {
+        let Mode::Challenged(pending) = &self.mode else { return };
+        match pending.check(self.state, self.client, line) {
+            Ok(()) => self.accept_peer(),
+            Err(refusal) => {
+                self.round.push_local(refusal.reply(&self.state.config.node));
                 self.mode = Mode::Refused(refusal);
             }
         }
     }
 
+    /// A node proved who it is (or no secret is asked for): it takes a peer seat.
+    fn accept_peer(&mut self) {
+        self.mode = Mode::Peer;
+        self.seat.set(self.state.reseat(self.seat.get(), Seat::Peer));
+        self.round.push_local(Reply::Ok);
+    }
+
+    /// Refuses a node's handshake: the refusal answers it and every request after it.
+    #[cold]
+    fn refuse_hello(&mut self, line: &[u8], refusal: Refusal) {
+        let node = self.state.config.node.as_str();
+        let reply = refusal.reply(node);
+        warn_limited!(
+            REFUSED_HELLO,
+            "refused a peer handshake from {:?}: {} (answered {})",
+            self.client,
+            quote(line),
+            quote(reply.to_string().as_bytes())
+        );
+        self.round.push_local(reply);
+        self.mode = Mode::Refused(refusal);
+    }
+
+    /// True if `line` is a node's handshake, accepted or not.
+    fn is_hello(&self, line: &[u8]) -> bool {
+        check_hello(line, &self.state.config.node) != Hello::NotHello
+    }
+
     /// True if `frame` is a handshake this node accepts.
     fn is_accepted_hello(&self, frame: &Frame<'_>) -> bool {
-        matches!(frame, Frame::Line(line) if check_hello(line, &self.state.config.node) == Hello::Accepted)
+        matches!(
+            frame,
+            Frame::Line(line) if matches!(
+                check_hello(line, &self.state.config.node),
+                Hello::Accepted | Hello::Authenticate { .. }
+            )
+        )
     }
 
     /// A connection let in on the peer budget that is not a node: it gets what a

@@ -84,7 +84,7 @@ impl Exchange {
             peer.discard(conn);
             return Err((failure, Sent::Nothing));
         }
-        match conn.send(peer.hello(), &self.requests) {
+        match conn.send(&self.requests) {
             Ok(()) => {
                 self.conn = Some(conn);
                 Ok(())
@@ -131,9 +131,28 @@ impl Exchange {
     /// may have been applied: it gets `ERROR peer <name> unavailable: outcome
     /// unknown`; everything else gets `ERROR peer <name> unavailable`.
     fn fail(&mut self, peer: &Peer, failure: &Failure, sent: Sent) {
+        if let Failure::Refused(line) = failure {
+            self.relay_refusal(peer, line);
+            return;
+        }
         let missing = self.answer_unavailable(peer, sent);
         peer.log_failure(failure, missing);
         peer.count_failure(failure);
+    }
+
+    /// The peer refused the handshake before any request left (node authentication):
+    /// every request gets the refusal line, as with a routing refusal, and the peer is
+    /// not marked down for it (its refusals are answers, and say why).
+    fn relay_refusal(&mut self, peer: &Peer, line: &[u8]) {
+        let answered = self.reply_ends.last().copied().unwrap_or(0);
+        self.replies.truncate(answered);
+        let missing = self.shapes.len() - self.reply_ends.len();
+        for _ in 0..missing {
+            self.replies.extend_from_slice(line);
+            self.reply_ends.push(self.replies.len());
+        }
+        peer.count_errors(missing);
+        peer.log_refusal(line);
     }
 
     /// Answers every request not answered yet as [`Exchange::fail`] says; returns how
@@ -299,7 +318,7 @@ mod tests {
     fn one_peer(addr: SocketAddr, config: PeerConfig) -> Peers {
         let text = format!("me 127.0.0.1:1 a\nthem {addr} b\n");
         let cluster = Cluster::parse("test", &text).unwrap();
-        Peers::start(&cluster, 0, &config).unwrap()
+        Peers::start(&cluster, 0, &config, None).unwrap()
     }
 
     /// A fake peer: accepts one connection, checks the handshake, answers `replies`.

@@ -26,6 +26,9 @@
 //! - [`supervisor`]: starts, watches and restarts the workers and the acceptor.
 //! - [`router`]: the static cluster description: first byte of a bucket -> its node.
 //! - [`config`]: [`Config`], its defaults and [`ConfigError`].
+//! - [`auth`]: who may talk to kv (docs/SECURITY.md): the cluster secret and the node
+//!   handshake's proofs, passwords, protected mode's rule, the handshake throttle. Pure;
+//!   `gate.rs` applies it to a client connection, `peer/handshake.rs` to a peer one.
 //! - [`server`]: binding, starting and stopping a server; the acceptor, connections,
 //!   rounds, STATS, forwarding and peers behind it are crate-internal, and so is
 //!   `shutdown.rs`, which closes the connections at a stop without losing a reply.
@@ -39,6 +42,7 @@
 //! pipeline costs one cross-thread round trip per worker, not one per request.
 
 pub mod apply;
+pub mod auth;
 pub mod batch;
 pub mod client;
 pub mod config;
@@ -56,6 +60,7 @@ pub mod worker;
 mod acceptor;
 mod connection;
 mod forward;
+mod gate;
 mod housekeeping;
 mod logcap;
 mod peer;

@@ -53,6 +53,9 @@ pub struct Cluster {
     /// Where the description came from, for messages.
     file: String,
     nodes: Vec<Node>,
+    /// The `secret-file PATH` line's path, relative to the cluster file's folder once
+    /// loaded (docs/SECURITY.md).
+    secret_file: Option<std::path::PathBuf>,
     /// First byte of a bucket name -> index into `nodes`.
     owners: [Option<u8>; 256],
 }
@@ -98,14 +101,21 @@ impl Cluster {
     pub fn load(path: &Path) -> Result<Cluster, ClusterError> {
         let file = path.display().to_string();
         match std::fs::read_to_string(path) {
-            Ok(text) => Cluster::parse(&file, &text),
+            Ok(text) => {
+                let mut cluster = Cluster::parse(&file, &text)?;
+                if let (Some(secret), Some(folder)) = (&cluster.secret_file, path.parent()) {
+                    cluster.secret_file = Some(folder.join(secret));
+                }
+                Ok(cluster)
+            }
             Err(error) => Err(ClusterError { file, line: None, problem: Problem::Read(error) }),
         }
     }
 
     /// Parses a cluster description; `file` names it in error messages.
     pub fn parse(file: &str, text: &str) -> Result<Cluster, ClusterError> {
-        let mut cluster = Cluster { file: file.to_string(), nodes: Vec::new(), owners: [None; 256] };
+        let mut cluster =
+            Cluster { file: file.to_string(), nodes: Vec::new(), secret_file: None, owners: [None; 256] };
         for (index, raw) in text.lines().enumerate() {
             let line = index + 1;
             let fail = |problem| ClusterError { file: file.to_string(), line: Some(line), problem };
@@ -116,6 +126,11 @@ impl Cluster {
             let (name, rest) = take_word(content);
             if name.is_empty() {
                 continue; // blank or comment-only line
+            }
+            if name == SECRET_FILE_WORD {
+                cluster.secret_file =
+                    Some(parse_secret_file(rest, cluster.secret_file.is_some()).map_err(fail)?);
+                continue;
             }
             check_name(name).map_err(fail)?;
             let (address, ranges) = take_word(rest);
@@ -166,8 +181,14 @@ impl Cluster {
         Cluster {
             file: "(built-in single-node cluster)".to_string(),
             nodes: vec![Node { name: name.to_string(), addr, line: 0 }],
+            secret_file: None,
             owners: [Some(0); 256],
         }
+    }
+
+    /// The file holding the cluster secret, if the description names one.
+    pub fn secret_file(&self) -> Option<&Path> {
+        self.secret_file.as_deref()
     }
 
     /// Where the description came from.
@@ -217,6 +238,22 @@ impl Cluster {
         }
         RouteTable { routes }
     }
+}
+
+/// The first word of the line naming the cluster secret's file. Not a node name (node
+/// names have no `-`), so the two cannot be confused.
+const SECRET_FILE_WORD: &str = "secret-file";
+
+/// The path of a `secret-file PATH` line (`rest` is what follows the word).
+fn parse_secret_file(rest: &str, seen: bool) -> Result<std::path::PathBuf, Problem> {
+    let (path, extra) = take_word(rest);
+    if seen {
+        return Err(Problem::Syntax("a second secret-file line".to_string()));
+    }
+    if path.is_empty() || !extra.trim().is_empty() {
+        return Err(Problem::Syntax("expected `secret-file PATH` (one path, no spaces)".to_string()));
+    }
+    Ok(std::path::PathBuf::from(path))
 }
 
 /// Splits off the first whitespace-separated word of `text`: `(word, rest)`. The word is
@@ -650,5 +687,15 @@ mod tests {
         assert_eq!(show_byte(b' '), "0x20");
         assert_eq!(show_byte(0xff), "0xFF");
         assert_eq!(show_range(b'a', b'a'), "a");
+    }
+
+    #[test]
+    fn a_secret_file_line_names_the_secret_and_is_not_a_node() {
+        let cluster = parse("secret-file keys/secret  # the cluster secret\na 127.0.0.1:1 a-z\n").unwrap();
+        assert_eq!(cluster.secret_file(), Some(Path::new("keys/secret")));
+        assert_eq!(cluster.nodes().len(), 1);
+        assert!(parse("secret-file\na 127.0.0.1:1 a-z\n").is_err());
+        assert!(parse("secret-file a b\na 127.0.0.1:1 a-z\n").is_err());
+        assert!(parse("secret-file a\nsecret-file b\na 127.0.0.1:1 a-z\n").is_err());
     }
 }

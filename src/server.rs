@@ -79,9 +79,10 @@ impl Server {
         let this = cluster
             .node_index(&config.node)
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, ConfigError::Cluster(error)))?;
+        warn_if_unauthenticated(&config, cluster);
         let routes = cluster.routes_for(this);
         let (workers, data) = load_workers(&config, &routes)?;
-        let peers = Peers::start(cluster, this, &config.peer)?;
+        let peers = Peers::start(cluster, this, &config.peer, config.cluster_secret.as_ref())?;
         let free_descriptors = sys::open_file_limit().map(|limit| limit.saturating_sub(RESERVED_DESCRIPTORS));
         let budget = Budget::new(&config, peers.iter().count(), free_descriptors);
         let mut inboxes = Vec::with_capacity(config.workers);
@@ -110,6 +111,7 @@ impl Server {
             data,
             budget,
             stop_deadline: OnceLock::new(),
+            handshake_throttle: Default::default(),
         });
         Ok(Server { listener: Arc::new(listener), state, worker_inboxes })
     }
@@ -315,6 +317,22 @@ fn load_workers(
         .map(|(partition, log)| Arc::new(WorkerShared::new(partition, Some(log))))
         .collect();
     Ok((shared, Some(DataState { _lock: opened.lock, load_time: opened.load_time })))
+}
+
+/// Warns once, loudly, when nodes on other hosts would talk without a cluster secret:
+/// anyone who can reach the port could then claim to be a node (docs/SECURITY.md).
+fn warn_if_unauthenticated(config: &Config, cluster: &Cluster) {
+    let remote = cluster.nodes().iter().find(|node| !crate::auth::is_loopback(node.addr.ip()));
+    if let (None, Some(node)) = (&config.cluster_secret, remote) {
+        log::warn!(
+            "NO CLUSTER SECRET: node {} is at {}, not on loopback, and nodes will accept any \
+             connection that claims to be a node. Set one with a `secret-file PATH` line in {} or \
+             --cluster-secret-file (see docs/SECURITY.md)",
+            node.name,
+            node.addr,
+            cluster.file()
+        );
+    }
 }
 
 /// How many of `max_connections` fit the process's open-file limit, each taking one

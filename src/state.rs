@@ -48,6 +48,8 @@ pub(crate) struct State {
     pub budget: Budget,
     /// When the shutdown grace ends; set (once) before `shutting_down`.
     pub stop_deadline: OnceLock<Instant>,
+    /// Failed node handshakes per source address (issue 14).
+    pub handshake_throttle: crate::auth::Throttle,
 }
 
 /// What a server keeps of its data directory once loaded.
@@ -108,6 +110,13 @@ pub(crate) struct Counters {
     /// Replies to requests read before the stop that clients had not received when
     /// the shutdown grace ended (see `shutdown.rs`).
     pub replies_lost: AtomicU64,
+    /// Failed `AUTH` attempts.
+    pub auth_failures: AtomicU64,
+    /// Node handshakes this node refused: a wrong, missing or unexpected proof or
+    /// secret, or a throttled address.
+    pub peer_auth_failures: AtomicU64,
+    /// Clients turned away by protected mode.
+    pub protected_mode_rejections: AtomicU64,
 }
 
 impl State {

@@ -33,6 +33,9 @@ pub(crate) fn collect(state: &State) -> Stats {
     stats.push("memory_used", memory_used);
     stats.push("memory_limit", state.config.max_memory.unwrap_or(0));
     state.peers.add_stats(&mut stats);
+    stats.push("auth_failures", load(&counters.auth_failures));
+    stats.push("peer_auth_failures", load(&counters.peer_auth_failures) + state.peers.auth_failures());
+    stats.push("protected_mode_rejections", load(&counters.protected_mode_rejections));
     stats.push("peer_connections", counters.peer_connections.load(Ordering::Relaxed));
     let inboxes = state.inboxes.lock();
     for (i, worker) in workers.iter().enumerate() {

@@ -229,6 +229,26 @@ pub fn unsent_bytes(stream: &TcpStream) -> io::Result<usize> {
     Ok(usize::try_from(unsent).unwrap_or(0))
 }
 
+/// Fills `buffer` from the kernel's random source (`getrandom(2)`, blocking only until
+/// the pool is first seeded at boot). For the handshake's nonces.
+pub fn fill_random(buffer: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let rest = &mut buffer[filled..];
+        // SAFETY: `rest` is valid for writes of its length; flags 0 is the default pool.
+        let got = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if got < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        filled += got as usize;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

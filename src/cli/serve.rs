@@ -108,6 +108,26 @@ pub(crate) struct ServeArgs {
     /// sent, before closing their connections anyway (default 10)
     #[argh(option, from_str_fn(parse_seconds))]
     shutdown_grace: Option<Duration>,
+    /// file holding the cluster secret nodes prove to each other (overrides the cluster
+    /// file's `secret-file` line; see docs/SECURITY.md); never give a secret on the
+    /// command line
+    #[argh(option)]
+    cluster_secret_file: Option<PathBuf>,
+    /// file holding the password clients must send with `AUTH <password>` first
+    #[argh(option)]
+    password_file: Option<PathBuf>,
+    /// yes or no: listening on a non-loopback address without a password, serve only
+    /// loopback clients (default yes, as Redis does)
+    #[argh(option, from_str_fn(parse_yes_no))]
+    protected_mode: Option<bool>,
+}
+
+fn parse_yes_no(text: &str) -> Result<bool, String> {
+    match text {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(format!("expected yes or no, not {text:?}")),
+    }
 }
 
 /// Parses a number of seconds, such as `1` or `0.25`. Only the syntax is checked here:
@@ -211,8 +231,35 @@ pub(crate) fn config(args: ServeArgs, port_variable: PortVariable) -> Result<Con
     set(&mut config.fsync, args.fsync);
     config.repair = args.repair;
     set(&mut config.compact_min_bytes, args.compact_min_bytes);
+    set(&mut config.protected_mode, args.protected_mode);
+    let secret_file = args
+        .cluster_secret_file
+        .or_else(|| config.cluster.as_ref().and_then(|cluster| cluster.secret_file().map(Path::to_path_buf)));
+    if let Some(path) = secret_file {
+        config.cluster_secret = Some(read_secret("--cluster-secret-file", &path)?);
+    }
+    if let Some(path) = args.password_file {
+        config.password = Some(read_secret("--password-file", &path)?);
+    }
     config.validate()?;
     Ok(config)
+}
+
+/// Reads a secret or password file, warning when others may read it.
+fn read_secret(flag: &'static str, path: &Path) -> Result<kv::auth::Secret, ConfigError> {
+    let file = kv::auth::Secret::read_file(path).map_err(|error| ConfigError::SecretFile {
+        flag,
+        path: path.to_path_buf(),
+        error: error.to_string(),
+    })?;
+    if file.readable_by_others {
+        log::warn!(
+            "{flag} {}: the file is readable by group or others; `chmod 600 {}` keeps the secret yours",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(file.secret)
 }
 
 /// Overrides `field` with the flag's value, if the flag was given.

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::logcap::quote;
 use crate::protocol::{
-    ErrorKind, Reply, ReplyLine, ReplyShape, is_routing_mismatch, line_len, reply_len, trim_line_end,
+    ErrorKind, Reply, ReplyLine, ReplyShape, is_auth_failure, is_routing_mismatch, line_len, reply_len,
+    trim_line_end,
 };
 use crate::sys;
 
@@ -55,6 +56,10 @@ pub enum Failure {
     /// The peer turned the connection away before reading a request for another
     /// reason (`ERROR shutting down`): its error text. Nothing sent on it was applied.
     Rejected(String),
+    /// The handshake was refused before any request was sent (node authentication,
+    /// `peer/handshake.rs`): the error line to relay to every request, the peer's or
+    /// this node's own when the peer failed to prove the secret.
+    Refused(Vec<u8>),
 }
 
 impl fmt::Display for Failure {
@@ -68,6 +73,7 @@ impl fmt::Display for Failure {
             Failure::Busy => f.write_str("all connections busy"),
             Failure::Full => f.write_str("the peer is at its connection limit"),
             Failure::Rejected(text) => write!(f, "connection turned away by the peer: {text}"),
+            Failure::Refused(line) => write!(f, "handshake refused: {}", quote(line)),
         }
     }
 }
@@ -132,6 +138,9 @@ pub struct PeerConn {
     pub stream: TcpStream,
     /// The read timeout currently set on the socket.
     read_timeout: Duration,
+    /// The line to open the connection's first write with: the version-1 handshake,
+    /// or the version-2 proof once the challenge is answered (`handshake.rs`).
+    pub hello: Vec<u8>,
     /// The handshake was sent but its reply not yet read.
     pub hello_pending: bool,
     /// Taken from the pool rather than just opened: it may have died while idle.
@@ -141,9 +150,9 @@ pub struct PeerConn {
 }
 
 impl PeerConn {
-    /// A new connection whose handshake is still to be sent.
-    pub fn new(stream: TcpStream, read_timeout: Duration) -> PeerConn {
-        PeerConn { stream, read_timeout, hello_pending: true, reused: false, wrote: false }
+    /// A new connection whose handshake line `hello` is still to be sent.
+    pub fn new(stream: TcpStream, read_timeout: Duration, hello: Vec<u8>) -> PeerConn {
+        PeerConn { stream, read_timeout, hello, hello_pending: true, reused: false, wrote: false }
     }
 
     /// True if some byte of the last [`PeerConn::send`] may have reached the peer. A
@@ -166,9 +175,9 @@ impl PeerConn {
     /// Writes `requests`, preceded by the handshake line if the connection is new, as
     /// one write where the kernel takes it all. [`PeerConn::wrote_any`] says afterwards
     /// whether any of it left.
-    pub fn send(&mut self, hello: &[u8], requests: &[u8]) -> Result<(), Failure> {
+    pub fn send(&mut self, requests: &[u8]) -> Result<(), Failure> {
         self.wrote = false;
-        let hello = if self.hello_pending { hello } else { &[] };
+        let hello: &[u8] = if self.hello_pending { &self.hello } else { &[] };
         let (mut hello_at, mut request_at) = (0, 0);
         while request_at < requests.len() || hello_at < hello.len() {
             let slices = [IoSlice::new(&hello[hello_at..]), IoSlice::new(&requests[request_at..])];
@@ -278,7 +287,9 @@ fn is_too_many_connections(line: &[u8]) -> bool {
 pub fn read_hello(line: &[u8]) -> Result<HelloReply, Failure> {
     match ReplyLine::of(line) {
         ReplyLine::Ok => Ok(HelloReply::Accepted),
-        ReplyLine::Error(text) if is_routing_mismatch(text) => Ok(HelloReply::Refused(line.to_vec())),
+        ReplyLine::Error(text) if is_routing_mismatch(text) || is_auth_failure(text) => {
+            Ok(HelloReply::Refused(line.to_vec()))
+        }
         ReplyLine::Error(_) if is_too_many_connections(line) => Err(Failure::Full),
         ReplyLine::Error(text) => Err(Failure::Rejected(quote(text))),
         _ => Err(Failure::Protocol(format!(
@@ -318,6 +329,7 @@ mod tests {
         assert_eq!(read_hello(b"OK\r\n").unwrap(), HelloReply::Accepted);
         assert!(matches!(read_hello(b"ERROR routing mismatch: x\r\n"), Ok(HelloReply::Refused(_))));
         assert!(read_hello(b"PONG\r\n").is_err());
+        assert!(matches!(read_hello(b"ERROR authentication failed\r\n"), Ok(HelloReply::Refused(_))));
     }
 
     /// Regression: an owner at its connection cap answered the handshake `ERROR too

@@ -14,6 +14,7 @@
 //! workers or of client connections.
 
 mod conn;
+mod handshake;
 
 pub(crate) use conn::{Deadline, Failure, HelloReply, PeerConn};
 
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::auth::Secret;
 use crate::config::{CONNECTION_STACK_SIZE, PeerConfig};
 use crate::logcap::{Limiter, quote, warn_limited};
 use crate::protocol::{ErrorKind, Reply, ReplyLine, ReplyShape, Stats, hello_line, line_len};
@@ -57,8 +59,15 @@ pub struct Peer {
     name: String,
     addr: SocketAddr,
     config: PeerConfig,
-    /// The handshake line this node opens every connection to the peer with.
+    /// This node's name.
+    from: String,
+    /// The cluster secret: with it, every connection opens with the version-2
+    /// challenge-response (`handshake.rs`); without it, with [`Peer::hello`].
+    secret: Option<Secret>,
+    /// The version-1 handshake line.
     hello: Vec<u8>,
+    /// Connections on which the peer failed to prove the secret.
+    auth_failures: AtomicU64,
     up: AtomicBool,
     /// Failed exchanges since the last one that worked.
     failures: AtomicU32,
@@ -78,12 +87,15 @@ pub struct Peer {
 }
 
 impl Peer {
-    fn new(from: &str, name: &str, addr: SocketAddr, config: PeerConfig) -> Peer {
+    fn new(from: &str, name: &str, addr: SocketAddr, config: PeerConfig, secret: Option<Secret>) -> Peer {
         Peer {
             name: name.to_string(),
             addr,
             config,
+            from: from.to_string(),
+            secret,
             hello: hello_line(from, name),
+            auth_failures: AtomicU64::new(0),
             up: AtomicBool::new(true),
             failures: AtomicU32::new(0),
             forwarded: AtomicU64::new(0),
@@ -127,11 +139,6 @@ impl Peer {
                 self.addr
             );
         }
-    }
-
-    /// The handshake line this node opens every connection to the peer with.
-    pub(crate) fn hello(&self) -> &[u8] {
-        &self.hello
     }
 
     /// Counts `n` requests sent to this peer, or failed trying.
@@ -204,7 +211,12 @@ impl Peer {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(self.config.timeout))?;
         stream.set_write_timeout(Some(self.config.timeout))?;
-        Ok(PeerConn::new(stream, self.config.timeout))
+        let mut conn = PeerConn::new(stream, self.config.timeout, self.hello.clone());
+        if let Some(secret) = &self.secret {
+            let names = (self.from.as_str(), self.name.as_str());
+            handshake::authenticate(&mut conn, secret, names, deadline, &self.auth_failures)?;
+        }
+        Ok(conn)
     }
 
     /// Swaps a dead connection for a new one in the same pool slot.
@@ -291,8 +303,13 @@ impl Peer {
     /// so the reply to read is the handshake's line, then one line.
     fn try_subscribe(&self, line: &[u8]) -> Result<RemoteSubscription, Failure> {
         let deadline = Deadline::after(self.config.timeout);
-        let mut conn = self.connect(deadline)?;
-        conn.send(&self.hello, &[line, b"\n"].concat())?;
+        let mut conn = match self.connect(deadline) {
+            // The peer refused this node's handshake (issue 14): the SUBSCRIBE gets the
+            // refusal line, as a forwarded request does.
+            Err(Failure::Refused(line)) => return Ok(RemoteSubscription::Answered(line)),
+            connected => connected?,
+        };
+        conn.send(&[line, b"\n"].concat())?;
         let mut buffer = Vec::new();
         let mut start = 0;
         loop {
@@ -329,7 +346,7 @@ impl Peer {
     fn probe(&self) -> Result<PeerConn, Failure> {
         let deadline = Deadline::after(self.config.timeout);
         let mut conn = self.connect(deadline)?;
-        conn.send(&self.hello, b"PING\n")?;
+        conn.send(b"PING\n")?;
         let (mut replies, mut ends) = (Vec::new(), Vec::new());
         match conn.read_replies(&mut replies, &mut ends, &[ReplyShape::Line], deadline)? {
             HelloReply::Refused(line) => {
@@ -419,11 +436,16 @@ impl Peers {
 
     /// The peers of node `this` of `cluster`, each with an idle prober thread.
     /// No connection is opened until a request needs one.
-    pub fn start(cluster: &Cluster, this: usize, config: &PeerConfig) -> io::Result<Peers> {
+    pub fn start(
+        cluster: &Cluster,
+        this: usize,
+        config: &PeerConfig,
+        secret: Option<&Secret>,
+    ) -> io::Result<Peers> {
         let from = &cluster.nodes()[this].name;
         let list: Vec<Arc<Peer>> = cluster
             .peers_of(this)
-            .map(|node| Arc::new(Peer::new(from, &node.name, node.addr, config.clone())))
+            .map(|node| Arc::new(Peer::new(from, &node.name, node.addr, config.clone(), secret.cloned())))
             .collect();
         let peers = Peers { list, timeout: config.timeout, probers: Mutex::new(Vec::new()) };
         for peer in &peers.list {
@@ -446,6 +468,11 @@ impl Peers {
     /// Peer `peer`, by its index in the route table.
     pub fn get(&self, peer: usize) -> &Peer {
         &self.list[peer]
+    }
+
+    /// Connections on which a peer failed to prove the cluster secret.
+    pub fn auth_failures(&self) -> u64 {
+        self.iter().map(|peer| peer.auth_failures.load(Ordering::Relaxed)).sum()
     }
 
     /// The bound on one exchange with any peer.

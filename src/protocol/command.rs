@@ -25,6 +25,9 @@ pub enum Command<'a> {
     Stats,
     /// `QUIT`
     Quit,
+    /// `AUTH <password>`: on a server with `--password-file`, required before anything
+    /// but `PING` and `QUIT`.
+    Auth { password: &'a [u8] },
     /// `SUBSCRIBE <bucket>`: the connection becomes a stream of the bucket's changes.
     Subscribe { bucket: &'a [u8] },
     /// `DEBUG CRASH <bucket>`: the worker owning `<bucket>` panics while serving it.
@@ -64,6 +67,7 @@ impl<'a> Command<'a> {
             Command::Ping
             | Command::Stats
             | Command::Quit
+            | Command::Auth { .. }
             | Command::DebugCrashConnection
             | Command::DebugCrashAcceptor
             | Command::Unknown => None,
@@ -155,6 +159,7 @@ pub fn parse(line: &[u8]) -> Command<'_> {
         (None, None, None) if is(b"PING") => Command::Ping,
         (None, None, None) if is(b"STATS") => Command::Stats,
         (None, None, None) if is(b"QUIT") => Command::Quit,
+        (Some(password), None, None) if is(b"AUTH") => Command::Auth { password },
         (Some(what), Some(bucket), None) if is(b"DEBUG") && what.eq_ignore_ascii_case(b"CRASH") => {
             Command::DebugCrash { bucket }
         }
@@ -206,6 +211,9 @@ mod tests {
             (b"get shopping eggs", Command::Get { bucket: b"shopping", key: b"eggs" }),
             (b"DELETE shopping eggs", Command::Delete { bucket: b"shopping", key: b"eggs" }),
             (b"PING", Command::Ping),
+            (b"AUTH hunter2", Command::Auth { password: b"hunter2" }),
+            (b"auth hunter2\r\n", Command::Auth { password: b"hunter2" }),
+            (b"AUTH", Command::Unknown),
             (b"ping", Command::Ping),
             (b"STATS", Command::Stats),
             (b"QUIT", Command::Quit),

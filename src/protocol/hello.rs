@@ -5,9 +5,15 @@
 //! receiving side: a request for a bucket that node does not own is answered
 //! [`ErrorKind::NotOwner`] instead of being forwarded again, so a request crosses at
 //! most one hop. docs/CLUSTER.md tells the whole story; this file owns the bytes.
+//!
+//! With a cluster secret (issue 14, docs/SECURITY.md) the handshake is version 2, a
+//! mutual challenge-response: `KV-PEER-HELLO 2 <from> <to> <nonce>`, answered
+//! `KV-PEER-CHALLENGE <nonce> <proof>`, then `KV-PEER-PROOF <proof>`, answered `OK`.
+//! Nonces and proofs travel as lowercase hex. The proofs themselves are `auth.rs`'s.
 
 use super::command::words;
 use super::reply::{ErrorKind, Reply};
+use crate::auth::{NONCE_LEN, PROOF_LEN};
 
 /// The first word of the handshake line.
 pub const HELLO_WORD: &[u8] = b"KV-PEER-HELLO";
@@ -15,6 +21,13 @@ pub const HELLO_WORD: &[u8] = b"KV-PEER-HELLO";
 /// The version of the node-to-node conversation this build speaks, the handshake's
 /// second word. Bumped if forwarding ever needs more than the client protocol.
 pub const PEER_PROTOCOL_VERSION: &[u8] = b"1";
+
+/// The handshake version of nodes with a cluster secret: challenge-response.
+pub const AUTH_PROTOCOL_VERSION: &[u8] = b"2";
+
+/// The first word of the responder's challenge, and of the initiator's proof.
+pub const CHALLENGE_WORD: &[u8] = b"KV-PEER-CHALLENGE";
+pub const PROOF_WORD: &[u8] = b"KV-PEER-PROOF";
 
 /// The handshake node `from` opens a connection to node `to` with, `\n` included.
 ///
@@ -25,13 +38,104 @@ pub fn hello_line(from: &str, to: &str) -> Vec<u8> {
     [HELLO_WORD, b" ", PEER_PROTOCOL_VERSION, b" ", from.as_bytes(), b" ", to.as_bytes(), b"\n"].concat()
 }
 
+/// The version-2 handshake, with the initiator's `nonce`, `\n` included.
+///
+/// ```
+/// assert_eq!(kv::protocol::auth_hello_line("a", "b", &[0xab; 16]),
+///            b"KV-PEER-HELLO 2 a b abababababababababababababababab\n");
+/// ```
+pub fn auth_hello_line(from: &str, to: &str, nonce: &[u8; NONCE_LEN]) -> Vec<u8> {
+    let mut line =
+        [HELLO_WORD, b" ", AUTH_PROTOCOL_VERSION, b" ", from.as_bytes(), b" ", to.as_bytes(), b" "].concat();
+    push_hex(&mut line, nonce);
+    line.push(b'\n');
+    line
+}
+
+/// The responder's answer to a version-2 hello, `\r\n` included, onto `out`.
+pub fn write_challenge(out: &mut Vec<u8>, nonce: &[u8; NONCE_LEN], proof: &[u8; PROOF_LEN]) {
+    out.extend_from_slice(CHALLENGE_WORD);
+    out.push(b' ');
+    push_hex(out, nonce);
+    out.push(b' ');
+    push_hex(out, proof);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The initiator's proof line, `\n` included.
+pub fn proof_line(proof: &[u8; PROOF_LEN]) -> Vec<u8> {
+    let mut line = [PROOF_WORD, b" "].concat();
+    push_hex(&mut line, proof);
+    line.push(b'\n');
+    line
+}
+
+/// Reads a challenge line (with or without its line end): the responder's nonce and
+/// proof. `None` if it is anything else.
+///
+/// ```
+/// use kv::protocol::{parse_challenge, write_challenge};
+/// let mut line = Vec::new();
+/// write_challenge(&mut line, &[1; 16], &[2; 32]);
+/// assert_eq!(parse_challenge(&line), Some(([1; 16], [2; 32])));
+/// assert_eq!(parse_challenge(b"OK\r\n"), None);
+/// ```
+pub fn parse_challenge(line: &[u8]) -> Option<([u8; NONCE_LEN], [u8; PROOF_LEN])> {
+    let mut words = words(line);
+    let (word, nonce, proof, extra) = (words.next(), words.next(), words.next(), words.next());
+    match (word, nonce, proof, extra) {
+        (Some(CHALLENGE_WORD), Some(nonce), Some(proof), None) => Some((from_hex(nonce)?, from_hex(proof)?)),
+        _ => None,
+    }
+}
+
+/// Reads a proof line: the initiator's proof. `None` if it is anything else.
+///
+/// ```
+/// use kv::protocol::{parse_proof, proof_line};
+/// assert_eq!(parse_proof(&proof_line(&[7; 32])), Some([7; 32]));
+/// assert_eq!(parse_proof(b"KV-PEER-PROOF 07"), None);
+/// ```
+pub fn parse_proof(line: &[u8]) -> Option<[u8; PROOF_LEN]> {
+    let mut words = words(line);
+    match (words.next(), words.next(), words.next()) {
+        (Some(PROOF_WORD), Some(proof), None) => from_hex(proof),
+        _ => None,
+    }
+}
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)]);
+        out.push(DIGITS[usize::from(byte & 15)]);
+    }
+}
+
+/// Exactly `N` bytes of hex (either case), or `None`.
+fn from_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut bytes = [0u8; N];
+    for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Some(bytes)
+}
+
 /// What the receiving side makes of a connection's first line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hello {
     /// Not a handshake: an ordinary client request.
     NotHello,
-    /// A node speaking to this node by its right name: answer `OK`, never forward.
+    /// A version-1 node speaking to this node by its right name: answer `OK` (if this
+    /// node has no secret), never forward.
     Accepted,
+    /// A version-2 node speaking to this node by its right name, with its nonce: answer
+    /// a challenge (if this node has a secret).
+    Authenticate { from: Vec<u8>, nonce: [u8; NONCE_LEN] },
     /// A node that means another node, or speaks another version: answer
     /// [`Refusal::reply`] to the handshake and to every request after it.
     Refused(Refusal),
@@ -44,6 +148,14 @@ pub enum Refusal {
     WrongNode(Vec<u8>),
     /// Another version, or the wrong number of words.
     NotUnderstood,
+    /// A wrong or missing proof: `ERROR authentication failed`, nothing more.
+    AuthFailed,
+    /// This node has a secret; the peer spoke version 1, without one.
+    PeerSentNoSecret,
+    /// This node has no secret; the peer spoke version 2, with one.
+    NodeHasNoSecret,
+    /// Too many failed handshakes from the peer's address.
+    Throttled,
 }
 
 impl Refusal {
@@ -52,6 +164,10 @@ impl Refusal {
         Reply::Error(match self {
             Refusal::WrongNode(asked) => ErrorKind::WrongNode { node, asked },
             Refusal::NotUnderstood => ErrorKind::HandshakeNotUnderstood { node },
+            Refusal::AuthFailed => ErrorKind::AuthenticationFailed,
+            Refusal::PeerSentNoSecret => ErrorKind::PeerSentNoSecret { node },
+            Refusal::NodeHasNoSecret => ErrorKind::NodeHasNoSecret { node },
+            Refusal::Throttled => ErrorKind::HandshakeThrottled,
         })
     }
 }
@@ -82,6 +198,13 @@ pub fn check_hello(line: &[u8], node: &str) -> Hello {
         (Some(PEER_PROTOCOL_VERSION), Some(_), Some(to), None) => {
             Hello::Refused(Refusal::WrongNode(to.to_vec()))
         }
+        (Some(AUTH_PROTOCOL_VERSION), Some(from), Some(to), Some(nonce)) if words.next().is_none() => {
+            match from_hex(nonce) {
+                _ if to != node.as_bytes() => Hello::Refused(Refusal::WrongNode(to.to_vec())),
+                Some(nonce) => Hello::Authenticate { from: from.to_vec(), nonce },
+                None => Hello::Refused(Refusal::NotUnderstood),
+            }
+        }
         _ => Hello::Refused(Refusal::NotUnderstood),
     }
 }
@@ -95,6 +218,12 @@ mod tests {
         assert_eq!(check_hello(b"KV-PEER-HELLO 1 a b", "b"), Hello::Accepted);
         assert_eq!(check_hello(b"  KV-PEER-HELLO\t1 a b ", "b"), Hello::Accepted);
         assert_eq!(check_hello(b"KV-PEER-HELLO 2 a b", "b"), Hello::Refused(Refusal::NotUnderstood));
+        assert_eq!(check_hello(b"KV-PEER-HELLO 3 a b", "b"), Hello::Refused(Refusal::NotUnderstood));
+        let v2 = auth_hello_line("a", "b", &[9; NONCE_LEN]);
+        assert_eq!(check_hello(&v2, "b"), Hello::Authenticate { from: b"a".to_vec(), nonce: [9; NONCE_LEN] });
+        assert_eq!(check_hello(&v2, "c"), Hello::Refused(Refusal::WrongNode(b"b".to_vec())));
+        assert_eq!(check_hello(b"KV-PEER-HELLO 2 a b 0909", "b"), Hello::Refused(Refusal::NotUnderstood));
+        assert_eq!(check_hello(b"KV-PEER-HELLO 2 a b zz", "b"), Hello::Refused(Refusal::NotUnderstood));
         assert_eq!(check_hello(b"KV-PEER-HELLO 1 a", "b"), Hello::Refused(Refusal::NotUnderstood));
         assert_eq!(check_hello(b"KV-PEER-HELLO 1 a b c", "b"), Hello::Refused(Refusal::NotUnderstood));
         assert_eq!(check_hello(b"KV-PEER-HELLOX 1 a b", "b"), Hello::NotHello);

@@ -21,7 +21,10 @@ mod shape;
 
 pub use command::{Command, Words, is_http_request_line, is_space, parse, words};
 pub use frame::{DEFAULT_MAX_LINE, Frame, LineReader, MAX_MAX_LINE};
-pub use hello::{HELLO_WORD, Hello, PEER_PROTOCOL_VERSION, Refusal, check_hello, hello_line};
+pub use hello::{
+    AUTH_PROTOCOL_VERSION, HELLO_WORD, Hello, PEER_PROTOCOL_VERSION, Refusal, auth_hello_line, check_hello,
+    hello_line, parse_challenge, parse_proof, proof_line, write_challenge,
+};
 pub(crate) use reply::DROPPED_LINE;
-pub use reply::{ErrorKind, Event, Reply, Stats, is_routing_mismatch};
+pub use reply::{ErrorKind, Event, Reply, Stats, is_auth_failure, is_routing_mismatch};
 pub use shape::{BadReply, ReplyLine, ReplyShape, line_len, reply_len, trim_line_end};

@@ -37,6 +37,24 @@ pub fn is_routing_mismatch(error_text: &[u8]) -> bool {
     error_text.starts_with(ROUTING_MISMATCH)
 }
 
+/// What every refused node authentication starts with, after `ERROR `: the issue-14
+/// handshake failed, or one side has a cluster secret and the other has none.
+const AUTHENTICATION_FAILED: &[u8] = b"authentication failed";
+
+/// True if `error_text` (an error line's text after `ERROR `) refuses a node's
+/// authentication: like a routing mismatch, a refusal to relay, not a busy peer.
+///
+/// ```
+/// use kv::protocol::is_auth_failure;
+///
+/// assert!(is_auth_failure(b"authentication failed"));
+/// assert!(is_auth_failure(b"authentication failed: node b has no cluster secret but the connecting node has one"));
+/// assert!(!is_auth_failure(b"authentication required"));
+/// ```
+pub fn is_auth_failure(error_text: &[u8]) -> bool {
+    error_text.starts_with(AUTHENTICATION_FAILED)
+}
+
 /// One reply to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply<'a> {
@@ -97,6 +115,27 @@ pub enum ErrorKind<'a> {
     /// A write (`CREATE`, `PUT`) would take the store past `--max-memory`; nothing
     /// was changed.
     OutOfMemory,
+    /// A node's handshake proof was wrong (or missing): the one line a failed
+    /// authentication gets, whatever failed, so it tells a guesser nothing.
+    AuthenticationFailed,
+    /// This node, `node`, has a cluster secret; the connecting node sent a handshake
+    /// without one.
+    PeerSentNoSecret { node: &'a str },
+    /// This node, `node`, has no cluster secret; the connecting node sent one.
+    NodeHasNoSecret { node: &'a str },
+    /// Too many failed handshakes from the connecting address: try again later.
+    HandshakeThrottled,
+    /// The peer `peer` answered this node's handshake without proving the secret
+    /// (said by the connecting node, to the clients whose requests it held).
+    PeerProofFailed { peer: &'a str },
+    /// A request before `AUTH` on a server with a password.
+    AuthenticationRequired,
+    /// `AUTH` with the wrong password.
+    InvalidPassword,
+    /// `AUTH` on a server without a password.
+    NoPasswordSet,
+    /// Protected mode turned a non-loopback client away (then the connection closes).
+    ProtectedMode,
 }
 
 impl Reply<'_> {
@@ -169,9 +208,56 @@ impl ErrorKind<'_> {
                 line(out, &[e, b"peer ", peer.as_bytes(), b" unavailable: outcome unknown"])
             }
             ErrorKind::OutOfMemory => line(out, &[e, b"out of memory"]),
+            _ => self.write_auth_text(out),
+        }
+    }
+
+    /// The issue-14 lines: node authentication, client passwords, protected mode.
+    #[cold]
+    fn write_auth_text(&self, out: &mut Vec<u8>) {
+        let (e, failed) = (ERROR_PREFIX, AUTHENTICATION_FAILED);
+        match *self {
+            ErrorKind::AuthenticationFailed => line(out, &[e, failed]),
+            ErrorKind::PeerSentNoSecret { node } => line(
+                out,
+                &[
+                    e,
+                    failed,
+                    b": node ",
+                    node.as_bytes(),
+                    b" has a cluster secret and the connecting node has none",
+                ],
+            ),
+            ErrorKind::NodeHasNoSecret { node } => line(
+                out,
+                &[
+                    e,
+                    failed,
+                    b": node ",
+                    node.as_bytes(),
+                    b" has no cluster secret but the connecting node has one",
+                ],
+            ),
+            ErrorKind::HandshakeThrottled => {
+                line(out, &[e, failed, b": too many failed handshakes from this address, try again later"])
+            }
+            ErrorKind::PeerProofFailed { peer } => {
+                line(out, &[e, failed, b": peer ", peer.as_bytes(), b" did not prove the cluster secret"])
+            }
+            ErrorKind::AuthenticationRequired => line(out, &[e, b"authentication required"]),
+            ErrorKind::InvalidPassword => line(out, &[e, b"invalid password"]),
+            ErrorKind::NoPasswordSet => line(out, &[e, b"AUTH given but no password is set"]),
+            ErrorKind::ProtectedMode => line(out, &[e, PROTECTED_MODE_TEXT]),
+            _ => {}
         }
     }
 }
+
+/// Protected mode's one line (after `ERROR `), Redis's advice in kv's words.
+const PROTECTED_MODE_TEXT: &[u8] =
+    b"protected mode: kv listens on a non-loopback address without a password, \
+so only loopback clients are served; set one with --password-file PATH (clients then send AUTH <password>), \
+or start kv with --protected-mode no if the network is trusted";
 
 /// The text of a reply, for logs and tests: the bytes, lossily as UTF-8.
 impl Display for Reply<'_> {
@@ -353,6 +439,32 @@ mod tests {
                 b"ERROR peer n1 unavailable: outcome unknown\r\n",
             ),
             (Reply::Error(ErrorKind::OutOfMemory), b"ERROR out of memory\r\n"),
+            (Reply::Error(ErrorKind::AuthenticationFailed), b"ERROR authentication failed\r\n"),
+            (
+                Reply::Error(ErrorKind::PeerSentNoSecret { node: "b" }),
+                b"ERROR authentication failed: node b has a cluster secret and the connecting node has none\r\n",
+            ),
+            (
+                Reply::Error(ErrorKind::NodeHasNoSecret { node: "b" }),
+                b"ERROR authentication failed: node b has no cluster secret but the connecting node has one\r\n",
+            ),
+            (
+                Reply::Error(ErrorKind::HandshakeThrottled),
+                b"ERROR authentication failed: too many failed handshakes from this address, try again later\r\n",
+            ),
+            (
+                Reply::Error(ErrorKind::PeerProofFailed { peer: "b" }),
+                b"ERROR authentication failed: peer b did not prove the cluster secret\r\n",
+            ),
+            (Reply::Error(ErrorKind::AuthenticationRequired), b"ERROR authentication required\r\n"),
+            (Reply::Error(ErrorKind::InvalidPassword), b"ERROR invalid password\r\n"),
+            (Reply::Error(ErrorKind::NoPasswordSet), b"ERROR AUTH given but no password is set\r\n"),
+            (
+                Reply::Error(ErrorKind::ProtectedMode),
+                b"ERROR protected mode: kv listens on a non-loopback address without a password, so only \
+loopback clients are served; set one with --password-file PATH (clients then send AUTH <password>), or start \
+kv with --protected-mode no if the network is trusted\r\n",
+            ),
         ];
         for (reply, bytes) in cases {
             assert_eq!(text(*reply), *bytes, "{reply:?}");

@@ -9,6 +9,9 @@
 pub use kv::DOWN_AFTER_FAILURES;
 /// How a node talks to its peers: timeouts and back-off.
 pub use kv::PeerConfig;
+/// Node authentication and client passwords (issue 14): secrets, the handshake's
+/// proofs and the throttle's figures, for tests that play a node.
+pub use kv::auth::{HANDSHAKE_BURST, HANDSHAKE_RATE, NONCE_LEN, Role, Secret, Transcript};
 /// The stack size of a connection thread (`tests/connection_stack.rs` and the
 /// deepest-paths test in `tests/hardening.rs` exercise it).
 pub use kv::config::CONNECTION_STACK_SIZE;
@@ -18,6 +21,8 @@ pub use kv::config::DEFAULT_SUBSCRIBER_BACKLOG;
 pub use kv::protocol::DEFAULT_MAX_LINE;
 /// The reply shapes `kv::Client::read_reply` reads.
 pub use kv::protocol::ReplyShape;
+/// The version-2 handshake's lines.
+pub use kv::protocol::{auth_hello_line, parse_challenge, proof_line};
 /// A parsed cluster file.
 pub use kv::router::Cluster;
 /// Which worker of `n` owns a bucket.

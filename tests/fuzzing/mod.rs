@@ -156,6 +156,7 @@ fn check_parse(line: &[u8]) {
         | Command::DebugCrash { bucket } => {
             assert!(word(bucket))
         }
+        Command::Auth { password } => assert!(word(password)),
         Command::Ping
         | Command::Stats
         | Command::Quit
