@@ -90,6 +90,11 @@ impl Secret {
         Ok(SecretFile { secret: Secret::new(&bytes), readable_by_others: mode & 0o044 != 0 })
     }
 
+    /// The secret itself, for a client to send in `AUTH`.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// Bytes in the secret.
     pub fn len(&self) -> usize {
         self.0.len()

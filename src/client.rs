@@ -196,6 +196,11 @@ impl Client {
         Ok(if value.is_empty() { None } else { Some(value.to_vec()) })
     }
 
+    /// `AUTH <password>`, for a server started with `--password-file`.
+    pub fn auth(&mut self, password: &[u8]) -> Result<()> {
+        self.simple(&[b"AUTH", password])
+    }
+
     /// `PING`.
     pub fn ping(&mut self) -> Result<()> {
         let reply = self.request(b"PING")?;

@@ -304,3 +304,36 @@ fn protected_mode_still_serves_loopback_clients_on_a_wildcard_bind() {
     conn.roundtrip(b"PING\r\nCREATE shopping\r\n", b"PONG\r\nOK\r\n");
     assert_eq!(conn.stat("protected_mode_rejections"), 0);
 }
+
+#[test]
+fn kv_cli_and_kv_top_authenticate_with_a_password_file() {
+    let server = password_server(IpAddr::V4(Ipv4Addr::LOCALHOST), Some("hunter2"));
+    let addr = server.addr().to_string();
+    let password = secret_file("cli-password", "hunter2");
+    let with_password = |tool: &str, args: &[&str]| {
+        let mut command = common::kv_binary();
+        command
+            .args([tool, "--addr", &addr, "--password-file", password.path().to_str().unwrap()])
+            .args(args);
+        common::run_to_end(command, b"")
+    };
+    let done = with_password("cli", &["PUT", "x", "k", "v"]);
+    assert!(!done.status.success(), "PUT into a missing bucket is NOT FOUND");
+    assert_eq!(done.stdout, b"NOT FOUND\n");
+    let done = with_password("cli", &["CREATE", "x"]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert_eq!(done.stdout, b"OK\n");
+    let done = with_password("top", &["--once", "--interval", "0.1"]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(
+        String::from_utf8_lossy(&done.stdout).contains("buckets 1"),
+        "{}",
+        String::from_utf8_lossy(&done.stdout)
+    );
+    // Without the password: refused, and kv cli says so with a non-zero status.
+    let mut command = common::kv_binary();
+    command.args(["cli", "--addr", &addr, "CREATE", "y"]);
+    let done = common::run_to_end(command, b"");
+    assert!(!done.status.success());
+    assert_eq!(done.stdout, b"ERROR authentication required\n");
+}

@@ -9,6 +9,7 @@
 //! the bucket was dropped.
 
 use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -26,9 +27,24 @@ pub(crate) struct CliArgs {
     /// server address (default 127.0.0.1:4040)
     #[argh(option, default = "String::from(\"127.0.0.1:4040\")")]
     addr: String,
+    /// a file holding the server's password (`kv serve --password-file`): sent with
+    /// `AUTH` before anything else
+    #[argh(option)]
+    password_file: Option<PathBuf>,
     /// the command to send, e.g. `PUT shopping eggs 3`; none: read commands from stdin
     #[argh(positional, greedy)]
     words: Vec<String>,
+}
+
+/// Connects to `addr` and, with a password file, authenticates; the error in words.
+pub(crate) fn connect(addr: &str, password_file: Option<&Path>) -> std::result::Result<Client, String> {
+    let mut client = Client::connect(addr).map_err(|error| format!("cannot connect to {addr}: {error}"))?;
+    if let Some(path) = password_file {
+        let file = kv::auth::Secret::read_file(path)
+            .map_err(|error| format!("--password-file {}: {error}", path.display()))?;
+        client.auth(file.secret.as_bytes()).map_err(|error| format!("AUTH to {addr}: {error}"))?;
+    }
+    Ok(client)
 }
 
 /// How long to wait for the server to close a stream after `DROPPED`, which it does
@@ -70,10 +86,10 @@ enum Step {
 
 /// `kv cli`.
 pub(crate) fn main(args: CliArgs) -> ExitCode {
-    let mut client = match Client::connect(&args.addr) {
+    let mut client = match connect(&args.addr, args.password_file.as_deref()) {
         Ok(client) => client,
         Err(error) => {
-            eprintln!("kv cli: cannot connect to {}: {error}", args.addr);
+            eprintln!("kv cli: {error}");
             return ExitCode::FAILURE;
         }
     };

@@ -40,6 +40,9 @@ pub(crate) struct TopArgs {
     /// if a node could not be reached
     #[argh(switch)]
     once: bool,
+    /// a file holding the nodes' password (`kv serve --password-file`), sent with `AUTH`
+    #[argh(option)]
+    password_file: Option<std::path::PathBuf>,
 }
 
 /// Longest `--interval`, in seconds: an hour between frames is already not "live".
@@ -60,7 +63,9 @@ pub(crate) fn main(args: TopArgs) -> ExitCode {
         eprintln!("kv top: --interval must be more than 0 and at most {MAX_INTERVAL_SECS} seconds");
         return ExitCode::from(2);
     };
-    match run(&addrs, interval, args.once, &mut io::stdout().lock()) {
+    let watch =
+        Watch { addrs: &addrs, interval, once: args.once, password_file: args.password_file.as_deref() };
+    match run(&watch, &mut io::stdout().lock()) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("kv top: a node could not be reached");
@@ -248,10 +253,14 @@ fn render_peers(out: &mut String, sample: &Sample) {
     }
 }
 
-/// Takes one sample from `client`, reconnecting first if needed.
-fn sample(addr: &str, client: &mut Option<Client>) -> Result<Sample, String> {
+/// Takes one sample from `client`, reconnecting (and authenticating) first if needed.
+fn sample(
+    addr: &str,
+    client: &mut Option<Client>,
+    password_file: Option<&std::path::Path>,
+) -> Result<Sample, String> {
     if client.is_none() {
-        let fresh = Client::connect(addr).map_err(|e| e.to_string())?;
+        let fresh = super::client::connect(addr, password_file)?;
         fresh.set_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
         *client = Some(fresh);
     }
@@ -267,20 +276,25 @@ fn sample(addr: &str, client: &mut Option<Client>) -> Result<Sample, String> {
     }
 }
 
+/// What `kv top` watches, and how.
+#[derive(Clone, Copy)]
+pub(crate) struct Watch<'a> {
+    pub addrs: &'a [String],
+    pub interval: Duration,
+    pub once: bool,
+    pub password_file: Option<&'a std::path::Path>,
+}
+
 /// Runs the view: redraws every `interval` until the output goes away, or, with
 /// `once`, samples twice (one interval apart, for rates) and prints one frame.
 /// Returns whether every node answered the last sample.
-pub(crate) fn run(
-    addrs: &[String],
-    interval: Duration,
-    once: bool,
-    out: &mut impl Write,
-) -> io::Result<bool> {
+pub(crate) fn run(watch: &Watch<'_>, out: &mut impl Write) -> io::Result<bool> {
+    let Watch { addrs, interval, once, password_file } = *watch;
     let mut clients: Vec<Option<Client>> = addrs.iter().map(|_| None).collect();
     let mut views: Vec<NodeView> = addrs.iter().map(|addr| NodeView::new(addr)).collect();
     let mut take_samples = |views: &mut Vec<NodeView>| {
         for ((view, client), addr) in views.iter_mut().zip(clients.iter_mut()).zip(addrs) {
-            view.update(sample(addr, client));
+            view.update(sample(addr, client, password_file));
         }
     };
     take_samples(&mut views);
