@@ -2,8 +2,9 @@
 //! of the [`Partition`], an [`Event`] for the bucket's subscribers, and a [`Reply`].
 //!
 //! Every mutation passes through here, whichever thread applies the batch (a worker,
-//! or a connection applying inline), always under the partition's lock: the one place
-//! a log of mutations would hook in. No I/O, no threads.
+//! or a connection applying inline), always under the partition's lock. With a data
+//! directory, `batch.rs` has logged the records of a stretch of requests before they
+//! reach here (`Batch::log_ahead`). No I/O, no threads.
 
 use crate::protocol::{Command, ErrorKind, Event, Reply};
 use crate::store::{NoSuchBucket, Partition, WriteError};

@@ -118,6 +118,9 @@ impl Batch {
         self.replies.clear();
         self.reply_ends.clear();
         self.cursor = 0;
+        self.overlay.clear();
+        self.logged.clear();
+        self.unapplied.clear();
     }
 
     /// Frees buffers that grew beyond `keep` bytes (they are empty between rounds).
@@ -173,6 +176,28 @@ impl Batch {
             }
         }
         refused
+    }
+
+    /// After a crash: logs the state of what the writes logged ahead but not applied
+    /// name (see [`Batch::answer_crashed`]), so that a restart does not apply them.
+    /// Call with the partition's locks held.
+    ///
+    /// A crash may come anywhere in a stretch that was logged ahead whole, so every
+    /// write not yet applied, from the cursor on, counts: what a replacement worker
+    /// then applies, it logs again after this.
+    pub fn settle(&mut self, partition: &Partition, log: Option<&mut PartitionLog>) {
+        let mut at = self.cursor;
+        while at < self.requests.len() {
+            let (line, next) = request_at(&self.requests, at);
+            if protocol::parse(line).is_write() {
+                self.unapplied.push(at);
+            }
+            at = next;
+        }
+        match log {
+            Some(log) if !self.unapplied.is_empty() => self.log_final_state(partition, log),
+            _ => self.unapplied.clear(),
+        }
     }
 
     /// Logs the state, now, of what the writes logged ahead but then refused (past
@@ -283,7 +308,12 @@ impl Batch {
         if self.is_done() {
             return;
         }
-        let (_, next) = request_at(&self.requests, self.cursor);
+        let (line, next) = request_at(&self.requests, self.cursor);
+        if protocol::parse(line).is_write() {
+            // Its record may have been logged ahead of it: [`Batch::settle`] logs the
+            // state it names, as it is, after it.
+            self.unapplied.push(self.cursor);
+        }
         reply.write_text(&mut self.replies);
         self.reply_ends.push(self.replies.len());
         self.cursor = next;

@@ -1,6 +1,8 @@
 //! The persistence threads: the flusher, which syncs every partition's log once a
-//! second under `--fsync everysec`, and the compactor, which replaces a partition's
-//! old segments with a snapshot once they grow past their limit.
+//! second under `--fsync everysec`; under `--fsync always`, one syncer per partition,
+//! which syncs once for every drain its worker handed over and then sends their
+//! replies (group commit); and the compactor, which replaces a partition's old
+//! segments with a snapshot once they grow past their limit.
 //!
 //! Compaction never forks and never copies the data whole: it starts a new segment
 //! under the partition's lock, then writes the snapshot in chunks of about
@@ -52,11 +54,12 @@ impl Housekeeping {
         for (p, worker) in workers.iter().enumerate() {
             let Some(batches) = worker.synced_batches.lock().take() else { continue };
             let (worker, flag) = (worker.clone(), stopping.clone());
-            threads.push(
-                thread::Builder::new()
-                    .name(format!("kv-syncer-{p}"))
-                    .spawn(move || sync_loop(&worker, &batches, &flag))?,
-            );
+            threads.push(thread::Builder::new().name(format!("kv-syncer-{p}")).spawn(move || {
+                sync_loop(&worker, &batches, &flag);
+                // Put back, so that a drain handed over after this thread stopped
+                // is still there for `finish_synced` instead of lost.
+                *worker.synced_batches.lock() = Some(batches);
+            })?);
         }
         let (workers, stop, flag) = (workers.to_vec(), stop_rx, stopping.clone());
         threads.push(
@@ -67,7 +70,7 @@ impl Housekeeping {
         Ok(Housekeeping { stop: Some(stop_tx), stopping, threads })
     }
 
-    /// Stops both threads (a compaction under way is abandoned, its files left as
+    /// Stops every thread (a compaction under way is abandoned, its files left as
     /// they were) and waits for them.
     pub fn stop(&mut self) {
         self.stopping.store(true, Ordering::Relaxed);
@@ -111,6 +114,19 @@ fn sync_loop(worker: &WorkerShared, drains: &Receiver<Vec<crate::batch::Batch>>,
         for batch in ready.drain(..).flatten() {
             batch.send_back();
         }
+    }
+}
+
+/// At the very end of a stop: syncs and sends back any drain handed to `worker`'s
+/// syncer after it stopped (a worker still busy when the syncer gave up waiting).
+pub(crate) fn finish_synced(worker: &WorkerShared) {
+    let left: Vec<Vec<crate::batch::Batch>> = match worker.synced_batches.lock().as_ref() {
+        Some(drains) => drains.try_iter().collect(),
+        None => return,
+    };
+    sync_now(worker);
+    for batch in left.into_iter().flatten() {
+        batch.send_back();
     }
 }
 
@@ -164,6 +180,8 @@ fn needs_compaction(worker: &WorkerShared, compact_min: u64) -> bool {
 /// One compaction of `worker`'s partition. Ok(false): abandoned because the server
 /// is stopping.
 fn compact(worker: &WorkerShared, stopping: &AtomicBool) -> io::Result<bool> {
+    // Synced first, so that the sync `rotate` makes under the lock has little left.
+    sync_now(worker);
     let (from, dir, buckets) = {
         let partition = worker.partition.lock();
         let mut log = worker.log.lock();

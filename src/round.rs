@@ -253,7 +253,9 @@ impl<'s> Round<'s> {
                     self.batches[w] = Some(batch);
                     in_flight -= 1;
                 }
-                // Cannot happen while we hold the batches' senders; be safe anyway.
+                // Only once every batch of this connection is gone. Nothing may drop a
+                // batch instead of sending it back (workers, the drainer and the syncers
+                // all send it back, even at shutdown): recv would wait on the others.
                 Err(_) => break,
             }
         }

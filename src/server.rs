@@ -149,13 +149,15 @@ impl Server {
                 let _ = exits.send(ChildExit::Acceptor { panic });
             })
         });
-        let (control, supervisor) = Supervisor::spawn(workers, acceptor_start, intensity, stop_tx.clone())?;
+        // Before the workers: with `always` they hand drains to the syncers, and if
+        // this fails nothing has started yet.
         let housekeeping = match &state.data {
             Some(_) => {
                 Some(Housekeeping::start(&state.workers, state.config.fsync, state.config.compact_min_bytes)?)
             }
             None => None,
         };
+        let (control, supervisor) = Supervisor::spawn(workers, acceptor_start, intensity, stop_tx.clone())?;
         log::info!(
             "kv listening on {addr} with {} workers (node {})",
             state.config.workers,
@@ -264,6 +266,7 @@ impl ServerHandle {
             housekeeping.stop();
         }
         for worker in &state.workers {
+            housekeeping::finish_synced(worker);
             housekeeping::sync_now(worker);
         }
         log::info!("stopped");

@@ -10,9 +10,10 @@
 //! The partition lives in an `Arc<Mutex<..>>` ([`WorkerShared`]) rather than on the
 //! worker's stack so that it outlives the thread serving it: a replacement worker
 //! started on the same [`WorkerShared`] and the same inbox carries on where the last
-//! one stopped. Besides the worker, only a connection thread applying a batch itself
-//! ([`apply_inline`], while the server has no more connections than cores) takes its
-//! lock; STATS reads the atomic counters in [`WorkerStats`] instead.
+//! one stopped. Besides the worker, a connection thread applying a batch itself
+//! ([`apply_inline`], while the server has no more connections than cores) and the
+//! compactor (`housekeeping.rs`, one chunk at a time) take its lock; STATS reads the
+//! atomic counters in [`WorkerStats`] instead.
 //!
 //! A panic while applying a request leaves the partition as if that request had
 //! either happened or not: every store operation checks first and changes the
@@ -247,14 +248,20 @@ pub fn run(shared: &WorkerShared, inbox: &Receiver<Batch>, pending: Option<Batch
         Ok(()) => Outcome::Clean,
         Err(payload) => {
             let message = panic_message(&*payload);
+            let mut crashed = in_hand.current.take();
+            if let Some(batch) = crashed.as_mut() {
+                batch.answer_crashed(CRASHED);
+                // The locks were released while unwinding.
+                let partition = shared.partition.lock();
+                batch.settle(&partition, shared.log.lock().as_mut());
+            }
             // What the finished batches (and the crashed one, before the crash) wrote
             // is synced before their replies go out, as `serve` does.
             shared.sync_if_always();
             for batch in in_hand.done.drain(..) {
                 batch.send_back();
             }
-            let unfinished = in_hand.current.take().and_then(|mut batch| {
-                batch.answer_crashed(CRASHED);
+            let unfinished = crashed.and_then(|batch| {
                 if batch.is_done() {
                     batch.send_back();
                     None

@@ -956,3 +956,46 @@ fn writes_refused_past_max_memory_stay_refused_after_a_restart() {
     conn.roundtrip(b"GET m keep\r\n", b"199\r\nOK\r\n");
     stop(server);
 }
+
+/// A write refused past `--max-memory` and then a crash in the same batch: the crash
+/// must not leave the refused write's record to be replayed, nor its bookkeeping to
+/// trip the connection's next (shorter) batch.
+#[test]
+fn a_crash_after_a_refused_write_neither_replays_it_nor_crashes_the_next_batch() {
+    let dir = TempDir::new("crash-after-refusal");
+    let server = serve(&dir, &["--workers", "1", "--max-memory", "65536", "--debug", "--fsync", "always"]);
+    let mut conn = Conn::connect(server.addr());
+    conn.roundtrip(b"CREATE m\r\n", b"OK\r\n");
+    let value = "v".repeat(1024);
+    let mut filled = 0;
+    loop {
+        conn.send(format!("PUT m fill{filled} {value}\r\n").as_bytes());
+        match conn.read_line().as_slice() {
+            b"OK\r\n" => filled += 1,
+            b"ERROR out of memory\r\n" => break,
+            other => panic!("filling: {}", show(other)),
+        }
+        assert!(filled < 1000, "the limit never bit");
+    }
+    // One batch: a refused write, its key's neighbour, then the crash.
+    let batch = format!("PUT m refused {value}\r\nPUT m after 1\r\nDEBUG CRASH m\r\n");
+    conn.send(batch.as_bytes());
+    assert_same_bytes(&conn.read_line(), b"ERROR out of memory\r\n");
+    let second = conn.read_line();
+    assert!(second == b"OK\r\n" || second == b"ERROR out of memory\r\n", "{}", show(&second));
+    assert_same_bytes(&conn.read_line(), CRASHED);
+    // The next, shorter batch on the same connection is served, not crashed.
+    conn.roundtrip(b"GET m refused\r\n", b"\r\nOK\r\n");
+    assert_eq!(conn.stat("worker_restarts"), 1, "one crash, the injected one");
+    stop(server);
+    let server = serve(&dir, &["--workers", "1"]);
+    let mut conn = Conn::connect(server.addr());
+    conn.roundtrip(b"GET m refused\r\n", b"\r\nOK\r\n");
+    let after: &[u8] = if second == b"OK\r\n" { b"1\r\nOK\r\n" } else { b"\r\nOK\r\n" };
+    conn.roundtrip(b"GET m after\r\n", after);
+    conn.roundtrip(
+        format!("GET m fill{}\r\n", filled - 1).as_bytes(),
+        format!("{value}\r\nOK\r\n").as_bytes(),
+    );
+    stop(server);
+}

@@ -264,14 +264,10 @@ impl PeerConn {
             Err(error) if error.kind() == io::ErrorKind::Interrupted => Ok(()),
             // The socket's timeout may be up to TIMEOUT_SLACK shorter than the time
             // that was left: a timeout before the deadline is not one.
-            Err(error) if is_timeout(&error) && Instant::now() < deadline.soft => Ok(()),
+            Err(error) if crate::socket::is_timeout(&error) && Instant::now() < deadline.soft => Ok(()),
             Err(error) => Err(error.into()),
         }
     }
-}
-
-fn is_timeout(error: &io::Error) -> bool {
-    matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
 /// True for the line a node at its connection cap answers with.

@@ -189,11 +189,6 @@ impl PartitionLog {
         record::encode(op, &mut self.pending);
     }
 
-    /// True when the commit in progress holds records.
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
     /// Writes the commit in progress with one `write`. On failure the segment is cut
     /// back to where it was and the reason returned; nothing of it stays.
     pub fn commit(&mut self) -> Result<(), String> {

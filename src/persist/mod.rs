@@ -3,9 +3,11 @@
 //! Each partition has a log of its own (no lock shared across workers): append-only
 //! segments `NNNNNNNNNN.log` of checksummed records (`record.rs`), and now and then a
 //! snapshot `NNNNNNNNNN.snap` that replaces every segment numbered below it. A change
-//! is logged in the same critical section that applies it (`apply.rs`, `batch.rs`),
+//! is logged in the same critical section that applies it (`batch.rs` logs a stretch of
+//! requests ahead, then `apply.rs` applies them),
 //! and its `OK` goes out only after its record is written (`everysec`, `no`) or written
-//! and synced (`always`).
+//! and synced (`always`; a sync that fails is logged and counted, and the replies still
+//! go out: the writes are applied and written, only not known to be on disk).
 //!
 //! ```text
 //! DIR/LOCK                      held by the running process (a second one refuses)
@@ -33,8 +35,7 @@ mod log;
 mod record;
 mod snapshot;
 
-pub use load::apply as replay_op;
-pub use log::{LogSync, PartitionLog, STUCK_SYNC};
+pub use log::{LogSync, PartitionLog};
 pub use record::Op;
 pub use snapshot::{CHUNK_BYTES, SnapshotWriter, bucket_records};
 
@@ -218,6 +219,16 @@ fn current_generation(root: &Path, partitions: usize, seed: u64) -> Result<(Stri
     let generation = match fs::read_to_string(&current) {
         Ok(text) => text.trim().to_string(),
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            if let Some(existing) = any_generation(root) {
+                // Data without the file that says which is live: starting afresh would
+                // delete it. An operator restores CURRENT (the newest generation's name).
+                return Err(LoadError::Manifest {
+                    path: current,
+                    why: format!(
+                        "is missing, but {existing} is there; write its name into CURRENT to load it"
+                    ),
+                });
+            }
             let name = "gen-0001".to_string();
             create_generation(root, &name, partitions, seed)?;
             switch_current(root, &name)?;
@@ -244,6 +255,15 @@ fn current_generation(root: &Path, partitions: usize, seed: u64) -> Result<(Stri
         why: "not a kv manifest of this version".into(),
     })?;
     Ok((generation, stored))
+}
+
+/// The name of some generation folder in `root`, if there is one.
+fn any_generation(root: &Path) -> Option<String> {
+    fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with("gen-"))
 }
 
 fn remove_other_generations(root: &Path, live: &str) {
@@ -405,8 +425,8 @@ fn keep_foreign(root: &Path, foreign: &Partition) -> Result<(), LoadError> {
 
 /// Writes `placed` as the next generation and switches to it; returns its name.
 fn next_generation(root: &Path, current: &str, placed: &[Partition], seed: u64) -> Result<String, LoadError> {
-    let number: u32 = current.trim_start_matches("gen-").parse().unwrap_or(0);
-    let name = format!("gen-{:04}", number + 1);
+    let number: u64 = current.trim_start_matches("gen-").parse().unwrap_or(0);
+    let name = format!("gen-{:04}", number.saturating_add(1));
     create_generation(root, &name, placed.len(), seed)?;
     for (p, partition) in placed.iter().enumerate() {
         let dir = partition_dir(&root.join(&name), p);
