@@ -9,7 +9,13 @@ Three scenarios, each run against every binary given, one server at a time on a 
   subscribers  S subscribers of one bucket that never read, while one writer pipelines
                PUTs whose events are 11 bytes: peak server RSS, RSS once they have been
                dropped and closed, and the writer's PUTs/s, against the same writer with
-               no subscriber.
+               no subscriber. STATS `subscribers_dropped` at the end says whether they
+               were still there: a writer fast enough fills the default 8 MiB backlog in
+               a fraction of a second and then writes alone, so pass a larger
+               --subscriber-backlog to measure the writer with them the whole time.
+               --idle-instead opens the same connections without subscribing: more
+               connections than cores alone move the writer's requests from its own
+               thread to the worker's (worker.rs, apply_inline).
   sigterm      C clients pipeline PUTs without pause (--slow of them read slowly) and the server
                gets SIGTERM mid-stream, R runs: replies received (OK, `ERROR shutting
                down`), how each connection ended (clean EOF or reset), how many client
@@ -21,11 +27,13 @@ Three scenarios, each run against every binary given, one server at a time on a 
     cargo build --release
     python3 benches/faults.py old=/path/to/old/kv new=target/release/kv
     python3 benches/faults.py --only idle --connections 1000 new=target/release/kv
+    python3 benches/faults.py --only subscribers --subscriber-backlog 1073741824 old=... new=...
 
 Installs nothing; every connection goes to 127.0.0.1; stops every server it started.
 """
 
 import argparse
+import os
 import re
 import resource
 import signal
@@ -36,6 +44,13 @@ import threading
 import time
 
 VALUE = b"x" * 60_000
+
+
+def cpu_seconds(pid):
+    """User plus system CPU time the process has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid):
@@ -75,6 +90,9 @@ class Server:
 
     def rss(self):
         return rss_kib(self.proc.pid)
+
+    def cpu(self):
+        return cpu_seconds(self.proc.pid)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -143,18 +161,39 @@ def writer_rate(server, seconds, depth=256):
     return rate
 
 
+def stat(conn, name):
+    """One STATS figure."""
+    conn.sendall(b"STATS\r\n")
+    reply = b""
+    while not reply.endswith(b"\r\nOK\r\n"):
+        chunk = conn.recv(1 << 16)
+        if not chunk:
+            raise RuntimeError("closed during STATS")
+        reply += chunk
+    for line in reply.decode().split("\r\n"):
+        if line.startswith(name + " "):
+            return int(line.split(" ", 1)[1])
+    raise RuntimeError(f"STATS has no {name}")
+
+
 def subscribers(binary, args):
-    server = Server(binary, "--workers", "2")
+    flags = ["--workers", "2"]
+    if args.subscriber_backlog is not None:
+        flags += ["--subscriber-backlog", str(args.subscriber_backlog)]
+    server = Server(binary, *flags)
     try:
         setup = server.connect()
         request(setup, b"CREATE s\r\n", 4)
         base_rss = server.rss()
+        cpu = server.cpu()
         alone = writer_rate(server, args.seconds)
+        cpu_alone = (server.cpu() - cpu) / (alone * args.seconds)
         subs = []
         for _ in range(args.subscribers):
             sub = server.connect()
             sub.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sub.sendall(b"SUBSCRIBE s\r\n")
+            if not args.idle_instead:
+                sub.sendall(b"SUBSCRIBE s\r\n")
             subs.append(sub)
         peak = [server.rss()]
         stop = threading.Event()
@@ -166,9 +205,12 @@ def subscribers(binary, args):
 
         sampler = threading.Thread(target=sample)
         sampler.start()
+        cpu = server.cpu()
         crowded = writer_rate(server, args.seconds)
+        cpu_crowded = (server.cpu() - cpu) / (crowded * args.seconds)
         stop.set()
         sampler.join()
+        dropped = stat(setup, "subscribers_dropped")
         for sub in subs:
             sub.close()
         time.sleep(args.settle)
@@ -177,6 +219,8 @@ def subscribers(binary, args):
             "PUTs/s alone": round(alone),
             f"PUTs/s with {args.subscribers} stuck": round(crowded),
             "slowdown %": round(100 * (1 - crowded / alone), 1),
+            "server CPU ns per PUT alone / with them": f"{cpu_alone * 1e9:.0f} / {cpu_crowded * 1e9:.0f}",
+            "dropped during the run": dropped,
             "peak RSS MiB": round((peak[0] - base_rss) / 1024, 1),
             "RSS after drop MiB": round((after - base_rss) / 1024, 1),
         }
@@ -270,6 +314,10 @@ def main():
     parser.add_argument("--only", choices=sorted(SCENARIOS), action="append")
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--subscribers", type=int, default=100)
+    parser.add_argument("--subscriber-backlog", type=int, help="the server's flag (default: its default)")
+    parser.add_argument(
+        "--idle-instead", action="store_true", help="subscribers: open the connections but do not subscribe"
+    )
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before the idle reading")
     parser.add_argument("--runs", type=int, default=5)

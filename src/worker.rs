@@ -96,13 +96,22 @@ impl WorkerShared {
             WorkerShared { log: Mutex::new(None), sync, syncer, synced_batches, ..WorkerShared::default() };
         // STATS shows what was loaded before the first request reaches this worker.
         let mut partition = partition;
-        shared.publish(&mut partition, &Subscriptions::default(), log.as_ref());
+        shared.publish(&mut partition, &mut Subscriptions::default(), log.as_ref());
         shared.partition = Mutex::new(partition);
         shared.log = Mutex::new(log);
         shared
     }
 
-    fn publish(&self, partition: &mut Partition, subscriptions: &Subscriptions, log: Option<&PartitionLog>) {
+    /// Publishes what a drain did: its events to the subscribers (one lock per bucket
+    /// written to, whatever the number of events and subscribers), its counters to
+    /// STATS. Runs before the drain's replies go out.
+    fn publish(
+        &self,
+        partition: &mut Partition,
+        subscriptions: &mut Subscriptions,
+        log: Option<&PartitionLog>,
+    ) {
+        subscriptions.flush();
         self.stats.buckets.store(partition.bucket_count(), Ordering::Relaxed);
         self.stats.keys.store(partition.key_count(), Ordering::Relaxed);
         self.stats.subscribers_dropped.store(subscriptions.dropped_total(), Ordering::Relaxed);
@@ -195,7 +204,7 @@ pub fn apply_inline(shared: &WorkerShared, batch: &mut Batch) -> bool {
     };
     let applied = panic::catch_unwind(AssertUnwindSafe(|| {
         shared.apply_locked(batch, &mut partition, &mut subscriptions, &mut log);
-        shared.publish(&mut partition, &subscriptions, log.as_ref());
+        shared.publish(&mut partition, &mut subscriptions, log.as_ref());
     }));
     if applied.is_err() {
         batch.discard_partial_reply();
@@ -258,6 +267,8 @@ pub fn run(shared: &WorkerShared, inbox: &Receiver<Batch>, pending: Option<Batch
             // What the finished batches (and the crashed one, before the crash) wrote
             // is synced before their replies go out, as `serve` does.
             shared.sync_if_always();
+            // So are the events of the changes applied before the crash.
+            shared.subscriptions.lock().flush();
             for batch in in_hand.done.drain(..) {
                 batch.send_back();
             }
@@ -294,7 +305,7 @@ fn serve(shared: &WorkerShared, inbox: &Receiver<Batch>, in_hand: &mut InHand) {
                 }
                 in_hand.current = inbox.try_recv().ok();
             }
-            shared.publish(&mut partition, &subscriptions, log.as_ref());
+            shared.publish(&mut partition, &mut subscriptions, log.as_ref());
         }
         send_back_synced(shared, &mut in_hand.done);
     }

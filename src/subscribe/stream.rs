@@ -1,13 +1,14 @@
 //! Writing a subscription's events to its client: one loop for a local subscription
-//! (events from the owning worker, over a channel) and for a relayed one (event lines
-//! from the owning node, over a socket).
+//! (events from the owning worker, read from the bucket's event log) and for a
+//! relayed one (event lines from the owning node, over a socket).
 //!
 //! The loop is "write what the client takes, drop it when too far behind": a client
 //! that does not read must pin neither this thread nor more than the backlog limit of
-//! memory. Writes wait at most [`WRITE_WAIT`], so the loop keeps taking events (and a
-//! relay keeps draining the owner) while the client is stuck; how far behind is too
-//! far is the source's call ([`Source::too_far_behind`]). Input from the client is read
-//! and ignored, and a client whose connection was reset is noticed within
+//! memory (a local subscription holds at most [`CHUNK`] of its own; the rest stays in
+//! the log it shares). A relay's writes wait at most [`WRITE_WAIT`], so the loop keeps
+//! draining the owner while the client is stuck; how far behind is too far is the
+//! source's call ([`Source::too_far_behind`]). Input from the client is read and
+//! ignored, and a client whose connection was reset is noticed within
 //! [`CLIENT_CHECK_INTERVAL`]; one that only closed its sending side keeps its stream
 //! (see [`client_gone`]).
 
@@ -16,17 +17,18 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crossbeam_channel::RecvTimeoutError;
-
 use super::Subscription;
+use super::event_log::Take;
 use crate::protocol::DROPPED_LINE;
 
 /// How long the loop waits for events before it looks at the client and at shutdown.
 const CLIENT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
-/// How long one write to a subscriber may block. Short, so that while the client is
-/// not reading the loop keeps taking events and reaches the limit (and drops the
-/// client) in seconds rather than minutes.
+/// How long one write to a relayed subscriber may block. Short, so that while the
+/// client is not reading the loop keeps draining the owner and reaches the limit (and
+/// drops the client) in seconds rather than minutes. A local subscriber waits
+/// [`CLIENT_CHECK_INTERVAL`]: the worker measures how far behind it is, so its loop
+/// has nothing to take meanwhile, and 100 stuck subscribers woke 5,000 times a second.
 const WRITE_WAIT: Duration = Duration::from_millis(20);
 
 /// Most event bytes gathered from the source at once.
@@ -51,6 +53,10 @@ trait Source {
     /// True when the client is too far behind and must be dropped; `pending` is what
     /// this loop holds unwritten.
     fn too_far_behind(&self, pending: usize) -> bool;
+    /// How long one write may block.
+    fn write_wait(&self) -> Duration {
+        WRITE_WAIT
+    }
 }
 
 /// Why a stream was cut: the client fell too far behind.
@@ -61,7 +67,7 @@ fn dropped() -> io::Error {
 /// Writes `source`'s events to `client` until the source ends, the client goes away or
 /// falls too far behind, or `stop` is set (shutdown).
 fn stream(client: &TcpStream, source: &mut dyn Source, stop: &AtomicBool) -> io::Result<()> {
-    client.set_write_timeout(Some(WRITE_WAIT))?;
+    client.set_write_timeout(Some(source.write_wait()))?;
     let mut pending: Vec<u8> = Vec::new();
     loop {
         let written = write_some(client, &pending)?;
@@ -91,7 +97,7 @@ fn stream(client: &TcpStream, source: &mut dyn Source, stop: &AtomicBool) -> io:
     }
 }
 
-/// Writes as much of `bytes` as the client takes within [`WRITE_WAIT`] per write.
+/// Writes as much of `bytes` as the client takes within the write timeout per write.
 fn write_some(client: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
     let mut written = 0;
     while written < bytes.len() {
@@ -108,37 +114,29 @@ fn write_some(client: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
     Ok(written)
 }
 
-/// A local subscription: the worker counts the bytes not yet written and says when the
-/// client is too far behind.
+/// A local subscription: events are read from the bucket's log through the cursor,
+/// and the worker says when the client is too far behind.
 impl Source for Subscription {
     fn fill(&mut self, out: &mut Vec<u8>, wait: Duration) -> io::Result<Fill> {
-        match self.events.recv_timeout(wait) {
-            Ok(event) => {
-                out.extend_from_slice(&event);
-                let mut taken = 1;
-                while out.len() < CHUNK {
-                    match self.events.try_recv() {
-                        Ok(event) => out.extend_from_slice(&event),
-                        Err(_) => break,
-                    }
-                    taken += 1;
-                }
-                self.took(taken);
-                Ok(Fill::Got)
-            }
-            Err(RecvTimeoutError::Timeout) => Ok(Fill::Nothing),
-            // The worker let it go: the bucket was dropped (DROPPED is queued), or the
-            // server is shutting down.
-            Err(RecvTimeoutError::Disconnected) => Ok(Fill::Ended(None)),
-        }
+        Ok(match self.cursor.take(out, CHUNK, wait) {
+            Take::Got => Fill::Got,
+            Take::Nothing => Fill::Nothing,
+            // The worker let it go: the bucket was dropped (DROPPED was the last
+            // event), or the server is shutting down.
+            Take::Ended => Fill::Ended(None),
+        })
     }
 
     fn written(&mut self, n: usize) {
-        self.backlog.unsent.fetch_sub(n, Ordering::AcqRel);
+        self.cursor.written.fetch_add(n as u64, Ordering::AcqRel);
     }
 
     fn too_far_behind(&self, _pending: usize) -> bool {
-        self.backlog.dropped.load(Ordering::Acquire)
+        self.cursor.dropped.load(Ordering::Acquire)
+    }
+
+    fn write_wait(&self) -> Duration {
+        CLIENT_CHECK_INTERVAL
     }
 }
 
