@@ -133,12 +133,15 @@ impl State {
     }
 
     /// True while a connection may apply a batch itself when the partition is free
-    /// (see `worker::apply_inline`): no more connections than cores, so a thread holding
-    /// a partition lock is not preempted by another connection's. Never with fault
+    /// (see `worker::apply_inline`): no more connections that apply batches than cores,
+    /// so a thread holding a partition lock is not preempted by another connection's.
+    /// Streaming subscribers never apply a batch, so they do not count. Never with fault
     /// injection on, whose crashes must happen on workers.
     #[inline]
     pub fn may_apply_inline(&self) -> bool {
-        !self.config.debug && self.counters.connections.load(Ordering::Relaxed) <= config::cores()
+        let connections = self.counters.connections.load(Ordering::Relaxed);
+        let streaming = self.counters.subscribers.load(Ordering::Relaxed);
+        !self.config.debug && connections.saturating_sub(streaming) <= config::cores()
     }
 
     /// Takes one socket of [`Budget::sockets`]; false when none is left.
