@@ -278,14 +278,23 @@ impl<'s> Connection<'s> {
             let flow = match frame {
                 Frame::Line(line) if matches!(self.mode, Mode::Challenged(_)) => {
                     self.answer_proof(line);
-                    Flow::Next
+                    self.close_if_refused_at_door()
                 }
-                Frame::Line(line) if first_line && self.nodes_only && !self.is_hello(line) => {
+                // Let in for nodes only: the first line must be a handshake; a line too
+                // long to be one is not a way past the door.
+                Frame::Line(_) | Frame::TooLong
+                    if first_line
+                        && self.nodes_only
+                        && !matches!(frame, Frame::Line(line) if self.is_hello(line)) =>
+                {
                     let reply = gate::refuse_at_door(self.state, self.client);
                     self.round.push_local(reply);
                     Flow::Close
                 }
-                Frame::Line(line) => self.dispatch(line, first_line)?,
+                Frame::Line(line) => {
+                    let flow = self.dispatch(line, first_line)?;
+                    if first_line { self.close_if_refused_at_door() } else { flow }
+                }
                 Frame::TooLong => {
                     self.round.push_local(Reply::Error(ErrorKind::LineTooLong));
                     Flow::Next
@@ -435,6 +444,18 @@ impl<'s> Connection<'s> {
                 self.round.push_local(refusal.reply(&self.state.config.node));
                 self.mode = Mode::Refused(refusal);
             }
+        }
+    }
+
+    /// After a refused handshake on a connection let in for nodes only, or on a peer
+    /// seat (beyond the client cap): closes it, so that a refused handshake cannot hold
+    /// the seat or go on to other commands.
+    fn close_if_refused_at_door(&self) -> Flow {
+        let on_peer_seat = self.seat.get() == Seat::Peer;
+        if matches!(self.mode, Mode::Refused(_)) && (self.nodes_only || on_peer_seat) {
+            Flow::Close
+        } else {
+            Flow::Next
         }
     }
 

@@ -62,10 +62,17 @@ pub(crate) struct Pending {
     responder_nonce: [u8; NONCE_LEN],
 }
 
-/// Answers a version-1 hello: `None` (accept it) on a node without a secret.
+/// Answers a version-1 hello: `None` (accept it) on a node with neither a secret nor a
+/// password. A node peer needs no `AUTH`, so on a node with a password an unproven v1
+/// hello would be a way around it.
 pub(crate) fn v1_hello(state: &State, client: Option<IpAddr>) -> Option<Refusal> {
-    state.config.cluster_secret.as_ref()?;
-    Some(failed(state, client, Refusal::PeerSentNoSecret))
+    if state.config.cluster_secret.is_some() {
+        return Some(failed(state, client, Refusal::PeerSentNoSecret));
+    }
+    if state.config.password.is_some() {
+        return Some(failed(state, client, Refusal::AuthFailed));
+    }
+    None
 }
 
 /// Answers a version-2 hello from node `from` with `nonce`: writes the challenge to
@@ -109,6 +116,13 @@ impl Pending {
         let Some(secret) = &state.config.cluster_secret else {
             return Err(Refusal::AuthFailed);
         };
+        // Checked again here, not only at the hello: many handshakes opened at once
+        // would otherwise all get their proofs checked on one full bucket.
+        let ip = client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        if !state.handshake_throttle.allows(ip, Instant::now()) {
+            state.counters.peer_auth_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::Throttled);
+        }
         match parse_proof(line) {
             Some(proof) if self.transcript(state).verify(secret, Role::Initiator, &proof) => Ok(()),
             _ => Err(failed(state, client, Refusal::AuthFailed)),

@@ -57,7 +57,10 @@ pub(crate) fn close_connections(state: &State) {
 /// Waits until no connection is open or `deadline` passes; true if none is open.
 fn wait_for_connections(state: &State, deadline: Instant) -> bool {
     loop {
-        if state.counters.connections.load(Ordering::SeqCst) == 0 {
+        let counters = &state.counters;
+        // Connections from other nodes too: their clients wait on these replies.
+        if counters.connections.load(Ordering::SeqCst) + counters.peer_connections.load(Ordering::SeqCst) == 0
+        {
             return true;
         }
         if Instant::now() >= deadline {

@@ -337,3 +337,47 @@ fn kv_cli_and_kv_top_authenticate_with_a_password_file() {
     assert!(!done.status.success());
     assert_eq!(done.stdout, b"ERROR authentication required\n");
 }
+
+/// Regression: a node peer needs no `AUTH`, and a standalone node with a password (no
+/// secret) accepted a version-1 hello, so claiming to be a peer got around the password.
+#[test]
+fn a_version_1_hello_does_not_get_around_the_password() {
+    let server = password_server(IpAddr::V4(Ipv4Addr::LOCALHOST), Some("hunter2"));
+    let mut conn = Conn::connect(server.addr());
+    conn.send(b"KV-PEER-HELLO 1 x kv\r\nCREATE stolen\r\nPUT stolen k v\r\n");
+    let got = conn.read_line();
+    assert_eq!(got, b"ERROR authentication failed\r\n", "{}", common::show(&got));
+    for _ in 0..2 {
+        let refused = conn.read_line();
+        assert!(refused.starts_with(b"ERROR "), "nothing runs after it: {}", common::show(&refused));
+    }
+    let mut owner = Conn::connect(server.addr());
+    owner.roundtrip(b"AUTH hunter2\r\nGET stolen k\r\n", b"OK\r\nNOT FOUND\r\n");
+}
+
+/// Regression: a connection let in on a peer seat (the client cap full) whose proof
+/// was refused kept the seat, and could go on sending PING to hold it.
+#[test]
+fn a_refused_handshake_on_a_peer_seat_is_closed() {
+    let cluster = Cluster::parse("two.conf", "a 127.0.0.1:1 a-m\nb 127.0.0.1:2 n-z\n").unwrap();
+    let server = start_server_with(Config {
+        port: 0,
+        workers: 1,
+        node: "b".into(),
+        cluster: Some(cluster),
+        cluster_secret: Some(Secret::new(SECRET.as_bytes())),
+        max_connections: 1,
+        ..Config::default()
+    });
+    let mut client = Conn::connect(server.addr());
+    client.roundtrip(b"PING\r\n", b"PONG\r\n");
+    // The client cap is full: the next connection gets a peer seat, on condition.
+    let nonce = [9u8; NONCE_LEN];
+    let mut intruder = Conn::connect(server.addr());
+    intruder.send(&auth_hello_line("a", "b", &nonce));
+    assert!(parse_challenge(&intruder.read_line()).is_some(), "a challenge");
+    intruder.send(b"KV-PEER-PROOF 00\r\nPING\r\n");
+    let rest = intruder.read_to_close();
+    assert_eq!(common::show(&rest), common::show(b"ERROR authentication failed\r\n"), "no PONG: closed");
+    client.roundtrip(b"PING\r\n", b"PONG\r\n");
+}

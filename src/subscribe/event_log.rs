@@ -238,11 +238,15 @@ impl BucketLog {
         // A cursor is attached once, by the worker that registers its subscriber.
         let _ = cursor.log.set(self.log.clone());
         let mut state = self.log.state.lock();
-        cursor.counted.store(true, Ordering::Release);
-        state.live += 1;
+        // A subscriber that left before it was attached is not counted: nothing would
+        // ever release it.
+        if !cursor.is_gone() {
+            cursor.counted.store(true, Ordering::Release);
+            state.live += 1;
+        }
         drop(state);
         let limit = limit as u64;
-        self.next_check = self.next_check.min(head + limit + 1);
+        self.next_check = self.next_check.min(head.saturating_add(limit).saturating_add(1));
         self.readers.push(Reader { cursor, limit });
     }
 
@@ -324,8 +328,11 @@ impl BucketLog {
             let keep = 2 * state.bytes.len();
             state.bytes.shrink_to(keep);
         }
-        let next_limit =
-            self.readers.iter().map(|r| r.cursor.written.load(Ordering::Acquire) + r.limit + 1).min();
+        let next_limit = self
+            .readers
+            .iter()
+            .map(|r| r.cursor.written.load(Ordering::Acquire).saturating_add(r.limit).saturating_add(1))
+            .min();
         self.next_check = next_limit.unwrap_or(u64::MAX).min(head + CHECK_EVERY);
         Flushed { removed: before - self.readers.len(), dropped, woke: false, looked: true }
     }
