@@ -293,7 +293,10 @@ impl<'s> Connection<'s> {
                 }
                 Frame::Line(line) => {
                     let flow = self.dispatch(line, first_line)?;
-                    if first_line { self.close_if_refused_at_door() } else { flow }
+                    match flow {
+                        Flow::Next if first_line => self.close_if_refused_at_door(),
+                        flow => flow,
+                    }
                 }
                 Frame::TooLong => {
                     self.round.push_local(Reply::Error(ErrorKind::LineTooLong));
