@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::persist::{FsyncPolicy, SnapshotWriter, bucket_records};
+use crate::persist::{FileKind, FsyncPolicy, SnapshotWriter, bucket_records, parse_file_name};
 use crate::worker::WorkerShared;
 
 /// How often the flusher syncs and the compactor looks at log sizes.
@@ -226,19 +226,15 @@ fn compact(worker: &WorkerShared, stopping: &AtomicBool) -> io::Result<bool> {
     Ok(true)
 }
 
-/// The number of a data file (`0000000003.log` is 3), and whether it is a segment.
-fn data_file(path: &Path) -> Option<(u64, bool)> {
-    let name = path.file_name()?.to_str()?;
-    if let Some(seq) = name.strip_suffix(".log") {
-        return seq.parse().ok().map(|seq| (seq, true));
-    }
-    name.strip_suffix(".snap")?.parse().ok().map(|seq| (seq, false))
+/// The number and kind of a data file at `path`.
+fn data_file(path: &Path) -> Option<(u64, FileKind)> {
+    parse_file_name(path.file_name()?.to_str()?)
 }
 
 fn sync_segments_before(dir: &Path, from: u64) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        if let Some((seq, true)) = data_file(&path)
+        if let Some((seq, FileKind::Segment)) = data_file(&path)
             && seq < from
         {
             fs::File::open(&path)?.sync_data()?;

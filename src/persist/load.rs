@@ -44,16 +44,10 @@ fn files_to_load(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<DataFile>
     for entry in entries {
         let path = entry.map_err(|error| LoadError::io(dir, error))?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let parsed = if let Some(seq) = name.strip_suffix(".log") {
-            seq.parse().ok().map(|seq| (seq, FileKind::Segment))
-        } else if let Some(seq) = name.strip_suffix(".snap") {
-            seq.parse().ok().map(|seq| (seq, FileKind::Snapshot))
-        } else {
-            if name.ends_with(".tmp") {
-                let _ = fs::remove_file(&path);
-            }
-            None
-        };
+        let parsed = super::log::parse_file_name(&name);
+        if parsed.is_none() && name.ends_with(".tmp") {
+            let _ = fs::remove_file(&path);
+        }
         if let Some((seq, kind)) = parsed {
             files.push(DataFile { seq, kind, path });
         }

@@ -31,6 +31,15 @@ pub fn file_name(seq: u64, kind: FileKind) -> String {
     }
 }
 
+/// The number and kind of a data file from its name (`0000000003.log` is segment 3),
+/// the reverse of [`file_name`]; `None` for any other file.
+pub fn parse_file_name(name: &str) -> Option<(u64, FileKind)> {
+    if let Some(seq) = name.strip_suffix(".log") {
+        return seq.parse().ok().map(|seq| (seq, FileKind::Segment));
+    }
+    name.strip_suffix(".snap")?.parse().ok().map(|seq| (seq, FileKind::Snapshot))
+}
+
 /// Creates segment `seq` in `dir`, header written and synced, the directory too.
 pub fn create_segment(dir: &Path, seq: u64) -> io::Result<File> {
     let path = dir.join(file_name(seq, FileKind::Segment));
@@ -249,7 +258,7 @@ impl PartitionLog {
             let entry = entry?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if let Some(seq) = name.strip_suffix(".log").and_then(|n| n.parse::<u64>().ok())
+            if let Some((seq, FileKind::Segment)) = parse_file_name(&name)
                 && seq >= from
             {
                 total += if seq == self.seq { self.good_len } else { entry.metadata()?.len() };

@@ -35,8 +35,8 @@ mod log;
 mod record;
 mod snapshot;
 
-pub use log::{LogSync, PartitionLog};
-pub use record::Op;
+pub use log::{LogSync, PartitionLog, parse_file_name};
+pub use record::{FileKind, Op};
 pub use snapshot::{CHUNK_BYTES, SnapshotWriter, bucket_records};
 
 use std::fmt;
