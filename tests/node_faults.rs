@@ -195,6 +195,15 @@ fn after_the_shutdown_grace_a_client_that_never_reads_is_closed_and_the_log_coun
     let (mut server, reply) = server_with_a_large_value(&["--workers", "2", "--shutdown-grace", "1"]);
     let mut stuck = Conn::connect(server.addr());
     send_all(&stuck, "GET b k\r\n".repeat(GETS).into_bytes());
+    // The stop must find the server with replies it cannot write: wait until they fill
+    // the client's receive buffer, rather than racing the read of the pipeline.
+    let peeker = stuck.try_clone_stream();
+    peeker.set_nonblocking(true).unwrap();
+    let mut window = vec![0u8; 64 * 1024];
+    wait_until("replies fill the stuck client's buffer", || {
+        peeker.peek(&mut window).unwrap_or(0) == window.len()
+    });
+    peeker.set_nonblocking(false).unwrap();
     let mut idle = Conn::connect(server.addr());
     idle.roundtrip(b"PING\r\n", b"PONG\r\n");
     let signalled = Instant::now();
