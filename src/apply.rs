@@ -6,7 +6,7 @@
 //! directory, `batch.rs` has logged the records of a stretch of requests before they
 //! reach here (`Batch::log_ahead`). No I/O, no threads.
 
-use crate::protocol::{Command, ErrorKind, Event, Reply};
+use crate::protocol::{Command, ErrorKind, Event, Fields, Part, Reply};
 use crate::store::{NoSuchBucket, Partition, WriteError};
 use crate::subscribe::{Subscriber, Subscriptions};
 
@@ -42,6 +42,39 @@ pub fn apply<'p>(
         Command::Delete { bucket, key } => (partition.delete(bucket, key), (bucket, Event::Deleted { key })),
         Command::Drop { bucket } => (partition.drop_bucket(bucket), (bucket, Event::Dropped)),
         Command::Subscribe { bucket } => return subscribe(partition, subscriptions, bucket, subscriber),
+        Command::HSet { bucket, key, value } | Command::SetString { bucket, key, value } => {
+            match partition.upsert_within_limit(bucket, key, value) {
+                Ok(new) => {
+                    if !subscriptions.is_empty() {
+                        subscriptions.publish(bucket, Event::Set { key, value });
+                    }
+                    return match command {
+                        Command::SetString { .. } => Reply::Ok,
+                        _ => Reply::Integer(i64::from(new)),
+                    };
+                }
+                Err(error) => return refused(error),
+            }
+        }
+        Command::HDel { bucket, key } => {
+            let removed = partition.remove(bucket, key).unwrap_or(false);
+            if removed && !subscriptions.is_empty() {
+                subscriptions.publish(bucket, Event::Deleted { key });
+            }
+            return Reply::Integer(i64::from(removed));
+        }
+        Command::Del { bucket } => match partition.drop_bucket(bucket) {
+            Ok(()) => (Ok(()), (bucket, Event::Dropped)),
+            Err(NoSuchBucket) => return Reply::Integer(0),
+        },
+        Command::HGet { .. }
+        | Command::HExists { .. }
+        | Command::HLen { .. }
+        | Command::HGetAll { .. }
+        | Command::HKeys { .. }
+        | Command::HVals { .. }
+        | Command::Exists { .. }
+        | Command::Type { .. } => return read(partition, command),
         // Fault injection (`kv serve --debug`): nothing has been changed yet, so the
         // partition stays exactly as it was.
         Command::DebugCrash { .. } => panic!("DEBUG CRASH requested"),
@@ -58,9 +91,34 @@ pub fn apply<'p>(
             if !subscriptions.is_empty() {
                 subscriptions.publish(event.0, event.1);
             }
-            Reply::Ok
+            match command {
+                Command::Del { .. } => Reply::Integer(1),
+                _ => Reply::Ok,
+            }
         }
         Err(NoSuchBucket) => Reply::NotFound,
+    }
+}
+
+/// The RESP door's reads: a missing bucket reads as an empty one, as a missing key
+/// does in Redis.
+fn read<'p>(partition: &'p Partition, command: Command<'_>) -> Reply<'p> {
+    let fields = |bucket: &[u8], part| Reply::Fields(partition.bucket(bucket).map(|b| b as &dyn Fields), part);
+    match command {
+        Command::HGet { bucket, key } => match partition.get(bucket, key) {
+            Ok(Some(value)) => Reply::Bulk(value),
+            _ => Reply::Nil,
+        },
+        Command::HExists { bucket, key } => {
+            Reply::Integer(i64::from(matches!(partition.get(bucket, key), Ok(Some(_)))))
+        }
+        Command::HLen { bucket } => Reply::Integer(partition.bucket(bucket).map_or(0, |b| b.len() as i64)),
+        Command::HGetAll { bucket } => fields(bucket, Part::Pairs),
+        Command::HKeys { bucket } => fields(bucket, Part::Keys),
+        Command::HVals { bucket } => fields(bucket, Part::Values),
+        Command::Exists { bucket } => Reply::Integer(i64::from(partition.contains(bucket))),
+        Command::Type { bucket } => Reply::Status(if partition.contains(bucket) { "hash" } else { "none" }),
+        _ => Reply::Unknown,
     }
 }
 

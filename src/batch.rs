@@ -11,15 +11,18 @@ use crossbeam_channel::Sender;
 
 use crate::apply;
 use crate::persist::{Op, PartitionLog};
-use crate::protocol::{self, Command, ErrorKind, Reply};
+use crate::protocol::{self, Command, Dialect, ErrorKind, Reply};
 use crate::store::Partition;
 use crate::subscribe::{Subscriber, Subscriptions};
 
 /// Requests from one connection for one worker, and, on the way back, the replies.
 #[derive(Debug)]
 pub struct Batch {
-    /// Request lines, each ending in `\n`.
+    /// Requests, each a [`Command`] encoded by `protocol::encode_request`: a text line
+    /// could not carry the RESP door's values.
     requests: Vec<u8>,
+    /// How the replies are written: the asking connection's dialect.
+    dialect: Dialect,
     /// The replies, concatenated in request order.
     replies: Vec<u8>,
     /// Where each request's reply ends in `replies`: one entry per answered request.
@@ -49,6 +52,7 @@ impl Batch {
     pub fn new(worker: usize, reply_to: Sender<Batch>) -> Self {
         Batch {
             requests: Vec::new(),
+            dialect: Dialect::Text,
             replies: Vec::new(),
             reply_ends: Vec::new(),
             reply_to,
@@ -66,17 +70,22 @@ impl Batch {
         self.worker
     }
 
-    /// Adds one request line (without its newline).
+    /// Adds one request.
     #[inline]
-    pub fn push_request(&mut self, line: &[u8]) {
-        self.requests.extend_from_slice(line);
-        self.requests.push(b'\n');
+    pub fn push_request(&mut self, command: &Command<'_>) {
+        protocol::encode_request(command, &mut self.requests);
     }
 
-    /// Adds a `SUBSCRIBE` line with the subscriber the worker is to register.
-    pub fn push_subscribe(&mut self, line: &[u8], subscriber: Subscriber) {
-        self.push_request(line);
+    /// Adds a `SUBSCRIBE` with the subscriber the worker is to register.
+    pub fn push_subscribe(&mut self, command: &Command<'_>, subscriber: Subscriber) {
+        self.push_request(command);
         self.subscriber = Some(subscriber);
+    }
+
+    /// Sets how this batch's replies are written (while it is empty).
+    pub fn set_dialect(&mut self, dialect: Dialect) {
+        debug_assert!(self.requests.is_empty());
+        self.dialect = dialect;
     }
 
     /// The subscriber the worker did not register (its bucket does not exist), if any.
@@ -188,8 +197,8 @@ impl Batch {
     pub fn settle(&mut self, partition: &Partition, log: Option<&mut PartitionLog>) {
         let mut at = self.cursor;
         while at < self.requests.len() {
-            let (line, next) = request_at(&self.requests, at);
-            if protocol::parse(line).is_write() {
+            let (command, next) = request_at(&self.requests, at);
+            if command.is_write() {
                 self.unapplied.push(at);
             }
             at = next;
@@ -206,19 +215,27 @@ impl Batch {
     /// the log then holds a change the node does not.
     fn log_final_state(&mut self, partition: &Partition, log: &mut PartitionLog) {
         for &at in &self.unapplied {
-            let (line, _) = request_at(&self.requests, at);
-            let op = match protocol::parse(line) {
-                Command::Put { bucket, key, .. } | Command::Delete { bucket, key } => {
+            let (command, _) = request_at(&self.requests, at);
+            let op = match command {
+                Command::Put { bucket, key, .. }
+                | Command::Delete { bucket, key }
+                | Command::HSet { bucket, key, .. }
+                | Command::SetString { bucket, key, .. }
+                | Command::HDel { bucket, key } => {
                     match partition.get(bucket, key) {
                         Ok(Some(value)) => Op::Put { bucket, key, value },
                         Ok(None) => Op::Delete { bucket, key },
                         Err(_) => Op::Drop { bucket },
                     }
                 }
-                Command::Create { bucket } | Command::Drop { bucket } if partition.contains(bucket) => {
+                Command::Create { bucket } | Command::Drop { bucket } | Command::Del { bucket }
+                    if partition.contains(bucket) =>
+                {
                     Op::Create { bucket }
                 }
-                Command::Create { bucket } | Command::Drop { bucket } => Op::Drop { bucket },
+                Command::Create { bucket } | Command::Drop { bucket } | Command::Del { bucket } => {
+                    Op::Drop { bucket }
+                }
                 _ => continue,
             };
             log.push(&op);
@@ -241,19 +258,18 @@ impl Batch {
         let mut refused = 0;
         let mut index = 0;
         while self.cursor < end {
-            let (line, next) = request_at(&self.requests, self.cursor);
-            let command = protocol::parse(line);
+            let (command, next) = request_at(&self.requests, self.cursor);
             match failure {
                 Some(reason) if command.is_write() => {
-                    Reply::Error(ErrorKind::PersistenceFailed { reason }).write_text(&mut self.replies);
+                    Reply::Error(ErrorKind::PersistenceFailed { reason }).write(self.dialect, &mut self.replies);
                     refused += 1;
                 }
                 _ => {
                     let reply = apply::apply(partition, subscriptions, command, &mut self.subscriber);
-                    if self.logged.get(index).copied().unwrap_or(false) && reply != Reply::Ok {
+                    if self.logged.get(index).copied().unwrap_or(false) && reply.is_refusal() {
                         self.unapplied.push(self.cursor);
                     }
-                    reply.write_text(&mut self.replies);
+                    reply.write(self.dialect, &mut self.replies);
                 }
             }
             self.reply_ends.push(self.replies.len());
@@ -273,18 +289,26 @@ impl Batch {
         self.logged.clear();
         let mut at = self.cursor;
         while at < self.requests.len() {
-            let (line, next) = request_at(&self.requests, at);
-            let command = protocol::parse(line);
+            let (command, next) = request_at(&self.requests, at);
             let exists = |bucket: &[u8], overlay: &[(usize, usize, bool)]| {
                 let known = overlay.iter().rev().find(|(s, l, _)| &self.requests[*s..*s + *l] == bucket);
                 known.map_or_else(|| partition.contains(bucket), |(_, _, exists)| *exists)
             };
             let (logged, now) = match command {
                 Command::Create { bucket } => (!exists(bucket, &self.overlay), Some((bucket, true))),
-                Command::Put { bucket, .. } | Command::Delete { bucket, .. } => {
+                Command::Put { bucket, .. } | Command::Delete { bucket, .. } | Command::HDel { bucket, .. } => {
                     (exists(bucket, &self.overlay), None)
                 }
-                Command::Drop { bucket } => (exists(bucket, &self.overlay), Some((bucket, false))),
+                Command::Drop { bucket } | Command::Del { bucket } => {
+                    (exists(bucket, &self.overlay), Some((bucket, false)))
+                }
+                // Creates its bucket when it must: that is logged first.
+                Command::HSet { bucket, .. } | Command::SetString { bucket, .. } => {
+                    if !exists(bucket, &self.overlay) {
+                        log.push(&Op::Create { bucket });
+                    }
+                    (true, Some((bucket, true)))
+                }
                 Command::DebugCrash { .. } => return next,
                 _ => (false, None),
             };
@@ -308,13 +332,13 @@ impl Batch {
         if self.is_done() {
             return;
         }
-        let (line, next) = request_at(&self.requests, self.cursor);
-        if protocol::parse(line).is_write() {
+        let (command, next) = request_at(&self.requests, self.cursor);
+        if command.is_write() {
             // Its record may have been logged ahead of it: [`Batch::settle`] logs the
             // state it names, as it is, after it.
             self.unapplied.push(self.cursor);
         }
-        reply.write_text(&mut self.replies);
+        reply.write(self.dialect, &mut self.replies);
         self.reply_ends.push(self.replies.len());
         self.cursor = next;
     }
@@ -344,11 +368,14 @@ impl Batch {
 /// The reply every request of a batch gets when no worker serves it.
 pub const UNSERVED: Reply<'static> = Reply::Error(ErrorKind::WorkerUnavailable);
 
-/// The request line starting at `cursor` in `requests`, and where the next starts.
-fn request_at(requests: &[u8], cursor: usize) -> (&[u8], usize) {
-    let rest = &requests[cursor..];
-    let len = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
-    (&rest[..len], cursor + len + 1)
+/// The request starting at `cursor` in `requests`, and where the next starts. The
+/// batch encoded them itself, so a request cut short is a bug: it reads as Unknown and
+/// ends the batch rather than panicking.
+fn request_at(requests: &[u8], cursor: usize) -> (Command<'_>, usize) {
+    match protocol::decode_request(&requests[cursor..]) {
+        Some((command, len)) => (command, cursor + len),
+        None => (Command::Unknown, requests.len()),
+    }
 }
 
 #[cfg(test)]
@@ -360,7 +387,7 @@ mod tests {
         let (tx, _rx) = crossbeam_channel::unbounded();
         let mut batch = Batch::new(0, tx);
         for line in lines {
-            batch.push_request(line);
+            batch.push_request(&protocol::parse(line));
         }
         batch.apply(partition, &mut Subscriptions::default(), None);
         (0..batch.reply_count()).map(|i| batch.reply(i).unwrap_or_default().to_vec()).collect()
@@ -403,8 +430,8 @@ mod tests {
     fn answer_rest_fills_every_unanswered_request() {
         let (tx, _rx) = crossbeam_channel::unbounded();
         let mut batch = Batch::new(3, tx);
-        batch.push_request(b"CREATE a");
-        batch.push_request(b"GET a k");
+        batch.push_request(&protocol::parse(b"CREATE a"));
+        batch.push_request(&protocol::parse(b"GET a k"));
         batch.answer_rest(UNSERVED);
         assert_eq!(batch.reply_count(), 2);
         assert_eq!(batch.reply(1), Some(&b"ERROR worker unavailable\r\n"[..]));

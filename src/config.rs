@@ -41,6 +41,18 @@ pub const DEFAULT_MAX_SECONDS: u64 = 5;
 /// Default node name, reported by STATS when there is no cluster file.
 pub const DEFAULT_NODE: &str = "kv";
 
+/// Largest value the RESP door takes (`--max-value`): 1 MiB, memcached's item size.
+/// A RESP connection holds up to a few of these while it reads a command.
+pub const DEFAULT_MAX_VALUE: usize = 1024 * 1024;
+
+/// Largest `--max-value` accepted: past it one client could make a connection hold
+/// gigabytes, and the node-to-node frames' lengths stay far from `u32::MAX`.
+pub const MAX_MAX_VALUE: usize = 512 * 1024 * 1024;
+
+/// The bucket the RESP door keeps plain strings in (`SET`, `GET`, `MGET`, ...):
+/// `--resp-bucket`. It lives on whichever node owns that name.
+pub const DEFAULT_RESP_BUCKET: &str = "strings";
+
 /// Stack size of a connection thread (and of the peer prober threads).
 ///
 /// Threads default to 2 MiB of address space each; 10,000 idle connections reserve
@@ -167,6 +179,12 @@ pub struct Config {
     /// Protected mode (`--protected-mode`): listening on a non-loopback address without
     /// a password, serve loopback clients only.
     pub protected_mode: bool,
+    /// The RESP door's port (`--resp-port`); `None`: no RESP door. 0 picks a free one.
+    pub resp_port: Option<u16>,
+    /// Where the RESP door keeps plain strings (`--resp-bucket`).
+    pub resp_bucket: Vec<u8>,
+    /// Largest value, in bytes, the RESP door takes (`--max-value`).
+    pub max_value: usize,
 }
 
 impl Default for Config {
@@ -194,6 +212,9 @@ impl Default for Config {
             cluster_secret: None,
             password: None,
             protected_mode: true,
+            resp_port: None,
+            resp_bucket: DEFAULT_RESP_BUCKET.as_bytes().to_vec(),
+            max_value: DEFAULT_MAX_VALUE,
         }
     }
 }
@@ -227,12 +248,17 @@ impl Config {
             ("--subscriber-backlog", self.subscriber_backlog),
             ("--compact-min-bytes", usize::try_from(self.compact_min_bytes).unwrap_or(usize::MAX)),
             ("--max-memory", self.max_memory.unwrap_or(1)),
+            ("--max-value", self.max_value),
+            ("--resp-bucket", self.resp_bucket.len()),
         ];
         if let Some((flag, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::Zero(flag));
         }
         if self.max_line > MAX_MAX_LINE {
             return Err(ConfigError::MaxLineTooLarge(self.max_line));
+        }
+        if self.max_value > MAX_MAX_VALUE {
+            return Err(ConfigError::MaxValueTooLarge(self.max_value));
         }
         if !is_node_name(&self.node) {
             return Err(ConfigError::BadNodeName(self.node.clone()));
@@ -284,6 +310,8 @@ pub enum ConfigError {
     Zero(&'static str),
     /// `--max-line` is over [`MAX_MAX_LINE`].
     MaxLineTooLarge(usize),
+    /// `--max-value` is over [`MAX_MAX_VALUE`].
+    MaxValueTooLarge(usize),
     /// `--node` is not a node name.
     BadNodeName(String),
     /// A timeout is zero or longer than a day.
@@ -313,6 +341,9 @@ impl fmt::Display for ConfigError {
             ConfigError::Zero(flag) => write!(f, "{flag} must be at least 1"),
             ConfigError::MaxLineTooLarge(max) => {
                 write!(f, "--max-line {max} is too large: at most {MAX_MAX_LINE} (1 GiB)")
+            }
+            ConfigError::MaxValueTooLarge(max) => {
+                write!(f, "--max-value {max} is too large: at most {MAX_MAX_VALUE} (512 MiB)")
             }
             ConfigError::BadNodeName(name) => {
                 write!(f, "--node {name:?}: use lowercase ASCII letters, digits and '_'")

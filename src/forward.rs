@@ -2,13 +2,17 @@
 //!
 //! A connection thread hands such requests to its [`Forwarder`], one [`Exchange`] per
 //! peer per round. At the end of the round the forwarder writes each peer's requests
-//! with ONE write on a pooled connection (`peer/`), then reads the replies back, framed
-//! by each request's [`ReplyShape`], and the connection relays them unchanged, in
-//! request order with its local replies. The worker batches of the same round are in
-//! flight meanwhile, so local and remote work overlap.
+//! with ONE write on a pooled connection (`peer/`), then reads the replies back, and the
+//! connection relays them unchanged, in request order with its local replies. The
+//! worker batches of the same round are in flight meanwhile, so local and remote work
+//! overlap.
 //!
-//! Between nodes the protocol is the client protocol plus one handshake line
-//! (`protocol/hello.rs`; docs/CLUSTER.md tells the whole story).
+//! Between nodes, after one handshake line (`protocol/hello.rs`), each request is a
+//! frame: the dialect its reply is to be written in (the asking client's: text or
+//! RESP), then the [`Command`] encoded (`protocol/request.rs`). Each reply comes back
+//! as `[u32 LE length][the reply's bytes]`, ready to relay. Frames carry any bytes, so
+//! a RESP value with a line end in it crosses nodes intact. docs/CLUSTER.md tells the
+//! whole story.
 //!
 //! # Faults: at most once
 //! A forwarded request is written to a peer at most once. A pooled connection the peer
@@ -27,7 +31,7 @@
 //! that may have been applied. docs/CLUSTER.md argues this for users.
 
 use crate::peer::{Deadline, Failure, HelloReply, Peer, PeerConn, Peers};
-use crate::protocol::{self, ReplyShape};
+use crate::protocol::{self, Command, Dialect};
 
 /// Most request bytes sent to a peer in one exchange; a round with more for one peer
 /// is split.
@@ -43,14 +47,16 @@ pub const MAX_EXCHANGE_BYTES: usize = 16 * 1024;
 /// One round's requests for one peer and, after [`Forwarder::exchange`], their replies.
 #[derive(Debug, Default)]
 struct Exchange {
-    /// Request lines, each ending in `\n`.
+    /// Request frames: the dialect's byte, then the encoded command.
     requests: Vec<u8>,
-    /// For each request, the shape of its reply.
-    shapes: Vec<ReplyShape>,
-    /// The replies, concatenated in request order.
+    /// For each request, whether it is a write (what a failure answers depends on it).
+    writes: Vec<bool>,
+    /// The dialect every reply of the exchange is written in: the asking connection's.
+    dialect: Dialect,
+    /// The replies as read (frame prefixes and the handshake's line included), and
+    /// where each reply's bytes are in it, in request order.
     replies: Vec<u8>,
-    /// Where each reply ends in `replies`.
-    reply_ends: Vec<usize>,
+    spans: Vec<(usize, usize)>,
     /// How many replies have been taken by [`Forwarder::next_reply`].
     cursor: usize,
     /// The connection the requests went out on, until the replies are in.
@@ -58,18 +64,25 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn push(&mut self, line: &[u8], shape: ReplyShape) {
-        self.requests.extend_from_slice(line);
-        self.requests.push(b'\n');
-        self.shapes.push(shape);
+    fn push(&mut self, command: &Command<'_>, dialect: Dialect) {
+        self.dialect = dialect;
+        protocol::push_peer_frame(command, dialect, &mut self.requests);
+        self.writes.push(command.is_write());
     }
 
     fn clear(&mut self) {
         self.requests.clear();
-        self.shapes.clear();
+        self.writes.clear();
         self.replies.clear();
-        self.reply_ends.clear();
+        self.spans.clear();
         self.cursor = 0;
+    }
+
+    /// Appends one reply the exchange makes up itself (a failure's).
+    fn push_own_reply(&mut self, reply: &[u8]) {
+        let start = self.replies.len();
+        self.replies.extend_from_slice(reply);
+        self.spans.push((start, self.replies.len()));
     }
 
     /// Sends the requests on a pooled or new connection. A pooled connection the peer
@@ -101,17 +114,17 @@ impl Exchange {
     /// when no reply came back, so the ones left unanswered are failed (see
     /// [`Exchange::fail`]).
     fn receive(&mut self, peer: &Peer, mut conn: PeerConn, deadline: Deadline) {
-        let result = conn.read_replies(&mut self.replies, &mut self.reply_ends, &self.shapes, deadline);
+        let result = conn.read_replies(&mut self.replies, &mut self.spans, self.writes.len(), deadline);
         match result {
             Ok(HelloReply::Accepted) => {
                 peer.succeeded();
                 peer.checkin(conn);
             }
             Ok(HelloReply::Refused(line)) => {
-                // The replies are the peer's own error lines: relay them, but do not keep
-                // a connection the peer will refuse everything on.
-                peer.log_refusal(&line);
+                // The peer refused the handshake and so every request behind it: each
+                // gets its refusal, and the connection is not kept.
                 peer.discard(conn);
+                self.relay_refusal(peer, &line);
             }
             Err(failure) => {
                 peer.discard(conn);
@@ -144,12 +157,11 @@ impl Exchange {
     /// every request gets the refusal line, as with a routing refusal, and the peer is
     /// not marked down for it (its refusals are answers, and say why).
     fn relay_refusal(&mut self, peer: &Peer, line: &[u8]) {
-        let answered = self.reply_ends.last().copied().unwrap_or(0);
-        self.replies.truncate(answered);
-        let missing = self.shapes.len() - self.reply_ends.len();
+        let missing = self.writes.len() - self.spans.len();
+        let mut reply = Vec::new();
+        protocol::relay_error_line(line, self.dialect, &mut reply);
         for _ in 0..missing {
-            self.replies.extend_from_slice(line);
-            self.reply_ends.push(self.replies.len());
+            self.push_own_reply(&reply);
         }
         peer.count_errors(missing);
         peer.log_refusal(line);
@@ -158,16 +170,15 @@ impl Exchange {
     /// Answers every request not answered yet as [`Exchange::fail`] says; returns how
     /// many that was.
     fn answer_unavailable(&mut self, peer: &Peer, sent: Sent) -> usize {
-        let answered = self.reply_ends.last().copied().unwrap_or(0);
-        self.replies.truncate(answered);
-        let missing = self.shapes.len() - self.reply_ends.len();
-        let mut lines = self.requests.split(|&b| b == b'\n').skip(self.reply_ends.len());
-        for _ in 0..missing {
-            let is_write = lines.next().is_some_and(|line| protocol::parse(line).is_write());
-            let reply =
-                if is_write && sent == Sent::Maybe { peer.outcome_unknown() } else { peer.unavailable() };
-            reply.write_text(&mut self.replies);
-            self.reply_ends.push(self.replies.len());
+        let answered = self.spans.len();
+        let missing = self.writes.len() - answered;
+        let mut reply = Vec::new();
+        for i in answered..self.writes.len() {
+            reply.clear();
+            let unknown = self.writes[i] && sent == Sent::Maybe;
+            let answer = if unknown { peer.outcome_unknown() } else { peer.unavailable() };
+            answer.write(self.dialect, &mut reply);
+            self.push_own_reply(&reply);
         }
         peer.count_errors(missing);
         missing
@@ -200,12 +211,13 @@ impl<'p> Forwarder<'p> {
         Forwarder { peers, exchanges: peers.iter().map(|_| Exchange::default()).collect(), pending: false }
     }
 
-    /// True if a request line of `len` bytes for `peer` should wait for the next round:
-    /// its exchange already holds requests and would pass [`MAX_EXCHANGE_BYTES`].
+    /// True if a request of about `len` bytes for `peer` should wait for the next
+    /// round: its exchange already holds requests and would pass
+    /// [`MAX_EXCHANGE_BYTES`].
     #[inline]
     pub fn is_full_for(&self, peer: usize, len: usize) -> bool {
         let requests = &self.exchanges[peer].requests;
-        !requests.is_empty() && requests.len() + len + 1 > MAX_EXCHANGE_BYTES
+        !requests.is_empty() && requests.len() + len > MAX_EXCHANGE_BYTES
     }
 
     /// Frees reply buffers a burst grew past `keep` bytes (they are empty between
@@ -221,10 +233,10 @@ impl<'p> Forwarder<'p> {
         released
     }
 
-    /// Queues one request line (without its newline) for `peer`.
+    /// Queues one request for `peer`, its reply to be written in `dialect`.
     #[inline]
-    pub fn push(&mut self, peer: usize, line: &[u8], shape: ReplyShape) {
-        self.exchanges[peer].push(line, shape);
+    pub fn push(&mut self, peer: usize, command: &Command<'_>, dialect: Dialect) {
+        self.exchanges[peer].push(command, dialect);
         self.pending = true;
     }
 
@@ -238,10 +250,10 @@ impl<'p> Forwarder<'p> {
         self.pending = false;
         let deadline = Deadline::after(self.peers.timeout());
         for (peer, exchange) in self.peers.iter().zip(&mut self.exchanges) {
-            if exchange.shapes.is_empty() {
+            if exchange.writes.is_empty() {
                 continue;
             }
-            peer.count_forwarded(exchange.shapes.len());
+            peer.count_forwarded(exchange.writes.len());
             if !peer.is_up() {
                 // Down: fail at once; its prober will say when it is back.
                 exchange.answer_unavailable(peer, Sent::Nothing);
@@ -264,20 +276,17 @@ impl<'p> Forwarder<'p> {
         let exchange = &mut self.exchanges[peer];
         let index = exchange.cursor;
         exchange.cursor += 1;
-        match exchange.reply_ends.get(index) {
-            Some(&end) => {
-                let start = if index == 0 { 0 } else { exchange.reply_ends[index - 1] };
-                out.extend_from_slice(&exchange.replies[start..end]);
-            }
+        match exchange.spans.get(index) {
+            Some(&(start, end)) => out.extend_from_slice(&exchange.replies[start..end]),
             // Not reached: every request of an exchange gets a reply or a failure line.
-            None => self.peers.get(peer).unavailable().write_text(out),
+            None => self.peers.get(peer).unavailable().write(exchange.dialect, out),
         }
     }
 
     /// Empties every exchange for the next round, keeping buffers.
     pub fn clear(&mut self) {
         for exchange in &mut self.exchanges {
-            if !exchange.shapes.is_empty() {
+            if !exchange.writes.is_empty() {
                 exchange.clear();
             }
         }
@@ -308,6 +317,60 @@ mod tests {
     use std::thread::{self, JoinHandle};
     use std::time::Duration;
 
+    /// Queues the request `line` for the one peer, answered in the text dialect.
+    fn push(forwarder: &mut Forwarder<'_>, line: &[u8]) {
+        forwarder.push(0, &protocol::parse(line), Dialect::Text);
+    }
+
+    /// `replies`, each as a reply frame.
+    fn frames(replies: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for reply in replies {
+            let start = protocol::begin_reply_frame(&mut out);
+            out.extend_from_slice(reply);
+            protocol::end_reply_frame(&mut out, start);
+        }
+        out
+    }
+
+    /// Reads a handshake line (if `hello`) and `count` request frames from `stream`;
+    /// returns them as text, a line each, for comparing.
+    fn read_requests(stream: &mut TcpStream, hello: bool, count: usize) -> Vec<u8> {
+        let mut received = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let hello_len = if hello { protocol::line_len(&received) } else { Some(0) };
+            if let Some(mut at) = hello_len {
+                let mut text = received[..at].to_vec();
+                let mut got = 0;
+                while let protocol::PeerFrame::Request(_, command, used) = protocol::peer_frame(&received[at..]) {
+                    text.extend_from_slice(&line_of(&command));
+                    at += used;
+                    got += 1;
+                }
+                if got == count {
+                    return text;
+                }
+            }
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&received));
+            received.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// A request as the text line that would have asked it.
+    fn line_of(command: &Command<'_>) -> Vec<u8> {
+        let words: Vec<&[u8]> = match *command {
+            Command::Put { bucket, key, value } => vec![b"PUT", bucket, key, value],
+            Command::Get { bucket, key } => vec![b"GET", bucket, key],
+            Command::Delete { bucket, key } => vec![b"DELETE", bucket, key],
+            Command::Create { bucket } => vec![b"CREATE", bucket],
+            Command::Ping => vec![b"PING"],
+            _ => vec![b"?"],
+        };
+        [words.join(&b' '), b"\n".to_vec()].concat()
+    }
+
     /// The next reply from `peer`, as bytes.
     fn next(forwarder: &mut Forwarder<'_>, peer: usize) -> Vec<u8> {
         let mut out = Vec::new();
@@ -321,21 +384,15 @@ mod tests {
         Peers::start(&cluster, 0, &config, None).unwrap()
     }
 
-    /// A fake peer: accepts one connection, checks the handshake, answers `replies`.
-    fn fake_peer(replies: &'static [u8]) -> (SocketAddr, JoinHandle<Vec<u8>>) {
+    /// A fake peer: accepts one connection, reads the handshake and two requests,
+    /// answers `replies` (the handshake's line, then reply frames).
+    fn fake_peer(replies: Vec<u8>) -> (SocketAddr, JoinHandle<Vec<u8>>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let thread = thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
-            let mut received = Vec::new();
-            let mut buf = [0u8; 4096];
-            // Read until the handshake and two requests are in.
-            while received.iter().filter(|&&b| b == b'\n').count() < 3 {
-                let n = stream.read(&mut buf).unwrap();
-                assert!(n > 0);
-                received.extend_from_slice(&buf[..n]);
-            }
-            stream.write_all(replies).unwrap();
+            let received = read_requests(&mut stream, true, 2);
+            stream.write_all(&replies).unwrap();
             received
         });
         (addr, thread)
@@ -343,32 +400,20 @@ mod tests {
 
     #[test]
     fn an_exchange_is_one_handshake_and_the_requests_then_the_replies() {
-        let (addr, fake) = fake_peer(b"OK\r\nOK\r\nv\r\nOK\r\n");
+        let (addr, fake) = fake_peer([&b"OK\r\n"[..], &frames(&[b"OK\r\n", b"v\r\nOK\r\n"])].concat());
         let peers = one_peer(addr, PeerConfig::default());
         let mut forwarder = Forwarder::new(&peers);
-        forwarder.push(0, b"PUT b k v", ReplyShape::Line);
-        forwarder.push(0, b"GET b k", ReplyShape::Value);
+        push(&mut forwarder, b"PUT b k v");
+        push(&mut forwarder, b"GET b k");
         forwarder.exchange();
         assert_eq!(next(&mut forwarder, 0), b"OK\r\n");
         assert_eq!(next(&mut forwarder, 0), b"v\r\nOK\r\n");
         let received = fake.join().unwrap();
-        assert_eq!(received, b"KV-PEER-HELLO 1 me them\nPUT b k v\nGET b k\n");
+        assert_eq!(received, b"KV-PEER-HELLO 3 me them\nPUT b k v\nGET b k\n");
         let peer = peers.get(0);
         assert_eq!(peer.forwarded(), 2);
         assert_eq!(peer.errors(), 0);
         assert_eq!(peers.get(0).pool_state().0, 1, "the connection is kept for reuse");
-    }
-
-    /// Reads from `stream` until `lines` lines have arrived; returns them.
-    fn read_lines(stream: &mut TcpStream, lines: usize) -> Vec<u8> {
-        let mut received = Vec::new();
-        let mut buf = [0u8; 4096];
-        while received.iter().filter(|&&b| b == b'\n').count() < lines {
-            let n = stream.read(&mut buf).unwrap();
-            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&received));
-            received.extend_from_slice(&buf[..n]);
-        }
-        received
     }
 
     #[test]
@@ -379,26 +424,26 @@ mod tests {
         let fake = thread::spawn(move || {
             // First connection: one exchange, then the peer "restarts" and drops it.
             let (mut first, _) = listener.accept().unwrap();
-            assert_eq!(read_lines(&mut first, 2), b"KV-PEER-HELLO 1 me them\nCREATE b\n");
-            first.write_all(b"OK\r\nOK\r\n").unwrap();
+            assert_eq!(read_requests(&mut first, true, 1), b"KV-PEER-HELLO 3 me them\nCREATE b\n");
+            first.write_all(&[&b"OK\r\n"[..], &frames(&[b"OK\r\n"])].concat()).unwrap();
             drop(first);
             closed_tx.send(()).unwrap();
             // The forwarder comes back on a new connection, with a new handshake.
             let (mut second, _) = listener.accept().unwrap();
-            assert_eq!(read_lines(&mut second, 2), b"KV-PEER-HELLO 1 me them\nGET b k\n");
-            second.write_all(b"OK\r\nv\r\nOK\r\n").unwrap();
-            let third = read_lines(&mut second, 1);
-            second.write_all(b"PONG\r\n").unwrap();
+            assert_eq!(read_requests(&mut second, true, 1), b"KV-PEER-HELLO 3 me them\nGET b k\n");
+            second.write_all(&[&b"OK\r\n"[..], &frames(&[b"v\r\nOK\r\n"])].concat()).unwrap();
+            let third = read_requests(&mut second, false, 1);
+            second.write_all(&frames(&[b"PONG\r\n"])).unwrap();
             third
         });
         let peers = one_peer(addr, PeerConfig::default());
         let mut forwarder = Forwarder::new(&peers);
-        forwarder.push(0, b"CREATE b", ReplyShape::Line);
+        push(&mut forwarder, b"CREATE b");
         forwarder.exchange();
         assert_eq!(next(&mut forwarder, 0), b"OK\r\n");
         forwarder.clear();
         closed_rx.recv().unwrap();
-        forwarder.push(0, b"GET b k", ReplyShape::Value);
+        push(&mut forwarder, b"GET b k");
         forwarder.exchange();
         assert_eq!(next(&mut forwarder, 0), b"v\r\nOK\r\n");
         forwarder.clear();
@@ -407,7 +452,7 @@ mod tests {
         assert_eq!(peer.pool_state().2, 0, "no failure counted");
         assert_eq!(peer.pool_state().1, 1, "the dead connection's slot was reused");
         // The new connection went back to the pool and carries the next exchange.
-        forwarder.push(0, b"PING", ReplyShape::Line);
+        push(&mut forwarder, b"PING");
         forwarder.exchange();
         assert_eq!(next(&mut forwarder, 0), b"PONG\r\n");
         assert_eq!(fake.join().unwrap(), b"PING\n", "no new handshake: the same connection");
@@ -415,15 +460,11 @@ mod tests {
 
     #[test]
     fn a_refused_handshake_relays_the_peers_error_lines() {
-        let (addr, fake) = fake_peer(
-            b"ERROR routing mismatch: this is node x, not them\r\n\
-              ERROR routing mismatch: this is node x, not them\r\n\
-              ERROR routing mismatch: this is node x, not them\r\n",
-        );
+        let (addr, fake) = fake_peer(b"ERROR routing mismatch: this is node x, not them\r\n".to_vec());
         let peers = one_peer(addr, PeerConfig::default());
         let mut forwarder = Forwarder::new(&peers);
-        forwarder.push(0, b"CREATE b", ReplyShape::Line);
-        forwarder.push(0, b"GET b k", ReplyShape::Value);
+        push(&mut forwarder, b"CREATE b");
+        push(&mut forwarder, b"GET b k");
         forwarder.exchange();
         assert_eq!(next(&mut forwarder, 0), b"ERROR routing mismatch: this is node x, not them\r\n");
         assert_eq!(next(&mut forwarder, 0), b"ERROR routing mismatch: this is node x, not them\r\n");
@@ -440,7 +481,7 @@ mod tests {
         let peers = one_peer(addr, config);
         let mut forwarder = Forwarder::new(&peers);
         for round in 1..=DOWN_AFTER_FAILURES {
-            forwarder.push(0, b"GET b k", ReplyShape::Value);
+            push(&mut forwarder, b"GET b k");
             forwarder.exchange();
             assert_eq!(next(&mut forwarder, 0), b"ERROR peer them unavailable\r\n", "round {round}");
             forwarder.clear();
@@ -461,8 +502,8 @@ mod tests {
         let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let peers = one_peer(addr, PeerConfig::default());
         let mut forwarder = Forwarder::new(&peers);
-        forwarder.push(0, b"PUT b k v", ReplyShape::Line);
-        forwarder.push(0, b"DELETE b k", ReplyShape::Line);
+        push(&mut forwarder, b"PUT b k v");
+        push(&mut forwarder, b"DELETE b k");
         forwarder.exchange();
         assert_eq!(next(&mut forwarder, 0), b"ERROR peer them unavailable\r\n");
         assert_eq!(next(&mut forwarder, 0), b"ERROR peer them unavailable\r\n");
@@ -473,14 +514,17 @@ mod tests {
     fn exchanges_are_split_before_they_pass_the_byte_limit() {
         let peers = one_peer("127.0.0.1:9".parse().unwrap(), PeerConfig::default());
         let mut forwarder = Forwarder::new(&peers);
-        let line = vec![b'x'; 1000];
-        assert!(!forwarder.is_full_for(0, 100_000), "an empty exchange takes any one line");
+        let value = vec![b'x'; 1000];
+        let put = Command::Put { bucket: b"b", key: b"k", value: &value };
+        let mut frame = Vec::new();
+        protocol::push_peer_frame(&put, Dialect::Text, &mut frame);
+        assert!(!forwarder.is_full_for(0, 100_000), "an empty exchange takes any one request");
         let mut pushed = 0;
-        while !forwarder.is_full_for(0, line.len()) {
-            forwarder.push(0, &line, ReplyShape::Line);
+        while !forwarder.is_full_for(0, frame.len()) {
+            forwarder.push(0, &put, Dialect::Text);
             pushed += 1;
         }
-        assert_eq!(pushed, MAX_EXCHANGE_BYTES / 1001);
+        assert_eq!(pushed, MAX_EXCHANGE_BYTES / frame.len());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::batch::{self, Batch};
 use crate::forward::Forwarder;
-use crate::protocol::{Reply, ReplyShape};
+use crate::protocol::{self, Command, Dialect, Gather, Reply};
 use crate::socket::Ledger;
 use crate::subscribe::Subscriber;
 use crate::sys;
@@ -75,6 +75,16 @@ pub(crate) struct Round<'s> {
     grown: bool,
     /// Request bytes pushed to the workers this round.
     pushed: usize,
+    /// How replies are written: the connection's dialect.
+    dialect: Dialect,
+    /// Each reply goes out as a reply frame (the connection is another node's).
+    framed: bool,
+    /// Requests whose replies are gathered into one (the RESP door's multi-key
+    /// commands): where in `order` each group starts, how many parts, and how.
+    groups: Vec<(usize, usize, Gather)>,
+    /// A group's part replies while they are gathered, and where each ends.
+    parts: Vec<u8>,
+    part_ends: Vec<usize>,
 }
 
 impl<'s> Round<'s> {
@@ -102,7 +112,43 @@ impl<'s> Round<'s> {
             ledger: Ledger::default(),
             grown: false,
             pushed: 0,
+            dialect: Dialect::Text,
+            framed: false,
+            groups: Vec::new(),
+            parts: Vec::new(),
+            part_ends: Vec::new(),
         }
+    }
+
+    /// The dialect replies are written in from now on. Flushes first if it changes, so
+    /// that a round is in one dialect.
+    pub fn set_dialect(&mut self, dialect: Dialect) {
+        if dialect == self.dialect {
+            return;
+        }
+        self.flush();
+        self.dialect = dialect;
+        for batch in self.batches.iter_mut().flatten() {
+            batch.set_dialect(dialect);
+        }
+    }
+
+    /// The connection's dialect.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// From now on each reply goes out as a reply frame (`protocol/peer_frame.rs`).
+    pub fn set_framed(&mut self) {
+        self.flush();
+        self.framed = true;
+    }
+
+    /// The next `parts` requests pushed are answered with one reply, gathered from
+    /// theirs as `how` says (`protocol/gather.rs`). All of them must be pushed before
+    /// the next flush.
+    pub fn push_group(&mut self, parts: usize, how: Gather) {
+        self.groups.push((self.order.len(), parts, how));
     }
 
     /// Whether the next flushes may apply batches on this thread.
@@ -127,24 +173,24 @@ impl<'s> Round<'s> {
 
     /// A request the connection answers itself, in its place in the order.
     pub fn push_local(&mut self, reply: Reply<'_>) {
-        reply.write_text(&mut self.local);
+        reply.write(self.dialect, &mut self.local);
         self.local_ends.push(self.local.len());
         self.order.push(Source::Local);
     }
 
     /// A request for worker `w`.
-    pub fn push_worker(&mut self, w: usize, line: &[u8]) {
+    pub fn push_worker(&mut self, w: usize, command: &Command<'_>) {
         if let Some(batch) = &mut self.batches[w] {
-            batch.push_request(line);
+            batch.push_request(command);
         }
-        self.pushed += line.len();
+        self.pushed += request_size(command);
         self.order.push(Source::Worker(w as u32));
     }
 
     /// A `SUBSCRIBE` for worker `w`, with the subscriber it is to register.
-    pub fn push_subscribe(&mut self, w: usize, line: &[u8], subscriber: Subscriber) {
+    pub fn push_subscribe(&mut self, w: usize, command: &Command<'_>, subscriber: Subscriber) {
         if let Some(batch) = &mut self.batches[w] {
-            batch.push_subscribe(line, subscriber);
+            batch.push_subscribe(command, subscriber);
         }
         self.order.push(Source::Worker(w as u32));
     }
@@ -154,12 +200,14 @@ impl<'s> Round<'s> {
         self.batches[w].as_mut().and_then(Batch::take_unregistered_subscriber)
     }
 
-    /// A request for peer `p`. A full exchange is flushed first.
-    pub fn push_peer(&mut self, p: usize, line: &[u8], shape: ReplyShape) {
-        if self.forwarder.is_full_for(p, line.len()) {
+    /// A request for peer `p`. A full exchange is flushed first, unless a group is
+    /// being pushed (a group is answered in one round).
+    pub fn push_peer(&mut self, p: usize, command: &Command<'_>) {
+        let in_group = self.groups.last().is_some_and(|&(at, parts, _)| at + parts > self.order.len());
+        if !in_group && self.forwarder.is_full_for(p, request_size(command)) {
             self.flush();
         }
-        self.forwarder.push(p, line, shape);
+        self.forwarder.push(p, command, self.dialect);
         self.order.push(Source::Peer(p as u32));
     }
 
@@ -167,7 +215,11 @@ impl<'s> Round<'s> {
     /// when everything before them is in the output already.
     pub fn push_output(&mut self, reply: Reply<'_>) {
         debug_assert!(self.order.is_empty());
-        reply.write_text(&mut self.out);
+        let frame = self.framed.then(|| protocol::begin_reply_frame(&mut self.out));
+        reply.write(self.dialect, &mut self.out);
+        if let Some(start) = frame {
+            protocol::end_reply_frame(&mut self.out, start);
+        }
         self.out_replies += 1;
     }
 
@@ -261,33 +313,63 @@ impl<'s> Round<'s> {
         }
     }
 
-    /// Copies every reply of the round into the output, in request order, and empties
-    /// the round's buffers.
+    /// Copies every reply of the round into the output, in request order (gathering
+    /// each group's parts into one reply), and empties the round's buffers.
     fn assemble(&mut self) {
-        let mut local_index = 0;
-        let mut local_start = 0;
+        let (mut local_index, mut local_start) = (0, 0);
         self.cursors.iter_mut().for_each(|c| *c = 0);
-        for &source in &self.order {
+        let mut groups = std::mem::take(&mut self.groups);
+        let mut next_group = groups.iter().copied().peekable();
+        // The group being gathered: its last part's index, and how.
+        let mut gathering: Option<(usize, Gather)> = None;
+        let mut replies = self.order.len();
+        for (index, &source) in self.order.iter().enumerate() {
+            if gathering.is_none()
+                && let Some(&(at, parts, how)) = next_group.peek()
+                && at == index
+            {
+                next_group.next();
+                if parts > 0 {
+                    gathering = Some((index + parts - 1, how));
+                    replies -= parts - 1;
+                }
+            }
+            let into = if gathering.is_some() { &mut self.parts } else { &mut self.out };
+            let frame = (self.framed && gathering.is_none()).then(|| protocol::begin_reply_frame(into));
             match source {
                 Source::Local => {
                     let end = self.local_ends[local_index];
-                    self.out.extend_from_slice(&self.local[local_start..end]);
+                    into.extend_from_slice(&self.local[local_start..end]);
                     local_start = end;
                     local_index += 1;
                 }
-                Source::Peer(p) => self.forwarder.next_reply(p as usize, &mut self.out),
+                Source::Peer(p) => self.forwarder.next_reply(p as usize, into),
                 Source::Worker(w) => {
                     let w = w as usize;
                     // A batch that did not come back, or came back short.
                     match self.batches[w].as_ref().and_then(|batch| batch.reply(self.cursors[w])) {
-                        Some(reply) => self.out.extend_from_slice(reply),
-                        None => batch::UNSERVED.write_text(&mut self.out),
+                        Some(reply) => into.extend_from_slice(reply),
+                        None => batch::UNSERVED.write(self.dialect, into),
                     }
                     self.cursors[w] += 1;
                 }
             }
+            if let Some(start) = frame {
+                protocol::end_reply_frame(into, start);
+            }
+            if let Some((last, how)) = gathering {
+                self.part_ends.push(self.parts.len());
+                if index == last {
+                    gathering = None;
+                    protocol::gather(how, &self.parts, &self.part_ends, self.dialect, &mut self.out);
+                    self.parts.clear();
+                    self.part_ends.clear();
+                }
+            }
         }
-        self.out_replies += self.order.len();
+        groups.clear();
+        self.groups = groups;
+        self.out_replies += replies;
         self.grown |= self.out.len() > IDLE_KEEP_BYTES || self.pushed > IDLE_KEEP_BYTES;
         self.pushed = 0;
         self.order.clear();
@@ -330,12 +412,29 @@ impl<'s> Round<'s> {
         shrink(&mut self.local);
         shrink(&mut self.local_ends);
         shrink(&mut self.order);
+        shrink(&mut self.parts);
         for batch in self.batches.iter_mut().flatten() {
             batch.release_large_buffers(IDLE_KEEP_BYTES);
         }
         self.forwarder.release_large_buffers(IDLE_KEEP_BYTES);
         sys::give_freed_memory_back();
     }
+}
+
+/// About how many bytes `command` takes in a batch or an exchange.
+fn request_size(command: &Command<'_>) -> usize {
+    let (bucket, rest) = match *command {
+        Command::Put { key, value, .. } | Command::HSet { key, value, .. } | Command::SetString { key, value, .. } => {
+            (command.bucket(), key.len() + value.len())
+        }
+        Command::Get { key, .. }
+        | Command::Delete { key, .. }
+        | Command::HGet { key, .. }
+        | Command::HDel { key, .. }
+        | Command::HExists { key, .. } => (command.bucket(), key.len()),
+        _ => (command.bucket(), 0),
+    };
+    bucket.map_or(0, <[u8]>::len) + rest + 17
 }
 
 /// Frees an empty buffer's memory if it holds more than [`IDLE_KEEP_BYTES`].
@@ -388,14 +487,14 @@ mod tests {
         let Workers { shared, inboxes, threads } = workers(2);
         let peers = Peers::none();
         let mut round = Round::new(&shared, inboxes, Forwarder::new(&peers));
-        round.push_worker(0, b"CREATE a");
-        round.push_worker(1, b"CREATE b");
+        round.push_worker(0, &crate::protocol::parse(b"CREATE a"));
+        round.push_worker(1, &crate::protocol::parse(b"CREATE b"));
         round.push_local(Reply::Pong);
-        round.push_worker(1, b"PUT b k 2");
-        round.push_worker(0, b"PUT a k 1");
+        round.push_worker(1, &crate::protocol::parse(b"PUT b k 2"));
+        round.push_worker(0, &crate::protocol::parse(b"PUT a k 1"));
         round.push_local(Reply::Error(ErrorKind::LineTooLong));
-        round.push_worker(0, b"GET a k");
-        round.push_worker(1, b"GET b k");
+        round.push_worker(0, &crate::protocol::parse(b"GET a k"));
+        round.push_worker(1, &crate::protocol::parse(b"GET b k"));
         assert_eq!(round.len(), 8);
         round.flush();
         assert_eq!(round.len(), 0);
@@ -416,7 +515,7 @@ mod tests {
         for inline in [false, true] {
             round.set_inline(inline);
             for line in requests {
-                round.push_worker(0, line);
+                round.push_worker(0, &crate::protocol::parse(line));
             }
             round.flush();
             assert_eq!(output(&mut round), b"OK\r\nOK\r\nv\r\nOK\r\nOK\r\n", "inline {inline}");
@@ -433,7 +532,7 @@ mod tests {
         let peers = Peers::none();
         let mut round = Round::new(&shared, vec![tx], Forwarder::new(&peers));
         round.push_local(Reply::Ok);
-        round.push_worker(0, b"GET a k");
+        round.push_worker(0, &crate::protocol::parse(b"GET a k"));
         round.flush();
         assert_eq!(output(&mut round), b"OK\r\nERROR worker unavailable\r\n");
     }

@@ -408,8 +408,8 @@ mod tests {
         };
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
         let mut batch = Batch::new(0, reply_tx);
-        batch.push_request(b"CREATE b");
-        batch.push_request(b"PUT b k v");
+        batch.push_request(&crate::protocol::parse(b"CREATE b"));
+        batch.push_request(&crate::protocol::parse(b"PUT b k v"));
         inbox_tx.send(batch).unwrap();
         let batch = reply_rx.recv().unwrap();
         assert_eq!(replies_of(&batch), b"OK\r\nOK\r\n");
@@ -427,7 +427,7 @@ mod tests {
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
         let mut batch = Batch::new(0, reply_tx);
         for line in [&b"CREATE b"[..], b"PUT b k 1", b"DEBUG CRASH b", b"PUT b k 2", b"GET b k"] {
-            batch.push_request(line);
+            batch.push_request(&crate::protocol::parse(line));
         }
         inbox_tx.send(batch).unwrap();
         let Outcome::Crashed { message, unfinished } = run(&shared, &inbox_rx, None) else {
@@ -450,7 +450,7 @@ mod tests {
         let (reply_tx, _reply_rx) = crossbeam_channel::unbounded();
         let mut batch = Batch::new(0, reply_tx);
         for line in [&b"CREATE shopping"[..], b"PUT shopping eggs 3", b"GET shopping eggs"] {
-            batch.push_request(line);
+            batch.push_request(&crate::protocol::parse(line));
         }
         {
             let _held = shared.partition.lock();
@@ -469,7 +469,7 @@ mod tests {
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
         let mut batch = Batch::new(0, reply_tx);
         for line in [&b"CREATE b"[..], b"PUT b k 1", b"DEBUG CRASH b", b"GET b k"] {
-            batch.push_request(line);
+            batch.push_request(&crate::protocol::parse(line));
         }
         assert!(!apply_inline(&shared, &mut batch));
         // The requests before the crash are applied and answered, nothing after.
@@ -495,9 +495,9 @@ mod tests {
         let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
         let mut finished = Batch::new(0, reply_tx.clone());
-        finished.push_request(b"CREATE a");
+        finished.push_request(&crate::protocol::parse(b"CREATE a"));
         let mut crashing = Batch::new(0, reply_tx);
-        crashing.push_request(b"DEBUG CRASH a");
+        crashing.push_request(&crate::protocol::parse(b"DEBUG CRASH a"));
         inbox_tx.send(finished).unwrap();
         inbox_tx.send(crashing).unwrap();
         let Outcome::Crashed { unfinished, .. } = run(&shared, &inbox_rx, None) else {

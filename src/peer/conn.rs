@@ -1,5 +1,5 @@
 //! One open connection to a peer: the handshake it opens with, one write of a round's
-//! requests, and reading the replies back by their shape within a deadline.
+//! request frames, and reading the reply frames back within a deadline.
 //!
 //! It also answers the question the forwarder's at-most-once rule hangs on: did any
 //! byte of the requests leave ([`PeerConn::wrote_any`]), and had the peer already
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::logcap::quote;
 use crate::protocol::{
-    ErrorKind, Reply, ReplyLine, ReplyShape, is_auth_failure, is_routing_mismatch, line_len, reply_len,
+    ErrorKind, REPLY_HEAD, Reply, ReplyLine, is_auth_failure, is_routing_mismatch, line_len, reply_frame_len,
     trim_line_end,
 };
 use crate::sys;
@@ -24,6 +24,11 @@ const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
 
 /// Bytes to make room for before each read of replies.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Largest reply frame taken from a peer. A reply is one request's answer, at most a
+/// bucket's whole contents (`HGETALL`); a length past this means the link is out of
+/// step, not a reply to buffer.
+const MAX_REPLY_FRAME: usize = 1 << 30;
 
 /// Non-blocking reads a connection waiting on a peer tries before it blocks.
 ///
@@ -195,42 +200,47 @@ impl PeerConn {
         Ok(())
     }
 
-    /// Reads until there is one reply per entry of `shapes` in `replies` (each ending
-    /// recorded in `reply_ends`), or fails. Returns how the handshake went on a new
-    /// connection; a reused one was accepted before.
+    /// Reads until `replies` holds `count` reply frames (where each reply's bytes are
+    /// recorded in `spans`), or fails. Returns how the handshake went on a new
+    /// connection; a reused one was accepted before. A refused handshake returns at
+    /// once: the peer answers nothing else on that connection.
     pub fn read_replies(
         &mut self,
         replies: &mut Vec<u8>,
-        reply_ends: &mut Vec<usize>,
-        shapes: &[ReplyShape],
+        spans: &mut Vec<(usize, usize)>,
+        count: usize,
         deadline: Deadline,
     ) -> Result<HelloReply, Failure> {
-        let mut hello = HelloReply::Accepted;
-        // Where the first reply not yet accounted for starts.
-        let mut start = reply_ends.last().copied().unwrap_or(0);
+        // Where the first byte not yet accounted for is.
+        let mut start = spans.last().map_or(0, |span| span.1);
         loop {
             if self.hello_pending
                 && let Some(len) = line_len(&replies[start..])
             {
-                hello = read_hello(&replies[start..start + len])?;
-                replies.drain(start..start + len);
+                let hello = read_hello(&replies[start..start + len])?;
                 self.hello_pending = false;
-            }
-            while !self.hello_pending && reply_ends.len() < shapes.len() {
-                let shape = shapes[reply_ends.len()];
-                match reply_len(&replies[start..], shape).map_err(|bad| Failure::Protocol(bad.0))? {
-                    Some(len) => {
-                        start += len;
-                        reply_ends.push(start);
-                    }
-                    None => break,
+                if let HelloReply::Refused(_) = hello {
+                    return Ok(hello);
                 }
+                start += len;
             }
-            if !self.hello_pending && reply_ends.len() == shapes.len() {
+            while !self.hello_pending && spans.len() < count {
+                let Some(len) = reply_frame_len(&replies[start..]) else { break };
+                if len > MAX_REPLY_FRAME {
+                    return Err(Failure::Protocol(format!("a reply frame of {len} bytes")));
+                }
+                let body = start + REPLY_HEAD;
+                if replies.len() < body + len {
+                    break;
+                }
+                spans.push((body, body + len));
+                start = body + len;
+            }
+            if !self.hello_pending && spans.len() == count {
                 if start != replies.len() {
                     return Err(Failure::Protocol("more replies than requests".to_string()));
                 }
-                return Ok(hello);
+                return Ok(HelloReply::Accepted);
             }
             self.read_more(replies, deadline)?;
         }

@@ -30,7 +30,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::auth::Secret;
 use crate::config::{CONNECTION_STACK_SIZE, PeerConfig};
 use crate::logcap::{Limiter, quote, warn_limited};
-use crate::protocol::{ErrorKind, Reply, ReplyLine, ReplyShape, Stats, hello_line, line_len};
+use crate::protocol::{self, Command, Dialect, ErrorKind, Reply, Stats, hello_line};
 use crate::router::Cluster;
 
 /// First wait before probing a peer that was marked down; doubled after every failed
@@ -278,14 +278,15 @@ impl Peer {
         }
     }
 
-    /// Sends `SUBSCRIBE <bucket>` (the request line `line`) on a connection of its own.
-    fn subscribe(&self, line: &[u8]) -> RemoteSubscription {
+    /// Sends `SUBSCRIBE <bucket>` on a connection of its own; its reply, and the
+    /// events, in `dialect`.
+    fn subscribe(&self, bucket: &[u8], dialect: Dialect) -> RemoteSubscription {
         self.count_forwarded(1);
         if !self.is_up() {
             self.count_errors(1);
             return RemoteSubscription::Unavailable;
         }
-        match self.try_subscribe(line) {
+        match self.try_subscribe(bucket, dialect) {
             Ok(outcome) => {
                 self.succeeded();
                 outcome
@@ -300,59 +301,53 @@ impl Peer {
     }
 
     /// Between nodes a subscription that takes is acknowledged `OK` (see docs/CLUSTER.md),
-    /// so the reply to read is the handshake's line, then one line.
-    fn try_subscribe(&self, line: &[u8]) -> Result<RemoteSubscription, Failure> {
+    /// so the replies to read are the handshake's line, then one reply frame; the
+    /// events follow as event frames (`subscribe/`).
+    fn try_subscribe(&self, bucket: &[u8], dialect: Dialect) -> Result<RemoteSubscription, Failure> {
         let deadline = Deadline::after(self.config.timeout);
+        let refused = |line: &[u8]| {
+            let mut reply = Vec::new();
+            protocol::relay_error_line(line, dialect, &mut reply);
+            Ok(RemoteSubscription::Answered(reply))
+        };
         let mut conn = match self.connect(deadline) {
             // The peer refused this node's handshake (issue 14): the SUBSCRIBE gets the
             // refusal line, as a forwarded request does.
-            Err(Failure::Refused(line)) => return Ok(RemoteSubscription::Answered(line)),
+            Err(Failure::Refused(line)) => return refused(&line),
             connected => connected?,
         };
-        conn.send(&[line, b"\n"].concat())?;
-        let mut buffer = Vec::new();
-        let mut start = 0;
-        loop {
-            while let Some(len) = line_len(&buffer[start..]) {
-                let reply = &buffer[start..start + len];
-                if conn.hello_pending {
-                    conn.hello_pending = false;
-                    match conn::read_hello(reply)? {
-                        HelloReply::Accepted => {
-                            start += len;
-                            continue;
-                        }
-                        // Refused: the SUBSCRIBE gets the same line; relay it.
-                        HelloReply::Refused(line) => return Ok(RemoteSubscription::Answered(line)),
-                    }
-                }
-                let reply_line = ReplyLine::of(reply);
-                if reply_line.is_error() {
-                    // Not found, or an error line: the reply, and no stream.
-                    return Ok(RemoteSubscription::Answered(reply.to_vec()));
-                }
-                if reply_line != ReplyLine::Ok {
-                    return Err(Failure::Protocol(format!("SUBSCRIBE answered {}", quote(reply))));
-                }
-                // Events that came right behind the acknowledgement go first.
-                let pending = buffer[start + len..].to_vec();
-                return Ok(RemoteSubscription::Streaming { stream: conn.stream, pending });
-            }
-            conn.read_more(&mut buffer, deadline)?;
+        let mut request = Vec::new();
+        protocol::push_peer_frame(&Command::Subscribe { bucket }, dialect, &mut request);
+        conn.send(&request)?;
+        let (mut buffer, mut spans) = (Vec::new(), Vec::new());
+        if let HelloReply::Refused(line) = conn.read_replies(&mut buffer, &mut spans, 1, deadline)? {
+            return refused(&line);
         }
+        let (start, end) = spans[0];
+        let mut ok = Vec::new();
+        Reply::Ok.write(dialect, &mut ok);
+        if buffer[start..end] != ok[..] {
+            // Not found, or an error: the reply, and no stream.
+            return Ok(RemoteSubscription::Answered(buffer[start..end].to_vec()));
+        }
+        // Events that came right behind the acknowledgement go first.
+        let pending = buffer[end..].to_vec();
+        Ok(RemoteSubscription::Streaming { stream: conn.stream, pending })
     }
 
     /// One probe: connect, handshake, `PING`. The connection is returned for the pool.
     fn probe(&self) -> Result<PeerConn, Failure> {
         let deadline = Deadline::after(self.config.timeout);
         let mut conn = self.connect(deadline)?;
-        conn.send(b"PING\n")?;
-        let (mut replies, mut ends) = (Vec::new(), Vec::new());
-        match conn.read_replies(&mut replies, &mut ends, &[ReplyShape::Line], deadline)? {
+        let mut request = Vec::new();
+        protocol::push_peer_frame(&Command::Ping, Dialect::Text, &mut request);
+        conn.send(&request)?;
+        let (mut replies, mut spans) = (Vec::new(), Vec::new());
+        match conn.read_replies(&mut replies, &mut spans, 1, deadline)? {
             HelloReply::Refused(line) => {
                 Err(Failure::Protocol(format!("handshake refused: {}", quote(&line))))
             }
-            HelloReply::Accepted if ReplyLine::of(&replies) != ReplyLine::Other(b"PONG") => {
+            HelloReply::Accepted if &replies[spans[0].0..spans[0].1] != b"PONG\r\n" => {
                 Err(Failure::Protocol(format!("PING answered {}", quote(&replies))))
             }
             HelloReply::Accepted => Ok(conn),
@@ -461,8 +456,8 @@ impl Peers {
 
     /// Sends `line`, a `SUBSCRIBE <bucket>` for a bucket `peer` owns, to that peer on a
     /// connection of its own.
-    pub fn subscribe(&self, peer: usize, line: &[u8]) -> RemoteSubscription {
-        self.list[peer].subscribe(line)
+    pub fn subscribe(&self, peer: usize, bucket: &[u8], dialect: Dialect) -> RemoteSubscription {
+        self.list[peer].subscribe(bucket, dialect)
     }
 
     /// Peer `peer`, by its index in the route table.

@@ -79,9 +79,11 @@ impl<'a> Op<'a> {
     pub fn of(command: &Command<'a>) -> Option<Op<'a>> {
         match *command {
             Command::Create { bucket } => Some(Op::Create { bucket }),
-            Command::Put { bucket, key, value } => Some(Op::Put { bucket, key, value }),
-            Command::Delete { bucket, key } => Some(Op::Delete { bucket, key }),
-            Command::Drop { bucket } => Some(Op::Drop { bucket }),
+            Command::Put { bucket, key, value }
+            | Command::HSet { bucket, key, value }
+            | Command::SetString { bucket, key, value } => Some(Op::Put { bucket, key, value }),
+            Command::Delete { bucket, key } | Command::HDel { bucket, key } => Some(Op::Delete { bucket, key }),
+            Command::Drop { bucket } | Command::Del { bucket } => Some(Op::Drop { bucket }),
             _ => None,
         }
     }

@@ -38,6 +38,33 @@ pub enum Command<'a> {
     /// `DEBUG CRASH-ACCEPTOR`: the acceptor thread panics (and is restarted).
     /// `--debug` only.
     DebugCrashAcceptor,
+    // What follows is only ever made by the RESP door (`resp/`), from Redis's hash
+    // and string commands, and carried to a worker or a peer encoded (`request.rs`);
+    // no text line parses to one. Each is about one bucket, so it has one owner.
+    /// One field of `HSET`: creates the bucket if needed, answers 1 if the key is new,
+    /// 0 if its value was replaced.
+    HSet { bucket: &'a [u8], key: &'a [u8], value: &'a [u8] },
+    /// `SET` of a plain string, stored in the `--resp-bucket`: creates the bucket if
+    /// needed, answers `OK`.
+    SetString { bucket: &'a [u8], key: &'a [u8], value: &'a [u8] },
+    /// `HGET` (and a string's `GET`): the value, or nil for a missing bucket or key.
+    HGet { bucket: &'a [u8], key: &'a [u8] },
+    /// One field of `HDEL` (and a string's `DEL`): 1 if the key was there, else 0.
+    HDel { bucket: &'a [u8], key: &'a [u8] },
+    /// One field of `HEXISTS` (and a string's `EXISTS`): 1 or 0.
+    HExists { bucket: &'a [u8], key: &'a [u8] },
+    /// `HLEN`: how many keys the bucket holds (0 if it does not exist).
+    HLen { bucket: &'a [u8] },
+    /// `HGETALL`, `HKEYS`, `HVALS`: the bucket's pairs, keys or values.
+    HGetAll { bucket: &'a [u8] },
+    HKeys { bucket: &'a [u8] },
+    HVals { bucket: &'a [u8] },
+    /// `EXISTS` of a bucket: 1 or 0.
+    Exists { bucket: &'a [u8] },
+    /// `DEL` of a bucket: `DROP`, answering 1 if it existed, else 0.
+    Del { bucket: &'a [u8] },
+    /// `TYPE` of a bucket: `hash`, or `none`.
+    Type { bucket: &'a [u8] },
     /// Anything else: an unknown word, a wrong number of words, an empty line.
     /// Not an error to propagate but a request like any other, answered
     /// `UNKNOWN COMMAND`.
@@ -49,7 +76,14 @@ impl<'a> Command<'a> {
     pub fn is_write(&self) -> bool {
         matches!(
             self,
-            Command::Create { .. } | Command::Put { .. } | Command::Delete { .. } | Command::Drop { .. }
+            Command::Create { .. }
+                | Command::Put { .. }
+                | Command::Delete { .. }
+                | Command::Drop { .. }
+                | Command::HSet { .. }
+                | Command::SetString { .. }
+                | Command::HDel { .. }
+                | Command::Del { .. }
         )
     }
 
@@ -63,7 +97,19 @@ impl<'a> Command<'a> {
             | Command::Delete { bucket, .. }
             | Command::Drop { bucket }
             | Command::Subscribe { bucket }
-            | Command::DebugCrash { bucket } => Some(bucket),
+            | Command::DebugCrash { bucket }
+            | Command::HSet { bucket, .. }
+            | Command::SetString { bucket, .. }
+            | Command::HGet { bucket, .. }
+            | Command::HDel { bucket, .. }
+            | Command::HExists { bucket, .. }
+            | Command::HLen { bucket }
+            | Command::HGetAll { bucket }
+            | Command::HKeys { bucket }
+            | Command::HVals { bucket }
+            | Command::Exists { bucket }
+            | Command::Del { bucket }
+            | Command::Type { bucket } => Some(bucket),
             Command::Ping
             | Command::Stats
             | Command::Quit

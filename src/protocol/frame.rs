@@ -123,6 +123,15 @@ impl LineReader {
         }
     }
 
+    /// Takes the bytes read but not yet framed: for a connection that stops reading
+    /// lines (a node's link switches to frames after its handshake).
+    pub fn take_unframed(&mut self) -> Vec<u8> {
+        let rest = self.buf[self.start..self.end].to_vec();
+        self.start = self.end;
+        self.scanned = 0;
+        rest
+    }
+
     /// Reads once from `source` into free buffer space, making room first. Returns
     /// the number of bytes read; 0 means end of stream.
     pub fn fill_from<R: Read + ?Sized>(&mut self, source: &mut R) -> io::Result<usize> {

@@ -19,11 +19,17 @@ use crate::auth::{NONCE_LEN, PROOF_LEN};
 pub const HELLO_WORD: &[u8] = b"KV-PEER-HELLO";
 
 /// The version of the node-to-node conversation this build speaks, the handshake's
-/// second word. Bumped if forwarding ever needs more than the client protocol.
-pub const PEER_PROTOCOL_VERSION: &[u8] = b"1";
+/// second word: after the handshake, requests and replies travel as length-prefixed
+/// frames (`peer/serve.rs`, docs/CLUSTER.md), which carry any bytes.
+pub const PEER_PROTOCOL_VERSION: &[u8] = b"3";
 
-/// The handshake version of nodes with a cluster secret: challenge-response.
-pub const AUTH_PROTOCOL_VERSION: &[u8] = b"2";
+/// The same with a cluster secret: challenge-response, then frames.
+pub const AUTH_PROTOCOL_VERSION: &[u8] = b"4";
+
+/// The versions of earlier builds, still accepted: their requests are text lines, as
+/// a client's, so a node of an earlier build can still forward to this one.
+pub const TEXT_PEER_PROTOCOL_VERSION: &[u8] = b"1";
+pub const TEXT_AUTH_PROTOCOL_VERSION: &[u8] = b"2";
 
 /// The first word of the responder's challenge, and of the initiator's proof.
 pub const CHALLENGE_WORD: &[u8] = b"KV-PEER-CHALLENGE";
@@ -32,7 +38,7 @@ pub const PROOF_WORD: &[u8] = b"KV-PEER-PROOF";
 /// The handshake node `from` opens a connection to node `to` with, `\n` included.
 ///
 /// ```
-/// assert_eq!(kv::protocol::hello_line("a", "b"), b"KV-PEER-HELLO 1 a b\n");
+/// assert_eq!(kv::protocol::hello_line("a", "b"), b"KV-PEER-HELLO 3 a b\n");
 /// ```
 pub fn hello_line(from: &str, to: &str) -> Vec<u8> {
     [HELLO_WORD, b" ", PEER_PROTOCOL_VERSION, b" ", from.as_bytes(), b" ", to.as_bytes(), b"\n"].concat()
@@ -42,7 +48,7 @@ pub fn hello_line(from: &str, to: &str) -> Vec<u8> {
 ///
 /// ```
 /// assert_eq!(kv::protocol::auth_hello_line("a", "b", &[0xab; 16]),
-///            b"KV-PEER-HELLO 2 a b abababababababababababababababab\n");
+///            b"KV-PEER-HELLO 4 a b abababababababababababababababab\n");
 /// ```
 pub fn auth_hello_line(from: &str, to: &str, nonce: &[u8; NONCE_LEN]) -> Vec<u8> {
     let mut line =
@@ -130,12 +136,13 @@ fn from_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
 pub enum Hello {
     /// Not a handshake: an ordinary client request.
     NotHello,
-    /// A version-1 node speaking to this node by its right name: answer `OK` (if this
-    /// node has no secret), never forward.
-    Accepted,
-    /// A version-2 node speaking to this node by its right name, with its nonce: answer
-    /// a challenge (if this node has a secret).
-    Authenticate { from: Vec<u8>, nonce: [u8; NONCE_LEN] },
+    /// A node without a secret (version 3, or 1 from an earlier build) speaking to
+    /// this node by its right name: answer `OK` (if this node has no secret), never
+    /// forward. `framed`: its requests come as frames from now on, not lines.
+    Accepted { framed: bool },
+    /// A node with a secret (version 4, or 2) speaking to this node by its right name,
+    /// with its nonce: answer a challenge (if this node has a secret).
+    Authenticate { from: Vec<u8>, nonce: [u8; NONCE_LEN], framed: bool },
     /// A node that means another node, or speaks another version: answer
     /// [`Refusal::reply`] to the handshake and to every request after it.
     Refused(Refusal),
@@ -179,9 +186,10 @@ impl Refusal {
 /// ```
 /// use kv::protocol::{check_hello, Hello, Refusal};
 ///
-/// assert_eq!(check_hello(b"KV-PEER-HELLO 1 foo bar", "bar"), Hello::Accepted);
+/// assert_eq!(check_hello(b"KV-PEER-HELLO 3 foo bar", "bar"), Hello::Accepted { framed: true });
+/// assert_eq!(check_hello(b"KV-PEER-HELLO 1 foo bar", "bar"), Hello::Accepted { framed: false });
 /// assert_eq!(
-///     check_hello(b"KV-PEER-HELLO 1 foo bar", "baz"),
+///     check_hello(b"KV-PEER-HELLO 3 foo bar", "baz"),
 ///     Hello::Refused(Refusal::WrongNode(b"bar".to_vec())),
 /// );
 /// assert_eq!(check_hello(b"kv-peer-hello 1 foo bar", "bar"), Hello::NotHello);
@@ -193,15 +201,19 @@ pub fn check_hello(line: &[u8], node: &str) -> Hello {
         return Hello::NotHello;
     }
     let (version, from, to, extra) = (words.next(), words.next(), words.next(), words.next());
+    let plain = |v: &[u8]| v == PEER_PROTOCOL_VERSION || v == TEXT_PEER_PROTOCOL_VERSION;
+    let with_secret = |v: &[u8]| v == AUTH_PROTOCOL_VERSION || v == TEXT_AUTH_PROTOCOL_VERSION;
     match (version, from, to, extra) {
-        (Some(PEER_PROTOCOL_VERSION), Some(_), Some(to), None) if to == node.as_bytes() => Hello::Accepted,
-        (Some(PEER_PROTOCOL_VERSION), Some(_), Some(to), None) => {
-            Hello::Refused(Refusal::WrongNode(to.to_vec()))
+        (Some(v), Some(_), Some(to), None) if plain(v) && to == node.as_bytes() => {
+            Hello::Accepted { framed: v == PEER_PROTOCOL_VERSION }
         }
-        (Some(AUTH_PROTOCOL_VERSION), Some(from), Some(to), Some(nonce)) if words.next().is_none() => {
+        (Some(v), Some(_), Some(to), None) if plain(v) => Hello::Refused(Refusal::WrongNode(to.to_vec())),
+        (Some(v), Some(from), Some(to), Some(nonce)) if with_secret(v) && words.next().is_none() => {
             match from_hex(nonce) {
                 _ if to != node.as_bytes() => Hello::Refused(Refusal::WrongNode(to.to_vec())),
-                Some(nonce) => Hello::Authenticate { from: from.to_vec(), nonce },
+                Some(nonce) => {
+                    Hello::Authenticate { from: from.to_vec(), nonce, framed: v == AUTH_PROTOCOL_VERSION }
+                }
                 None => Hello::Refused(Refusal::NotUnderstood),
             }
         }
@@ -215,12 +227,21 @@ mod tests {
 
     #[test]
     fn hello_variants() {
-        assert_eq!(check_hello(b"KV-PEER-HELLO 1 a b", "b"), Hello::Accepted);
-        assert_eq!(check_hello(b"  KV-PEER-HELLO\t1 a b ", "b"), Hello::Accepted);
+        assert_eq!(check_hello(b"KV-PEER-HELLO 1 a b", "b"), Hello::Accepted { framed: false });
+        assert_eq!(check_hello(b"  KV-PEER-HELLO\t3 a b ", "b"), Hello::Accepted { framed: true });
         assert_eq!(check_hello(b"KV-PEER-HELLO 2 a b", "b"), Hello::Refused(Refusal::NotUnderstood));
-        assert_eq!(check_hello(b"KV-PEER-HELLO 3 a b", "b"), Hello::Refused(Refusal::NotUnderstood));
-        let v2 = auth_hello_line("a", "b", &[9; NONCE_LEN]);
-        assert_eq!(check_hello(&v2, "b"), Hello::Authenticate { from: b"a".to_vec(), nonce: [9; NONCE_LEN] });
+        assert_eq!(check_hello(b"KV-PEER-HELLO 4 a b", "b"), Hello::Refused(Refusal::NotUnderstood));
+        assert_eq!(check_hello(b"KV-PEER-HELLO 5 a b", "b"), Hello::Refused(Refusal::NotUnderstood));
+        let v4 = auth_hello_line("a", "b", &[9; NONCE_LEN]);
+        assert_eq!(
+            check_hello(&v4, "b"),
+            Hello::Authenticate { from: b"a".to_vec(), nonce: [9; NONCE_LEN], framed: true }
+        );
+        let v2 = [&b"KV-PEER-HELLO 2 a b "[..], &[b'0', b'9'].repeat(NONCE_LEN)].concat();
+        assert_eq!(
+            check_hello(&v2, "b"),
+            Hello::Authenticate { from: b"a".to_vec(), nonce: [9; NONCE_LEN], framed: false }
+        );
         assert_eq!(check_hello(&v2, "c"), Hello::Refused(Refusal::WrongNode(b"b".to_vec())));
         assert_eq!(check_hello(b"KV-PEER-HELLO 2 a b 0909", "b"), Hello::Refused(Refusal::NotUnderstood));
         assert_eq!(check_hello(b"KV-PEER-HELLO 2 a b zz", "b"), Hello::Refused(Refusal::NotUnderstood));

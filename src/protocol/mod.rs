@@ -7,7 +7,12 @@
 //! - `reply.rs`: [`Reply`], [`ErrorKind`], [`Event`] and [`Stats`], and their text;
 //! - `shape.rs`: reading replies back ([`ReplyShape`], [`reply_len`], [`ReplyLine`]),
 //!   for the client, the forwarder and the bench;
-//! - `hello.rs`: the node-to-node handshake line.
+//! - `hello.rs`: the node-to-node handshake line;
+//! - `gather.rs`: one RESP reply from the replies of a command's parts;
+//! - `peer_frame.rs`: the frames nodes exchange after the handshake;
+//! - `request.rs`: a [`Command`] as length-prefixed bytes, for batches and peer links;
+//! - `resp_frame.rs`, `resp_write.rs`, `reply_resp.rs`: the RESP door's framing, its
+//!   encoders, and [`Reply`] values in RESP.
 //!
 //! It does no I/O beyond filling a buffer from a `Read` it is handed, starts no
 //! threads and holds no locks, so all of it is tested without sockets. The contract it
@@ -15,16 +20,32 @@
 
 mod command;
 mod frame;
+mod gather;
 mod hello;
+mod peer_frame;
 mod reply;
+mod reply_resp;
+mod request;
+mod resp_write;
 mod shape;
 
 pub use command::{Command, Words, is_http_request_line, is_space, parse, words};
 pub use frame::{DEFAULT_MAX_LINE, Frame, LineReader, MAX_MAX_LINE};
+pub use gather::{Gather, gather};
 pub use hello::{
-    AUTH_PROTOCOL_VERSION, HELLO_WORD, Hello, PEER_PROTOCOL_VERSION, Refusal, auth_hello_line, check_hello,
+    AUTH_PROTOCOL_VERSION, HELLO_WORD, Hello, PEER_PROTOCOL_VERSION, Refusal, TEXT_AUTH_PROTOCOL_VERSION,
+    TEXT_PEER_PROTOCOL_VERSION, auth_hello_line, check_hello,
     hello_line, parse_challenge, parse_proof, proof_line, write_challenge,
 };
 pub(crate) use reply::DROPPED_LINE;
-pub use reply::{ErrorKind, Event, Reply, Stats, is_auth_failure, is_routing_mismatch};
+pub use reply::{
+    Dialect, ErrorKind, Event, Fields, Part, Reply, Stats, is_auth_failure, is_representable, is_routing_mismatch,
+};
+pub use peer_frame::{
+    PeerFrame, REPLY_HEAD, begin_reply_frame, end_reply_frame, peer_frame, push_peer_frame, relay_error_line,
+    reply_frame_len,
+};
+pub use reply_resp::{write_resp, write_resp_error};
+pub use request::{REQUEST_HEAD, decode_request, encode_request, request_len};
+pub use resp_write::*;
 pub use shape::{BadReply, ReplyLine, ReplyShape, line_len, reply_len, trim_line_end};

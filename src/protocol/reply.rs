@@ -9,6 +9,8 @@
 
 use std::fmt::{self, Display};
 
+use super::resp_write::Resp;
+
 /// The text door's reply to every successful write, `CREATE`, `DROP` and `QUIT`.
 pub(crate) const OK_LINE: &[u8] = b"OK\r\n";
 
@@ -75,6 +77,62 @@ pub enum Reply<'a> {
     Subscribed,
     /// Something went wrong; the request may not have been served.
     Error(ErrorKind<'a>),
+    // The RESP door's replies to its own operations (`Command::HSet` and the rest).
+    // The text door never asks for them; should one reach it, it is written as
+    // `UNKNOWN COMMAND`.
+    /// A count, or a 1/0 answer.
+    Integer(i64),
+    /// Nothing there: a missing key or bucket.
+    Nil,
+    /// A value, whatever bytes it holds.
+    Bulk(&'a [u8]),
+    /// A fixed word, such as `TYPE`'s `hash`.
+    Status(&'static str),
+    /// A bucket's pairs, keys or values (`HGETALL`, `HKEYS`, `HVALS`); `None` for a
+    /// bucket that does not exist, which has none.
+    Fields(Option<&'a dyn Fields>, Part),
+}
+
+/// What of a bucket [`Reply::Fields`] shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Each key then its value: a map.
+    Pairs,
+    Keys,
+    Values,
+}
+
+/// A bucket as a reply reads it: implemented by the store's bucket, so that the
+/// protocol knows nothing of how it is kept.
+pub trait Fields {
+    /// How many pairs there are.
+    fn count(&self) -> usize;
+    /// Calls `each` with every pair.
+    fn each_pair(&self, each: &mut dyn FnMut(&[u8], &[u8]));
+}
+
+impl fmt::Debug for dyn Fields + '_ {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fields({} pairs)", self.count())
+    }
+}
+
+/// Two field sources are the same reply when they are the same bucket.
+impl PartialEq for dyn Fields + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::addr_eq(self, other)
+    }
+}
+
+impl Eq for dyn Fields + '_ {}
+
+/// How a connection's replies are written: the text door's lines, or RESP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    #[default]
+    Text,
+    Resp2,
+    Resp3,
 }
 
 /// What went wrong, for [`Reply::Error`]. Each has a fixed text in the text door.
@@ -134,11 +192,29 @@ pub enum ErrorKind<'a> {
     InvalidPassword,
     /// `AUTH` on a server without a password.
     NoPasswordSet,
+    /// A GET of a value the text protocol cannot show on one line (it holds a space
+    /// or a line end): stored through the RESP door.
+    NotRepresentable,
     /// Protected mode turned a non-loopback client away (then the connection closes).
     ProtectedMode,
 }
 
 impl Reply<'_> {
+    /// Appends this reply's bytes in `dialect`.
+    #[inline]
+    pub fn write(&self, dialect: Dialect, out: &mut Vec<u8>) {
+        match dialect {
+            Dialect::Text => self.write_text(out),
+            Dialect::Resp2 => super::reply_resp::write_resp(self, Resp::V2, out),
+            Dialect::Resp3 => super::reply_resp::write_resp(self, Resp::V3, out),
+        }
+    }
+
+    /// True for a reply that says a write was not applied (an error, or no bucket).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Reply::Error(_) | Reply::NotFound | Reply::Unknown)
+    }
+
     /// Appends the text door's bytes for this reply.
     ///
     /// ```
@@ -154,6 +230,9 @@ impl Reply<'_> {
     pub fn write_text(&self, out: &mut Vec<u8>) {
         match *self {
             Reply::Ok => out.extend_from_slice(OK_LINE),
+            Reply::Value(value) if !is_representable(value) => {
+                ErrorKind::NotRepresentable.write_text(out)
+            }
             Reply::Value(value) => {
                 out.extend_from_slice(value);
                 out.extend_from_slice(b"\r\n");
@@ -164,7 +243,27 @@ impl Reply<'_> {
             Reply::Pong => line(out, &[PONG_WORD]),
             Reply::Subscribed => {}
             Reply::Error(kind) => kind.write_text(out),
+            Reply::Integer(_) | Reply::Nil | Reply::Bulk(_) | Reply::Status(_) | Reply::Fields(..) => {
+                line(out, &[UNKNOWN_WORDS])
+            }
         }
+    }
+}
+
+/// True if the text protocol can show `value` as one word of a line: it holds no
+/// protocol whitespace. (The empty value is a missing key's answer, so it can.)
+#[inline]
+pub fn is_representable(value: &[u8]) -> bool {
+    !value.iter().any(|&b| super::command::is_space(b))
+}
+
+/// The text after `ERROR ` of an error kind, for the RESP door's `-ERR <text>`.
+impl ErrorKind<'_> {
+    pub(crate) fn text(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_text(&mut out);
+        let text = out.strip_prefix(ERROR_PREFIX).unwrap_or(&out);
+        text.strip_suffix(b"\r\n").unwrap_or(text).to_vec()
     }
 }
 
@@ -208,6 +307,9 @@ impl ErrorKind<'_> {
                 line(out, &[e, b"peer ", peer.as_bytes(), b" unavailable: outcome unknown"])
             }
             ErrorKind::OutOfMemory => line(out, &[e, b"out of memory"]),
+            ErrorKind::NotRepresentable => {
+                line(out, &[e, b"value not representable in the text protocol (use the RESP port)"])
+            }
             _ => self.write_auth_text(out),
         }
     }

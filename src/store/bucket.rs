@@ -46,6 +46,17 @@ pub struct Bucket {
     hasher: Hasher,
 }
 
+/// How a reply reads a bucket (`HGETALL`, `HKEYS`, `HVALS` through the RESP door).
+impl crate::protocol::Fields for Bucket {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn each_pair(&self, each: &mut dyn FnMut(&[u8], &[u8])) {
+        self.pairs_from(0, usize::MAX, each);
+    }
+}
+
 impl std::fmt::Debug for Bucket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bucket")

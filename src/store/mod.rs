@@ -122,15 +122,40 @@ impl Partition {
         Ok(())
     }
 
-    /// Removes `key` from `bucket`; a missing key is not an error.
-    pub fn delete(&mut self, bucket: &[u8], key: &[u8]) -> Result<(), NoSuchBucket> {
+    /// The bucket called `name`, if it exists.
+    pub fn bucket(&self, name: &[u8]) -> Option<&Bucket> {
+        self.buckets.get(name).map(|(_, bucket)| bucket)
+    }
+
+    /// Stores `value` under `key`, creating `bucket` first if it does not exist, within
+    /// the memory limit. Returns true if the key is new. A refused put leaves a bucket
+    /// it created in place (empty), as a `CREATE` then a refused `PUT` would.
+    pub fn upsert_within_limit(&mut self, bucket: &[u8], key: &[u8], value: &[u8]) -> Result<bool, WriteError> {
+        self.create_within_limit(bucket)?;
+        let room = self.room();
+        let (_, found) = self.buckets.get_mut(bucket).ok_or(WriteError::NoSuchBucket)?;
+        let before = found.heap_bytes();
+        let new = found.put_within(key, value, room).ok_or(WriteError::OutOfMemory)?;
+        self.bytes = self.bytes - before + found.heap_bytes();
+        self.keys += usize::from(new);
+        Ok(new)
+    }
+
+    /// Removes `key` from `bucket`; returns whether it was there.
+    pub fn remove(&mut self, bucket: &[u8], key: &[u8]) -> Result<bool, NoSuchBucket> {
         let (_, bucket) = self.buckets.get_mut(bucket).ok_or(NoSuchBucket)?;
         let before = bucket.heap_bytes();
-        if bucket.delete(key) {
+        let removed = bucket.delete(key);
+        if removed {
             self.keys -= 1;
             self.bytes = self.bytes - before + bucket.heap_bytes();
         }
-        Ok(())
+        Ok(removed)
+    }
+
+    /// Removes `key` from `bucket`; a missing key is not an error.
+    pub fn delete(&mut self, bucket: &[u8], key: &[u8]) -> Result<(), NoSuchBucket> {
+        self.remove(bucket, key).map(|_| ())
     }
 
     /// Removes `bucket` and every key in it.

@@ -11,7 +11,8 @@
 //! stops being read: its memory is bounded by one read's worth of requests. A
 //! SUBSCRIBE turns the connection into an event stream (`subscribe/`), after the
 //! replies to everything before it. The socket's manners (idle clock, closing without
-//! losing replies) are `socket.rs`'s.
+//! losing replies) are `socket.rs`'s. A node's link that opened with a version-3 or 4
+//! handshake carries frames after it, not lines: `framed.rs` serves it.
 
 use std::cell::Cell;
 use std::io;
@@ -27,9 +28,7 @@ use crate::forward::Forwarder;
 use crate::gate::{self, Door, Password, Pending};
 use crate::logcap::{Limiter, quote, warn_limited};
 use crate::peer::RemoteSubscription;
-use crate::protocol::{
-    self, Command, ErrorKind, Frame, Hello, LineReader, Refusal, Reply, ReplyShape, check_hello,
-};
+use crate::protocol::{self, Command, ErrorKind, Frame, Hello, LineReader, Refusal, Reply, check_hello};
 use crate::round::Round;
 use crate::router::Route;
 use crate::socket::{self, IdleClock};
@@ -90,6 +89,8 @@ enum Mode {
     Challenged(Box<Pending>),
 }
 
+mod framed;
+
 /// What the connection does after a request.
 enum Flow {
     /// Go on with the next request.
@@ -98,6 +99,8 @@ enum Flow {
     Close,
     /// Answer what came before, then become this event stream.
     Stream(Handoff),
+    /// A node's handshake was accepted: answer it, then read frames (`framed.rs`).
+    Framed,
 }
 
 /// A subscription the connection hands itself over to.
@@ -140,6 +143,8 @@ struct Connection<'s> {
     nodes_only: bool,
     /// Its standing with `--password-file`.
     password: Password,
+    /// The node's handshake said frames follow it (versions 3 and 4).
+    framed_link: bool,
 }
 
 impl<'s> Connection<'s> {
@@ -161,6 +166,7 @@ impl<'s> Connection<'s> {
             client: stream.peer_addr().ok().map(|addr| addr.ip()),
             nodes_only: false,
             password: Password::new(state),
+            framed_link: false,
             stream,
         }
     }
@@ -231,6 +237,7 @@ impl<'s> Connection<'s> {
                     return Ok(());
                 }
                 Flow::Stream(handoff) => return self.stream_events(handoff),
+                Flow::Framed => return self.serve_framed(reader.take_unframed()),
             }
         }
     }
@@ -303,6 +310,11 @@ impl<'s> Connection<'s> {
                     Flow::Next
                 }
             };
+            // An accepted node that speaks frames: nothing after its handshake is a line.
+            let flow = match flow {
+                Flow::Next if self.framed_link && matches!(self.mode, Mode::Peer) => Flow::Framed,
+                flow => flow,
+            };
             if !matches!(flow, Flow::Next) {
                 return Ok((flow, saw_request));
             }
@@ -359,13 +371,15 @@ impl<'s> Connection<'s> {
             }
             Command::DebugCrashConnection => self.crash_connection()?,
             Command::DebugCrashAcceptor => self.crash_acceptor(),
-            Command::Subscribe { bucket } => return Ok(self.subscribe(line, bucket)),
+            Command::Subscribe { bucket } => return Ok(self.subscribe(&command, bucket)),
             Command::Create { bucket }
             | Command::Put { bucket, .. }
             | Command::Get { bucket, .. }
             | Command::Delete { bucket, .. }
             | Command::Drop { bucket }
-            | Command::DebugCrash { bucket } => self.route(&command, line, bucket),
+            | Command::DebugCrash { bucket } => self.route(&command, bucket),
+            // Only the RESP door makes these; no line parses to one.
+            _ => self.round.push_local(Reply::Unknown),
         }
         Ok(Flow::Next)
     }
@@ -386,15 +400,13 @@ impl<'s> Connection<'s> {
     }
 
     /// A bucket request: to the worker that owns it here, or to the node that owns it.
-    fn route(&mut self, command: &Command<'_>, line: &[u8], bucket: &[u8]) {
+    fn route(&mut self, command: &Command<'_>, bucket: &[u8]) {
         match (self.state.routes.route(bucket), &self.mode) {
             (Route::Local, Mode::Client | Mode::Peer) => {
                 let w = worker::worker_for(bucket, self.round.worker_count());
-                self.round.push_worker(w, line);
+                self.round.push_worker(w, command);
             }
-            (Route::Peer(p), Mode::Client) => {
-                self.round.push_peer(usize::from(p), line, ReplyShape::of(command))
-            }
+            (Route::Peer(p), Mode::Client) => self.round.push_peer(usize::from(p), command),
             _ => self.misrouted(bucket),
         }
     }
@@ -421,11 +433,15 @@ impl<'s> Connection<'s> {
         let node = self.state.config.node.as_str();
         match check_hello(line, node) {
             Hello::NotHello => self.round.push_local(Reply::Unknown),
-            Hello::Accepted => match gate::v1_hello(self.state, self.client) {
-                None => self.accept_peer(),
+            Hello::Accepted { framed } => match gate::v1_hello(self.state, self.client) {
+                None => {
+                    self.framed_link = framed;
+                    self.accept_peer()
+                }
                 Some(refusal) => self.refuse_hello(line, refusal),
             },
-            Hello::Authenticate { from, nonce } => {
+            Hello::Authenticate { from, nonce, framed } => {
+                self.framed_link = framed;
                 // The challenge is this line's reply; nothing was asked before it.
                 self.round.flush();
                 match gate::challenge(self.state, self.client, from, nonce, self.round.output()) {
@@ -496,7 +512,7 @@ impl<'s> Connection<'s> {
             frame,
             Frame::Line(line) if matches!(
                 check_hello(line, &self.state.config.node),
-                Hello::Accepted | Hello::Authenticate { .. }
+                Hello::Accepted { .. } | Hello::Authenticate { .. }
             )
         )
     }
@@ -541,10 +557,10 @@ impl<'s> Connection<'s> {
 
     /// SUBSCRIBE: registered by the worker that owns the bucket here, or relayed from
     /// the node that owns it.
-    fn subscribe(&mut self, line: &[u8], bucket: &[u8]) -> Flow {
+    fn subscribe(&mut self, command: &Command<'_>, bucket: &[u8]) -> Flow {
         match (self.state.routes.route(bucket), &self.mode) {
-            (Route::Local, Mode::Client | Mode::Peer) => self.subscribe_here(line, bucket),
-            (Route::Peer(p), Mode::Client) => self.subscribe_there(usize::from(p), line),
+            (Route::Local, Mode::Client | Mode::Peer) => self.subscribe_here(command, bucket),
+            (Route::Peer(p), Mode::Client) => self.subscribe_there(usize::from(p), bucket),
             _ => {
                 self.misrouted(bucket);
                 Flow::Next
@@ -552,10 +568,10 @@ impl<'s> Connection<'s> {
         }
     }
 
-    fn subscribe_here(&mut self, line: &[u8], bucket: &[u8]) -> Flow {
+    fn subscribe_here(&mut self, command: &Command<'_>, bucket: &[u8]) -> Flow {
         let w = worker::worker_for(bucket, self.round.worker_count());
         let (subscriber, subscription) = subscribe::subscription(self.state.config.subscriber_backlog);
-        self.round.push_subscribe(w, line, subscriber);
+        self.round.push_subscribe(w, command, subscriber);
         // The worker registers it in its request order; its reply (nothing, or NOT
         // FOUND) follows everything before it.
         self.round.flush();
@@ -572,7 +588,7 @@ impl<'s> Connection<'s> {
         Flow::Stream(Handoff::Local(subscription))
     }
 
-    fn subscribe_there(&mut self, p: usize, line: &[u8]) -> Flow {
+    fn subscribe_there(&mut self, p: usize, bucket: &[u8]) -> Flow {
         // As locally, the replies before it go first.
         self.round.flush();
         // A relayed subscription holds a second socket, to the owner.
@@ -581,7 +597,7 @@ impl<'s> Connection<'s> {
             self.round.push_output(Reply::Error(ErrorKind::TooManyConnections));
             return Flow::Close;
         }
-        let flow = self.relay_from(p, line);
+        let flow = self.relay_from(p, bucket);
         if !matches!(flow, Flow::Stream(_)) {
             self.state.release_socket();
         }
@@ -589,9 +605,9 @@ impl<'s> Connection<'s> {
     }
 
     /// Sends the SUBSCRIBE to the owner; its socket is taken.
-    fn relay_from(&mut self, p: usize, line: &[u8]) -> Flow {
+    fn relay_from(&mut self, p: usize, bucket: &[u8]) -> Flow {
         let peer = self.state.peers.get(p);
-        match self.state.peers.subscribe(p, line) {
+        match self.state.peers.subscribe(p, bucket, self.round.dialect()) {
             RemoteSubscription::Answered(reply) => self.round.output().extend_from_slice(&reply),
             RemoteSubscription::Unavailable => self.round.push_output(peer.unavailable()),
             RemoteSubscription::Streaming { stream, pending } => {

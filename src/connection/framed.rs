@@ -1,0 +1,164 @@
+//! A node's link after a version-3 or 4 handshake: request frames in, reply frames out
+//! (`protocol/peer_frame.rs`), through the same round, workers and shutdown rules as a
+//! client's lines.
+//!
+//! The other node forwards here only what this node owns, so a request for a bucket
+//! owned elsewhere is a routing mismatch, answered and never forwarded again. Each
+//! frame names the dialect its reply is written in, the asking client's; the round
+//! writes each reply in it and frames it. A frame that is not one (an unknown dialect,
+//! a length past the limit) means the link is out of step: the connection closes, and
+//! the other node fails the requests it had sent on it as of unknown outcome.
+
+use std::io;
+
+use super::{Connection, Flow, MAX_REQUESTS_PER_ROUND, OUT_HIGH_WATER};
+use crate::logcap::{Limiter, warn_limited};
+use crate::protocol::{Command, ErrorKind, PeerFrame, Reply, peer_frame};
+use crate::router::Route;
+use crate::worker;
+
+/// Out-of-step links, logged at most once a second with a count.
+static BAD_FRAME: Limiter = Limiter::new();
+
+/// First size of the frame buffer; it grows to the largest frame seen.
+const INITIAL_FRAME_BUFFER: usize = 4 * 1024;
+
+/// Request frames read from a node, and what is left of a partial one.
+struct FrameReader {
+    buf: Vec<u8>,
+    /// Start of the bytes not yet taken.
+    start: usize,
+    /// Largest frame accepted.
+    max_frame: usize,
+}
+
+/// What the reader had.
+enum Next<'a> {
+    Frame(crate::protocol::Dialect, Command<'a>),
+    /// Read more first.
+    More,
+    /// Out of step: close.
+    Bad,
+}
+
+impl FrameReader {
+    fn new(unframed: Vec<u8>, max_frame: usize) -> Self {
+        let mut buf = unframed;
+        buf.reserve(INITIAL_FRAME_BUFFER);
+        FrameReader { buf, start: 0, max_frame }
+    }
+
+    fn next(&mut self) -> Next<'_> {
+        match peer_frame(&self.buf[self.start..]) {
+            PeerFrame::Request(dialect, command, used) => {
+                self.start += used;
+                Next::Frame(dialect, command)
+            }
+            PeerFrame::Partial { needs: Some(needs) } if needs > self.max_frame => Next::Bad,
+            PeerFrame::Partial { .. } => Next::More,
+            PeerFrame::Bad => Next::Bad,
+        }
+    }
+
+    /// One read onto the end, after moving a partial frame to the front.
+    fn fill_from(&mut self, stream: &mut impl io::Read) -> io::Result<usize> {
+        self.buf.drain(..self.start);
+        self.start = 0;
+        let len = self.buf.len();
+        let room = self.buf.capacity().max(INITIAL_FRAME_BUFFER) - len;
+        self.buf.resize(len + room.max(INITIAL_FRAME_BUFFER / 4), 0);
+        let read = stream.read(&mut self.buf[len..]);
+        self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
+        read
+    }
+}
+
+impl Connection<'_> {
+    /// Serves request frames until the other node closes the link, the server stops,
+    /// or a frame is out of step. `unframed`: bytes that came behind the handshake.
+    pub(super) fn serve_framed(&mut self, unframed: Vec<u8>) -> io::Result<()> {
+        self.round.set_framed();
+        let config = &self.state.config;
+        let max_frame = 3 * config.max_line.max(config.max_value) + 64;
+        let mut reader = FrameReader::new(unframed, max_frame);
+        loop {
+            let stopping = self.state.is_stopping();
+            let flow = self.serve_frames_read(&mut reader, stopping)?;
+            self.finish_round()?;
+            match flow {
+                Some(Flow::Stream(handoff)) => return self.stream_events(handoff),
+                Some(_) => return Ok(()),
+                None if stopping => {
+                    self.close_at_stop();
+                    return Ok(());
+                }
+                None => {}
+            }
+            match reader.fill_from(&mut &*self.stream) {
+                Ok(0) if self.state.is_stopping() => {
+                    self.close_at_stop();
+                    return Ok(());
+                }
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Dispatches every whole frame the reader holds. `Some` ends the link.
+    fn serve_frames_read(&mut self, reader: &mut FrameReader, stopping: bool) -> io::Result<Option<Flow>> {
+        loop {
+            let (dialect, command) = match reader.next() {
+                Next::Frame(dialect, command) => (dialect, command),
+                Next::More => return Ok(None),
+                Next::Bad => {
+                    warn_limited!(BAD_FRAME, "closing a node's link from {:?}: a frame out of step", self.client);
+                    return Ok(Some(Flow::Close));
+                }
+            };
+            self.commands += 1;
+            self.round.set_dialect(dialect);
+            if stopping {
+                self.round.push_local(Reply::Error(ErrorKind::ShuttingDown));
+                continue;
+            }
+            if let Flow::Stream(handoff) = self.dispatch_frame(&command) {
+                return Ok(Some(Flow::Stream(handoff)));
+            }
+            if self.round.len() >= MAX_REQUESTS_PER_ROUND {
+                self.round.flush();
+            }
+            if self.round.output_len() >= OUT_HIGH_WATER {
+                self.round.write_output(&mut &*self.stream)?;
+            }
+        }
+    }
+
+    /// One forwarded request: to the worker owning its bucket here; anything else is
+    /// answered at once.
+    fn dispatch_frame(&mut self, command: &Command<'_>) -> Flow {
+        let Some(bucket) = command.bucket() else {
+            let reply = if *command == Command::Ping { Reply::Pong } else { Reply::Unknown };
+            self.round.push_local(reply);
+            return Flow::Next;
+        };
+        match (self.state.routes.route(bucket), command) {
+            (Route::Local, Command::Subscribe { .. }) => self.subscribe_here(command, bucket),
+            (Route::Local, Command::DebugCrash { .. }) if !self.state.config.debug => {
+                self.round.push_local(Reply::Unknown);
+                Flow::Next
+            }
+            (Route::Local, _) => {
+                let w = worker::worker_for(bucket, self.round.worker_count());
+                self.round.push_worker(w, command);
+                Flow::Next
+            }
+            _ => {
+                self.misrouted(bucket);
+                Flow::Next
+            }
+        }
+    }
+}

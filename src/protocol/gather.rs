@@ -1,0 +1,103 @@
+//! One RESP reply gathered from the replies of a command's parts.
+//!
+//! A RESP command can be about several buckets or keys (`DEL a b`, `MGET`, `HSET b f1
+//! v1 f2 v2`); the RESP door sends one [`Command`](super::Command) per bucket or key, so
+//! that each goes to its owner like any other request, and the connection's round
+//! gathers their replies into the one reply Redis would give. The parts' replies are
+//! already RESP; gathering reads them back only as far as it must.
+
+use super::resp_write::{write_array_len, write_integer, write_simple};
+
+/// How a group's part replies become one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gather {
+    /// Integers summed: `DEL`, `EXISTS`, `HDEL`, a multi-field `HSET`.
+    Sum,
+    /// An array of the parts' replies: `MGET`, `HMGET`.
+    Array,
+    /// `+OK` once every part said `OK`: `MSET`.
+    AllOk,
+    /// `TYPE`: the bucket's type (`+hash` or `+none`) then whether the strings bucket
+    /// has the key (`:1` or `:0`).
+    Type,
+}
+
+/// Writes the reply gathered from the parts in `parts` (part `i` ends at `ends[i]`) to
+/// `out`. If a part failed, the first failure is the reply, as Redis answers a command
+/// with one error.
+///
+/// ```
+/// use kv::protocol::{Dialect, Gather, gather};
+///
+/// let parts = b":1\r\n:0\r\n:1\r\n";
+/// let mut out = Vec::new();
+/// gather(Gather::Sum, parts, &[4, 8, 12], Dialect::Resp2, &mut out);
+/// assert_eq!(out, b":2\r\n");
+/// ```
+pub fn gather(how: Gather, parts: &[u8], ends: &[usize], _dialect: super::Dialect, out: &mut Vec<u8>) {
+    let part = |i: usize| &parts[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
+    let count = ends.len();
+    if let Some(failed) = (0..count).map(part).find(|p| p.first() == Some(&b'-')) {
+        out.extend_from_slice(failed);
+        return;
+    }
+    match how {
+        Gather::Sum => write_integer(out, (0..count).map(|i| integer(part(i))).sum()),
+        Gather::Array => {
+            write_array_len(out, count);
+            out.extend_from_slice(&parts[..ends.last().copied().unwrap_or(0)]);
+        }
+        Gather::AllOk => write_simple(out, b"OK"),
+        Gather::Type => {
+            let word: &[u8] = match (count > 0 && part(0) == b"+hash\r\n", count > 1 && integer(part(1)) > 0) {
+                (true, _) => b"hash",
+                (false, true) => b"string",
+                (false, false) => b"none",
+            };
+            write_simple(out, word);
+        }
+    }
+}
+
+/// The value of a `:<n>\r\n` reply; anything else counts 0.
+fn integer(reply: &[u8]) -> i64 {
+    let digits = reply.strip_prefix(b":").and_then(|r| r.strip_suffix(b"\r\n")).unwrap_or(b"");
+    std::str::from_utf8(digits).ok().and_then(|d| d.parse().ok()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Dialect;
+
+    fn gathered(how: Gather, parts: &[&[u8]]) -> Vec<u8> {
+        let mut all = Vec::new();
+        let mut ends = Vec::new();
+        for part in parts {
+            all.extend_from_slice(part);
+            ends.push(all.len());
+        }
+        let mut out = Vec::new();
+        gather(how, &all, &ends, Dialect::Resp3, &mut out);
+        out
+    }
+
+    #[test]
+    fn each_way_of_gathering() {
+        assert_eq!(gathered(Gather::Sum, &[b":1\r\n", b":1\r\n"]), b":2\r\n");
+        assert_eq!(gathered(Gather::Sum, &[]), b":0\r\n");
+        assert_eq!(gathered(Gather::Array, &[b"$1\r\na\r\n", b"_\r\n"]), b"*2\r\n$1\r\na\r\n_\r\n");
+        assert_eq!(gathered(Gather::AllOk, &[b"+OK\r\n", b"+OK\r\n"]), b"+OK\r\n");
+        assert_eq!(gathered(Gather::Type, &[b"+hash\r\n", b":1\r\n"]), b"+hash\r\n");
+        assert_eq!(gathered(Gather::Type, &[b"+none\r\n", b":1\r\n"]), b"+string\r\n");
+        assert_eq!(gathered(Gather::Type, &[b"+none\r\n", b":0\r\n"]), b"+none\r\n");
+    }
+
+    #[test]
+    fn the_first_failed_part_is_the_reply() {
+        let parts: [&[u8]; 3] = [b":1\r\n", b"-ERR peer n1 unavailable\r\n", b"-ERR out of memory\r\n"];
+        for how in [Gather::Sum, Gather::Array, Gather::AllOk, Gather::Type] {
+            assert_eq!(gathered(how, &parts), b"-ERR peer n1 unavailable\r\n", "{how:?}");
+        }
+    }
+}
