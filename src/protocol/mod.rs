@@ -7,7 +7,12 @@
 //! - `reply.rs`: [`Reply`], [`ErrorKind`], [`Event`] and [`Stats`], and their text;
 //! - `shape.rs`: reading replies back ([`ReplyShape`], [`reply_len`], [`ReplyLine`]),
 //!   for the client, the forwarder and the bench;
-//! - `hello.rs`: the node-to-node handshake line.
+//! - `hello.rs`: the node-to-node handshake line;
+//! - `resp_frame.rs`: the RESP door's requests: [`RespReader`] cuts a stream into
+//!   commands ([`RespFrame`], [`Args`]), multibulk or inline, within the size limits;
+//! - `resp_write.rs`: the RESP door's replies, RESP2 or RESP3 ([`Resp`]), as bytes;
+//! - `resp_read.rs`: reading RESP replies back ([`resp_value_len`]), for tests and
+//!   the bench.
 //!
 //! It does no I/O beyond filling a buffer from a `Read` it is handed, starts no
 //! threads and holds no locks, so all of it is tested without sockets. The contract it
@@ -17,6 +22,9 @@ mod command;
 mod frame;
 mod hello;
 mod reply;
+mod resp_frame;
+mod resp_read;
+mod resp_write;
 mod shape;
 
 pub use command::{Command, Words, is_http_request_line, is_space, parse, words};
@@ -27,4 +35,10 @@ pub use hello::{
 };
 pub(crate) use reply::DROPPED_LINE;
 pub use reply::{ErrorKind, Event, Reply, Stats, is_auth_failure, is_routing_mismatch};
+pub use resp_frame::{Args, MAX_INLINE, MAX_MULTIBULK, RespFrame, RespReader};
+pub use resp_read::{BadResp, resp_value_len};
+pub use resp_write::{
+    Resp, write_array_len, write_bool, write_bulk, write_error, write_integer, write_map_len, write_nil,
+    write_nil_array, write_push_len, write_set_len, write_simple, write_verbatim,
+};
 pub use shape::{BadReply, ReplyLine, ReplyShape, line_len, reply_len, trim_line_end};
