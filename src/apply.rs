@@ -103,7 +103,8 @@ pub fn apply<'p>(
 /// The RESP door's reads: a missing bucket reads as an empty one, as a missing key
 /// does in Redis.
 fn read<'p>(partition: &'p Partition, command: Command<'_>) -> Reply<'p> {
-    let fields = |bucket: &[u8], part| Reply::Fields(partition.bucket(bucket).map(|b| b as &dyn Fields), part);
+    let fields =
+        |bucket: &[u8], part| Reply::Fields(partition.bucket(bucket).map(|b| b as &dyn Fields), part);
     match command {
         Command::HGet { bucket, key } => match partition.get(bucket, key) {
             Ok(Some(value)) => Reply::Bulk(value),

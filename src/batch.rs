@@ -221,13 +221,11 @@ impl Batch {
                 | Command::Delete { bucket, key }
                 | Command::HSet { bucket, key, .. }
                 | Command::SetString { bucket, key, .. }
-                | Command::HDel { bucket, key } => {
-                    match partition.get(bucket, key) {
-                        Ok(Some(value)) => Op::Put { bucket, key, value },
-                        Ok(None) => Op::Delete { bucket, key },
-                        Err(_) => Op::Drop { bucket },
-                    }
-                }
+                | Command::HDel { bucket, key } => match partition.get(bucket, key) {
+                    Ok(Some(value)) => Op::Put { bucket, key, value },
+                    Ok(None) => Op::Delete { bucket, key },
+                    Err(_) => Op::Drop { bucket },
+                },
                 Command::Create { bucket } | Command::Drop { bucket } | Command::Del { bucket }
                     if partition.contains(bucket) =>
                 {
@@ -261,7 +259,8 @@ impl Batch {
             let (command, next) = request_at(&self.requests, self.cursor);
             match failure {
                 Some(reason) if command.is_write() => {
-                    Reply::Error(ErrorKind::PersistenceFailed { reason }).write(self.dialect, &mut self.replies);
+                    Reply::Error(ErrorKind::PersistenceFailed { reason })
+                        .write(self.dialect, &mut self.replies);
                     refused += 1;
                 }
                 _ => {
@@ -296,9 +295,9 @@ impl Batch {
             };
             let (logged, now) = match command {
                 Command::Create { bucket } => (!exists(bucket, &self.overlay), Some((bucket, true))),
-                Command::Put { bucket, .. } | Command::Delete { bucket, .. } | Command::HDel { bucket, .. } => {
-                    (exists(bucket, &self.overlay), None)
-                }
+                Command::Put { bucket, .. }
+                | Command::Delete { bucket, .. }
+                | Command::HDel { bucket, .. } => (exists(bucket, &self.overlay), None),
                 Command::Drop { bucket } | Command::Del { bucket } => {
                     (exists(bucket, &self.overlay), Some((bucket, false)))
                 }

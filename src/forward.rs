@@ -343,7 +343,9 @@ mod tests {
             if let Some(mut at) = hello_len {
                 let mut text = received[..at].to_vec();
                 let mut got = 0;
-                while let protocol::PeerFrame::Request(_, command, used) = protocol::peer_frame(&received[at..]) {
+                while let protocol::PeerFrame::Request(_, command, used) =
+                    protocol::peer_frame(&received[at..])
+                {
                     text.extend_from_slice(&line_of(&command));
                     at += used;
                     got += 1;

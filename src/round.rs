@@ -424,9 +424,9 @@ impl<'s> Round<'s> {
 /// About how many bytes `command` takes in a batch or an exchange.
 fn request_size(command: &Command<'_>) -> usize {
     let (bucket, rest) = match *command {
-        Command::Put { key, value, .. } | Command::HSet { key, value, .. } | Command::SetString { key, value, .. } => {
-            (command.bucket(), key.len() + value.len())
-        }
+        Command::Put { key, value, .. }
+        | Command::HSet { key, value, .. }
+        | Command::SetString { key, value, .. } => (command.bucket(), key.len() + value.len()),
         Command::Get { key, .. }
         | Command::Delete { key, .. }
         | Command::HGet { key, .. }

@@ -114,7 +114,11 @@ impl Connection<'_> {
                 Next::Frame(dialect, command) => (dialect, command),
                 Next::More => return Ok(None),
                 Next::Bad => {
-                    warn_limited!(BAD_FRAME, "closing a node's link from {:?}: a frame out of step", self.client);
+                    warn_limited!(
+                        BAD_FRAME,
+                        "closing a node's link from {:?}: a frame out of step",
+                        self.client
+                    );
                     return Ok(Some(Flow::Close));
                 }
             };

@@ -82,7 +82,9 @@ impl<'a> Op<'a> {
             Command::Put { bucket, key, value }
             | Command::HSet { bucket, key, value }
             | Command::SetString { bucket, key, value } => Some(Op::Put { bucket, key, value }),
-            Command::Delete { bucket, key } | Command::HDel { bucket, key } => Some(Op::Delete { bucket, key }),
+            Command::Delete { bucket, key } | Command::HDel { bucket, key } => {
+                Some(Op::Delete { bucket, key })
+            }
             Command::Drop { bucket } | Command::Del { bucket } => Some(Op::Drop { bucket }),
             _ => None,
         }

@@ -9,16 +9,30 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command<'a> {
     /// `CREATE <bucket>`
-    Create { bucket: &'a [u8] },
+    Create {
+        bucket: &'a [u8],
+    },
     /// `PUT <bucket> <key> <value>`
-    Put { bucket: &'a [u8], key: &'a [u8], value: &'a [u8] },
+    Put {
+        bucket: &'a [u8],
+        key: &'a [u8],
+        value: &'a [u8],
+    },
     /// `GET <bucket> <key>`
-    Get { bucket: &'a [u8], key: &'a [u8] },
+    Get {
+        bucket: &'a [u8],
+        key: &'a [u8],
+    },
     /// `DELETE <bucket> <key>`
-    Delete { bucket: &'a [u8], key: &'a [u8] },
+    Delete {
+        bucket: &'a [u8],
+        key: &'a [u8],
+    },
     /// `DROP <bucket>`: the bucket and every key in it go; its subscribers hear
     /// `DROPPED` and their streams end.
-    Drop { bucket: &'a [u8] },
+    Drop {
+        bucket: &'a [u8],
+    },
     /// `PING`
     Ping,
     /// `STATS`
@@ -27,12 +41,18 @@ pub enum Command<'a> {
     Quit,
     /// `AUTH <password>`: on a server with `--password-file`, required before anything
     /// but `PING` and `QUIT`.
-    Auth { password: &'a [u8] },
+    Auth {
+        password: &'a [u8],
+    },
     /// `SUBSCRIBE <bucket>`: the connection becomes a stream of the bucket's changes.
-    Subscribe { bucket: &'a [u8] },
+    Subscribe {
+        bucket: &'a [u8],
+    },
     /// `DEBUG CRASH <bucket>`: the worker owning `<bucket>` panics while serving it.
     /// Served only by a server started with `--debug`; otherwise `UNKNOWN COMMAND`.
-    DebugCrash { bucket: &'a [u8] },
+    DebugCrash {
+        bucket: &'a [u8],
+    },
     /// `DEBUG CRASH-CONNECTION`: the connection's own thread panics. `--debug` only.
     DebugCrashConnection,
     /// `DEBUG CRASH-ACCEPTOR`: the acceptor thread panics (and is restarted).
@@ -43,28 +63,59 @@ pub enum Command<'a> {
     // no text line parses to one. Each is about one bucket, so it has one owner.
     /// One field of `HSET`: creates the bucket if needed, answers 1 if the key is new,
     /// 0 if its value was replaced.
-    HSet { bucket: &'a [u8], key: &'a [u8], value: &'a [u8] },
+    HSet {
+        bucket: &'a [u8],
+        key: &'a [u8],
+        value: &'a [u8],
+    },
     /// `SET` of a plain string, stored in the `--resp-bucket`: creates the bucket if
     /// needed, answers `OK`.
-    SetString { bucket: &'a [u8], key: &'a [u8], value: &'a [u8] },
+    SetString {
+        bucket: &'a [u8],
+        key: &'a [u8],
+        value: &'a [u8],
+    },
     /// `HGET` (and a string's `GET`): the value, or nil for a missing bucket or key.
-    HGet { bucket: &'a [u8], key: &'a [u8] },
+    HGet {
+        bucket: &'a [u8],
+        key: &'a [u8],
+    },
     /// One field of `HDEL` (and a string's `DEL`): 1 if the key was there, else 0.
-    HDel { bucket: &'a [u8], key: &'a [u8] },
+    HDel {
+        bucket: &'a [u8],
+        key: &'a [u8],
+    },
     /// One field of `HEXISTS` (and a string's `EXISTS`): 1 or 0.
-    HExists { bucket: &'a [u8], key: &'a [u8] },
+    HExists {
+        bucket: &'a [u8],
+        key: &'a [u8],
+    },
     /// `HLEN`: how many keys the bucket holds (0 if it does not exist).
-    HLen { bucket: &'a [u8] },
+    HLen {
+        bucket: &'a [u8],
+    },
     /// `HGETALL`, `HKEYS`, `HVALS`: the bucket's pairs, keys or values.
-    HGetAll { bucket: &'a [u8] },
-    HKeys { bucket: &'a [u8] },
-    HVals { bucket: &'a [u8] },
+    HGetAll {
+        bucket: &'a [u8],
+    },
+    HKeys {
+        bucket: &'a [u8],
+    },
+    HVals {
+        bucket: &'a [u8],
+    },
     /// `EXISTS` of a bucket: 1 or 0.
-    Exists { bucket: &'a [u8] },
+    Exists {
+        bucket: &'a [u8],
+    },
     /// `DEL` of a bucket: `DROP`, answering 1 if it existed, else 0.
-    Del { bucket: &'a [u8] },
+    Del {
+        bucket: &'a [u8],
+    },
     /// `TYPE` of a bucket: `hash`, or `none`.
-    Type { bucket: &'a [u8] },
+    Type {
+        bucket: &'a [u8],
+    },
     /// Anything else: an unknown word, a wrong number of words, an empty line.
     /// Not an error to propagate but a request like any other, answered
     /// `UNKNOWN COMMAND`.

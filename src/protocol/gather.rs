@@ -49,7 +49,8 @@ pub fn gather(how: Gather, parts: &[u8], ends: &[usize], _dialect: super::Dialec
         }
         Gather::AllOk => write_simple(out, b"OK"),
         Gather::Type => {
-            let word: &[u8] = match (count > 0 && part(0) == b"+hash\r\n", count > 1 && integer(part(1)) > 0) {
+            let word: &[u8] = match (count > 0 && part(0) == b"+hash\r\n", count > 1 && integer(part(1)) > 0)
+            {
                 (true, _) => b"hash",
                 (false, true) => b"string",
                 (false, false) => b"none",

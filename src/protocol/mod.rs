@@ -8,11 +8,15 @@
 //! - `shape.rs`: reading replies back ([`ReplyShape`], [`reply_len`], [`ReplyLine`]),
 //!   for the client, the forwarder and the bench;
 //! - `hello.rs`: the node-to-node handshake line;
-//! - `gather.rs`: one RESP reply from the replies of a command's parts;
-//! - `peer_frame.rs`: the frames nodes exchange after the handshake;
 //! - `request.rs`: a [`Command`] as length-prefixed bytes, for batches and peer links;
-//! - `resp_frame.rs`, `resp_write.rs`, `reply_resp.rs`: the RESP door's framing, its
-//!   encoders, and [`Reply`] values in RESP.
+//! - `peer_frame.rs`: the frames nodes exchange after the handshake;
+//! - `resp_frame.rs`: the RESP door's requests: [`RespReader`] cuts a stream into
+//!   commands ([`RespFrame`], [`Args`]), multibulk or inline, within the size limits;
+//! - `resp_write.rs`: the RESP door's replies, RESP2 or RESP3 ([`Resp`]), as bytes;
+//! - `resp_read.rs`: reading RESP replies back ([`resp_value_len`]), for tests and
+//!   the bench;
+//! - `reply_resp.rs`: [`Reply`] values in RESP;
+//! - `gather.rs`: one RESP reply from the replies of a command's parts.
 //!
 //! It does no I/O beyond filling a buffer from a `Read` it is handed, starts no
 //! threads and holds no locks, so all of it is tested without sockets. The contract it
@@ -26,6 +30,8 @@ mod peer_frame;
 mod reply;
 mod reply_resp;
 mod request;
+mod resp_frame;
+mod resp_read;
 mod resp_write;
 mod shape;
 
@@ -34,18 +40,24 @@ pub use frame::{DEFAULT_MAX_LINE, Frame, LineReader, MAX_MAX_LINE};
 pub use gather::{Gather, gather};
 pub use hello::{
     AUTH_PROTOCOL_VERSION, HELLO_WORD, Hello, PEER_PROTOCOL_VERSION, Refusal, TEXT_AUTH_PROTOCOL_VERSION,
-    TEXT_PEER_PROTOCOL_VERSION, auth_hello_line, check_hello,
-    hello_line, parse_challenge, parse_proof, proof_line, write_challenge,
-};
-pub(crate) use reply::DROPPED_LINE;
-pub use reply::{
-    Dialect, ErrorKind, Event, Fields, Part, Reply, Stats, is_auth_failure, is_representable, is_routing_mismatch,
+    TEXT_PEER_PROTOCOL_VERSION, auth_hello_line, check_hello, hello_line, parse_challenge, parse_proof,
+    proof_line, write_challenge,
 };
 pub use peer_frame::{
     PeerFrame, REPLY_HEAD, begin_reply_frame, end_reply_frame, peer_frame, push_peer_frame, relay_error_line,
     reply_frame_len,
 };
+pub(crate) use reply::DROPPED_LINE;
+pub use reply::{
+    Dialect, ErrorKind, Event, Fields, Part, Reply, Stats, is_auth_failure, is_representable,
+    is_routing_mismatch,
+};
 pub use reply_resp::{write_resp, write_resp_error};
 pub use request::{REQUEST_HEAD, decode_request, encode_request, request_len};
-pub use resp_write::*;
+pub use resp_frame::{Args, MAX_INLINE, MAX_MULTIBULK, RespFrame, RespReader};
+pub use resp_read::{BadResp, resp_value_len};
+pub use resp_write::{
+    Resp, write_array_len, write_bool, write_bulk, write_error, write_integer, write_map_len, write_nil,
+    write_nil_array, write_push_len, write_set_len, write_simple, write_verbatim,
+};
 pub use shape::{BadReply, ReplyLine, ReplyShape, line_len, reply_len, trim_line_end};

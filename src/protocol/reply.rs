@@ -230,9 +230,7 @@ impl Reply<'_> {
     pub fn write_text(&self, out: &mut Vec<u8>) {
         match *self {
             Reply::Ok => out.extend_from_slice(OK_LINE),
-            Reply::Value(value) if !is_representable(value) => {
-                ErrorKind::NotRepresentable.write_text(out)
-            }
+            Reply::Value(value) if !is_representable(value) => ErrorKind::NotRepresentable.write_text(out),
             Reply::Value(value) => {
                 out.extend_from_slice(value);
                 out.extend_from_slice(b"\r\n");

@@ -130,7 +130,12 @@ impl Partition {
     /// Stores `value` under `key`, creating `bucket` first if it does not exist, within
     /// the memory limit. Returns true if the key is new. A refused put leaves a bucket
     /// it created in place (empty), as a `CREATE` then a refused `PUT` would.
-    pub fn upsert_within_limit(&mut self, bucket: &[u8], key: &[u8], value: &[u8]) -> Result<bool, WriteError> {
+    pub fn upsert_within_limit(
+        &mut self,
+        bucket: &[u8],
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<bool, WriteError> {
         self.create_within_limit(bucket)?;
         let room = self.room();
         let (_, found) = self.buckets.get_mut(bucket).ok_or(WriteError::NoSuchBucket)?;

@@ -1,0 +1,1009 @@
+//! RESP request framing: where one Redis-protocol command starts and ends in a byte
+//! stream, its arguments, and what happens to a command over the limits.
+//!
+//! This is the RESP door's counterpart of `frame.rs`: [`RespReader`] owns one reusable
+//! buffer, does no I/O beyond filling it from a `Read` it is handed, and hands out each
+//! command's arguments as spans borrowed from that buffer, so parsing a command
+//! allocates nothing. It knows nothing of what a command means; the connection decides.
+//!
+//! Two request forms are read, as Redis reads them:
+//! - multibulk: `*<n>\r\n` then `n` bulk strings `$<len>\r\n<bytes>\r\n` (binary-safe);
+//! - inline: any request not starting with `*` is one line split into words, with
+//!   Redis's double- and single-quoted arguments (`sdssplitargs`), so `PING` typed into
+//!   `nc` works.
+//!
+//! Memory is bounded: the buffer holds at most one unfinished command (at most
+//! `max(max_command, MAX_INLINE)` plus a header) and one read; a command over a limit
+//! is skipped as its bytes arrive, never buffered.
+
+use std::fmt;
+use std::io::{self, Read};
+
+use super::command::is_space;
+
+/// Longest inline request line, in bytes before its `\n`: Redis's
+/// `PROTO_INLINE_MAX_SIZE`. Inline requests are for humans at a terminal; anything
+/// longer is a client that is not speaking RESP (a TLS handshake, a binary upload), and
+/// bounding it keeps such a client from making the server buffer without end.
+pub const MAX_INLINE: usize = 64 * 1024;
+
+/// Most elements a multibulk request may announce: Redis's limit for unauthenticated
+/// clients. A count is only a promise, and nothing is reserved for it, but a larger one
+/// is certainly not a real command.
+pub const MAX_MULTIBULK: i64 = 1024 * 1024;
+
+/// Longest `*<n>` or `$<len>` header line, `\r\n` included. Twenty digits hold any
+/// 64-bit count, so 64 bytes is generous; without a bound a client could send digits
+/// forever and have them buffered.
+const MAX_HEADER: usize = 64;
+
+/// First size of a connection's read buffer, as for the text door's `LineReader`: small
+/// enough that ten thousand idle connections cost little, and grown on the first read
+/// that needs more.
+const INITIAL_READ_BUFFER: usize = 1024;
+
+/// The buffer doubles up to this size while reads keep filling it, so a deep pipeline
+/// is served in large reads. Separately, one command may grow it up to its limit.
+const READ_AHEAD_MAX: usize = 64 * 1024;
+
+/// Argument spans a reader keeps across [`RespReader::release_buffer`]: enough for any
+/// ordinary command, so only an unusual one leaves a larger vector to give back.
+const SPANS_KEPT: usize = 16;
+
+/// One framing event from a [`RespReader`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum RespFrame<'a> {
+    /// A complete command: its arguments, the first being the command name.
+    Command(Args<'a>),
+    /// A command with a bulk over `max_value` or a total over `max_command`. Reported
+    /// once per such command; the reader then discards the rest of it without
+    /// buffering it (staying in step) and goes on with the next command.
+    TooLarge,
+    /// Malformed framing. The connection answers `-ERR Protocol error: <text>` and
+    /// closes; the reader returns nothing more after this.
+    ProtocolError(&'static str),
+}
+
+/// The arguments of one command, borrowed from the reader's buffer until its next call.
+/// Two are equal when their arguments are.
+#[derive(Clone, Copy)]
+pub struct Args<'a> {
+    /// The command's bytes, from its first byte.
+    bytes: &'a [u8],
+    /// Each argument's start and end in `bytes`.
+    spans: &'a [(usize, usize)],
+}
+
+impl<'a> Args<'a> {
+    /// Number of arguments, the command name included.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// True for no arguments (the reader never returns such a command).
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Argument `i`, the command name being 0.
+    pub fn get(&self, i: usize) -> Option<&'a [u8]> {
+        let &(start, end) = self.spans.get(i)?;
+        self.bytes.get(start..end)
+    }
+
+    /// The arguments in order.
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let bytes = self.bytes;
+        self.spans.iter().map(move |&(start, end)| &bytes[start..end])
+    }
+}
+
+impl PartialEq for Args<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Args<'_> {}
+
+impl fmt::Debug for Args<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter().map(String::from_utf8_lossy)).finish()
+    }
+}
+
+/// Where the reader is within the stream. Offsets (`pos`, spans) count from `start`, so
+/// moving a partial command to the front of the buffer leaves them valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Between commands (or inside an inline line, `pos` bytes of it scanned).
+    Idle,
+    /// In a multibulk with `left` elements still to read; `pos` is the next header.
+    Elements { left: usize },
+    /// A bulk header read: its `len` data bytes and `\r\n` start at `pos`.
+    Bulk { left: usize, len: usize },
+    /// Discarding a too-large command: `data` more bytes of the current bulk (its
+    /// `\r\n` included), then `left` more elements. Nothing of it is buffered.
+    Skip { left: usize, data: usize },
+    /// A protocol error was reported: nothing more is read.
+    Failed,
+}
+
+/// What one parsing step found.
+enum Step {
+    /// More input is needed.
+    More,
+    /// Progress was made (or an empty command skipped): step again.
+    Again,
+    /// A complete command of this many bytes from `start`; its spans are ready.
+    Command(usize),
+    TooLarge,
+    Error(&'static str),
+}
+
+/// Cuts a byte stream into RESP commands, enforcing the value and command limits.
+///
+/// ```
+/// use kv::protocol::{RespFrame, RespReader};
+///
+/// let mut reader = RespReader::new(1024, 4096);
+/// reader.push(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\n");
+/// let mut names = Vec::new();
+/// while let Some(RespFrame::Command(args)) = reader.next_frame() {
+///     names.push(args.get(0).unwrap().to_vec());
+/// }
+/// assert_eq!(names, [&b"GET"[..], b"PING"]);
+/// ```
+#[derive(Debug)]
+pub struct RespReader {
+    buf: Vec<u8>,
+    /// Start of the unconsumed bytes in `buf`: the current command's first byte.
+    start: usize,
+    /// End of the valid bytes in `buf`.
+    end: usize,
+    /// Parse progress within the current command, from `start` (see [`State`]).
+    pos: usize,
+    state: State,
+    /// The current command's argument spans, from `start`; reused across commands.
+    spans: Vec<(usize, usize)>,
+    /// The last read filled all free space: the client has more, read bigger.
+    last_read_filled: bool,
+    max_value: usize,
+    max_command: usize,
+}
+
+impl RespReader {
+    /// A reader accepting bulks of at most `max_value` bytes and commands of at most
+    /// `max_command` bytes (all their bulks and framing). Inline requests have their own
+    /// limit, [`MAX_INLINE`], whatever `max_command` is: the buffer may hold the larger.
+    pub fn new(max_value: usize, max_command: usize) -> Self {
+        RespReader {
+            buf: vec![0; INITIAL_READ_BUFFER],
+            start: 0,
+            end: 0,
+            pos: 0,
+            state: State::Idle,
+            spans: Vec::new(),
+            last_read_filled: false,
+            max_value,
+            max_command: max_command.max(1),
+        }
+    }
+
+    /// Most bytes of one unfinished command the buffer may have to hold before the
+    /// reader can decide: a command within the limit plus the next header, or an inline
+    /// line at its limit plus its `\r`.
+    fn hold_limit(&self) -> usize {
+        self.max_command.max(MAX_INLINE).saturating_add(2 * MAX_HEADER)
+    }
+
+    /// True when the buffer (or the span list) has grown past its first size and
+    /// holds nothing: it can be given back ([`RespReader::release_buffer`]).
+    pub fn holds_grown_buffer(&self) -> bool {
+        let grown = self.buf.len() > INITIAL_READ_BUFFER || self.spans.capacity() > SPANS_KEPT;
+        grown && self.start == self.end && matches!(self.state, State::Idle | State::Skip { .. })
+    }
+
+    /// Goes back to a buffer of the first size if the current one holds nothing, so an
+    /// idle connection keeps no burst-sized buffer.
+    pub fn release_buffer(&mut self) {
+        if self.holds_grown_buffer() {
+            self.buf = vec![0; INITIAL_READ_BUFFER];
+            self.spans = Vec::new();
+            self.start = 0;
+            self.end = 0;
+            self.pos = 0;
+            self.last_read_filled = false;
+        }
+    }
+
+    /// True while the stream is inside a command: bytes of an unfinished one are
+    /// buffered, or the rest of a too-large one is still to be skipped.
+    pub fn has_partial(&self) -> bool {
+        match self.state {
+            State::Failed => false,
+            State::Skip { .. } => true,
+            _ => self.start < self.end,
+        }
+    }
+
+    /// Reads once from `source` into free buffer space, making room first. Returns the
+    /// number of bytes read; 0 means end of stream.
+    pub fn fill_from<R: Read + ?Sized>(&mut self, source: &mut R) -> io::Result<usize> {
+        self.make_room();
+        let free = self.buf.len() - self.end;
+        let n = source.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        self.last_read_filled = n == free;
+        Ok(n)
+    }
+
+    /// Copies `bytes` in as if they had been read (for tests and the fuzzer). Returns
+    /// how many were taken; call [`next_frame`](Self::next_frame) until it returns
+    /// `None` before pushing the rest.
+    pub fn push(&mut self, bytes: &[u8]) -> usize {
+        self.make_room();
+        let n = bytes.len().min(self.buf.len() - self.end);
+        self.buf[self.end..self.end + n].copy_from_slice(&bytes[..n]);
+        self.end += n;
+        n
+    }
+
+    /// Ensures free space after `end`: moves a partial command to the front, and grows
+    /// the buffer when the partial command fills it (toward what it needs, up to the
+    /// hold limit) or when the last read filled it (up to [`READ_AHEAD_MAX`]).
+    fn make_room(&mut self) {
+        // After a protocol error nothing more is parsed, so nothing more is kept.
+        if self.start == self.end || self.state == State::Failed {
+            self.start = 0;
+            self.end = 0;
+        }
+        let read_ahead = self.last_read_filled && self.buf.len() < READ_AHEAD_MAX;
+        if self.end < self.buf.len() && !read_ahead {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.end < self.buf.len() && !read_ahead {
+                return;
+            }
+        }
+        let partial_fills = self.end == self.buf.len();
+        let limit = if partial_fills { self.hold_limit().max(READ_AHEAD_MAX) } else { READ_AHEAD_MAX };
+        // A bulk of known length is waited for whole: grow to it at once rather than
+        // doubling (and copying) toward it.
+        let needed = match self.state {
+            State::Bulk { len, .. } if partial_fills => self.pos + len + 2,
+            _ => 0,
+        };
+        let grown = (self.buf.len() * 2).max(needed).min(limit);
+        self.buf.resize(grown.max(self.buf.len() + usize::from(partial_fills)), 0);
+    }
+
+    /// The next complete command, limit violation or protocol error in the buffer, or
+    /// `None` when more input is needed (and always after a protocol error).
+    pub fn next_frame(&mut self) -> Option<RespFrame<'_>> {
+        loop {
+            match self.step() {
+                Step::More => return None,
+                Step::Again => continue,
+                Step::TooLarge => return Some(RespFrame::TooLarge),
+                Step::Error(text) => {
+                    self.state = State::Failed;
+                    self.start = 0;
+                    self.end = 0;
+                    return Some(RespFrame::ProtocolError(text));
+                }
+                Step::Command(len) => {
+                    let first = self.start;
+                    self.start += len;
+                    self.pos = 0;
+                    self.state = State::Idle;
+                    let bytes = &self.buf[first..first + len];
+                    return Some(RespFrame::Command(Args { bytes, spans: &self.spans }));
+                }
+            }
+        }
+    }
+
+    /// One parsing step from the current state.
+    fn step(&mut self) -> Step {
+        match self.state {
+            State::Failed => Step::More,
+            State::Idle if self.start == self.end => Step::More,
+            State::Idle if self.buf[self.start] == b'*' => self.multibulk_header(),
+            State::Idle => self.inline(),
+            State::Elements { left: 0 } => Step::Command(self.pos),
+            State::Elements { left } => self.bulk_header(left),
+            State::Bulk { left, len } => self.bulk_data(left, len),
+            State::Skip { left, data } => self.skip(left, data),
+        }
+    }
+
+    /// `*<n>\r\n` at `start`: a multibulk of `n` elements begins.
+    fn multibulk_header(&mut self) -> Step {
+        let header = &self.buf[self.start..self.end];
+        let (count, header_len) =
+            match read_header(header, "too big mbulk count string", "invalid multibulk length") {
+                Ok(Some(read)) => read,
+                Ok(None) => return Step::More,
+                Err(text) => return Step::Error(text),
+            };
+        if count > MAX_MULTIBULK {
+            return Step::Error("invalid multibulk length");
+        }
+        if count <= 0 {
+            // `*0` and `*-1` (Redis skips any count <= 0) are empty commands.
+            self.start += header_len;
+            return Step::Again;
+        }
+        self.spans.clear();
+        self.pos = header_len;
+        // `count` is at most MAX_MULTIBULK, so it fits any usize kv runs on.
+        self.state = State::Elements { left: count as usize };
+        Step::Again
+    }
+
+    /// `$<len>\r\n` at `pos`: the next element's header, or a limit crossed.
+    fn bulk_header(&mut self, left: usize) -> Step {
+        let (len, header_len) = match self.read_bulk_len(self.start + self.pos) {
+            Ok(Some(read)) => read,
+            Ok(None) => return Step::More,
+            Err(text) => return Step::Error(text),
+        };
+        let data_end = self.pos.saturating_add(header_len).saturating_add(len).saturating_add(2);
+        if len > self.max_value || data_end > self.max_command {
+            // Everything before this bulk's data is dropped now; the rest as it comes.
+            self.start += self.pos + header_len;
+            self.pos = 0;
+            self.state = State::Skip { left: left - 1, data: len.saturating_add(2) };
+            return Step::TooLarge;
+        }
+        self.pos += header_len;
+        self.state = State::Bulk { left, len };
+        Step::Again
+    }
+
+    /// A bulk header at `at`: its length and the header's size, `None` if incomplete.
+    /// The expected-`$` text is fixed because frames carry `&'static str`; Redis also
+    /// names the byte it got.
+    fn read_bulk_len(&self, at: usize) -> Result<Option<(usize, usize)>, &'static str> {
+        let header = &self.buf[at..self.end];
+        match header.first() {
+            None => return Ok(None),
+            Some(b'$') => {}
+            Some(_) => return Err("expected '$'"),
+        }
+        match read_header(header, "too big bulk count string", "invalid bulk length")? {
+            None => Ok(None),
+            Some((len, header_len)) => match usize::try_from(len) {
+                Ok(len) => Ok(Some((len, header_len))),
+                Err(_) => Err("invalid bulk length"),
+            },
+        }
+    }
+
+    /// A bulk's data and `\r\n` at `pos`, once all of it has arrived.
+    fn bulk_data(&mut self, left: usize, len: usize) -> Step {
+        let data = self.start + self.pos;
+        if self.end - data < len + 2 {
+            return Step::More;
+        }
+        if &self.buf[data + len..data + len + 2] != b"\r\n" {
+            return Step::Error("expected CRLF after bulk data");
+        }
+        self.spans.push((self.pos, self.pos + len));
+        self.pos += len + 2;
+        self.state = State::Elements { left: left - 1 };
+        Step::Again
+    }
+
+    /// Drops the rest of a too-large command as it arrives: `data` bytes of the
+    /// current bulk (checking its closing `\r\n`), then `left` more elements.
+    fn skip(&mut self, left: usize, mut data: usize) -> Step {
+        while data > 0 && self.start < self.end {
+            if data > 2 {
+                let n = (data - 2).min(self.end - self.start);
+                self.start += n;
+                data -= n;
+            } else {
+                let expected = if data == 2 { b'\r' } else { b'\n' };
+                if self.buf[self.start] != expected {
+                    return Step::Error("expected CRLF after bulk data");
+                }
+                self.start += 1;
+                data -= 1;
+            }
+        }
+        if data > 0 {
+            self.state = State::Skip { left, data };
+            return Step::More;
+        }
+        if left == 0 {
+            self.state = State::Idle;
+            return Step::Again;
+        }
+        match self.read_bulk_len(self.start) {
+            Ok(Some((len, header_len))) => {
+                self.start += header_len;
+                self.state = State::Skip { left: left - 1, data: len.saturating_add(2) };
+                Step::Again
+            }
+            Ok(None) => {
+                self.state = State::Skip { left, data: 0 };
+                Step::More
+            }
+            Err(text) => Step::Error(text),
+        }
+    }
+
+    /// An inline request: one line at `start`, split into arguments once its `\n` has
+    /// arrived. `pos` bytes of it are known to hold no `\n`, so a line arriving in
+    /// pieces is scanned once.
+    fn inline(&mut self) -> Step {
+        let scan_from = self.start + self.pos;
+        let Some(offset) = self.buf[scan_from..self.end].iter().position(|&b| b == b'\n') else {
+            self.pos = self.end - self.start;
+            if self.pos > MAX_INLINE {
+                return Step::Error("too big inline request");
+            }
+            return Step::More;
+        };
+        let newline = scan_from + offset;
+        if newline - self.start > MAX_INLINE {
+            return Step::Error("too big inline request");
+        }
+        let mut line_end = newline;
+        if line_end > self.start && self.buf[line_end - 1] == b'\r' {
+            line_end -= 1;
+        }
+        self.spans.clear();
+        if !split_args(&mut self.buf[self.start..line_end], &mut self.spans) {
+            return Step::Error("unbalanced quotes in request");
+        }
+        let len = newline + 1 - self.start;
+        if self.spans.is_empty() {
+            self.start += len;
+            self.pos = 0;
+            return Step::Again;
+        }
+        Step::Command(len)
+    }
+}
+
+/// A `*<n>\r\n` or `$<len>\r\n` header at the start of `bytes` (its first byte being
+/// the type): the number and the header's length, or `None` if its `\n` has not
+/// arrived. `too_long` is the error for a header past [`MAX_HEADER`], `invalid` for
+/// anything but a number and `\r\n`.
+fn read_header(
+    bytes: &[u8],
+    too_long: &'static str,
+    invalid: &'static str,
+) -> Result<Option<(i64, usize)>, &'static str> {
+    let window = &bytes[..bytes.len().min(MAX_HEADER)];
+    let Some(newline) = window.iter().position(|&b| b == b'\n') else {
+        return if bytes.len() >= MAX_HEADER { Err(too_long) } else { Ok(None) };
+    };
+    match window[..newline].strip_suffix(b"\r") {
+        Some(line) => parse_number(&line[1..]).map(|n| Some((n, newline + 1))).ok_or(invalid),
+        None => Err(invalid),
+    }
+}
+
+/// A decimal number as Redis's `string2ll` reads it: an optional `-`, digits, no
+/// leading zero (except `0` itself), no sign on zero, no overflow.
+pub(crate) fn parse_number(digits: &[u8]) -> Option<i64> {
+    let (negative, digits) = match digits.strip_prefix(b"-") {
+        Some(rest) => (true, rest),
+        None => (false, digits),
+    };
+    match digits {
+        [] => return None,
+        [b'0'] if !negative => return Some(0),
+        [b'0', ..] => return None,
+        _ => {}
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let d = i64::from(d - b'0');
+        n = n.checked_mul(10)?;
+        n = if negative { n.checked_sub(d)? } else { n.checked_add(d)? };
+    }
+    Some(n)
+}
+
+/// Splits an inline line into arguments the way Redis's `sdssplitargs` does, in place:
+/// unescaped arguments are written over the line (never longer than their source),
+/// and their spans pushed to `spans`. False for unbalanced quotes, or a closing quote
+/// followed by anything but a space.
+///
+/// Outside quotes, words are separated by whitespace and a quote starts a quoted part.
+/// In double quotes `\n \r \t \b \a`, `\xHH` and `\<any>` are escapes; in single
+/// quotes only `\'` is.
+fn split_args(line: &mut [u8], spans: &mut Vec<(usize, usize)>) -> bool {
+    let mut read = 0;
+    let mut write = 0;
+    loop {
+        while read < line.len() && is_space(line[read]) {
+            read += 1;
+        }
+        if read == line.len() {
+            return true;
+        }
+        let arg_start = write;
+        let Some((next_read, next_write)) = split_one(line, read, write) else {
+            return false;
+        };
+        (read, write) = (next_read, next_write);
+        spans.push((arg_start, write));
+    }
+}
+
+/// How [`split_one`] is reading the current argument.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Quote {
+    None,
+    Double,
+    Single,
+}
+
+/// One argument from `line[read..]`, written at `line[write..]`: the new read and write
+/// positions, or `None` for unbalanced quotes.
+fn split_one(line: &mut [u8], mut read: usize, mut write: usize) -> Option<(usize, usize)> {
+    let mut quote = Quote::None;
+    loop {
+        let Some(&byte) = line.get(read) else {
+            return (quote == Quote::None).then_some((read, write));
+        };
+        let (out, used) = match quote {
+            Quote::None if is_space(byte) => return Some((read, write)),
+            Quote::None if byte == b'"' || byte == b'\'' => {
+                quote = if byte == b'"' { Quote::Double } else { Quote::Single };
+                read += 1;
+                continue;
+            }
+            Quote::None => (byte, 1),
+            Quote::Double if byte == b'"' => return closing_quote(line, read, write),
+            Quote::Single if byte == b'\'' => return closing_quote(line, read, write),
+            Quote::Double => unescape_double(&line[read..]),
+            Quote::Single if line[read..].starts_with(b"\\'") => (b'\'', 2),
+            Quote::Single => (byte, 1),
+        };
+        line[write] = out;
+        write += 1;
+        read += used;
+    }
+}
+
+/// A closing quote at `read` ends its argument, and must be followed by a space or the
+/// end of the line.
+fn closing_quote(line: &[u8], read: usize, write: usize) -> Option<(usize, usize)> {
+    line.get(read + 1).is_none_or(|&b| is_space(b)).then_some((read + 1, write))
+}
+
+/// The byte a double-quoted sequence at the start of `rest` (never empty) stands for,
+/// and how many bytes it takes.
+fn unescape_double(rest: &[u8]) -> (u8, usize) {
+    match rest {
+        [b'\\', b'x', high, low, ..] if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() => {
+            ((hex_value(*high) << 4) | hex_value(*low), 4)
+        }
+        [b'\\', escaped, ..] => {
+            let byte = match escaped {
+                b'n' => b'\n',
+                b'r' => b'\r',
+                b't' => b'\t',
+                b'b' => 0x08,
+                b'a' => 0x07,
+                other => *other,
+            };
+            (byte, 2)
+        }
+        [byte, ..] => (*byte, 1),
+        [] => (0, 1),
+    }
+}
+
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        b'A'..=b'F' => digit - b'A' + 10,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame, owned, so frames from different reads can be compared.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Got {
+        Command(Vec<Vec<u8>>),
+        TooLarge,
+        Error(&'static str),
+    }
+
+    fn own(frame: RespFrame<'_>) -> Got {
+        match frame {
+            RespFrame::Command(args) => Got::Command(args.iter().map(<[u8]>::to_vec).collect()),
+            RespFrame::TooLarge => Got::TooLarge,
+            RespFrame::ProtocolError(text) => Got::Error(text),
+        }
+    }
+
+    fn command(args: &[&[u8]]) -> Got {
+        Got::Command(args.iter().map(|arg| arg.to_vec()).collect())
+    }
+
+    fn drain(reader: &mut RespReader, out: &mut Vec<Got>) {
+        while let Some(frame) = reader.next_frame() {
+            out.push(own(frame));
+        }
+    }
+
+    /// Feeds `input` in chunks of the given sizes (cycled), draining after each.
+    fn frames_in_chunks(reader: &mut RespReader, input: &[u8], sizes: &[usize]) -> Vec<Got> {
+        let mut out = Vec::new();
+        let mut rest = input;
+        for &size in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let mut chunk = &rest[..size.min(rest.len())];
+            rest = &rest[chunk.len()..];
+            while !chunk.is_empty() {
+                let taken = reader.push(chunk);
+                chunk = &chunk[taken..];
+                drain(reader, &mut out);
+            }
+        }
+        out
+    }
+
+    fn frames(input: &[u8]) -> Vec<Got> {
+        frames_in_chunks(&mut RespReader::new(1024, 4096), input, &[usize::MAX])
+    }
+
+    /// `args` as a multibulk request.
+    fn encode(args: &[&[u8]]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend_from_slice(arg);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    #[test]
+    fn a_multibulk_command_is_read() {
+        assert_eq!(frames(b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n"), [command(&[b"GET", b"key"])]);
+        assert_eq!(frames(b"*1\r\n$0\r\n\r\n"), [command(&[b""])]);
+    }
+
+    #[test]
+    fn args_are_borrowed_and_indexed() {
+        let mut reader = RespReader::new(1024, 4096);
+        reader.push(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r\n");
+        let Some(RespFrame::Command(args)) = reader.next_frame() else { panic!("no command") };
+        assert_eq!((args.len(), args.is_empty()), (3, false));
+        assert_eq!((args.get(0), args.get(2), args.get(3)), (Some(&b"SET"[..]), Some(&b"vv"[..]), None));
+        assert_eq!(format!("{args:?}"), r#"["SET", "k", "vv"]"#);
+        assert_eq!(reader.next_frame(), None);
+        assert!(!reader.has_partial());
+    }
+
+    #[test]
+    fn bulks_are_binary_safe() {
+        let value = b"a\r\nb\0\n\r*1\r\n$3\r\n";
+        assert_eq!(frames(&encode(&[b"SET", b"k", value])), [command(&[b"SET", b"k", value])]);
+    }
+
+    #[test]
+    fn pipelined_commands_come_out_one_by_one() {
+        let input = [encode(&[b"PING"]), encode(&[b"GET", b"k"]), b"PING\r\n".to_vec()].concat();
+        let expected = [command(&[b"PING"]), command(&[b"GET", b"k"]), command(&[b"PING"])];
+        assert_eq!(frames(&input), expected);
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_frames() {
+        let mut input = [encode(&[b"SET", b"k", b"v\r\n"]), b"*0\r\n*-1\r\n".to_vec()].concat();
+        input.extend_from_slice(&encode(&[b"SET", b"k", &[b'x'; 40]]));
+        input.extend_from_slice(b"  GET   \"a b\"\t'c'\r\n\r\n\nPING\n");
+        input.extend_from_slice(&encode(&[b"DEL", b"k"]));
+        let whole = frames_in_chunks(&mut RespReader::new(32, 4096), &input, &[usize::MAX]);
+        assert_eq!(whole.len(), 5, "{whole:?}");
+        assert_eq!(whole[1], Got::TooLarge);
+        assert_eq!(whole[2], command(&[b"GET", b"a b", b"c"]));
+        for size in 1..8 {
+            let chunked = frames_in_chunks(&mut RespReader::new(32, 4096), &input, &[size]);
+            assert_eq!(chunked, whole, "chunks of {size}");
+        }
+        for cut in 0..input.len() {
+            let sizes = [cut.max(1), usize::MAX];
+            assert_eq!(frames_in_chunks(&mut RespReader::new(32, 4096), &input, &sizes), whole, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn a_partial_command_waits_for_more() {
+        let mut reader = RespReader::new(1024, 4096);
+        reader.push(b"*2\r\n$3\r\nGET\r\n$3\r\nke");
+        assert_eq!(reader.next_frame(), None);
+        assert!(reader.has_partial());
+        reader.push(b"y\r");
+        assert_eq!(reader.next_frame(), None);
+        reader.push(b"\n");
+        assert_eq!(reader.next_frame().map(own), Some(command(&[b"GET", b"key"])));
+        assert!(!reader.has_partial());
+    }
+
+    #[test]
+    fn empty_multibulks_are_skipped() {
+        assert_eq!(frames(b"*0\r\n*-1\r\n*-7\r\nPING\r\n"), [command(&[b"PING"])]);
+    }
+
+    #[test]
+    fn inline_commands_are_split_on_whitespace() {
+        assert_eq!(frames(b"PING\r\n"), [command(&[b"PING"])]);
+        assert_eq!(frames(b"PING\n"), [command(&[b"PING"])]);
+        assert_eq!(frames(b"  SET \t k  v \r\n"), [command(&[b"SET", b"k", b"v"])]);
+        assert_eq!(frames(b"\r\n\n   \r\nPING\n"), [command(&[b"PING"])]);
+        assert_eq!(frames(b"GET\rk\n"), [command(&[b"GET", b"k"])]);
+    }
+
+    #[test]
+    fn inline_quotes_and_escapes_read_as_redis_reads_them() {
+        assert_eq!(frames(b"SET \"a b\" 'c d'\n"), [command(&[b"SET", b"a b", b"c d"])]);
+        assert_eq!(frames(b"SET \"\\x41\\n\\t\\\"\\\\\\q\" ''\n"), [command(&[b"SET", b"A\n\t\"\\q", b""])]);
+        assert_eq!(frames(b"SET 'it\\'s' \"\\xZZ\"\n"), [command(&[b"SET", b"it's", b"xZZ"])]);
+        assert_eq!(frames(b"SET a\"b c\"d\n"), [Got::Error("unbalanced quotes in request")]);
+        assert_eq!(frames(b"SET a\"b c\" d\n"), [command(&[b"SET", b"ab c", b"d"])]);
+        assert_eq!(frames(b"SET \"abc\n"), [Got::Error("unbalanced quotes in request")]);
+        assert_eq!(frames(b"SET 'abc\\'\n"), [Got::Error("unbalanced quotes in request")]);
+    }
+
+    #[test]
+    fn multibulk_errors_are_protocol_errors() {
+        for (input, text) in [
+            (&b"*x\r\n"[..], "invalid multibulk length"),
+            (b"*\r\n", "invalid multibulk length"),
+            (b"*01\r\n", "invalid multibulk length"),
+            (b"*1\n", "invalid multibulk length"),
+            (b"*1048577\r\n", "invalid multibulk length"),
+            (b"*99999999999999999999\r\n", "invalid multibulk length"),
+            (b"*1\r\n:1\r\n", "expected '$'"),
+            (b"*1\r\n$-1\r\n", "invalid bulk length"),
+            (b"*1\r\n$x\r\n", "invalid bulk length"),
+            (b"*1\r\n$3\r\nabcd\r\n", "expected CRLF after bulk data"),
+            (b"*1\r\n$3\r\nabc\n\r", "expected CRLF after bulk data"),
+        ] {
+            assert_eq!(frames(input), [Got::Error(text)], "{:?}", String::from_utf8_lossy(input));
+        }
+        assert_eq!(frames(b"*1048576\r\n"), []);
+    }
+
+    #[test]
+    fn endless_headers_are_refused_without_buffering() {
+        let digits = [&b"*"[..], &[b'1'; 100]].concat();
+        assert_eq!(frames(&digits), [Got::Error("too big mbulk count string")]);
+        let digits = [&b"*1\r\n$"[..], &[b'1'; 100]].concat();
+        assert_eq!(frames(&digits), [Got::Error("too big bulk count string")]);
+    }
+
+    #[test]
+    fn nothing_is_read_after_a_protocol_error() {
+        let mut reader = RespReader::new(1024, 4096);
+        reader.push(b"*1\r\n!\r\nPING\r\n");
+        assert_eq!(reader.next_frame(), Some(RespFrame::ProtocolError("expected '$'")));
+        assert_eq!(reader.next_frame(), None);
+        for _ in 0..100 {
+            reader.push(&[b'x'; 1000]);
+            assert_eq!(reader.next_frame(), None);
+        }
+        assert!(!reader.has_partial());
+        assert_eq!(reader.buf.len(), INITIAL_READ_BUFFER, "nothing is kept after an error");
+    }
+
+    #[test]
+    fn a_too_large_bulk_is_skipped_and_the_next_command_read() {
+        let big = vec![b'x'; 100];
+        let input = [encode(&[b"SET", b"k", &big, b"more"]), encode(&[b"GET", b"k"])].concat();
+        let expected = [Got::TooLarge, command(&[b"GET", b"k"])];
+        assert_eq!(frames_in_chunks(&mut RespReader::new(50, 4096), &input, &[usize::MAX]), expected);
+        assert_eq!(frames_in_chunks(&mut RespReader::new(50, 4096), &input, &[3, 17]), expected);
+    }
+
+    #[test]
+    fn a_command_over_its_total_limit_is_too_large() {
+        let arg = vec![b'y'; 30];
+        let input = [encode(&[b"MSET", &arg, &arg, &arg, &arg]), encode(&[b"PING"])].concat();
+        let expected = [Got::TooLarge, command(&[b"PING"])];
+        assert_eq!(frames_in_chunks(&mut RespReader::new(50, 100), &input, &[usize::MAX]), expected);
+        assert_eq!(frames_in_chunks(&mut RespReader::new(50, 100), &input, &[1]), expected);
+        // Exactly at the limit passes.
+        let fits = encode(&[b"MSET", &arg, &arg]);
+        let fits_args = command(&[b"MSET", &arg, &arg]);
+        assert_eq!(frames_in_chunks(&mut RespReader::new(50, fits.len()), &fits, &[usize::MAX]), [fits_args]);
+    }
+
+    #[test]
+    fn a_malformed_skipped_command_is_still_a_protocol_error() {
+        let input = [&b"*2\r\n$5\r\nhello!!"[..], b"$1\r\nx\r\n"].concat();
+        let got = frames_in_chunks(&mut RespReader::new(3, 4096), &input, &[usize::MAX]);
+        assert_eq!(got, [Got::TooLarge, Got::Error("expected CRLF after bulk data")]);
+        let got = frames_in_chunks(&mut RespReader::new(3, 4096), b"*2\r\n$5\r\nhello\r\n+1\r\n", &[2]);
+        assert_eq!(got, [Got::TooLarge, Got::Error("expected '$'")]);
+    }
+
+    /// A `Read` handing out at most `chunk` bytes per call.
+    struct Trickle<'a> {
+        rest: &'a [u8],
+        chunk: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.chunk.min(out.len()).min(self.rest.len());
+            out[..n].copy_from_slice(&self.rest[..n]);
+            self.rest = &self.rest[n..];
+            Ok(n)
+        }
+    }
+
+    fn read_all(
+        reader: &mut RespReader,
+        source: &mut impl Read,
+        mut check: impl FnMut(&RespReader),
+    ) -> Vec<Got> {
+        let mut out = Vec::new();
+        while reader.fill_from(source).unwrap() > 0 {
+            drain(reader, &mut out);
+            check(reader);
+        }
+        out
+    }
+
+    #[test]
+    fn skipping_a_huge_bulk_does_not_grow_the_buffer() {
+        let max_value = 1024 * 1024;
+        let huge = vec![b'h'; 10 * max_value];
+        let input = [encode(&[b"SET", b"k", &huge]), encode(&[b"GET", b"k"])].concat();
+        let mut reader = RespReader::new(max_value, 2 * max_value);
+        let mut source = Trickle { rest: &input, chunk: usize::MAX };
+        let got = read_all(&mut reader, &mut source, |reader| assert!(reader.buf.capacity() < max_value));
+        assert_eq!(got, [Got::TooLarge, command(&[b"GET", b"k"])]);
+        assert!(reader.buf.len() <= READ_AHEAD_MAX);
+    }
+
+    #[test]
+    fn a_one_mib_bulk_in_small_reads_completes() {
+        let value: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let input = [encode(&[b"SET", b"k", &value]), encode(&[b"PING"])].concat();
+        let mut reader = RespReader::new(value.len(), value.len() + 100);
+        let mut source = Trickle { rest: &input, chunk: 4096 };
+        let got = read_all(&mut reader, &mut source, |_| {});
+        assert_eq!(got, [command(&[b"SET", b"k", &value]), command(&[b"PING"])]);
+        assert!(reader.buf.len() <= reader.hold_limit(), "{}", reader.buf.len());
+    }
+
+    #[test]
+    fn a_grown_buffer_goes_back_to_its_first_size_only_when_empty() {
+        let mut reader = RespReader::new(100_000, 200_000);
+        let value = vec![b'v'; 50_000];
+        let input = [encode(&[b"SET", b"k", &value]), b"*1\r\n$4\r\nPI".to_vec()].concat();
+        let got = frames_in_chunks(&mut reader, &input, &[usize::MAX]);
+        assert_eq!(got, [command(&[b"SET", b"k", &value])]);
+        assert!(reader.has_partial());
+        assert!(!reader.holds_grown_buffer(), "a partial command is kept");
+        reader.release_buffer();
+        reader.push(b"NG\r\n");
+        assert_eq!(reader.next_frame().map(own), Some(command(&[b"PING"])));
+        assert!(reader.holds_grown_buffer());
+        reader.release_buffer();
+        assert_eq!(reader.buf.len(), INITIAL_READ_BUFFER);
+        assert!(!reader.holds_grown_buffer());
+        reader.push(b"PING\n");
+        assert_eq!(reader.next_frame().map(own), Some(command(&[b"PING"])));
+    }
+
+    #[test]
+    fn many_arguments_grow_the_span_list_which_is_given_back() {
+        let args: Vec<&[u8]> = vec![b"a"; 1000];
+        let mut reader = RespReader::new(100, 100_000);
+        assert_eq!(frames_in_chunks(&mut reader, &encode(&args), &[usize::MAX]), [command(&args)]);
+        assert!(reader.holds_grown_buffer());
+        reader.release_buffer();
+        assert!(reader.spans.capacity() <= SPANS_KEPT);
+    }
+
+    #[test]
+    fn an_http_request_line_is_an_inline_command() {
+        assert_eq!(
+            frames(b"GET / HTTP/1.1\r\nHost: x\r\n"),
+            [command(&[b"GET", b"/", b"HTTP/1.1"]), command(&[b"Host:", b"x"])]
+        );
+    }
+
+    #[test]
+    fn a_tls_client_hello_is_bounded_by_the_inline_limit() {
+        let hello: Vec<u8> =
+            [&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03][..], &[0xab; 100_000]]
+                .concat();
+        let mut reader = RespReader::new(1024 * 1024, 1024 * 1024);
+        let mut source = Trickle { rest: &hello, chunk: 1500 };
+        let got = read_all(&mut reader, &mut source, |reader| assert!(reader.buf.len() <= 2 * MAX_INLINE));
+        assert_eq!(got, [Got::Error("too big inline request")]);
+    }
+
+    #[test]
+    fn an_inline_line_at_the_limit_passes_and_one_over_fails() {
+        let at = [&b"A "[..], &vec![b'x'; MAX_INLINE - 3], b"\r\n"].concat();
+        let mut reader = RespReader::new(1024, 1024);
+        assert!(
+            matches!(frames_in_chunks(&mut reader, &at, &[1000]).as_slice(), [Got::Command(args)] if args.len() == 2)
+        );
+        let over = [&b"A "[..], &vec![b'x'; MAX_INLINE - 1], b"\n"].concat();
+        assert_eq!(frames(&over), [Got::Error("too big inline request")]);
+    }
+
+    #[test]
+    fn numbers_are_read_as_redis_reads_them() {
+        assert_eq!(parse_number(b"0"), Some(0));
+        assert_eq!(parse_number(b"-12"), Some(-12));
+        assert_eq!(parse_number(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_number(b"-9223372036854775808"), Some(i64::MIN));
+        for bad in [&b""[..], b"-", b"-0", b"007", b"+1", b" 1", b"1 ", b"9223372036854775808"] {
+            assert_eq!(parse_number(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    /// SplitMix64, as in tests/fuzzing/mod.rs: seeded, so a failure reruns the same.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn random_commands_in_random_chunks_come_back_identical() {
+        let mut rng = Rng(0x5eed_c0de);
+        for _ in 0..50 {
+            let mut input = Vec::new();
+            let mut expected = Vec::new();
+            for _ in 0..rng.below(40) + 1 {
+                let args: Vec<Vec<u8>> = (0..rng.below(6) + 1)
+                    .map(|_| {
+                        let len = if rng.below(10) == 0 { rng.below(3000) } else { rng.below(12) };
+                        (0..len).map(|_| rng.next() as u8).collect()
+                    })
+                    .collect();
+                let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                input.extend_from_slice(&encode(&refs));
+                expected.push(Got::Command(args));
+            }
+            let sizes: Vec<usize> = (0..16).map(|_| rng.below(200) + 1).collect();
+            let mut reader = RespReader::new(4096, 64 * 1024);
+            assert_eq!(frames_in_chunks(&mut reader, &input, &sizes), expected);
+            assert!(!reader.has_partial());
+        }
+    }
+}
