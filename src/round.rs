@@ -329,6 +329,9 @@ impl<'s> Round<'s> {
     /// [`IDLE_KEEP_BYTES`], so that it costs what a fresh one does.
     #[cold]
     pub fn release_idle_buffers(&mut self) {
+        // After an ordinary first round only the stack has anything to give back:
+        // malloc is not asked to trim for every new connection.
+        let burst = self.grown || !sys::stack_to_give_back();
         self.grown = false;
         shrink(&mut self.out);
         shrink(&mut self.local);
@@ -338,7 +341,9 @@ impl<'s> Round<'s> {
             batch.release_large_buffers(IDLE_KEEP_BYTES);
         }
         self.forwarder.release_large_buffers(IDLE_KEEP_BYTES);
-        sys::give_freed_memory_back();
+        if burst {
+            sys::give_freed_memory_back();
+        }
         // Last, from the shallowest frame this path has: the burst's deeper frames,
         // and those of the first round, stay resident otherwise.
         sys::give_unused_stack_back();
