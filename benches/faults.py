@@ -17,6 +17,9 @@ Three scenarios, each run against every binary given, one server at a time on a 
                were still there: a writer fast enough fills the default 8 MiB backlog in
                a fraction of a second and then writes alone, so pass a larger
                --subscriber-backlog to measure the writer with them the whole time.
+               Server CPU per PUT (utime + stime from /proc/PID/stat over the writer's
+               run) is steadier than PUTs/s on a shared machine; --repeat N runs the
+               binaries alternately N times and prints the median of each figure.
                --idle-instead opens the same connections without subscribing: more
                connections than cores alone move the writer's requests from its own
                thread to the worker's (worker.rs, apply_inline).
@@ -31,7 +34,7 @@ Three scenarios, each run against every binary given, one server at a time on a 
     cargo build --release
     python3 benches/faults.py old=/path/to/old/kv new=target/release/kv
     python3 benches/faults.py --only idle --connections 1000 new=target/release/kv
-    python3 benches/faults.py --only subscribers --subscriber-backlog 1073741824 old=... new=...
+    python3 benches/faults.py --only subscribers --subscriber-backlog 1073741824 --repeat 5 old=... new=...
 
 Installs nothing; every connection goes to 127.0.0.1; stops every server it started.
 """
@@ -42,6 +45,7 @@ import re
 import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -261,6 +265,11 @@ def subscribers(binary, args):
             if not args.idle_instead:
                 sub.sendall(b"SUBSCRIBE s\r\n")
             subs.append(sub)
+        # The writer starts once every subscriber streams (or, with --idle-instead,
+        # once the connections are open and the server has had a moment).
+        deadline = time.time() + 30
+        while not args.idle_instead and stat(setup, "subscribers") < args.subscribers and time.time() < deadline:
+            time.sleep(0.05)
         peak = [server.rss()]
         stop = threading.Event()
 
@@ -282,10 +291,12 @@ def subscribers(binary, args):
         time.sleep(args.settle)
         after = server.rss()
         return {
+            "extra server CPU ns per PUT": round((cpu_crowded - cpu_alone) * 1e9),
             "PUTs/s alone": round(alone),
             f"PUTs/s with {args.subscribers} stuck": round(crowded),
             "slowdown %": round(100 * (1 - crowded / alone), 1),
-            "server CPU ns per PUT alone / with them": f"{cpu_alone * 1e9:.0f} / {cpu_crowded * 1e9:.0f}",
+            "server CPU ns per PUT alone": round(cpu_alone * 1e9),
+            "server CPU ns per PUT with them": round(cpu_crowded * 1e9),
             "dropped during the run": dropped,
             "peak RSS MiB": round((peak[0] - base_rss) / 1024, 1),
             "RSS after drop MiB": round((after - base_rss) / 1024, 1),
@@ -394,14 +405,35 @@ def main():
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--slow", type=int, default=1, help="how many of the clients read slowly")
     parser.add_argument("--signal-after", type=float, default=1.0)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run each scenario this many times, binaries alternating; print medians"
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     for scenario in args.only or ["idle", "subscribers", "sigterm"]:
-        for spec in args.binaries:
-            name, path = spec.split("=", 1)
-            print(f"{scenario} {name}: ...", file=sys.stderr)
-            print(f"{scenario}\t{name}\t{SCENARIOS[scenario](path, args)}", flush=True)
+        results = {}
+        # Binaries alternate within each repetition, so a busy spell on this shared
+        # machine hits them alike; the medians are printed after the last one.
+        for repetition in range(args.repeat):
+            for spec in args.binaries:
+                name, path = spec.split("=", 1)
+                print(f"{scenario} {name}: ...", file=sys.stderr)
+                figures = SCENARIOS[scenario](path, args)
+                results.setdefault(name, []).append(figures)
+                print(f"{scenario}\t{name}\t{figures}", flush=True)
+        if args.repeat > 1:
+            for name, runs in results.items():
+                print(f"{scenario}\t{name}\tmedian of {len(runs)}: {medians(runs)}", flush=True)
+
+
+def medians(runs):
+    """The median of each numeric figure over `runs` (dicts with the same keys)."""
+    out = {}
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)):
+            out[key] = statistics.median(run[key] for run in runs)
+    return out
 
 
 if __name__ == "__main__":

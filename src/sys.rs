@@ -331,6 +331,45 @@ pub fn unsent_bytes(stream: &TcpStream) -> io::Result<usize> {
     Ok(usize::try_from(unsent).unwrap_or(0))
 }
 
+/// Fixes `stream`'s kernel send buffer at `bytes` (`SO_SNDBUF`; Linux doubles the
+/// figure for its bookkeeping and stops growing the buffer on its own).
+pub fn set_send_buffer(stream: &TcpStream, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor belongs to `stream`; SO_SNDBUF reads one int from a
+    // pointer valid for its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            std::ptr::addr_of!(value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// `stream`'s kernel send buffer size as the kernel reports it (`SO_SNDBUF`).
+pub fn send_buffer(stream: &TcpStream) -> io::Result<usize> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the descriptor belongs to `stream`; the kernel writes at most `len`
+    // bytes to `value` and the actual length to `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            std::ptr::addr_of_mut!(value).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(value).unwrap_or(0))
+}
+
 /// Fills `buffer` from the kernel's random source (`getrandom(2)`, blocking only until
 /// the pool is first seeded at boot). For the handshake's nonces.
 pub fn fill_random(buffer: &mut [u8]) -> io::Result<()> {
