@@ -5,7 +5,11 @@ Three scenarios, each run against every binary given, one server at a time on a 
 127.0.0.1 port:
 
   idle         N connections each pipeline 8 GETs of a 60 KB value and one 60 KB PUT
-               (about 540 KB through each), then sit idle: server RSS per connection.
+               (about 540 KB through each), then sit idle: server RSS per connection,
+               over a baseline taken after one warm-up connection did the same, read
+               once every connection thread is asleep and RSS has settled; and how much
+               of it is thread stacks (from /proc/PID/smaps) and how much heap.
+               --idle-ping: each connection sends one PING instead.
   subscribers  S subscribers of one bucket that never read, while one writer pipelines
                PUTs whose events are 11 bytes: peak server RSS, RSS once they have been
                dropped and closed, and the writer's PUTs/s, against the same writer with
@@ -13,6 +17,9 @@ Three scenarios, each run against every binary given, one server at a time on a 
                were still there: a writer fast enough fills the default 8 MiB backlog in
                a fraction of a second and then writes alone, so pass a larger
                --subscriber-backlog to measure the writer with them the whole time.
+               Server CPU per PUT (utime + stime from /proc/PID/stat over the writer's
+               run) is steadier than PUTs/s on a shared machine; --repeat N runs the
+               binaries alternately N times and prints the median of each figure.
                --idle-instead opens the same connections without subscribing: more
                connections than cores alone move the writer's requests from its own
                thread to the worker's (worker.rs, apply_inline).
@@ -27,7 +34,7 @@ Three scenarios, each run against every binary given, one server at a time on a 
     cargo build --release
     python3 benches/faults.py old=/path/to/old/kv new=target/release/kv
     python3 benches/faults.py --only idle --connections 1000 new=target/release/kv
-    python3 benches/faults.py --only subscribers --subscriber-backlog 1073741824 old=... new=...
+    python3 benches/faults.py --only subscribers --subscriber-backlog 1073741824 --repeat 5 old=... new=...
 
 Installs nothing; every connection goes to 127.0.0.1; stops every server it started.
 """
@@ -38,6 +45,7 @@ import re
 import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -118,29 +126,91 @@ def request(conn, line, reply_len):
 
 # ---------------------------------------------------------------------------------
 
+def connection_threads_asleep(pid):
+    """(connection threads, how many of them are asleep: state S in /proc)."""
+    total = asleep = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except FileNotFoundError:
+            continue
+        name, state = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()[0]
+        if name.startswith("kv-conn"):
+            total += 1
+            asleep += state == "S"
+    return total, asleep
+
+
+def settled_rss(server, expect_threads, least, most=20.0):
+    """VmRSS once the server is quiet: at least `least` seconds, then until every
+    connection thread is asleep (blocked in its read) and two readings 0.5 s apart
+    agree within 0.2% (the allocator is trimmed at most once a second), or `most`."""
+    time.sleep(least)
+    deadline = time.time() + most
+    previous = None
+    while time.time() < deadline:
+        total, asleep = connection_threads_asleep(server.proc.pid)
+        rss = server.rss()
+        if total >= expect_threads and asleep == total and previous is not None and abs(rss - previous) <= rss / 500:
+            return rss
+        previous = rss
+        time.sleep(0.5)
+    print(f"  (not settled after {most} s: using the last reading)", file=sys.stderr)
+    return server.rss()
+
+
+def rss_by_kind(pid, stack_kib):
+    """Resident KiB in thread stacks (anonymous mappings of exactly `stack_kib`, the
+    connection stack size) and in the rest (malloc's heap and arenas, mostly)."""
+    kinds = {"thread stacks": 0, "heap and other": 0}
+    kind = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$", line)
+            if m:
+                size = (int(m.group(2), 16) - int(m.group(1), 16)) // 1024
+                kind = "thread stacks" if not m.group(3) and size == stack_kib else "heap and other"
+            elif line.startswith("Rss:"):
+                kinds[kind] += int(line.split()[1])
+    return kinds
+
+
 def idle(binary, args):
+    """N connections each take a burst (or only a PING with --idle-ping) and go idle;
+    RSS per connection over a baseline taken after a warm-up connection did the same."""
     server = Server(binary, "--workers", "2")
     try:
         setup = server.connect()
         request(setup, b"CREATE b\r\nPUT b k " + VALUE + b"\r\n", 8)
-        request(setup, b"PING\r\n", 6)
-        before = server.rss()
         reply = VALUE + b"\r\nOK\r\n"
         burst = b"GET b k\r\n" * 8 + b"PUT b other " + b"y" * 60_000 + b"\r\n"
-        conns = []
-        for _ in range(args.connections):
+
+        def one():
             conn = server.connect()
+            if args.idle_ping:
+                request(conn, b"PING\r\n", 6)
+                return conn
             sender = threading.Thread(target=conn.sendall, args=(burst,))
             sender.start()
             got = recv_exactly(conn, len(reply) * 8 + 4)
             sender.join()
             assert got.startswith(reply) and got.endswith(b"OK\r\n")
-            conns.append(conn)
-        time.sleep(args.settle)
-        per = (server.rss() - before) / args.connections
-        for conn in conns:
+            return conn
+
+        # One-time costs (arenas, the store's value, first trims) go in the baseline.
+        warm = one()
+        before = settled_rss(server, 2, 1.0)
+        kinds_before = rss_by_kind(server.proc.pid, args.stack_kib)
+        conns = [one() for _ in range(args.connections)]
+        after = settled_rss(server, args.connections + 2, args.settle)
+        kinds_after = rss_by_kind(server.proc.pid, args.stack_kib)
+        for conn in conns + [warm, setup]:
             conn.close()
-        return {"KiB per idle connection": round(per, 1)}
+        figures = {"KiB per idle connection": round((after - before) / args.connections, 2)}
+        for kind in kinds_after:
+            figures[f"  of which {kind}"] = round((kinds_after[kind] - kinds_before[kind]) / args.connections, 2)
+        return figures
     finally:
         server.stop()
 
@@ -195,6 +265,11 @@ def subscribers(binary, args):
             if not args.idle_instead:
                 sub.sendall(b"SUBSCRIBE s\r\n")
             subs.append(sub)
+        # The writer starts once every subscriber streams (or, with --idle-instead,
+        # once the connections are open and the server has had a moment).
+        deadline = time.time() + 30
+        while not args.idle_instead and stat(setup, "subscribers") < args.subscribers and time.time() < deadline:
+            time.sleep(0.05)
         peak = [server.rss()]
         stop = threading.Event()
 
@@ -216,10 +291,12 @@ def subscribers(binary, args):
         time.sleep(args.settle)
         after = server.rss()
         return {
+            "extra server CPU ns per PUT": round((cpu_crowded - cpu_alone) * 1e9),
             "PUTs/s alone": round(alone),
             f"PUTs/s with {args.subscribers} stuck": round(crowded),
             "slowdown %": round(100 * (1 - crowded / alone), 1),
-            "server CPU ns per PUT alone / with them": f"{cpu_alone * 1e9:.0f} / {cpu_crowded * 1e9:.0f}",
+            "server CPU ns per PUT alone": round(cpu_alone * 1e9),
+            "server CPU ns per PUT with them": round(cpu_crowded * 1e9),
             "dropped during the run": dropped,
             "peak RSS MiB": round((peak[0] - base_rss) / 1024, 1),
             "RSS after drop MiB": round((after - base_rss) / 1024, 1),
@@ -320,18 +397,43 @@ def main():
     )
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before the idle reading")
+    parser.add_argument("--idle-ping", action="store_true", help="idle: each connection sends only PING")
+    parser.add_argument(
+        "--stack-kib", type=int, default=64, help="idle: the connection stack size (config.rs), to find stacks in smaps"
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--slow", type=int, default=1, help="how many of the clients read slowly")
     parser.add_argument("--signal-after", type=float, default=1.0)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run each scenario this many times, binaries alternating; print medians"
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     for scenario in args.only or ["idle", "subscribers", "sigterm"]:
-        for spec in args.binaries:
-            name, path = spec.split("=", 1)
-            print(f"{scenario} {name}: ...", file=sys.stderr)
-            print(f"{scenario}\t{name}\t{SCENARIOS[scenario](path, args)}", flush=True)
+        results = {}
+        # Binaries alternate within each repetition, so a busy spell on this shared
+        # machine hits them alike; the medians are printed after the last one.
+        for repetition in range(args.repeat):
+            for spec in args.binaries:
+                name, path = spec.split("=", 1)
+                print(f"{scenario} {name}: ...", file=sys.stderr)
+                figures = SCENARIOS[scenario](path, args)
+                results.setdefault(name, []).append(figures)
+                print(f"{scenario}\t{name}\t{figures}", flush=True)
+        if args.repeat > 1:
+            for name, runs in results.items():
+                print(f"{scenario}\t{name}\tmedian of {len(runs)}: {medians(runs)}", flush=True)
+
+
+def medians(runs):
+    """The median of each numeric figure over `runs` (dicts with the same keys)."""
+    out = {}
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)):
+            out[key] = statistics.median(run[key] for run in runs)
+    return out
 
 
 if __name__ == "__main__":

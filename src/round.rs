@@ -393,20 +393,27 @@ impl<'s> Round<'s> {
             released |= batch.release_large_buffers(KEEP_BUFFER_BYTES);
         }
         released |= self.forwarder.release_large_buffers(KEEP_BUFFER_BYTES);
+        sys::note_round_served();
         if released {
             sys::give_freed_memory_back();
         }
     }
 
-    /// True when a burst may have left buffers larger than an idle connection keeps.
+    /// True when a burst may have left buffers larger than an idle connection keeps,
+    /// or the thread's first round left stack pages it does not need while idle
+    /// (`sys::stack_to_give_back`): the connection then looks for more input without
+    /// waiting, and calls [`Round::release_idle_buffers`] if there is none.
     pub fn holds_burst_buffers(&self) -> bool {
-        self.grown
+        self.grown || sys::stack_to_give_back()
     }
 
     /// The connection is idle: gives back every buffer larger than
     /// [`IDLE_KEEP_BYTES`], so that it costs what a fresh one does.
     #[cold]
     pub fn release_idle_buffers(&mut self) {
+        // After an ordinary first round only the stack has anything to give back:
+        // malloc is not asked to trim for every new connection.
+        let burst = self.grown || !sys::stack_to_give_back();
         self.grown = false;
         shrink(&mut self.out);
         shrink(&mut self.local);
@@ -417,7 +424,12 @@ impl<'s> Round<'s> {
             batch.release_large_buffers(IDLE_KEEP_BYTES);
         }
         self.forwarder.release_large_buffers(IDLE_KEEP_BYTES);
-        sys::give_freed_memory_back();
+        if burst {
+            sys::give_freed_memory_back();
+        }
+        // Last, from the shallowest frame this path has: the burst's deeper frames,
+        // and those of the first round, stay resident otherwise.
+        sys::give_unused_stack_back();
     }
 }
 

@@ -120,6 +120,108 @@ pub fn fix_malloc_mmap_threshold() {
     }
 }
 
+/// Stack bytes left alone below the frame of [`give_unused_stack_back`]: its own call
+/// to `madvise` and the x86-64 red zone (128 bytes) fit in far less. Small on purpose:
+/// a connection blocked in `read` sits about 7 KiB below its stack's top, so a larger
+/// margin would keep the very page this is for.
+const STACK_MARGIN: usize = 512;
+
+/// Where this thread is in giving back the stack pages its first round touched.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StackPages {
+    /// No round served yet: the stack is as shallow as it gets.
+    Fresh,
+    /// A round went deeper than an idle connection needs: give it back once idle.
+    Deepened,
+    /// Given back once; later only a burst asks again.
+    GivenBack,
+}
+
+thread_local! {
+    static STACK_PAGES: std::cell::Cell<StackPages> = const { std::cell::Cell::new(StackPages::Fresh) };
+}
+
+/// Notes that this thread served a round. The first one touches a page of stack below
+/// where an idle connection waits (measured: a connection that only sent `PING` keeps
+/// 3 pages of its stack resident, one that sent nothing 2), which stays resident for
+/// the thread's life unless given back: see [`stack_to_give_back`]. Per round, so it is
+/// one thread-local read.
+pub fn note_round_served() {
+    STACK_PAGES.with(|pages| {
+        if pages.get() == StackPages::Fresh {
+            pages.set(StackPages::Deepened);
+        }
+    });
+}
+
+/// True when this thread served its first round and has not yet given back the stack
+/// pages it touched below its idle frame.
+pub fn stack_to_give_back() -> bool {
+    STACK_PAGES.with(|pages| pages.get() == StackPages::Deepened)
+}
+
+/// Gives back to the system the pages of this thread's stack below the caller's frame
+/// (`madvise(MADV_DONTNEED)`: they read as zeros if touched again, which is all a stack
+/// below its pointer may assume). For a connection about to wait idle: RSS counts every
+/// page a thread's stack ever touched, and a burst or the first request touches more
+/// than waiting does. One `pthread_getattr_np` and one `madvise`, on a cold path.
+#[inline(never)]
+pub fn give_unused_stack_back() {
+    STACK_PAGES.with(|pages| pages.set(StackPages::GivenBack));
+    let Some(lowest) = stack_lowest_address() else { return };
+    let here = 0u8;
+    let frame = std::ptr::addr_of!(here) as usize;
+    let page = page_size();
+    let end = frame.saturating_sub(STACK_MARGIN) & !(page - 1);
+    if end <= lowest {
+        return;
+    }
+    // SAFETY: [lowest, end) lies in this thread's own stack mapping (pthread_getattr_np
+    // reports it, guard page excluded), wholly below this frame by at least
+    // STACK_MARGIN and page aligned. Nothing lives below the stack pointer, and this
+    // thread is the only one using its stack, so discarding those pages loses nothing.
+    unsafe {
+        libc::madvise(lowest as *mut libc::c_void, end - lowest, libc::MADV_DONTNEED);
+    }
+}
+
+/// The lowest usable address of the calling thread's stack (above its guard page),
+/// page aligned, if glibc can say. Not inlined: its `pthread_attr_t` must not sit in
+/// the frame of [`give_unused_stack_back`], which is measured from a local.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[inline(never)]
+fn stack_lowest_address() -> Option<usize> {
+    let mut address: *mut libc::c_void = std::ptr::null_mut();
+    let mut size: libc::size_t = 0;
+    // SAFETY: pthread_getattr_np initialises `attr` for the calling thread, and it is
+    // destroyed after pthread_attr_getstack wrote the two values it is given. For a
+    // thread std started (every caller here) glibc reads its own descriptor; only the
+    // main thread's answer would cost a read of /proc/self/maps.
+    let got = unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return None;
+        }
+        let got = libc::pthread_attr_getstack(&attr, &mut address, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        got
+    };
+    let page = page_size();
+    (got == 0 && !address.is_null()).then(|| (address as usize + page - 1) & !(page - 1))
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn stack_lowest_address() -> Option<usize> {
+    None
+}
+
+/// The system's page size (4 KiB where it cannot be read).
+fn page_size() -> usize {
+    // SAFETY: sysconf only reads a system parameter.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).ok().filter(|size| size.is_power_of_two()).unwrap_or(4096)
+}
+
 /// Does a trim [`give_freed_memory_back`] skipped, if there is one.
 pub fn trim_if_pending() {
     if TRIM_PENDING.load(Ordering::Relaxed) {
@@ -229,6 +331,45 @@ pub fn unsent_bytes(stream: &TcpStream) -> io::Result<usize> {
     Ok(usize::try_from(unsent).unwrap_or(0))
 }
 
+/// Fixes `stream`'s kernel send buffer at `bytes` (`SO_SNDBUF`; Linux doubles the
+/// figure for its bookkeeping and stops growing the buffer on its own).
+pub fn set_send_buffer(stream: &TcpStream, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor belongs to `stream`; SO_SNDBUF reads one int from a
+    // pointer valid for its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            std::ptr::addr_of!(value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// `stream`'s kernel send buffer size as the kernel reports it (`SO_SNDBUF`).
+pub fn send_buffer(stream: &TcpStream) -> io::Result<usize> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the descriptor belongs to `stream`; the kernel writes at most `len`
+    // bytes to `value` and the actual length to `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            std::ptr::addr_of_mut!(value).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(value).unwrap_or(0))
+}
+
 /// Fills `buffer` from the kernel's random source (`getrandom(2)`, blocking only until
 /// the pool is first seeded at boot). For the handshake's nonces.
 pub fn fill_random(buffer: &mut [u8]) -> io::Result<()> {
@@ -291,6 +432,54 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).sum()
         });
         assert_eq!(wins, 1);
+    }
+
+    /// Pages of the calling thread's stack that are resident (`mincore`).
+    fn resident_stack_pages() -> usize {
+        let lowest = stack_lowest_address().expect("a std thread's stack");
+        let here = 0u8;
+        let page = page_size();
+        let top = (std::ptr::addr_of!(here) as usize) & !(page - 1);
+        let pages = (top - lowest) / page;
+        let mut resident = vec![0u8; pages];
+        // SAFETY: [lowest, top) is mapped (this thread's stack below this frame) and
+        // `resident` has one byte per page of it.
+        let rc = unsafe { libc::mincore(lowest as *mut libc::c_void, top - lowest, resident.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
+        resident.iter().filter(|&&byte| byte & 1 == 1).count()
+    }
+
+    /// Touches about `bytes` of stack below the caller, as a deep request path does.
+    #[inline(never)]
+    fn go_deep(bytes: usize) -> u8 {
+        let mut frame = [0u8; 1024];
+        std::hint::black_box(&mut frame);
+        if bytes <= frame.len() { frame[7] } else { go_deep(bytes - frame.len()).wrapping_add(frame[3]) }
+    }
+
+    #[test]
+    fn stack_pages_a_round_touched_are_given_back_once_idle() {
+        let measured = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                assert!(!stack_to_give_back(), "nothing to give back before a round");
+                go_deep(64 * 1024);
+                note_round_served();
+                let deep = resident_stack_pages();
+                assert!(stack_to_give_back());
+                give_unused_stack_back();
+                let idle = resident_stack_pages();
+                assert!(!stack_to_give_back(), "given back once");
+                note_round_served();
+                assert!(!stack_to_give_back(), "later rounds do not ask again");
+                (deep, idle)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let (deep, idle) = measured;
+        assert!(deep >= 16, "64 KiB of frames touched at least 16 pages below, saw {deep}");
+        assert!(idle <= 1, "at most the page of the margin stays, saw {idle}");
     }
 
     #[test]

@@ -25,14 +25,56 @@
 mod event_log;
 mod stream;
 
-pub use stream::{RelayedEvents, client_gone, stream_events, stream_relayed};
+pub use stream::{RelayedEvents, client_gone};
 
 use std::collections::HashMap;
+use std::io;
+use std::net::TcpStream;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use crate::protocol::Event;
 
 use self::event_log::{BucketLog, Cursor, Flushed};
+
+/// The kernel send buffer a subscriber's socket gets, instead of the up to 4 MiB
+/// (`net.ipv4.tcp_wmem`) Linux grows it to on its own. What a subscriber has not
+/// taken is held once, in its bucket's log, and counted against its backlog there;
+/// bytes in the kernel's buffer are not counted, and filling the 4 MiB of each of
+/// 100 subscribers that never read cost the server 370 MiB of kernel memory and
+/// about 400 MB of copying in the first second (benches/faults.py subscribers). This
+/// size (doubled by Linux for its bookkeeping) still covers the bandwidth-delay
+/// product of a LAN at several Gbit/s, so a subscriber that reads keeps up.
+pub const SUBSCRIBER_SEND_BUFFER: usize = 128 * 1024;
+
+/// Writes a local subscription's events to `client` until the client goes away, the
+/// worker drops or ends the subscription, or `stop` is set (shutdown). The client's
+/// socket gets a fixed [`SUBSCRIBER_SEND_BUFFER`] first.
+pub fn stream_events(client: &TcpStream, subscription: Subscription, stop: &AtomicBool) -> io::Result<()> {
+    cap_send_buffer(client);
+    stream::stream_events(client, subscription, stop)
+}
+
+/// Relays a subscription's events from the owning node to `client` (see
+/// [`stream::stream_relayed`]), with the client's socket's send buffer capped as for a
+/// local subscription.
+pub fn stream_relayed(
+    client: &TcpStream,
+    events: RelayedEvents,
+    pending: &[u8],
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    cap_send_buffer(client);
+    stream::stream_relayed(client, events, pending, stop)
+}
+
+/// Sets [`SUBSCRIBER_SEND_BUFFER`] on a subscriber's socket. A failure only costs
+/// memory, so it is logged, not returned.
+fn cap_send_buffer(client: &TcpStream) {
+    if let Err(error) = crate::sys::set_send_buffer(client, SUBSCRIBER_SEND_BUFFER) {
+        log::debug!("cannot cap a subscriber's send buffer: {error}");
+    }
+}
 
 /// The worker's end of one subscription, until it registers it.
 #[derive(Debug)]
@@ -436,5 +478,55 @@ mod tests {
         subscriptions.flush();
         assert!(subscriptions.is_empty());
         assert_eq!(subscriptions.dropped_total(), 0);
+    }
+
+    /// Polls `value` until it is above 0 and two readings 200 ms apart agree (at most
+    /// about 20 s).
+    fn settled(value: impl Fn() -> u64) -> u64 {
+        let mut last = value();
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = value();
+            if now == last && now > 0 {
+                return now;
+            }
+            last = now;
+        }
+        last
+    }
+
+    #[test]
+    fn a_stuck_subscriber_filled_4_mib_of_kernel_send_buffer_now_at_most_its_capped_size() {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // Never reads: what the server writes piles up in the two sockets' buffers.
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let mut subscriptions = Subscriptions::default();
+        let (subscriber, stream) = subscription(64 << 20);
+        let cursor = stream.cursor.clone();
+        subscriptions.add(b"x", subscriber);
+        let value = vec![b'v'; 1000];
+        for _ in 0..8 * 1024 {
+            subscriptions.publish(b"x", set(&value));
+        }
+        subscriptions.flush();
+        let stop = AtomicBool::new(false);
+        let written = std::thread::scope(|scope| {
+            let streaming = scope.spawn(|| stream_events(&server_side, stream, &stop));
+            // Wait for the socket to fill: the bytes written stop growing.
+            let written = settled(|| cursor.written.load(Ordering::Acquire));
+            stop.store(true, Ordering::Relaxed);
+            streaming.join().unwrap().unwrap();
+            written
+        });
+        let buffer = crate::sys::send_buffer(&server_side).unwrap();
+        assert!(buffer <= 2 * SUBSCRIBER_SEND_BUFFER, "the send buffer is {buffer} bytes");
+        // The client's receive buffer (128 KiB by default, not growing while it does
+        // not read) plus the capped send buffer; uncapped, 4 MiB more.
+        assert!(written > 64 * 1024, "events were streamed: {written} bytes");
+        assert!(written < 1024 * 1024, "{written} bytes went into the kernel's buffers");
+        drop(client);
     }
 }
