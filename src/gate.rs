@@ -153,6 +153,11 @@ impl Password {
         Password { authenticated: state.config.password.is_none(), failures: 0 }
     }
 
+    /// True once `AUTH` succeeded, or when the server has no password.
+    pub(crate) fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
     /// True if `command` may run now: anything once authenticated, else only `AUTH`,
     /// `PING` and `QUIT` (a node's handshake is looked at before this).
     pub(crate) fn allows(&self, command: &Command<'_>) -> bool {

@@ -64,6 +64,7 @@ mod gate;
 mod housekeeping;
 mod logcap;
 mod peer;
+mod resp;
 mod round;
 mod shutdown;
 mod socket;

@@ -178,6 +178,13 @@ impl<'s> Round<'s> {
         self.order.push(Source::Local);
     }
 
+    /// A reply the connection wrote itself, as bytes (the RESP door's own answers).
+    pub fn push_local_bytes(&mut self, reply: &[u8]) {
+        self.local.extend_from_slice(reply);
+        self.local_ends.push(self.local.len());
+        self.order.push(Source::Local);
+    }
+
     /// A request for worker `w`.
     pub fn push_worker(&mut self, w: usize, command: &Command<'_>) {
         if let Some(batch) = &mut self.batches[w] {

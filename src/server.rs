@@ -23,17 +23,18 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
+use crate::acceptor::{self, Listeners};
 use crate::batch::Batch;
 use crate::housekeeping::{self, Housekeeping};
 use crate::peer::Peers;
 use crate::persist::{self, DataDirConfig};
 use crate::router::{Cluster, Route, RouteTable};
+use crate::shutdown;
 use crate::state::{Budget, Counters, DataState, State};
 use crate::supervisor::{AcceptorStart, ChildExit, Control, RestartIntensity, StopReason, Supervisor};
 use crate::sys;
 use crate::worker::{self, WorkerShared};
 use crate::{Config, ConfigError};
-use crate::{acceptor, shutdown};
 
 /// How long shutdown then waits for the workers to finish what is queued.
 const WORKER_GRACE: Duration = Duration::from_secs(1);
@@ -53,7 +54,7 @@ pub const RESERVED_DESCRIPTORS: u64 = 64;
 /// A bound server, not yet accepting.
 #[derive(Debug)]
 pub struct Server {
-    listener: Arc<TcpListener>,
+    listeners: Arc<Listeners>,
     state: Arc<State>,
     worker_inboxes: Vec<Receiver<Batch>>,
 }
@@ -67,6 +68,20 @@ impl Server {
         config.max_connections = fit_open_file_limit(config.max_connections);
         let listener = TcpListener::bind((config.bind, config.port))?;
         sys::set_listen_backlog(&listener, LISTEN_BACKLOG)?;
+        let resp = match config.resp_port {
+            Some(port) => {
+                let resp = TcpListener::bind((config.bind, port))?;
+                sys::set_listen_backlog(&resp, LISTEN_BACKLOG)?;
+                // Polled with the text door's on one thread: an accept must not block
+                // on a connection that went away after the poll.
+                resp.set_nonblocking(true)?;
+                Some(resp)
+            }
+            None => None,
+        };
+        if resp.is_some() {
+            listener.set_nonblocking(true)?;
+        }
         // Without a cluster file, the embedded default: one node owning every byte.
         let standalone;
         let cluster = match &config.cluster {
@@ -113,12 +128,18 @@ impl Server {
             stop_deadline: OnceLock::new(),
             handshake_throttle: Default::default(),
         });
-        Ok(Server { listener: Arc::new(listener), state, worker_inboxes })
+        let listeners = Arc::new(Listeners { text: listener, resp });
+        Ok(Server { listeners, state, worker_inboxes })
     }
 
     /// The address the server listens on (with the real port when bound to port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listeners.text.local_addr()
+    }
+
+    /// The RESP door's address, if it has one (`--resp-port`).
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.listeners.resp.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Runs the server on this thread until it is stopped (by a [`Stopper`]) or its
@@ -133,18 +154,19 @@ impl Server {
     /// benchmarks run a server.
     pub fn spawn(self) -> io::Result<ServerHandle> {
         let addr = self.local_addr()?;
-        let Server { listener, state, worker_inboxes } = self;
+        let resp_addr = self.resp_addr();
+        let Server { listeners, state, worker_inboxes } = self;
         let (stop_tx, stop_rx) = crossbeam_channel::unbounded();
         let workers = state.workers.iter().cloned().zip(worker_inboxes).collect();
         let intensity =
             RestartIntensity::new(state.config.max_restarts, Duration::from_secs(state.config.max_seconds));
         let acceptor_state = state.clone();
         let acceptor_start: AcceptorStart = Box::new(move |exits| {
-            let listener = listener.clone();
+            let listeners = listeners.clone();
             let state = acceptor_state.clone();
             thread::Builder::new().name("kv-acceptor".into()).spawn(move || {
                 let accepted =
-                    panic::catch_unwind(AssertUnwindSafe(|| acceptor::accept_loop(&listener, &state)));
+                    panic::catch_unwind(AssertUnwindSafe(|| acceptor::accept_loop(&listeners, &state)));
                 let panic = accepted.err().map(|payload| worker::panic_message(&*payload));
                 let _ = exits.send(ChildExit::Acceptor { panic });
             })
@@ -163,8 +185,12 @@ impl Server {
             state.config.workers,
             state.config.node
         );
+        if let Some(resp_addr) = resp_addr {
+            log::info!("kv's RESP door listening on {resp_addr}");
+        }
         Ok(ServerHandle {
             addr,
+            resp_addr,
             state,
             stop_tx,
             stop_rx,
@@ -192,6 +218,7 @@ impl Stopper {
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
+    resp_addr: Option<SocketAddr>,
     state: Arc<State>,
     stop_tx: Sender<StopReason>,
     stop_rx: Receiver<StopReason>,
@@ -205,6 +232,11 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    /// Where the RESP door listens, if the server has one (`--resp-port`).
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.resp_addr
+    }
+
     /// Where the server listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr

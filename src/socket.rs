@@ -13,7 +13,7 @@ use std::net::{Shutdown, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::protocol::Reply;
+use crate::protocol::{Dialect, Reply};
 use crate::sys;
 
 /// How long a close after `QUIT` (or the HTTP guard) waits for the client to take its
@@ -102,7 +102,12 @@ impl Ledger {
 ///
 /// Runs on the acceptor, so it never blocks: whatever the client already sent is
 /// read and dropped first.
-pub(crate) fn reject(mut stream: &TcpStream, reply: Reply<'_>) {
+pub(crate) fn reject(stream: &TcpStream, reply: Reply<'_>) {
+    reject_in(stream, reply, Dialect::Text);
+}
+
+/// [`reject`], with the reply written in `dialect` (the RESP door's).
+pub(crate) fn reject_in(mut stream: &TcpStream, reply: Reply<'_>, dialect: Dialect) {
     if stream.set_nonblocking(true).is_ok() {
         let mut scratch = [0u8; 1024];
         for _ in 0..16 {
@@ -113,7 +118,7 @@ pub(crate) fn reject(mut stream: &TcpStream, reply: Reply<'_>) {
         }
     }
     let mut line = Vec::new();
-    reply.write_text(&mut line);
+    reply.write(dialect, &mut line);
     let _ = stream.write_all(&line);
     let _ = stream.shutdown(Shutdown::Write);
 }

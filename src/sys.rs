@@ -52,6 +52,27 @@ pub fn set_listen_backlog(listener: &TcpListener, backlog: i32) -> io::Result<()
     }
 }
 
+/// Waits until one of `listeners` has a connection to accept; returns which are ready.
+/// For an acceptor serving two doors on one thread.
+pub fn wait_for_connections(listeners: &[&TcpListener]) -> io::Result<Vec<bool>> {
+    let mut fds: Vec<libc::pollfd> = listeners
+        .iter()
+        .map(|l| libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+        .collect();
+    loop {
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the call's
+        // length, each naming a descriptor its listener keeps open.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if ready >= 0 {
+            return Ok(fds.iter().map(|fd| fd.revents != 0).collect());
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
 /// One non-blocking read from `stream` into `buffer`, leaving the socket blocking for
 /// everyone else (a per-call flag, not `set_nonblocking`, which costs two syscalls).
 /// `Ok(None)`: nothing there yet.

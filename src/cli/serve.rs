@@ -42,6 +42,18 @@ pub(crate) struct ServeArgs {
     /// longest request line in bytes; a longer line is answered with an error (default 65536)
     #[argh(option)]
     max_line: Option<usize>,
+    /// also serve Redis clients (RESP2 and RESP3) on this port, e.g. 6380; 0 picks a free
+    /// port (default: no RESP door)
+    #[argh(option)]
+    resp_port: Option<u16>,
+    /// the bucket the RESP door keeps plain strings (SET, GET, MSET, MGET) in (default
+    /// strings)
+    #[argh(option)]
+    resp_bucket: Option<String>,
+    /// largest value in bytes the RESP door takes; a longer one is answered with an error
+    /// (default 1048576, 1 MiB)
+    #[argh(option)]
+    max_value: Option<usize>,
     /// most client connections open at once; one more is refused with an error (default 10000)
     #[argh(option)]
     max_connections: Option<usize>,
@@ -209,6 +221,11 @@ pub(crate) fn config(args: ServeArgs, port_variable: PortVariable) -> Result<Con
     };
     set(&mut config.workers, args.workers);
     set(&mut config.max_line, args.max_line);
+    set(&mut config.max_value, args.max_value);
+    config.resp_port = args.resp_port;
+    if let Some(bucket) = args.resp_bucket {
+        config.resp_bucket = bucket.into_bytes();
+    }
     set(&mut config.max_connections, args.max_connections);
     set(&mut config.subscriber_backlog, args.subscriber_backlog);
     set(&mut config.max_restarts, args.max_restarts);

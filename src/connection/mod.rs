@@ -627,14 +627,15 @@ impl<'s> Connection<'s> {
         match handoff {
             Handoff::Local(subscription) => {
                 let _counted = self.state.subscriber_guard();
-                let streamed = subscribe::stream_events(&self.stream, subscription, stop);
+                let streamed =
+                    subscribe::stream_events(&self.stream, subscription, stop, &subscribe::Render::Text);
                 // The subscription's queue, maybe megabytes of events, is freed now.
                 sys::give_freed_memory_back();
                 streamed
             }
             Handoff::Relayed { events, pending } => {
                 let _owner_socket = self.state.socket_taken();
-                subscribe::stream_relayed(&self.stream, events, &pending, stop)
+                subscribe::stream_relayed(&self.stream, events, &pending, stop, &subscribe::Render::Text)
             }
         }
     }

@@ -392,6 +392,10 @@ pub enum Event<'a> {
 const SET_TO: &[u8] = b" SET TO ";
 const DELETED: &[u8] = b" DELETED";
 
+/// The line an event gets when its key or value cannot be shown on one line.
+const NOT_REPRESENTABLE_EVENT: &[u8] =
+    b"ERROR event not representable in the text protocol (use the RESP port)";
+
 /// The text of [`Event::Dropped`], which a relay looks for to tell a dropped bucket
 /// from a lost owner.
 pub(crate) const DROPPED_LINE: &[u8] = b"DROPPED\r\n";
@@ -409,6 +413,12 @@ impl Event<'_> {
     pub fn to_text(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match *self {
+            // A key or value stored through the RESP door that one line cannot hold:
+            // the line says so rather than breaking the stream's framing.
+            Event::Set { key, value } if !is_representable(key) || !is_representable(value) => {
+                line(&mut out, &[NOT_REPRESENTABLE_EVENT])
+            }
+            Event::Deleted { key } if !is_representable(key) => line(&mut out, &[NOT_REPRESENTABLE_EVENT]),
             Event::Set { key, value } => {
                 out.reserve_exact(key.len() + value.len() + 10);
                 line(&mut out, &[key, SET_TO, value]);

@@ -25,7 +25,7 @@
 mod event_log;
 mod stream;
 
-pub use stream::{RelayedEvents, client_gone};
+pub use stream::{RelayedEvents, Render, client_gone};
 
 use std::collections::HashMap;
 use std::io;
@@ -50,9 +50,14 @@ pub const SUBSCRIBER_SEND_BUFFER: usize = 128 * 1024;
 /// Writes a local subscription's events to `client` until the client goes away, the
 /// worker drops or ends the subscription, or `stop` is set (shutdown). The client's
 /// socket gets a fixed [`SUBSCRIBER_SEND_BUFFER`] first.
-pub fn stream_events(client: &TcpStream, subscription: Subscription, stop: &AtomicBool) -> io::Result<()> {
+pub fn stream_events(
+    client: &TcpStream,
+    subscription: Subscription,
+    stop: &AtomicBool,
+    render: &Render,
+) -> io::Result<()> {
     cap_send_buffer(client);
-    stream::stream_events(client, subscription, stop)
+    stream::stream_events(client, subscription, stop, render)
 }
 
 /// Relays a subscription's events from the owning node to `client` (see
@@ -63,9 +68,10 @@ pub fn stream_relayed(
     events: RelayedEvents,
     pending: &[u8],
     stop: &AtomicBool,
+    render: &Render,
 ) -> io::Result<()> {
     cap_send_buffer(client);
-    stream::stream_relayed(client, events, pending, stop)
+    stream::stream_relayed(client, events, pending, stop, render)
 }
 
 /// Sets [`SUBSCRIBER_SEND_BUFFER`] on a subscriber's socket. A failure only costs
@@ -514,7 +520,7 @@ mod tests {
         subscriptions.flush();
         let stop = AtomicBool::new(false);
         let written = std::thread::scope(|scope| {
-            let streaming = scope.spawn(|| stream_events(&server_side, stream, &stop));
+            let streaming = scope.spawn(|| stream_events(&server_side, stream, &stop, &Render::Text));
             // Wait for the socket to fill: the bytes written stop growing.
             let written = settled(|| cursor.written.load(Ordering::Acquire));
             stop.store(true, Ordering::Relaxed);

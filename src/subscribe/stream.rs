@@ -19,7 +19,33 @@ use std::time::Duration;
 
 use super::Subscription;
 use super::event_log::Take;
-use crate::protocol::DROPPED_LINE;
+use crate::protocol::{DROPPED_LINE, Resp, trim_line_end, write_bulk, write_push_len};
+
+/// How a stream's events reach its client.
+#[derive(Debug, Clone)]
+pub enum Render {
+    /// As they are: the text door's event lines (and between nodes).
+    Text,
+    /// As RESP pub/sub `message` frames on `bucket`, the line's text as the payload.
+    Resp { proto: Resp, bucket: Vec<u8> },
+}
+
+impl Render {
+    /// Moves the complete event lines at the front of `raw` into `pending` as `message`
+    /// frames; returns how many bytes of `raw` that took.
+    fn frame_lines(proto: Resp, bucket: &[u8], raw: &[u8], pending: &mut Vec<u8>) -> usize {
+        let mut at = 0;
+        while let Some(end) = raw[at..].iter().position(|&b| b == b'\n') {
+            let line = trim_line_end(&raw[at..at + end + 1]);
+            write_push_len(pending, 3, proto);
+            write_bulk(pending, b"message");
+            write_bulk(pending, bucket);
+            write_bulk(pending, line);
+            at += end + 1;
+        }
+        at
+    }
+}
 
 /// How long the loop waits for events before it looks at the client and at shutdown.
 const CLIENT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
@@ -66,13 +92,20 @@ fn dropped() -> io::Error {
 
 /// Writes `source`'s events to `client` until the source ends, the client goes away or
 /// falls too far behind, or `stop` is set (shutdown).
-fn stream(client: &TcpStream, source: &mut dyn Source, stop: &AtomicBool) -> io::Result<()> {
+///
+/// With a RESP render the source's bytes are framed before they are written, and
+/// counted as written (for the backlog) when framed: the difference is at most what
+/// one fill takes ([`CHUNK`]).
+fn stream(client: &TcpStream, source: &mut dyn Source, stop: &AtomicBool, render: &Render) -> io::Result<()> {
     client.set_write_timeout(Some(source.write_wait()))?;
     let mut pending: Vec<u8> = Vec::new();
+    let mut raw: Vec<u8> = Vec::new();
     loop {
         let written = write_some(client, &pending)?;
         pending.drain(..written);
-        source.written(written);
+        if matches!(render, Render::Text) {
+            source.written(written);
+        }
         if source.too_far_behind(pending.len()) {
             return Err(dropped());
         }
@@ -80,7 +113,14 @@ fn stream(client: &TcpStream, source: &mut dyn Source, stop: &AtomicBool) -> io:
             return Ok(());
         }
         let wait = if pending.is_empty() { CLIENT_CHECK_INTERVAL } else { WRITE_WAIT };
-        match source.fill(&mut pending, wait)? {
+        let into = if matches!(render, Render::Text) { &mut pending } else { &mut raw };
+        let filled = source.fill(into, wait)?;
+        if let Render::Resp { proto, bucket } = render {
+            let framed = Render::frame_lines(*proto, bucket, &raw, &mut pending);
+            raw.drain(..framed);
+            source.written(framed);
+        }
+        match filled {
             Fill::Got => {}
             Fill::Nothing => {
                 if pending.is_empty() && client_gone(client)? {
@@ -146,8 +186,9 @@ pub fn stream_events(
     client: &TcpStream,
     mut subscription: Subscription,
     stop: &AtomicBool,
+    render: &Render,
 ) -> io::Result<()> {
-    stream(client, &mut subscription, stop)
+    stream(client, &mut subscription, stop, render)
 }
 
 /// A subscription relayed from the node that owns the bucket.
@@ -224,6 +265,7 @@ pub fn stream_relayed(
     mut events: RelayedEvents,
     pending: &[u8],
     stop: &AtomicBool,
+    render: &Render,
 ) -> io::Result<()> {
     // What came with the acknowledgement is written like any event.
     struct First<'a> {
@@ -248,7 +290,7 @@ pub fn stream_relayed(
             self.events.too_far_behind(pending)
         }
     }
-    stream(client, &mut First { events: &mut events, first: Some(pending) }, stop)
+    stream(client, &mut First { events: &mut events, first: Some(pending) }, stop, render)
 }
 
 /// Most bytes of ignored input one check reads, so that a client sending without

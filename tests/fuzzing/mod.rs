@@ -163,6 +163,8 @@ fn check_parse(line: &[u8]) {
         | Command::DebugCrashConnection
         | Command::DebugCrashAcceptor
         | Command::Unknown => {}
+        // The RESP door's operations: no text line may parse to one.
+        other => panic!("a text line parsed to a RESP-only command: {other:?}"),
     }
     let _ = protocol::is_http_request_line(line);
 }

@@ -1,0 +1,272 @@
+//! The RESP door (`--resp-port`): Redis clients, redis-cli and redis-benchmark talk to
+//! kv in RESP2 or RESP3, on the same workers, routing, forwarding, limits, persistence
+//! and shutdown rules as the text door.
+//!
+//! ```text
+//!  read ─▶ RespReader ─▶ commands.rs: a Redis command ─▶ kv Commands (one per bucket
+//!                        or key), pushed to the round like the text door's, or an
+//!                        answer of the connection's own (tooling.rs: HELLO, INFO, ...)
+//!        ◀── one write ◀── Round::flush, the replies written in RESP, a multi-key
+//!                          command's parts gathered into one reply
+//! ```
+//!
+//! Buckets are Redis hashes; plain strings live in one bucket (`--resp-bucket`).
+//! docs/RESP.md is the user's side of it. A malformed frame gets `-ERR Protocol
+//! error: ...` and a close, as Redis does; a bulk over `--max-value` gets an error
+//! and the connection stays in step.
+
+mod commands;
+mod subscribe;
+mod tooling;
+
+use std::io;
+use std::net::{IpAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+
+use crate::batch::Batch;
+use crate::forward::Forwarder;
+use crate::gate::{self, Door, Password};
+use crate::protocol::{Dialect, ErrorKind, Reply, Resp, RespFrame, RespReader, write_error};
+use crate::round::Round;
+use crate::socket::{self, IdleClock};
+use crate::state::State;
+
+/// Most requests a connection sends to the workers in one round (as the text door's:
+/// `connection.rs`). Checked between commands, so one command's parts share a round.
+const MAX_REQUESTS_PER_ROUND: usize = 256;
+
+/// Once this many reply bytes wait, they are written before more commands are
+/// dispatched.
+const OUT_HIGH_WATER: usize = 256 * 1024;
+
+/// Most request bytes read after a stop to answer them `-ERR shutting down`.
+const REFUSE_AT_STOP_BYTES: usize = 1024 * 1024;
+
+/// Serves one RESP connection until it closes, quits or its stream ends.
+pub(crate) fn serve(
+    stream: Arc<TcpStream>,
+    state: &State,
+    id: u64,
+    inboxes: Vec<Sender<Batch>>,
+) -> io::Result<()> {
+    RespConnection::new(stream, state, id, inboxes).serve()
+}
+
+/// What the connection does after a command.
+pub(crate) enum Flow {
+    Next,
+    /// Answer what came before, then close (QUIT, a protocol error).
+    Close,
+    /// Answer what came before, then stream this bucket's events.
+    Subscribe(Vec<u8>),
+}
+
+/// One RESP connection and its buffers, reused for its whole life.
+pub(crate) struct RespConnection<'s> {
+    stream: Arc<TcpStream>,
+    state: &'s State,
+    round: Round<'s>,
+    /// RESP2 until `HELLO 3`.
+    proto: Resp,
+    password: Password,
+    client: Option<IpAddr>,
+    /// The connection's number, `CLIENT ID` and `HELLO`'s `id`.
+    id: u64,
+    /// `CLIENT SETNAME`.
+    name: Option<Vec<u8>>,
+    /// Requests seen since the last flush to the shared counter.
+    commands: u64,
+    /// Scratch for the replies the connection writes itself.
+    scratch: Vec<u8>,
+}
+
+impl<'s> RespConnection<'s> {
+    fn new(stream: Arc<TcpStream>, state: &'s State, id: u64, inboxes: Vec<Sender<Batch>>) -> Self {
+        let mut round = Round::new(&state.workers, inboxes, Forwarder::new(&state.peers));
+        round.set_dialect(Dialect::Resp2);
+        RespConnection {
+            round,
+            state,
+            proto: Resp::V2,
+            password: Password::new(state),
+            client: stream.peer_addr().ok().map(|addr| addr.ip()),
+            id,
+            name: None,
+            commands: 0,
+            scratch: Vec::new(),
+            stream,
+        }
+    }
+
+    fn serve(&mut self) -> io::Result<()> {
+        if gate::door(self.state, self.client) != Door::Open {
+            // Protected mode: the RESP door has no node handshake to let in.
+            let reply = gate::refuse_at_door(self.state, self.client);
+            socket::reject_in(&self.stream, reply, Dialect::Resp2);
+            return Ok(());
+        }
+        self.stream.set_nodelay(true)?;
+        let config = &self.state.config;
+        let max_command = 4 * config.max_value.max(config.max_line) + 64 * 1024;
+        let mut reader = RespReader::new(config.max_value, max_command);
+        let mut idle = match config.idle_timeout {
+            Some(limit) => Some(IdleClock::start(&self.stream, limit)?),
+            None => None,
+        };
+        loop {
+            let stopping = self.state.is_stopping();
+            if !self.read(&mut reader, &mut idle)? {
+                if self.state.is_stopping() {
+                    self.close_at_stop();
+                }
+                return Ok(());
+            }
+            if stopping {
+                return self.refuse_the_rest(&mut reader);
+            }
+            self.round.set_inline(self.state.may_apply_inline());
+            let (flow, saw_command) = self.serve_frames(&mut reader)?;
+            if let Some(clock) = &mut idle {
+                if saw_command {
+                    clock.reset(&self.stream)?;
+                } else if clock.expired(&self.stream)? {
+                    return Ok(());
+                }
+            }
+            self.finish_round()?;
+            match flow {
+                Flow::Next => {}
+                Flow::Close => {
+                    socket::close_after_last_reply(&self.stream, Instant::now() + socket::CLOSE_DRAIN_TIME);
+                    return Ok(());
+                }
+                Flow::Subscribe(bucket) => {
+                    if self.stream_events(&bucket)? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// One read into `reader`; false when the connection is over (the client closed,
+    /// shutdown woke us, or it was idle too long).
+    fn read(&mut self, reader: &mut RespReader, idle: &mut Option<IdleClock>) -> io::Result<bool> {
+        if self.round.holds_burst_buffers() || reader.holds_grown_buffer() {
+            match reader.fill_from(&mut socket::ReadNow(&self.stream)) {
+                Ok(0) => return Ok(false),
+                Ok(_) => return Ok(true),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.round.release_idle_buffers();
+                    reader.release_buffer();
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        loop {
+            match reader.fill_from(&mut &*self.stream) {
+                Ok(0) => return Ok(false),
+                Ok(_) => return Ok(true),
+                Err(error) if socket::is_timeout(&error) => match idle {
+                    Some(clock) => {
+                        if clock.expired(&self.stream)? {
+                            return Ok(false);
+                        }
+                    }
+                    None => return Err(error),
+                },
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Dispatches every complete command in `reader`.
+    fn serve_frames(&mut self, reader: &mut RespReader) -> io::Result<(Flow, bool)> {
+        let mut saw_command = false;
+        while let Some(frame) = reader.next_frame() {
+            saw_command = true;
+            self.commands += 1;
+            let flow = match frame {
+                RespFrame::Command(args) => self.dispatch(args),
+                RespFrame::TooLarge => {
+                    let text = format!(
+                        "ERR value too large: over --max-value {} bytes",
+                        self.state.config.max_value
+                    );
+                    self.push_error(text.as_bytes());
+                    Flow::Next
+                }
+                RespFrame::ProtocolError(what) => {
+                    self.push_error(format!("ERR Protocol error: {what}").as_bytes());
+                    Flow::Close
+                }
+            };
+            if !matches!(flow, Flow::Next) {
+                return Ok((flow, saw_command));
+            }
+            if self.round.len() >= MAX_REQUESTS_PER_ROUND {
+                self.round.flush();
+            }
+            if self.round.output_len() >= OUT_HIGH_WATER {
+                self.round.write_output(&mut &*self.stream)?;
+            }
+        }
+        Ok((Flow::Next, saw_command))
+    }
+
+    /// An error reply of the connection's own, in its place in the order.
+    fn push_error(&mut self, text: &[u8]) {
+        self.scratch.clear();
+        write_error(&mut self.scratch, text);
+        self.round.push_local_bytes(&self.scratch);
+    }
+
+    /// A reply the connection writes itself with `write`, in its place in the order.
+    fn push_own(&mut self, write: impl FnOnce(&mut Vec<u8>, Resp)) {
+        self.scratch.clear();
+        write(&mut self.scratch, self.proto);
+        self.round.push_local_bytes(&self.scratch);
+    }
+
+    /// Shutdown began before this read: every complete command still to come gets
+    /// `-ERR shutting down` (up to [`REFUSE_AT_STOP_BYTES`] and the end of the grace).
+    fn refuse_the_rest(&mut self, reader: &mut RespReader) -> io::Result<()> {
+        let deadline = self.state.stop_deadline();
+        let mut refused = 0;
+        loop {
+            while reader.next_frame().is_some() {
+                self.commands += 1;
+                self.round.push_local(Reply::Error(ErrorKind::ShuttingDown));
+            }
+            self.finish_round()?;
+            if refused >= REFUSE_AT_STOP_BYTES || Instant::now() >= deadline {
+                break;
+            }
+            match reader.fill_from(&mut &*self.stream) {
+                Ok(0) => break,
+                Ok(n) => refused += n,
+                Err(error) if socket::is_timeout(&error) => break,
+                Err(error) => return Err(error),
+            }
+        }
+        self.close_at_stop();
+        Ok(())
+    }
+
+    fn close_at_stop(&mut self) {
+        socket::close_after_last_reply(&self.stream, self.state.stop_deadline());
+    }
+
+    /// Flushes the round and writes every reply out.
+    fn finish_round(&mut self) -> io::Result<()> {
+        self.round.flush();
+        self.round.write_output(&mut &*self.stream)?;
+        self.publish_command_count();
+        self.round.release_large_buffers();
+        Ok(())
+    }
+}
