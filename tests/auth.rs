@@ -15,8 +15,8 @@ use std::time::Instant;
 use kv::{Config, ServerHandle};
 
 use common::lib_paths::{
-    Cluster, HANDSHAKE_BURST, HANDSHAKE_RATE, NONCE_LEN, Role, Secret, Transcript, auth_hello_line,
-    parse_challenge, proof_line,
+    Cluster, Command, Dialect, HANDSHAKE_BURST, HANDSHAKE_RATE, NONCE_LEN, Role, Secret, Transcript,
+    auth_hello_line, parse_challenge, proof_line, push_peer_frame,
 };
 use common::temp::TempFile;
 use common::{
@@ -166,7 +166,7 @@ fn node_b_with(secret: &str) -> ServerHandle {
 /// checks b's proof, returns the connection and a's proof line.
 fn fake_handshake(b: SocketAddr, secret: &str) -> (Conn, Vec<u8>, Vec<u8>) {
     let nonce = [7u8; NONCE_LEN];
-    let hello = auth_hello_line("a", "b", &nonce);
+    let hello = v2_hello("a", "b", &nonce);
     let mut conn = Conn::connect(b);
     conn.send(&hello);
     let challenge = conn.read_line();
@@ -176,6 +176,16 @@ fn fake_handshake(b: SocketAddr, secret: &str) -> (Conn, Vec<u8>, Vec<u8>) {
     let secret = Secret::new(secret.as_bytes());
     assert!(transcript.verify(&secret, Role::Responder, &proof), "b proves the secret");
     (conn, hello, proof_line(&transcript.proof(&secret, Role::Initiator)))
+}
+
+/// The version-2 handshake of an earlier build, whose requests are text lines: what
+/// these tests play, so that they can speak lines after it. A node of this build
+/// sends version 4, then frames (the last test here plays that).
+fn v2_hello(from: &str, to: &str, nonce: &[u8; NONCE_LEN]) -> Vec<u8> {
+    let hello = auth_hello_line(from, to, nonce);
+    let v4 = b"KV-PEER-HELLO 4 ";
+    assert!(hello.starts_with(v4));
+    [&b"KV-PEER-HELLO 2 "[..], &hello[v4.len()..]].concat()
 }
 
 fn addr_of(server: &ServerHandle) -> SocketAddr {
@@ -205,7 +215,7 @@ fn a_reflected_challenge_is_refused() {
     let server = node_b_with(SECRET);
     let b = addr_of(&server);
     let mut conn = Conn::connect(b);
-    conn.send(&auth_hello_line("a", "b", &[1; NONCE_LEN]));
+    conn.send(&v2_hello("a", "b", &[1; NONCE_LEN]));
     let challenge = conn.read_line();
     let (_, their_proof) = parse_challenge(&challenge).expect("a challenge");
     // b's own proof sent back as a's: it proves the responder's side, not ours.
@@ -234,7 +244,7 @@ fn failed_handshakes_are_throttled_per_address() {
     let (mut challenged, mut refused) = (0u32, 0u32);
     for _ in 0..500 {
         let mut conn = Conn::connect(b);
-        conn.send(&auth_hello_line("a", "b", &[3; NONCE_LEN]));
+        conn.send(&v2_hello("a", "b", &[3; NONCE_LEN]));
         let line = conn.read_line();
         if line == throttled {
             refused += 1;
@@ -374,10 +384,46 @@ fn a_refused_handshake_on_a_peer_seat_is_closed() {
     // The client cap is full: the next connection gets a peer seat, on condition.
     let nonce = [9u8; NONCE_LEN];
     let mut intruder = Conn::connect(server.addr());
-    intruder.send(&auth_hello_line("a", "b", &nonce));
+    intruder.send(&v2_hello("a", "b", &nonce));
     assert!(parse_challenge(&intruder.read_line()).is_some(), "a challenge");
     intruder.send(b"KV-PEER-PROOF 00\r\nPING\r\n");
     let rest = intruder.read_to_close();
     assert_eq!(common::show(&rest), common::show(b"ERROR authentication failed\r\n"), "no PONG: closed");
     client.roundtrip(b"PING\r\n", b"PONG\r\n");
+}
+
+#[test]
+fn a_version_4_handshake_is_followed_by_frames_that_carry_any_bytes() {
+    let server = node_b_with(SECRET);
+    let b = addr_of(&server);
+    let nonce = [5u8; NONCE_LEN];
+    let mut conn = Conn::connect(b);
+    conn.send(&auth_hello_line("a", "b", &nonce));
+    let (responder_nonce, proof) = parse_challenge(&conn.read_line()).expect("a challenge");
+    let transcript =
+        Transcript { from: b"a", to: b"b", initiator_nonce: &nonce, responder_nonce: &responder_nonce };
+    let secret = Secret::new(SECRET.as_bytes());
+    assert!(transcript.verify(&secret, Role::Responder, &proof));
+    let mut requests = proof_line(&transcript.proof(&secret, Role::Initiator));
+    let value: &[u8] = b"a b\r\nc\0";
+    for command in [
+        Command::Create { bucket: b"nuts" },
+        Command::Put { bucket: b"nuts", key: b"k", value },
+        Command::HGet { bucket: b"nuts", key: b"k" },
+        Command::Get { bucket: b"apple", key: b"k" },
+    ] {
+        let dialect = if matches!(command, Command::HGet { .. }) { Dialect::Resp2 } else { Dialect::Text };
+        push_peer_frame(&command, dialect, &mut requests);
+    }
+    conn.send(&requests);
+    conn.expect(b"OK\r\n");
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        let len = u32::from_le_bytes(conn.read_exact_bytes(4).try_into().unwrap()) as usize;
+        replies.push(conn.read_exact_bytes(len));
+    }
+    assert_eq!(replies[0], b"OK\r\n");
+    assert_eq!(replies[1], b"OK\r\n");
+    assert_eq!(replies[2], [&b"$7\r\n"[..], value, b"\r\n"].concat(), "the value, byte for byte, in RESP");
+    assert_eq!(replies[3], b"ERROR routing mismatch: node b does not own bucket apple\r\n");
 }

@@ -21,7 +21,9 @@ pub use kv::config::DEFAULT_SUBSCRIBER_BACKLOG;
 pub use kv::protocol::DEFAULT_MAX_LINE;
 /// The reply shapes `kv::Client::read_reply` reads.
 pub use kv::protocol::ReplyShape;
-/// The version-2 handshake's lines.
+/// Requests as values, and the frames nodes send them in after the handshake.
+pub use kv::protocol::{Command, Dialect, push_peer_frame};
+/// The authenticated handshake's lines (version 4; tests make version 2 from it).
 pub use kv::protocol::{auth_hello_line, parse_challenge, proof_line};
 /// A parsed cluster file.
 pub use kv::router::Cluster;
