@@ -20,7 +20,7 @@ fn handshake(secret: &Secret) -> bool {
     let Ok(a_nonce) = fresh_nonce() else { return false };
     let hello = auth_hello_line("a", "b", &a_nonce);
     // b: read it, challenge with its own nonce and proof.
-    let Hello::Authenticate { from, nonce } = check_hello(&hello, "b") else { return false };
+    let Hello::Authenticate { from, nonce, .. } = check_hello(&hello, "b") else { return false };
     let Ok(b_nonce) = fresh_nonce() else { return false };
     let at_b = Transcript { from: &from, to: b"b", initiator_nonce: &nonce, responder_nonce: &b_nonce };
     let mut challenge = Vec::new();

@@ -86,7 +86,7 @@ fn bench_batch(c: &mut Criterion) {
         b.iter(|| {
             batch.clear();
             for line in &lines {
-                batch.push_request(line.as_bytes());
+                batch.push_request(&kv::protocol::parse(line.as_bytes()));
             }
             batch.apply(&mut partition, &mut subscriptions, None);
             black_box(batch.reply_count())

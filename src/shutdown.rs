@@ -7,14 +7,82 @@
 //! connection threads keep it (`connection.rs`, closing through `socket.rs`); this file
 //! wakes them, waits for them, and at the end of the grace closes the sockets of
 //! clients that still have not read their replies, then logs how many replies that
-//! lost. It starts no thread and owns no state of its own.
+//! lost. It also owns what both doors do with requests read after the stop
+//! ([`refuse_waiting`]). It starts no thread and owns no state of its own.
 
-use std::net::Shutdown;
+use std::io;
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::protocol::{ErrorKind, LineReader, Reply, RespReader};
+use crate::round::Round;
+use crate::socket;
 use crate::state::State;
+
+/// Most request bytes a connection reads after the stop to answer them `shutting
+/// down`: a client that keeps sending cannot hold the shutdown for the whole grace.
+/// Beyond it the connection closes as soon as its replies are taken.
+const REFUSE_AT_STOP_BYTES: usize = 1024 * 1024;
+
+/// A door's reader as the stop sees it: whole requests to refuse, and more bytes.
+pub(crate) trait Waiting {
+    /// Takes the next whole request; false when there is none.
+    fn take_request(&mut self) -> bool;
+    /// One more read from `stream`.
+    fn read_more(&mut self, stream: &TcpStream) -> io::Result<usize>;
+}
+
+impl Waiting for LineReader {
+    fn take_request(&mut self) -> bool {
+        self.next_frame().is_some()
+    }
+    fn read_more(&mut self, mut stream: &TcpStream) -> io::Result<usize> {
+        self.fill_from(&mut stream)
+    }
+}
+
+impl Waiting for RespReader {
+    fn take_request(&mut self) -> bool {
+        self.next_frame().is_some()
+    }
+    fn read_more(&mut self, mut stream: &TcpStream) -> io::Result<usize> {
+        self.fill_from(&mut stream)
+    }
+}
+
+/// Shutdown began before this read: every whole request `reader` holds is answered
+/// `shutting down` (in the round's dialect), and so is every one still waiting in the
+/// socket, up to [`REFUSE_AT_STOP_BYTES`] and `deadline`. The replies are written as
+/// they go; returns how many requests were refused. The caller then closes.
+pub(crate) fn refuse_waiting(
+    reader: &mut impl Waiting,
+    round: &mut Round<'_>,
+    stream: &TcpStream,
+    deadline: Instant,
+) -> io::Result<u64> {
+    let (mut refused, mut bytes) = (0, 0);
+    loop {
+        while reader.take_request() {
+            refused += 1;
+            round.push_local(Reply::Error(ErrorKind::ShuttingDown));
+        }
+        round.flush();
+        round.write_output(&mut &*stream)?;
+        if bytes >= REFUSE_AT_STOP_BYTES || Instant::now() >= deadline {
+            return Ok(refused);
+        }
+        // Shutdown stopped the socket's reading: this never blocks, and ends at what
+        // the socket holds.
+        match reader.read_more(stream) {
+            Ok(0) => return Ok(refused),
+            Ok(n) => bytes += n,
+            Err(error) if socket::is_timeout(&error) => return Ok(refused),
+            Err(error) => return Err(error),
+        }
+    }
+}
 
 /// How long, after the grace, the connections closed by force get to notice and
 /// count what they lost.

@@ -34,7 +34,7 @@ use crate::router::Route;
 use crate::socket::{self, IdleClock};
 use crate::state::{Seat, State};
 use crate::subscribe::{self, RelayedEvents, Subscription};
-use crate::{stats, sys, worker};
+use crate::{shutdown, stats, sys, worker};
 
 /// Most requests a connection sends to the workers in one round. Bounds what one
 /// client can make the server hold before its replies are written out: at most this
@@ -42,11 +42,6 @@ use crate::{stats, sys, worker};
 /// a few KiB. Large enough that a deep pipeline still shares each channel round trip
 /// among hundreds of requests.
 const MAX_REQUESTS_PER_ROUND: usize = 256;
-
-/// Most request bytes a connection reads after the stop to answer them `ERROR
-/// shutting down`: a client that keeps sending cannot hold the shutdown for the whole
-/// grace. Beyond it the connection closes as soon as its replies are taken.
-const REFUSE_AT_STOP_BYTES: usize = 1024 * 1024;
 
 /// Once this many reply bytes are waiting, they are written before more requests are
 /// dispatched, so a pipeline of large GETs is not buffered whole.
@@ -641,29 +636,12 @@ impl<'s> Connection<'s> {
     }
 
     /// Shutdown began before this read: each complete line is refused, and so is
-    /// every line still waiting in the socket (up to [`REFUSE_AT_STOP_BYTES`] and the
-    /// end of the grace), then the connection closes.
+    /// every line still waiting in the socket (`shutdown::refuse_waiting`), then the
+    /// connection closes.
     fn refuse_the_rest(&mut self, reader: &mut LineReader) -> io::Result<()> {
         let deadline = self.state.stop_deadline();
-        let mut refused = 0;
-        loop {
-            while reader.next_frame().is_some() {
-                self.commands += 1;
-                self.round.push_local(Reply::Error(ErrorKind::ShuttingDown));
-            }
-            self.finish_round()?;
-            if refused >= REFUSE_AT_STOP_BYTES || Instant::now() >= deadline {
-                break;
-            }
-            // Shutdown stopped the socket's reading: this never blocks, and ends at
-            // what the socket holds.
-            match reader.fill_from(&mut &*self.stream) {
-                Ok(0) => break,
-                Ok(n) => refused += n,
-                Err(error) if socket::is_timeout(&error) => break,
-                Err(error) => return Err(error),
-            }
-        }
+        self.commands += shutdown::refuse_waiting(reader, &mut self.round, &self.stream, deadline)?;
+        self.publish_command_count();
         self.close_at_stop();
         Ok(())
     }

@@ -183,7 +183,7 @@ impl Arity {
             Arity::Exactly(m) => n == m,
             Arity::AtLeast(m) => n >= m,
             Arity::Between(low, high) => (low..=high).contains(&n),
-            Arity::Pairs(lead) => n > lead && (n - lead) % 2 == 0,
+            Arity::Pairs(lead) => n > lead && (n - lead).is_multiple_of(2),
         }
     }
 }

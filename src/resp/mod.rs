@@ -29,8 +29,9 @@ use crossbeam_channel::Sender;
 use crate::batch::Batch;
 use crate::forward::Forwarder;
 use crate::gate::{self, Door, Password};
-use crate::protocol::{Dialect, ErrorKind, Reply, Resp, RespFrame, RespReader, write_error};
+use crate::protocol::{Dialect, Resp, RespFrame, RespReader, write_error};
 use crate::round::Round;
+use crate::shutdown;
 use crate::socket::{self, IdleClock};
 use crate::state::State;
 
@@ -41,9 +42,6 @@ const MAX_REQUESTS_PER_ROUND: usize = 256;
 /// Once this many reply bytes wait, they are written before more commands are
 /// dispatched.
 const OUT_HIGH_WATER: usize = 256 * 1024;
-
-/// Most request bytes read after a stop to answer them `-ERR shutting down`.
-const REFUSE_AT_STOP_BYTES: usize = 1024 * 1024;
 
 /// Serves one RESP connection until it closes, quits or its stream ends.
 pub(crate) fn serve(
@@ -232,27 +230,13 @@ impl<'s> RespConnection<'s> {
         self.round.push_local_bytes(&self.scratch);
     }
 
-    /// Shutdown began before this read: every complete command still to come gets
-    /// `-ERR shutting down` (up to [`REFUSE_AT_STOP_BYTES`] and the end of the grace).
+    /// Shutdown began before this read: every whole command, read or still waiting
+    /// in the socket, gets `-ERR shutting down` (`shutdown::refuse_waiting`), then the
+    /// connection closes.
     fn refuse_the_rest(&mut self, reader: &mut RespReader) -> io::Result<()> {
         let deadline = self.state.stop_deadline();
-        let mut refused = 0;
-        loop {
-            while reader.next_frame().is_some() {
-                self.commands += 1;
-                self.round.push_local(Reply::Error(ErrorKind::ShuttingDown));
-            }
-            self.finish_round()?;
-            if refused >= REFUSE_AT_STOP_BYTES || Instant::now() >= deadline {
-                break;
-            }
-            match reader.fill_from(&mut &*self.stream) {
-                Ok(0) => break,
-                Ok(n) => refused += n,
-                Err(error) if socket::is_timeout(&error) => break,
-                Err(error) => return Err(error),
-            }
-        }
+        self.commands += shutdown::refuse_waiting(reader, &mut self.round, &self.stream, deadline)?;
+        self.publish_command_count();
         self.close_at_stop();
         Ok(())
     }
