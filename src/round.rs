@@ -362,7 +362,12 @@ impl<'s> Round<'s> {
                 }
             }
             if let Some(start) = frame {
-                protocol::end_reply_frame(into, start);
+                if into.len() == start + protocol::REPLY_HEAD {
+                    // No reply (a SUBSCRIBE that took): no frame either.
+                    into.truncate(start);
+                } else {
+                    protocol::end_reply_frame(into, start);
+                }
             }
             if let Some((last, how)) = gathering {
                 self.part_ends.push(self.parts.len());

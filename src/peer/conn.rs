@@ -203,8 +203,25 @@ impl PeerConn {
     /// Reads until `replies` holds `count` reply frames (where each reply's bytes are
     /// recorded in `spans`), or fails. Returns how the handshake went on a new
     /// connection; a reused one was accepted before. A refused handshake returns at
-    /// once: the peer answers nothing else on that connection.
+    /// once: the peer answers nothing else on that connection. Bytes past the last
+    /// reply are a protocol error: the peer answered more than was asked.
     pub fn read_replies(
+        &mut self,
+        replies: &mut Vec<u8>,
+        spans: &mut Vec<(usize, usize)>,
+        count: usize,
+        deadline: Deadline,
+    ) -> Result<HelloReply, Failure> {
+        let hello = self.read_frames(replies, spans, count, deadline)?;
+        if hello == HelloReply::Accepted && spans.last().map_or(0, |span| span.1) != replies.len() {
+            return Err(Failure::Protocol("more replies than requests".to_string()));
+        }
+        Ok(hello)
+    }
+
+    /// [`PeerConn::read_replies`], leaving whatever follows the last reply in
+    /// `replies` (a subscription's first events).
+    pub fn read_frames(
         &mut self,
         replies: &mut Vec<u8>,
         spans: &mut Vec<(usize, usize)>,
@@ -237,9 +254,6 @@ impl PeerConn {
                 start = body + len;
             }
             if !self.hello_pending && spans.len() == count {
-                if start != replies.len() {
-                    return Err(Failure::Protocol("more replies than requests".to_string()));
-                }
                 return Ok(HelloReply::Accepted);
             }
             self.read_more(replies, deadline)?;

@@ -320,7 +320,7 @@ impl Peer {
         protocol::push_peer_frame(&Command::Subscribe { bucket }, dialect, &mut request);
         conn.send(&request)?;
         let (mut buffer, mut spans) = (Vec::new(), Vec::new());
-        if let HelloReply::Refused(line) = conn.read_replies(&mut buffer, &mut spans, 1, deadline)? {
+        if let HelloReply::Refused(line) = conn.read_frames(&mut buffer, &mut spans, 1, deadline)? {
             return refused(&line);
         }
         let (start, end) = spans[0];
