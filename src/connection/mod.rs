@@ -622,8 +622,10 @@ impl<'s> Connection<'s> {
         match handoff {
             Handoff::Local(subscription) => {
                 let _counted = self.state.subscriber_guard();
-                let streamed =
-                    subscribe::stream_events(&self.stream, subscription, stop, &subscribe::Render::Text);
+                // A node of this build relays the frames and renders them for its client.
+                let framed_peer = self.framed_link && matches!(self.mode, Mode::Peer);
+                let render = if framed_peer { subscribe::Render::Frames } else { subscribe::Render::Text };
+                let streamed = subscribe::stream_events(&self.stream, subscription, stop, &render);
                 // The subscription's queue, maybe megabytes of events, is freed now.
                 sys::give_freed_memory_back();
                 streamed

@@ -4,7 +4,8 @@
 //! This folder owns every byte kv puts on the wire and how those bytes are read back:
 //! - `command.rs`: one request line to one [`Command`] ([`parse`]), and the HTTP guard;
 //! - `frame.rs`: [`LineReader`], where a line starts and ends, and the line limit;
-//! - `reply.rs`: [`Reply`], [`ErrorKind`], [`Event`] and [`Stats`], and their text;
+//! - `reply.rs`: [`Reply`], [`ErrorKind`] and [`Stats`], and their text;
+//! - `event.rs`: [`Event`], as a frame in a bucket's event log, a text line, a RESP message;
 //! - `shape.rs`: reading replies back ([`ReplyShape`], [`reply_len`], [`ReplyLine`]),
 //!   for the client, the forwarder and the bench;
 //! - `hello.rs`: the node-to-node handshake line;
@@ -23,6 +24,7 @@
 //! implements is `docs/PROTOCOL.md`.
 
 mod command;
+mod event;
 mod frame;
 mod gather;
 mod hello;
@@ -36,6 +38,7 @@ mod resp_write;
 mod shape;
 
 pub use command::{Command, Words, is_http_request_line, is_space, parse, words};
+pub use event::{Event, EventFrame};
 pub use frame::{DEFAULT_MAX_LINE, Frame, LineReader, MAX_MAX_LINE};
 pub use gather::{Gather, gather};
 pub use hello::{
@@ -47,17 +50,15 @@ pub use peer_frame::{
     PeerFrame, REPLY_HEAD, begin_reply_frame, end_reply_frame, peer_frame, push_peer_frame, relay_error_line,
     reply_frame_len,
 };
-pub(crate) use reply::DROPPED_LINE;
 pub use reply::{
-    Dialect, ErrorKind, Event, Fields, Part, Reply, Stats, is_auth_failure, is_representable,
-    is_routing_mismatch,
+    Dialect, ErrorKind, Fields, Part, Reply, Stats, is_auth_failure, is_representable, is_routing_mismatch,
 };
 pub use reply_resp::{write_resp, write_resp_error};
 pub use request::{REQUEST_HEAD, decode_request, encode_request, request_len};
 pub use resp_frame::{Args, MAX_INLINE, MAX_MULTIBULK, RespFrame, RespReader};
 pub use resp_read::{BadResp, resp_value_len};
 pub use resp_write::{
-    Resp, write_array_len, write_bool, write_bulk, write_error, write_integer, write_map_len, write_nil,
-    write_nil_array, write_push_len, write_set_len, write_simple, write_verbatim,
+    Resp, write_array_len, write_bool, write_bulk, write_bulk_head, write_error, write_integer,
+    write_map_len, write_nil, write_nil_array, write_push_len, write_set_len, write_simple, write_verbatim,
 };
 pub use shape::{BadReply, ReplyLine, ReplyShape, line_len, reply_len, trim_line_end};

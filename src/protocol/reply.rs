@@ -1,7 +1,7 @@
 //! Replies as values, and the text door's bytes for each.
 //!
-//! Everything kv answers is a [`Reply`]; subscribers get [`Event`]s. A door turns them
-//! into bytes: [`Reply::write_text`] and [`Event::write_text`] are the text protocol's
+//! Everything kv answers is a [`Reply`] (subscribers get `Event`s, `event.rs`). A door
+//! turns them into bytes: [`Reply::write_text`] is the text protocol's
 //! (`docs/PROTOCOL.md`), and the only place in `src/` where its reply words are spelt.
 //! Values hold no whitespace (the parser splits on it and the store only keeps what a
 //! [`Command`](super::Command) carried), which is what lets a reply be framed by its
@@ -370,94 +370,11 @@ impl Display for Reply<'_> {
 
 /// Appends `parts` then `\r\n`.
 #[inline]
-fn line(out: &mut Vec<u8>, parts: &[&[u8]]) {
+pub(super) fn line(out: &mut Vec<u8>, parts: &[&[u8]]) {
     for part in parts {
         out.extend_from_slice(part);
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// One change streamed to a bucket's subscribers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event<'a> {
-    /// A PUT: `<key> SET TO <value>`.
-    Set { key: &'a [u8], value: &'a [u8] },
-    /// A DELETE: `<key> DELETED`.
-    Deleted { key: &'a [u8] },
-    /// A DROP of the whole bucket: `DROPPED`; the stream ends after it.
-    Dropped,
-}
-
-/// The words between a key and a value in a PUT's event, and after a key in a DELETE's.
-const SET_TO: &[u8] = b" SET TO ";
-const DELETED: &[u8] = b" DELETED";
-
-/// The line an event gets when its key or value cannot be shown on one line.
-const NOT_REPRESENTABLE_EVENT: &[u8] =
-    b"ERROR event not representable in the text protocol (use the RESP port)";
-
-/// The text of [`Event::Dropped`], which a relay looks for to tell a dropped bucket
-/// from a lost owner.
-pub(crate) const DROPPED_LINE: &[u8] = b"DROPPED\r\n";
-
-impl Event<'_> {
-    /// The event's line in the text door, as one buffer to share among subscribers.
-    ///
-    /// ```
-    /// use kv::protocol::Event;
-    ///
-    /// assert_eq!(Event::Set { key: b"eggs", value: b"3" }.to_text(), b"eggs SET TO 3\r\n");
-    /// assert_eq!(Event::Deleted { key: b"eggs" }.to_text(), b"eggs DELETED\r\n");
-    /// assert_eq!(Event::Dropped.to_text(), b"DROPPED\r\n");
-    /// ```
-    pub fn to_text(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        match *self {
-            // A key or value stored through the RESP door that one line cannot hold:
-            // the line says so rather than breaking the stream's framing.
-            Event::Set { key, value } if !is_representable(key) || !is_representable(value) => {
-                line(&mut out, &[NOT_REPRESENTABLE_EVENT])
-            }
-            Event::Deleted { key } if !is_representable(key) => line(&mut out, &[NOT_REPRESENTABLE_EVENT]),
-            Event::Set { key, value } => {
-                out.reserve_exact(key.len() + value.len() + 10);
-                line(&mut out, &[key, SET_TO, value]);
-            }
-            Event::Deleted { key } => line(&mut out, &[key, DELETED]),
-            Event::Dropped => out.extend_from_slice(DROPPED_LINE),
-        }
-        out
-    }
-}
-
-impl<'a> Event<'a> {
-    /// Reads an event line back (with or without its line end). A key may be any word,
-    /// `ERROR` included, so a subscriber tells an event from an error reply by this,
-    /// not by the first word.
-    ///
-    /// ```
-    /// use kv::protocol::Event;
-    ///
-    /// assert_eq!(Event::from_text(b"ERROR SET TO 3\r\n"), Some(Event::Set { key: b"ERROR", value: b"3" }));
-    /// assert_eq!(Event::from_text(b"NOT FOUND\r\n"), None);
-    /// ```
-    pub fn from_text(line: &'a [u8]) -> Option<Event<'a>> {
-        let line = super::shape::trim_line_end(line);
-        if line == super::shape::trim_line_end(DROPPED_LINE) {
-            return Some(Event::Dropped);
-        }
-        if let Some(key) = line.strip_suffix(DELETED).filter(|key| is_word(key)) {
-            return Some(Event::Deleted { key });
-        }
-        let at = line.windows(SET_TO.len()).position(|window| window == SET_TO)?;
-        let (key, value) = (&line[..at], &line[at + SET_TO.len()..]);
-        (is_word(key) && is_word(value)).then_some(Event::Set { key, value })
-    }
-}
-
-/// True for one word: non-empty, no protocol whitespace.
-fn is_word(bytes: &[u8]) -> bool {
-    !bytes.is_empty() && !bytes.iter().any(|&b| super::command::is_space(b))
 }
 
 /// The STATS reply: `<name> <value>` lines in order, then `OK`. Built on a cold path,

@@ -62,6 +62,12 @@ pub fn write_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `$<len>\r\n`: the head of a bulk string whose `len` bytes the caller writes next,
+/// then `\r\n` (for a bulk made of several parts, without joining them first).
+pub fn write_bulk_head(out: &mut Vec<u8>, len: usize) {
+    write_len(out, b'$', len);
+}
+
 /// The absent value: `$-1\r\n` (RESP2's null bulk) or `_\r\n`.
 pub fn write_nil(out: &mut Vec<u8>, proto: Resp) {
     out.extend_from_slice(match proto {

@@ -186,7 +186,7 @@ impl Subscriptions {
         if staged.is_empty() {
             self.dirty.push(bucket.into());
         }
-        write_event(staged, &event);
+        event.write_frame(staged);
         if event == Event::Dropped
             && let Some(mut log) = self.by_bucket.remove(bucket)
         {
@@ -224,24 +224,6 @@ impl Subscriptions {
     }
 }
 
-/// Writes `event`'s line, as [`Event::to_text`] does, without allocating one.
-#[inline]
-fn write_event(out: &mut Vec<u8>, event: &Event<'_>) {
-    match *event {
-        Event::Set { key, value } => {
-            out.extend_from_slice(key);
-            out.extend_from_slice(b" SET TO ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        }
-        Event::Deleted { key } => {
-            out.extend_from_slice(key);
-            out.extend_from_slice(b" DELETED\r\n");
-        }
-        Event::Dropped => out.extend_from_slice(crate::protocol::DROPPED_LINE),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -249,8 +231,8 @@ mod tests {
     use super::event_log::{CHECK_EVERY, Take};
     use super::*;
 
-    /// Everything the subscription can take now, without waiting.
-    fn taken(subscription: &Subscription) -> (Vec<u8>, Take) {
+    /// Everything the subscription can take now, without waiting: the log's frames.
+    fn taken_frames(subscription: &Subscription) -> (Vec<u8>, Take) {
         let mut out = Vec::new();
         let mut last = subscription.cursor.take(&mut out, usize::MAX, Duration::ZERO);
         while last == Take::Got {
@@ -259,17 +241,28 @@ mod tests {
         (out, last)
     }
 
-    fn set(value: &[u8]) -> Event<'_> {
-        Event::Set { key: b"k", value }
+    /// [`taken_frames`], as the text door's lines.
+    fn taken(subscription: &Subscription) -> (Vec<u8>, Take) {
+        let (frames, last) = taken_frames(subscription);
+        let mut text = Vec::new();
+        let mut at = 0;
+        while let crate::protocol::EventFrame::Event(event, used) = Event::read_frame(&frames[at..]) {
+            event.write_text(&mut text);
+            at += used;
+        }
+        assert_eq!(at, frames.len(), "whole frames only");
+        (text, last)
     }
 
-    #[test]
-    fn an_event_line_is_the_protocol_s() {
-        for event in [set(b"1"), Event::Deleted { key: b"eggs" }, Event::Dropped] {
-            let mut out = Vec::new();
-            write_event(&mut out, &event);
-            assert_eq!(out, event.to_text());
-        }
+    /// The bytes an event takes in the log.
+    fn frame_len(event: Event<'_>) -> usize {
+        let mut frame = Vec::new();
+        event.write_frame(&mut frame);
+        frame.len()
+    }
+
+    fn set(value: &[u8]) -> Event<'_> {
+        Event::Set { key: b"k", value }
     }
 
     #[test]
@@ -324,7 +317,7 @@ mod tests {
     #[test]
     fn a_subscriber_past_its_limit_is_dropped_and_counted() {
         let mut subscriptions = Subscriptions::default();
-        let event_len = b"k SET TO 1234567890\r\n".len();
+        let event_len = frame_len(set(b"1234567890"));
         let (slow, slow_rx) = subscription(2 * event_len - 1);
         subscriptions.add(b"x", slow);
         subscriptions.publish(b"x", set(b"1234567890"));
@@ -340,14 +333,14 @@ mod tests {
     #[test]
     fn what_was_written_to_the_client_counts_not_what_was_read_from_the_log() {
         let mut subscriptions = Subscriptions::default();
-        let event_len = b"k SET TO 1\r\n".len();
+        let event_len = frame_len(set(b"1"));
         let (subscriber, rx) = subscription(2 * event_len);
         subscriptions.add(b"x", subscriber);
         for _ in 0..2 {
             subscriptions.publish(b"x", set(b"1"));
         }
         subscriptions.flush();
-        assert_eq!(taken(&rx).0.len(), 2 * event_len, "read, never written");
+        assert_eq!(taken_frames(&rx).0.len(), 2 * event_len, "read, never written");
         subscriptions.publish(b"x", set(b"1"));
         subscriptions.flush();
         assert_eq!(subscriptions.dropped_total(), 1);
@@ -369,7 +362,7 @@ mod tests {
                 subscription
             })
             .collect();
-        let event_len = b"k SET TO 1\r\n".len();
+        let event_len = frame_len(set(b"1"));
         let events = 4 * CHECK_EVERY as usize / event_len;
         for i in 0..events {
             subscriptions.publish(b"x", set(b"1"));
@@ -400,7 +393,7 @@ mod tests {
         for _ in 0..8 * CHECK_EVERY / 1000 {
             subscriptions.publish(b"x", set(&value));
             subscriptions.flush();
-            let (read, _) = taken(&reader_rx);
+            let (read, _) = taken_frames(&reader_rx);
             reader_rx.cursor.written.fetch_add(read.len() as u64, std::sync::atomic::Ordering::AcqRel);
         }
         assert_eq!(subscriptions.dropped_total(), 1, "the stuck one");
@@ -423,7 +416,7 @@ mod tests {
         }
         subscriptions.flush();
         drop(first_rx);
-        assert_eq!(subscriptions.by_bucket[&b"x"[..]].held().0, 1000 * b"k SET TO 1\r\n".len());
+        assert_eq!(subscriptions.by_bucket[&b"x"[..]].held().0, 1000 * frame_len(set(b"1")));
         drop(second_rx);
         assert_eq!(subscriptions.by_bucket[&b"x"[..]].held(), (0, 0));
     }
@@ -446,7 +439,9 @@ mod tests {
             subscriptions.flush();
             std::thread::yield_now();
         }
-        assert!(waiter.join().expect("the waiter ends").starts_with(b"k SET TO 1\r\n"));
+        let mut first = Vec::new();
+        set(b"1").write_frame(&mut first);
+        assert!(waiter.join().expect("the waiter ends").starts_with(&first));
     }
 
     #[test]

@@ -19,31 +19,41 @@ use std::time::Duration;
 
 use super::Subscription;
 use super::event_log::Take;
-use crate::protocol::{DROPPED_LINE, Resp, trim_line_end, write_bulk, write_push_len};
+use crate::protocol::{Event, EventFrame, Resp};
 
-/// How a stream's events reach its client.
+/// How a stream's events reach its client. The bucket's log keeps them as frames
+/// (`protocol/event.rs`); each stream renders them for its door.
 #[derive(Debug, Clone)]
 pub enum Render {
-    /// As they are: the text door's event lines (and between nodes).
+    /// The text door's lines.
     Text,
-    /// As RESP pub/sub `message` frames on `bucket`, the line's text as the payload.
+    /// RESP pub/sub `message` frames on channel `bucket`.
     Resp { proto: Resp, bucket: Vec<u8> },
+    /// The frames as they are: to a node relaying the stream to its client.
+    Frames,
 }
 
 impl Render {
-    /// Moves the complete event lines at the front of `raw` into `pending` as `message`
-    /// frames; returns how many bytes of `raw` that took.
-    fn frame_lines(proto: Resp, bucket: &[u8], raw: &[u8], pending: &mut Vec<u8>) -> usize {
-        let mut at = 0;
-        while let Some(end) = raw[at..].iter().position(|&b| b == b'\n') {
-            let line = trim_line_end(&raw[at..at + end + 1]);
-            write_push_len(pending, 3, proto);
-            write_bulk(pending, b"message");
-            write_bulk(pending, bucket);
-            write_bulk(pending, line);
-            at += end + 1;
+    /// Renders the whole event frames at the front of `raw` into `out`; returns how
+    /// many bytes of `raw` they took, and whether one was `DROPPED` (the last event of
+    /// a stream). `Err` for bytes that are not event frames.
+    fn render(&self, raw: &[u8], out: &mut Vec<u8>) -> io::Result<(usize, bool)> {
+        let (mut at, mut dropped) = (0, false);
+        loop {
+            match Event::read_frame(&raw[at..]) {
+                EventFrame::Event(event, used) => {
+                    match self {
+                        Render::Text => event.write_text(out),
+                        Render::Resp { proto, bucket } => event.write_message(bucket, *proto, out),
+                        Render::Frames => out.extend_from_slice(&raw[at..at + used]),
+                    }
+                    dropped |= event == Event::Dropped;
+                    at += used;
+                }
+                EventFrame::Partial => return Ok((at, dropped)),
+                EventFrame::Bad => return Err(io::Error::other("events out of step")),
+            }
         }
-        at
     }
 }
 
@@ -86,40 +96,35 @@ trait Source {
 }
 
 /// Why a stream was cut: the client fell too far behind.
-fn dropped() -> io::Error {
+fn too_far_behind() -> io::Error {
     io::Error::other("subscriber dropped: too far behind")
 }
 
-/// Writes `source`'s events to `client` until the source ends, the client goes away or
-/// falls too far behind, or `stop` is set (shutdown).
+/// Writes `source`'s events to `client`, rendered as `render` says, until the source
+/// ends, the client goes away or falls too far behind, or `stop` is set (shutdown).
 ///
-/// With a RESP render the source's bytes are framed before they are written, and
-/// counted as written (for the backlog) when framed: the difference is at most what
-/// one fill takes ([`CHUNK`]).
+/// Events are counted as written (for the backlog) when rendered: the difference is at
+/// most what one fill takes ([`CHUNK`]). A source that ends after a `DROPPED` ends the
+/// stream without its last words (those are for a lost owner).
 fn stream(client: &TcpStream, source: &mut dyn Source, stop: &AtomicBool, render: &Render) -> io::Result<()> {
     client.set_write_timeout(Some(source.write_wait()))?;
-    let mut pending: Vec<u8> = Vec::new();
-    let mut raw: Vec<u8> = Vec::new();
+    let (mut pending, mut raw): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
+    let mut dropped = false;
     loop {
         let written = write_some(client, &pending)?;
         pending.drain(..written);
-        if matches!(render, Render::Text) {
-            source.written(written);
-        }
-        if source.too_far_behind(pending.len()) {
-            return Err(dropped());
+        if source.too_far_behind(pending.len() + raw.len()) {
+            return Err(too_far_behind());
         }
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
         let wait = if pending.is_empty() { CLIENT_CHECK_INTERVAL } else { WRITE_WAIT };
-        let into = if matches!(render, Render::Text) { &mut pending } else { &mut raw };
-        let filled = source.fill(into, wait)?;
-        if let Render::Resp { proto, bucket } = render {
-            let framed = Render::frame_lines(*proto, bucket, &raw, &mut pending);
-            raw.drain(..framed);
-            source.written(framed);
-        }
+        let filled = source.fill(&mut raw, wait)?;
+        let (used, saw_dropped) = render.render(&raw, &mut pending)?;
+        raw.drain(..used);
+        source.written(used);
+        dropped |= saw_dropped;
         match filled {
             Fill::Got => {}
             Fill::Nothing => {
@@ -128,7 +133,9 @@ fn stream(client: &TcpStream, source: &mut dyn Source, stop: &AtomicBool, render
                 }
             }
             Fill::Ended(last_words) => {
-                pending.extend(last_words.unwrap_or_default());
+                if !dropped {
+                    pending.extend(last_words.unwrap_or_default());
+                }
                 client.set_write_timeout(Some(CLIENT_CHECK_INTERVAL))?;
                 let _ = (&*client).write_all(&pending);
                 return Ok(());
@@ -200,8 +207,6 @@ pub struct RelayedEvents {
     /// Told to the client if the owner ends the stream other than by a DROP (it went
     /// down or dropped us): the `ERROR peer <name> unavailable` line.
     owner_lost: Vec<u8>,
-    /// The last bytes relayed, to see whether the stream ended with `DROPPED`.
-    tail: Vec<u8>,
     /// The owner socket's read timeout now, so it is set only when it changes.
     read_timeout: Option<Duration>,
 }
@@ -209,19 +214,7 @@ pub struct RelayedEvents {
 impl RelayedEvents {
     /// Events from `owner`, for a client allowed `limit` bytes behind.
     pub fn new(owner: TcpStream, limit: usize, owner_lost: Vec<u8>) -> Self {
-        RelayedEvents { owner, limit, owner_lost, tail: Vec::new(), read_timeout: None }
-    }
-
-    /// Remembers the end of what was relayed (enough to hold `DROPPED\r\n` after a
-    /// line end).
-    fn remember_tail(&mut self, bytes: &[u8]) {
-        self.tail.extend_from_slice(&bytes[bytes.len().saturating_sub(DROPPED_LINE.len() + 1)..]);
-        let excess = self.tail.len().saturating_sub(DROPPED_LINE.len() + 1);
-        self.tail.drain(..excess);
-    }
-
-    fn ended_by_drop(&self) -> bool {
-        self.tail.ends_with(DROPPED_LINE) && (self.tail.len() == DROPPED_LINE.len() || self.tail[0] == b'\n')
+        RelayedEvents { owner, limit, owner_lost, read_timeout: None }
     }
 }
 
@@ -235,15 +228,14 @@ impl Source for RelayedEvents {
         match (&self.owner).read(&mut chunk) {
             Ok(read) if read > 0 => {
                 out.extend_from_slice(&chunk[..read]);
-                self.remember_tail(&chunk[..read]);
                 Ok(Fill::Got)
             }
             Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 Ok(Fill::Nothing)
             }
             Err(error) if error.kind() == io::ErrorKind::Interrupted => Ok(Fill::Nothing),
-            // The owner ended the stream.
-            _ if self.ended_by_drop() => Ok(Fill::Ended(None)),
+            // The owner ended the stream: after a DROPPED, the stream's own end;
+            // otherwise the owner was lost (`stream` tells which).
             _ => Ok(Fill::Ended(Some(self.owner_lost.clone()))),
         }
     }
@@ -277,7 +269,6 @@ pub fn stream_relayed(
             match self.first.take() {
                 Some(bytes) if !bytes.is_empty() => {
                     out.extend_from_slice(bytes);
-                    self.events.remember_tail(bytes);
                     Ok(Fill::Got)
                 }
                 _ => self.events.fill(out, wait),
@@ -328,18 +319,40 @@ pub fn client_gone(stream: &TcpStream) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
 
     #[test]
     fn a_relay_tells_a_dropped_bucket_from_a_lost_owner() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let owner = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let mut events = RelayedEvents::new(owner, 1024, b"ERROR peer n unavailable\r\n".to_vec());
-        events.remember_tail(b"k SET TO 1\r\nDRO");
-        assert!(!events.ended_by_drop());
-        events.remember_tail(b"PPED\r\n");
-        assert!(events.ended_by_drop());
-        events.remember_tail(b"xDROPPED\r\n");
-        assert!(!events.ended_by_drop(), "a key named xDROPPED is not the event");
+        let mut frames = Vec::new();
+        Event::Set { key: b"k", value: b"1" }.write_frame(&mut frames);
+        let mut out = Vec::new();
+        let (used, dropped) = Render::Text.render(&frames, &mut out).unwrap();
+        assert_eq!((used, dropped, out.as_slice()), (frames.len(), false, &b"k SET TO 1\r\n"[..]));
+        Event::Dropped.write_frame(&mut frames);
+        out.clear();
+        let (_, dropped) = Render::Text.render(&frames, &mut out).unwrap();
+        assert!(dropped);
+        assert_eq!(out, b"k SET TO 1\r\nDROPPED\r\n");
+        // A key named DROPPED is an event like any other.
+        out.clear();
+        let mut tricky = Vec::new();
+        Event::Deleted { key: b"DROPPED" }.write_frame(&mut tricky);
+        assert!(!Render::Text.render(&tricky, &mut out).unwrap().1);
+    }
+
+    #[test]
+    fn events_render_for_each_door_and_a_partial_frame_waits() {
+        let mut frames = Vec::new();
+        Event::Set { key: b"k", value: b"a b" }.write_frame(&mut frames);
+        let whole = frames.len();
+        Event::Deleted { key: b"k" }.write_frame(&mut frames);
+        let cut = &frames[..frames.len() - 1];
+        let mut out = Vec::new();
+        let resp = Render::Resp { proto: Resp::V2, bucket: b"b".to_vec() };
+        assert_eq!(resp.render(cut, &mut out).unwrap(), (whole, false));
+        assert_eq!(out, b"*3\r\n$7\r\nmessage\r\n$1\r\nb\r\n$12\r\nk SET TO a b\r\n");
+        out.clear();
+        assert_eq!(Render::Frames.render(&frames, &mut out).unwrap(), (frames.len(), false));
+        assert_eq!(out, frames);
+        assert!(Render::Text.render(&[0, 0, 0, 0, 9, 0, 0, 0, 0], &mut out).is_err());
     }
 }
