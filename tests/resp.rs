@@ -688,14 +688,56 @@ fn still_serves(server: &kv::ServerHandle) {
 }
 
 #[test]
-fn an_http_get_is_read_as_inline_commands_and_answered_with_errors() {
+fn an_http_get_is_read_as_inline_commands_answered_with_an_error_then_closed() {
     let server = start_resp_server();
     let mut conn = Conn::connect(resp_addr(&server));
     conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(conn.read_line(), b"-ERR wrong number of arguments for 'get' command\r\n");
-    assert_eq!(conn.read_line(), b"-ERR unknown command 'Host:'\r\n");
-    // The empty line is no command; the connection serves on.
-    conn.roundtrip(b"PING\r\n", b"+PONG\r\n");
+    // The Host: line closes the connection, as in Redis (see the regression test
+    // below): nothing more is answered.
+    let (rest, _reset) = conn.read_until_gone();
+    assert_eq!(show(&rest), "");
+    still_serves(&server);
+}
+
+/// Regression: the RESP door ran the lines of an HTTP request's body as commands, so
+/// a web page could make a browser on the same host write to kv with a POST to the
+/// RESP port (cross-protocol scripting). Redis closes the connection at a `POST` or
+/// `Host:` command, and kv's text door does too; the RESP door did not.
+#[test]
+fn an_http_post_or_host_line_closes_the_resp_connection_and_nothing_after_it_runs() {
+    let server = start_resp_server();
+    let addr = resp_addr(&server);
+    let mut control = Conn::connect(addr);
+    control.roundtrip(&command(&[b"HSET", b"control", b"k", b"safe"]), b":1\r\n");
+    let cases: &[(&[u8], &[u8])] = &[
+        (
+            b"POST / HTTP/1.1\r\nHost: 127.0.0.1:6380\r\nContent-Type: text/plain\r\n\
+              Content-Length: 50\r\n\r\nHSET web1 k v\r\nHSET control k hacked\r\n",
+            b"",
+        ),
+        (b"post /form HTTP/1.0\nHSET web2 k v\n", b""),
+        (b"Host: localhost\r\nHSET web3 k v\r\n", b""),
+        (
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nHSET web4 k v\r\nHDEL control k\r\n",
+            b"-ERR wrong number of arguments for 'get' command\r\n",
+        ),
+        (b"PING\r\nPOST /x HTTP/1.1\r\nHSET web5 k v\r\n", b"+PONG\r\n"),
+        // In a multibulk too, as Redis checks the command, not the framing.
+        (b"*2\r\n$4\r\nPOST\r\n$1\r\n/\r\n*4\r\n$4\r\nHSET\r\n$4\r\nweb6\r\n$1\r\nk\r\n$1\r\nv\r\n", b""),
+    ];
+    for (payload, replies) in cases {
+        let mut conn = Conn::connect(addr);
+        conn.send(payload);
+        let (got, _reset) = conn.read_until_gone();
+        common::assert_same_bytes_in(&got, replies, &format!("replies to {}", show(payload)));
+    }
+    for bucket in ["web1", "web2", "web3", "web4", "web5", "web6"] {
+        control.roundtrip(&command(&[b"EXISTS", bucket.as_bytes()]), b":0\r\n");
+    }
+    control.roundtrip(&command(&[b"HGET", b"control", b"k"]), b"$4\r\nsafe\r\n");
+    // As arguments they are ordinary words.
+    control.roundtrip(&command(&[b"HSET", b"control", b"post", b"host:"]), b":1\r\n");
     still_serves(&server);
 }
 
