@@ -16,12 +16,16 @@
 //! | `SET`, `GET`, `MSET`, `MGET` | keys of the strings bucket (`--resp-bucket`) |
 
 use super::{Flow, RespConnection};
+use crate::logcap::{Limiter, warn_limited};
 use crate::protocol::{Args, Command, ErrorKind, Gather, Reply, write_error};
 use crate::router::Route;
 use crate::worker;
 
 /// Longest command name looked up; anything longer is unknown.
 const MAX_NAME: usize = 16;
+
+/// Limits the warning logged for each connection closed as an HTTP request.
+static HTTP_GUARD: Limiter = Limiter::new();
 
 impl RespConnection<'_> {
     /// Decides who answers one command.
@@ -30,6 +34,16 @@ impl RespConnection<'_> {
         let mut buffer = [0u8; MAX_NAME];
         let name = lowercase(raw, &mut buffer);
         let n = args.len() - 1;
+        if matches!(name, b"post" | b"host:") {
+            // A browser was made to talk to us (cross-protocol scripting): answer what
+            // came before, run nothing after, as Redis and the text door do.
+            warn_limited!(
+                HTTP_GUARD,
+                "closing RESP connection from {:?}: it sent an HTTP request (cross-protocol attack?)",
+                self.client
+            );
+            return Flow::Close;
+        }
         let Some(arity) = arity(name) else {
             let text = [&b"ERR unknown command '"[..], &shown(raw), b"'"].concat();
             self.push_error(&text);

@@ -10,6 +10,8 @@
 //! - [`child`]: the real `kv` binary as a child process, guarded and bounded.
 //! - [`relay`]: a fault-injecting TCP relay between two nodes (drop replies, stall,
 //!   reset on command).
+//! - [`resp`]: the RESP door: servers with it open, `redis` crate connections in RESP2
+//!   or RESP3, commands framed by hand and reply frames read off a raw connection.
 //! - [`proc`]: what `/proc` says about a process (memory, descriptors, file limits).
 //! - [`temp`]: temporary directories, removed when dropped.
 //! - [`lib_paths`]: every `kv::` path below the crate root the tests use, so a move in
@@ -29,6 +31,7 @@ pub mod fuzzing;
 pub mod lib_paths;
 pub mod proc;
 pub mod relay;
+pub mod resp;
 pub mod server;
 pub mod temp;
 
