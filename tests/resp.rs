@@ -997,12 +997,10 @@ fn redis_benchmark_sets_and_gets() {
     assert!(matches!(&value, Value::BulkString(v) if v.len() == 3), "{value:?}");
 }
 
-/// Known bug, reported: a value holding `\n` splits its event into two `message`
-/// frames (the worker writes the raw value into a `\r\n`-ended event line,
-/// `subscribe/mod.rs` `write_event`, and `subscribe/stream.rs` `frame_lines` cuts at
-/// each `\n`). Run with `--ignored` to see it.
+/// Regression: a value holding `\n` split its event into two `message` frames (the
+/// bucket's log held `\r\n`-ended text lines, and the RESP stream cut at each `\n`).
+/// The log now keeps length-prefixed event frames (protocol/event.rs).
 #[test]
-#[ignore = "bug: event lines are not binary-safe (subscribe/mod.rs write_event)"]
 fn subscribe_message_payloads_carry_binary_values_byte_for_byte() {
     let server = start_resp_server();
     let addr = resp_addr(&server);
@@ -1022,11 +1020,10 @@ fn subscribe_message_payloads_carry_binary_values_byte_for_byte() {
     }
 }
 
-/// Known bug, reported: a RESP `SUBSCRIBE` through the node that does not own the
-/// bucket answers `-ERR peer b unavailable` although b is up and serving (the text
-/// door's SUBSCRIBE through a node works: tests/cluster.rs). Run with `--ignored`.
+/// Regression: a RESP `SUBSCRIBE` through the node that does not own the bucket
+/// answered `-ERR peer b unavailable` although b was up: the owner sent an empty reply
+/// frame for the subscription before its acknowledgement.
 #[test]
-#[ignore = "bug: RESP SUBSCRIBE to another node's bucket says the peer is unavailable"]
 fn subscribe_through_the_other_node_relays_its_events() {
     let pair = start_pair("subscribe");
     let mut writer = redis_connection(pair.resp[1], Proto::Resp2);
