@@ -114,9 +114,11 @@ impl<'s> RespConnection<'s> {
             Some(limit) => Some(IdleClock::start(&self.stream, limit)?),
             None => None,
         };
+        // After an UNSUBSCRIBE, commands may already wait in the reader.
+        let mut buffered = false;
         loop {
             let stopping = self.state.is_stopping();
-            if !self.read(&mut reader, &mut idle)? {
+            if !std::mem::take(&mut buffered) && !self.read(&mut reader, &mut idle)? {
                 if self.state.is_stopping() {
                     self.close_at_stop();
                 }
@@ -142,9 +144,10 @@ impl<'s> RespConnection<'s> {
                     return Ok(());
                 }
                 Flow::Subscribe(bucket) => {
-                    if self.stream_events(&bucket)? {
+                    if self.stream_events(&bucket, &mut reader)? {
                         return Ok(());
                     }
+                    buffered = true;
                 }
             }
         }

@@ -25,7 +25,7 @@
 mod event_log;
 mod stream;
 
-pub use stream::{RelayedEvents, Render, client_gone};
+pub use stream::{Ignored, Input, RelayedEvents, Render, Verdict, client_gone};
 
 use std::collections::HashMap;
 use std::io;
@@ -55,9 +55,10 @@ pub fn stream_events(
     subscription: Subscription,
     stop: &AtomicBool,
     render: &Render,
-) -> io::Result<()> {
+    input: &mut dyn Input,
+) -> io::Result<Verdict> {
     cap_send_buffer(client);
-    stream::stream_events(client, subscription, stop, render)
+    stream::stream_events(client, subscription, stop, render, input)
 }
 
 /// Relays a subscription's events from the owning node to `client` (see
@@ -69,9 +70,10 @@ pub fn stream_relayed(
     pending: &[u8],
     stop: &AtomicBool,
     render: &Render,
-) -> io::Result<()> {
+    input: &mut dyn Input,
+) -> io::Result<Verdict> {
     cap_send_buffer(client);
-    stream::stream_relayed(client, events, pending, stop, render)
+    stream::stream_relayed(client, events, pending, stop, render, input)
 }
 
 /// Sets [`SUBSCRIBER_SEND_BUFFER`] on a subscriber's socket. A failure only costs
@@ -515,7 +517,8 @@ mod tests {
         subscriptions.flush();
         let stop = AtomicBool::new(false);
         let written = std::thread::scope(|scope| {
-            let streaming = scope.spawn(|| stream_events(&server_side, stream, &stop, &Render::Text));
+            let streaming =
+                scope.spawn(|| stream_events(&server_side, stream, &stop, &Render::Text, &mut Ignored));
             // Wait for the socket to fill: the bytes written stop growing.
             let written = settled(|| cursor.written.load(Ordering::Acquire));
             stop.store(true, Ordering::Relaxed);

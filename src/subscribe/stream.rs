@@ -57,6 +57,40 @@ impl Render {
     }
 }
 
+/// What a stream does with what its client sends.
+pub trait Input {
+    /// Reads what the client sent, without blocking, and may append replies to `out`
+    /// (in order with the events).
+    fn check(&mut self, client: &TcpStream, out: &mut Vec<u8>) -> io::Result<Verdict>;
+    /// True to be checked at every turn of the loop, not only when it is idle: a
+    /// client that expects replies while events flow.
+    fn every_turn(&self) -> bool {
+        false
+    }
+}
+
+/// What [`Input::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The stream goes on.
+    Go,
+    /// The client is gone (reset), or asked to close: the stream ends.
+    Gone,
+    /// The client unsubscribed: the stream ends, and the connection serves commands
+    /// again (the RESP door).
+    Unsubscribed,
+}
+
+/// The text door's input: read and ignored; only a reset ends the stream.
+#[derive(Debug, Default)]
+pub struct Ignored;
+
+impl Input for Ignored {
+    fn check(&mut self, client: &TcpStream, _out: &mut Vec<u8>) -> io::Result<Verdict> {
+        Ok(if client_gone(client)? { Verdict::Gone } else { Verdict::Go })
+    }
+}
+
 /// How long the loop waits for events before it looks at the client and at shutdown.
 const CLIENT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -106,7 +140,13 @@ fn too_far_behind() -> io::Error {
 /// Events are counted as written (for the backlog) when rendered: the difference is at
 /// most what one fill takes ([`CHUNK`]). A source that ends after a `DROPPED` ends the
 /// stream without its last words (those are for a lost owner).
-fn stream(client: &TcpStream, source: &mut dyn Source, stop: &AtomicBool, render: &Render) -> io::Result<()> {
+fn stream(
+    client: &TcpStream,
+    source: &mut dyn Source,
+    stop: &AtomicBool,
+    render: &Render,
+    input: &mut dyn Input,
+) -> io::Result<Verdict> {
     client.set_write_timeout(Some(source.write_wait()))?;
     let (mut pending, mut raw): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
     let mut dropped = false;
@@ -117,7 +157,7 @@ fn stream(client: &TcpStream, source: &mut dyn Source, stop: &AtomicBool, render
             return Err(too_far_behind());
         }
         if stop.load(Ordering::Relaxed) {
-            return Ok(());
+            return Ok(Verdict::Gone);
         }
         let wait = if pending.is_empty() { CLIENT_CHECK_INTERVAL } else { WRITE_WAIT };
         let filled = source.fill(&mut raw, wait)?;
@@ -125,20 +165,23 @@ fn stream(client: &TcpStream, source: &mut dyn Source, stop: &AtomicBool, render
         raw.drain(..used);
         source.written(used);
         dropped |= saw_dropped;
-        match filled {
-            Fill::Got => {}
-            Fill::Nothing => {
-                if pending.is_empty() && client_gone(client)? {
-                    return Ok(());
-                }
+        let idle = matches!(filled, Fill::Nothing) && pending.is_empty();
+        if let Fill::Ended(last_words) = filled {
+            if !dropped {
+                pending.extend(last_words.unwrap_or_default());
             }
-            Fill::Ended(last_words) => {
-                if !dropped {
-                    pending.extend(last_words.unwrap_or_default());
+            client.set_write_timeout(Some(CLIENT_CHECK_INTERVAL))?;
+            let _ = (&*client).write_all(&pending);
+            return Ok(Verdict::Gone);
+        }
+        if idle || input.every_turn() {
+            match input.check(client, &mut pending)? {
+                Verdict::Go => {}
+                verdict => {
+                    client.set_write_timeout(Some(CLIENT_CHECK_INTERVAL))?;
+                    (&*client).write_all(&pending)?;
+                    return Ok(verdict);
                 }
-                client.set_write_timeout(Some(CLIENT_CHECK_INTERVAL))?;
-                let _ = (&*client).write_all(&pending);
-                return Ok(());
             }
         }
     }
@@ -194,8 +237,9 @@ pub fn stream_events(
     mut subscription: Subscription,
     stop: &AtomicBool,
     render: &Render,
-) -> io::Result<()> {
-    stream(client, &mut subscription, stop, render)
+    input: &mut dyn Input,
+) -> io::Result<Verdict> {
+    stream(client, &mut subscription, stop, render, input)
 }
 
 /// A subscription relayed from the node that owns the bucket.
@@ -258,7 +302,8 @@ pub fn stream_relayed(
     pending: &[u8],
     stop: &AtomicBool,
     render: &Render,
-) -> io::Result<()> {
+    input: &mut dyn Input,
+) -> io::Result<Verdict> {
     // What came with the acknowledgement is written like any event.
     struct First<'a> {
         events: &'a mut RelayedEvents,
@@ -281,7 +326,7 @@ pub fn stream_relayed(
             self.events.too_far_behind(pending)
         }
     }
-    stream(client, &mut First { events: &mut events, first: Some(pending) }, stop, render)
+    stream(client, &mut First { events: &mut events, first: Some(pending) }, stop, render, input)
 }
 
 /// Most bytes of ignored input one check reads, so that a client sending without
