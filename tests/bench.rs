@@ -1,7 +1,8 @@
 //! `kv bench` end to end: the real binary against a real server over loopback TCP.
 //!
-//! One test shows a clean run is clean (work done, nothing wrong); the other that the
-//! verification can fail, against a fake server that answers every GET wrongly.
+//! One test shows a clean run is clean (work done, nothing wrong); another that the
+//! verification can fail, against a fake server that answers every GET wrongly; one
+//! that `--proto redis` runs clean against kv's RESP door, strings and hashes.
 
 mod common;
 
@@ -205,4 +206,44 @@ fn bench_explains_stale_in_its_help_and_summary() {
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains("verified    "), "{stdout}");
     assert!(stdout.contains("stale: a GET sent before any write of its key by this run"), "{stdout}");
+}
+
+#[test]
+fn bench_speaks_resp_to_the_resp_door_strings_and_hashes() {
+    let server = start_server_with(Config { port: 0, resp_port: Some(0), workers: 2, ..Config::default() });
+    let resp = server.resp_addr().expect("the RESP door is open").to_string();
+    let mut conn = Conn::connect(server.addr());
+    let mut keys_before = conn.stat("keys");
+    // SET/GET: the strings bucket; then HSET/HGET on 4 buckets, which HSET creates.
+    for extra in [&[][..], &["--hash", "--buckets", "4"][..]] {
+        let mut args = vec![
+            "--addr",
+            &resp,
+            "--proto",
+            "redis",
+            "--requests",
+            "2000",
+            "--conns",
+            "2",
+            "--pipeline",
+            "8",
+            "--keys",
+            "40",
+            "--duration",
+            "30",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = kv_bench(&args);
+        assert!(ok, "kv bench {args:?} failed: {stdout}{stderr}");
+        assert_eq!(field(&stdout, "ops"), 2000.0, "{stdout}");
+        assert_eq!(field(&stdout, "errors"), 0.0, "{stdout}");
+        assert_eq!(field(&stdout, "mismatches"), 0.0, "{stdout}");
+        // 40 keys and about 1000 GETs: most find a value this run wrote.
+        assert!(field(&stdout, "hits") > 500.0, "{stdout}");
+        // The text door sees what the RESP door stored.
+        let keys = conn.stat("keys");
+        assert!(keys > keys_before && keys <= keys_before + 40, "{keys_before} -> {keys}");
+        keys_before = keys;
+    }
 }

@@ -29,9 +29,17 @@ pub(crate) struct BenchArgs {
     /// server address (default 127.0.0.1:4040)
     #[argh(option, default = "String::from(\"127.0.0.1:4040\")")]
     pub(crate) addr: String,
-    /// wire protocol: kv, redis (RESP2 SET/GET) or memcached (text set/get) (default kv)
+    /// wire protocol: kv (also `text`: kv's text door), redis (RESP2 SET/GET, or
+    /// HSET/HGET with --hash; a Redis server or kv's RESP door) or memcached (text
+    /// set/get) (default kv)
     #[argh(option, default = "Proto::Kv")]
     pub(crate) proto: Proto,
+    /// redis only: HSET/HGET on the --buckets buckets instead of SET/GET on plain
+    /// keys. On kv's RESP door this is the text door's load (buckets spread over the
+    /// workers); SET/GET keys all live in one bucket (`kv serve --resp-bucket`), so
+    /// on one worker
+    #[argh(switch)]
+    pub(crate) hash: bool,
     /// connections, each driven by its own thread (default 8)
     #[argh(option, default = "8")]
     pub(crate) conns: usize,
@@ -59,10 +67,11 @@ pub(crate) struct BenchArgs {
     /// fraction of requests that are GETs, 0 to 1; the rest are PUT/SET (default 0.5)
     #[argh(option, default = "0.5")]
     pub(crate) get_ratio: f64,
-    /// kv only: buckets the keys are spread over, created before the run (default 16)
+    /// kv and redis --hash: buckets the keys are spread over (kv: created before the
+    /// run; HSET creates its own) (default 16)
     #[argh(option, default = "16")]
     pub(crate) buckets: usize,
-    /// kv only: bucket names are this prefix and a number, `b0`, `b1`, ... by
+    /// kv and redis --hash: bucket names are this prefix and a number, `b0`, `b1`, ... by
     /// default; in a cluster, a prefix another node owns measures forwarding
     #[argh(option, default = "String::from(\"b\")")]
     pub(crate) bucket_prefix: String,
@@ -118,7 +127,17 @@ pub(crate) fn check_args(args: &BenchArgs) -> Result<(), BenchError> {
     if args.bucket_prefix.bytes().any(kv::protocol::is_space) {
         return fail("--bucket-prefix cannot hold whitespace");
     }
+    if args.hash && args.proto != Proto::Redis {
+        return fail("--hash is for --proto redis only");
+    }
     Ok(())
+}
+
+impl BenchArgs {
+    /// Whether the load names buckets: kv's always, Redis's with `--hash`.
+    pub(crate) fn uses_buckets(&self) -> bool {
+        self.proto == Proto::Kv || (self.proto == Proto::Redis && self.hash)
+    }
 }
 
 #[cfg(test)]
@@ -130,6 +149,7 @@ pub(crate) mod tests {
         BenchArgs {
             addr: String::new(),
             proto: Proto::Kv,
+            hash: false,
             conns: 1,
             pipeline: 16,
             duration: 1.0,
@@ -144,5 +164,18 @@ pub(crate) mod tests {
             seed: Some(1),
             json: false,
         }
+    }
+
+    #[test]
+    fn hash_is_refused_outside_redis_and_text_names_kv() {
+        let mut args = args();
+        args.hash = true;
+        assert!(check_args(&args).is_err());
+        args.proto = Proto::Redis;
+        assert!(check_args(&args).is_ok());
+        assert!(args.uses_buckets());
+        args.hash = false;
+        assert!(!args.uses_buckets());
+        assert_eq!("text".parse::<Proto>(), Ok(Proto::Kv));
     }
 }

@@ -1,6 +1,7 @@
 //! `kv bench`: a multi-threaded, closed-loop load generator for kv, Redis and memcached.
 //!
-//! The same load speaks kv's protocol, RESP2 (`SET`/`GET`) or memcached's text protocol
+//! The same load speaks kv's protocol, RESP2 (`SET`/`GET`, or `HSET`/`HGET` on buckets
+//! with `--hash`) or memcached's text protocol
 //! (`set`/`get`), so one tool measures all three servers the same way (redis-benchmark
 //! is single-threaded and would measure itself on a busy host). Every value read back
 //! is checked; see `run.rs` for what is counted when.

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use super::args::BenchArgs;
 use super::histogram::Histogram;
-use super::wire::Proto;
 
 /// Most mismatch and error samples kept for the report.
 const MAX_SAMPLES: usize = 10;
@@ -105,11 +104,12 @@ pub(crate) fn json_line(args: &BenchArgs, report: &Report) -> String {
     // Writing to a String cannot fail.
     let _ = write!(
         s,
-        "{{\"proto\":\"{}\",\"conns\":{},\"pipeline\":{},\"get_ratio\":{},\"keys\":{},\"value_size\":{},\
+        "{{\"proto\":\"{}\",\"hash\":{},\"conns\":{},\"pipeline\":{},\"get_ratio\":{},\"keys\":{},\"value_size\":{},\
          \"buckets\":{},\"seed\":{},\"elapsed_s\":{:.3},\"ops\":{},\"ops_per_sec\":{:.0},\"gets\":{},\
          \"sets\":{},\"hits\":{},\"misses\":{},\"stale\":{},\"mismatches\":{},\"errors\":{},\
          \"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"mean_us\":{:.1}}}",
         args.proto,
+        args.hash,
         args.conns,
         args.pipeline,
         args.get_ratio,
@@ -143,15 +143,16 @@ pub(crate) fn summary(args: &BenchArgs, report: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "kv bench: {} at {}, {} conns x pipeline {}, {:.0}% GET, {} keys, {}-byte values{}",
+        "kv bench: {}{} at {}, {} conns x pipeline {}, {:.0}% GET, {} keys, {}-byte values{}",
         args.proto,
+        if args.hash { " (HSET/HGET)" } else { "" },
         args.addr,
         args.conns,
         args.pipeline,
         args.get_ratio * 100.0,
         args.keys,
         args.value_size,
-        if args.proto == Proto::Kv { format!(", {} buckets", args.buckets) } else { String::new() },
+        if args.uses_buckets() { format!(", {} buckets", args.buckets) } else { String::new() },
     );
     let _ = writeln!(
         s,

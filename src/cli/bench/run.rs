@@ -244,7 +244,9 @@ impl<'p, 'a> Driver<'p, 'a> {
             if op == Op::Set {
                 write_value(&mut self.scratch, self.plan.seed, key, args.value_size);
             }
-            let bucket = &self.buckets[(key % self.buckets.len() as u64) as usize];
+            let bucket = args
+                .uses_buckets()
+                .then(|| self.buckets[(key % self.buckets.len() as u64) as usize].as_slice());
             write_request(&mut self.out, args.proto, op, bucket, key, &self.scratch);
             self.pending.push(Pending { op, key, written: op == Op::Get && self.plan.is_written(key) });
         }

@@ -1,22 +1,25 @@
 //! The bench's bytes on the wire: requests written and replies parsed, for kv's
-//! protocol, RESP2 (`SET`/`GET`) and memcached's text protocol (`set`/`get`), plus the
-//! keys and values of a run and the verdict on a value read back.
+//! protocol, RESP2 (`SET`/`GET`, or `HSET`/`HGET` on buckets) and memcached's text
+//! protocol (`set`/`get`), plus the keys and values of a run and the verdict on a value
+//! read back.
 //!
 //! Pure functions on byte buffers, so each protocol's framing is tested without a
-//! server. kv's replies are read with the library's `ReplyLine`, so this file never
-//! spells kv's reply words; the threads that use all this live in `run.rs`.
+//! server. kv's replies are read with the library's `ReplyLine` and RESP replies are
+//! framed by the library's `resp_value_len`, so this file never spells kv's reply words
+//! nor re-implements RESP framing; the threads that use all this live in `run.rs`.
 
 use std::fmt;
 use std::str::FromStr;
 
-use kv::protocol::ReplyLine;
+use kv::protocol::{ReplyLine, resp_value_len};
 
 /// Which wire protocol the load speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Proto {
-    /// kv's own line protocol: `PUT b k v` / `GET b k`.
+    /// kv's own line protocol (the text door): `PUT b k v` / `GET b k`.
     Kv,
-    /// Redis's RESP2: `SET k v` / `GET k` as arrays of bulk strings.
+    /// Redis's RESP2: `SET k v` / `GET k`, or `HSET b k v` / `HGET b k` with `--hash`,
+    /// as arrays of bulk strings. Speaks to Redis or to kv's RESP door.
     Redis,
     /// memcached's text protocol: `set k 0 0 n` + data / `get k`.
     Memcached,
@@ -27,10 +30,10 @@ impl FromStr for Proto {
 
     fn from_str(text: &str) -> Result<Self, String> {
         match text.to_ascii_lowercase().as_str() {
-            "kv" => Ok(Proto::Kv),
+            "kv" | "text" => Ok(Proto::Kv),
             "redis" | "resp" => Ok(Proto::Redis),
             "memcached" | "memcache" => Ok(Proto::Memcached),
-            _ => Err(format!("unknown protocol {text:?}: use kv, redis or memcached")),
+            _ => Err(format!("unknown protocol {text:?}: use kv (or text), redis or memcached")),
         }
     }
 }
@@ -48,9 +51,9 @@ impl fmt::Display for Proto {
 /// The two operations of the load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Op {
-    /// A read: kv `GET`, Redis `GET`, memcached `get`.
+    /// A read: kv `GET`, Redis `GET` or `HGET`, memcached `get`.
     Get,
-    /// A write: kv `PUT`, Redis `SET`, memcached `set`.
+    /// A write: kv `PUT`, Redis `SET` or `HSET`, memcached `set`.
     Set,
 }
 
@@ -136,26 +139,28 @@ pub(crate) fn bucket_names(prefix: &str, buckets: usize) -> Vec<Vec<u8>> {
 }
 
 /// Appends one request of `proto` for key `index` to `out`.
-/// `bucket` is used by kv only.
+///
+/// `bucket` is the kv bucket of the key: kv needs one; Redis writes `HSET`/`HGET` on
+/// it if there is one and `SET`/`GET` if not; memcached ignores it.
 pub(crate) fn write_request(
     out: &mut Vec<u8>,
     proto: Proto,
     op: Op,
-    bucket: &[u8],
+    bucket: Option<&[u8]>,
     index: u64,
     value: &[u8],
 ) {
     match (proto, op) {
         (Proto::Kv, Op::Get) => {
             out.extend_from_slice(b"GET ");
-            out.extend_from_slice(bucket);
+            out.extend_from_slice(bucket.unwrap_or_default());
             out.push(b' ');
             write_key(out, index);
             out.extend_from_slice(b"\r\n");
         }
         (Proto::Kv, Op::Set) => {
             out.extend_from_slice(b"PUT ");
-            out.extend_from_slice(bucket);
+            out.extend_from_slice(bucket.unwrap_or_default());
             out.push(b' ');
             write_key(out, index);
             out.push(b' ');
@@ -165,9 +170,13 @@ pub(crate) fn write_request(
         (Proto::Redis, op) => {
             let (key, len) = key(index);
             let key = &key[..len];
-            let (head, parts): (&[u8], &[&[u8]]) = match op {
-                Op::Get => (b"*2\r\n$3\r\nGET\r\n", &[key]),
-                Op::Set => (b"*3\r\n$3\r\nSET\r\n", &[key, value]),
+            // The parts after the command name; the key and value are on the stack or
+            // borrowed, so a request allocates nothing once `out` has grown.
+            let (head, parts): (&[u8], &[&[u8]]) = match (op, bucket) {
+                (Op::Get, None) => (b"*2\r\n$3\r\nGET\r\n", &[key]),
+                (Op::Set, None) => (b"*3\r\n$3\r\nSET\r\n", &[key, value]),
+                (Op::Get, Some(bucket)) => (b"*3\r\n$4\r\nHGET\r\n", &[bucket, key]),
+                (Op::Set, Some(bucket)) => (b"*4\r\n$4\r\nHSET\r\n", &[bucket, key, value]),
             };
             out.extend_from_slice(head);
             for part in parts {
@@ -262,24 +271,33 @@ fn parse_kv(op: Op, buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, BadReply> 
     }
 }
 
+/// One RESP reply, framed by the library's `resp_value_len`. A write is acknowledged
+/// by `+OK` (`SET`) or an integer (`HSET`: the number of new fields); a read answers a
+/// bulk string, or a null (`$-1`, or RESP3's `_`) for a missing key.
 fn parse_redis(op: Op, buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, BadReply> {
-    let Some((first, used)) = line(buf) else { return Ok(None) };
-    match (first.first(), op) {
-        (Some(b'-'), _) => Ok(Some((Reply::Error(first), used))),
-        (Some(b'+'), Op::Set) if first == b"+OK" => Ok(Some((Reply::Stored, used))),
-        (Some(b'$'), Op::Get) => {
-            if first == b"$-1" {
-                return Ok(Some((Reply::Missing, used)));
-            }
-            let len: usize = std::str::from_utf8(&first[1..])
-                .ok()
-                .and_then(|text| text.parse().ok())
-                .ok_or_else(|| bad(first))?;
-            let Some((value, end)) = payload(buf, used, len)? else { return Ok(None) };
-            Ok(Some((Reply::Value(value), end)))
+    let len = match resp_value_len(buf) {
+        Ok(Some(len)) => len,
+        Ok(None) => return Ok(None),
+        Err(error) => {
+            let shown = &buf[..buf.len().min(80)];
+            return Err(BadReply(format!("{} in {:?}", error.reason(), String::from_utf8_lossy(shown))));
         }
-        _ => Err(bad(first)),
-    }
+    };
+    // A complete value ends with \r\n, so it is at least 3 bytes long.
+    let value = &buf[..len];
+    let reply = match (value[0], op) {
+        (b'-', _) => Reply::Error(&value[..len - 2]),
+        (b'+', Op::Set) if value == b"+OK\r\n" => Reply::Stored,
+        (b':', Op::Set) => Reply::Stored,
+        (b'$', Op::Get) if value == b"$-1\r\n" => Reply::Missing,
+        (b'_', Op::Get) => Reply::Missing,
+        (b'$', Op::Get) => {
+            let header = value.iter().position(|&b| b == b'\n').map_or(len, |newline| newline + 1);
+            Reply::Value(&value[header.min(len - 2)..len - 2])
+        }
+        _ => return Err(bad(value)),
+    };
+    Ok(Some((reply, len)))
 }
 
 /// The `len` bytes of a length-prefixed value starting at `start`, which must be
@@ -361,20 +379,28 @@ mod tests {
     #[test]
     fn requests_of_each_protocol() {
         let mut out = Vec::new();
-        write_request(&mut out, Proto::Kv, Op::Set, b"b3", 42, b"v1");
-        write_request(&mut out, Proto::Kv, Op::Get, b"b3", 42, b"");
+        write_request(&mut out, Proto::Kv, Op::Set, Some(b"b3"), 42, b"v1");
+        write_request(&mut out, Proto::Kv, Op::Get, Some(b"b3"), 42, b"");
         assert_eq!(out, b"PUT b3 key:00000042 v1\r\nGET b3 key:00000042\r\n");
         assert_eq!(bucket_names("zz", 3), [&b"zz0"[..], b"zz1", b"zz2"]);
         out.clear();
-        write_request(&mut out, Proto::Redis, Op::Set, b"", 7, b"abc");
-        write_request(&mut out, Proto::Redis, Op::Get, b"", 7, b"");
+        write_request(&mut out, Proto::Redis, Op::Set, None, 7, b"abc");
+        write_request(&mut out, Proto::Redis, Op::Get, None, 7, b"");
         assert_eq!(
             out,
             &b"*3\r\n$3\r\nSET\r\n$12\r\nkey:00000007\r\n$3\r\nabc\r\n*2\r\n$3\r\nGET\r\n$12\r\nkey:00000007\r\n"[..]
         );
         out.clear();
-        write_request(&mut out, Proto::Memcached, Op::Set, b"", 123_456_789, b"abc");
-        write_request(&mut out, Proto::Memcached, Op::Get, b"", 123_456_789, b"");
+        write_request(&mut out, Proto::Redis, Op::Set, Some(b"b10"), 7, b"abc");
+        write_request(&mut out, Proto::Redis, Op::Get, Some(b"b10"), 7, b"");
+        assert_eq!(
+            out,
+            &b"*4\r\n$4\r\nHSET\r\n$3\r\nb10\r\n$12\r\nkey:00000007\r\n$3\r\nabc\r\n\
+               *3\r\n$4\r\nHGET\r\n$3\r\nb10\r\n$12\r\nkey:00000007\r\n"[..]
+        );
+        out.clear();
+        write_request(&mut out, Proto::Memcached, Op::Set, None, 123_456_789, b"abc");
+        write_request(&mut out, Proto::Memcached, Op::Get, None, 123_456_789, b"");
         assert_eq!(out, b"set key:123456789 0 0 3\r\nabc\r\nget key:123456789\r\n");
     }
 
@@ -439,12 +465,21 @@ mod tests {
         // A bulk string may hold \r\n inside; its length decides.
         assert_eq!(p(Op::Get, b"$4\r\na\r\nb\r\n"), Ok(Some((Reply::Value(b"a\r\nb"), 10))));
         assert_eq!(p(Op::Set, b"-ERR wrong\r\n"), Ok(Some((Reply::Error(b"-ERR wrong"), 12))));
+        assert_eq!(p(Op::Get, b"-ERR wrong\r\n"), Ok(Some((Reply::Error(b"-ERR wrong"), 12))));
         assert_eq!(p(Op::Get, b"$3\r\nab"), Ok(None));
         assert_eq!(p(Op::Get, b"$3\r\nabc\r"), Ok(None));
         assert!(p(Op::Get, b"$x\r\n").is_err());
         assert!(p(Op::Get, b"$3\r\nabcd\r\n").is_err());
         assert!(p(Op::Set, b"$3\r\nabc\r\n").is_err());
         assert!(p(Op::Get, b":1\r\n").is_err());
+        // HSET answers how many fields were new; either count acknowledges the write.
+        assert_eq!(p(Op::Set, b":1\r\n:0\r\n"), Ok(Some((Reply::Stored, 4))));
+        assert_eq!(p(Op::Set, b":0\r\n"), Ok(Some((Reply::Stored, 4))));
+        assert_eq!(p(Op::Get, b"_\r\n"), Ok(Some((Reply::Missing, 3))));
+        // Framing errors name what is wrong.
+        let error = p(Op::Get, b"hello\r\n").unwrap_err();
+        assert!(error.0.contains("unknown type byte"), "{error}");
+        assert!(p(Op::Set, b"+QUEUED\r\n").is_err());
     }
 
     #[test]
