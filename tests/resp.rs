@@ -1045,3 +1045,46 @@ fn subscribe_through_the_other_node_relays_its_events() {
         sub.expect(&message_frame(proto, b"nuts", b"pecan DELETED"));
     }
 }
+
+/// Regression: a subscribed connection ignored all input, so a client's PING or
+/// UNSUBSCRIBE (redis-py sends both) never got an answer.
+fn subscribed_connections_answer_ping_and_unsubscribe(proto: Proto) {
+    let server = start_resp_server();
+    let addr = resp_addr(&server);
+    let mut writer = redis_connection(addr, proto);
+    bound(&writer);
+    ok(&mut writer, &[b"HSET", b"news", b"seed", b"0"]);
+    let mut sub = raw_resp_conn(addr, proto);
+    sub.send(&command(&[b"SUBSCRIBE", b"news"]));
+    let head: &[u8] = if proto == Proto::Resp3 { b">3\r\n" } else { b"*3\r\n" };
+    sub.expect(&[head, &bulk(b"subscribe"), &bulk(b"news"), b":1\r\n"].concat());
+    sub.send(&command(&[b"PING"]));
+    let pong: Vec<u8> = match proto {
+        Proto::Resp2 => [&b"*2\r\n"[..], &bulk(b"pong"), &bulk(b"")].concat(),
+        Proto::Resp3 => b"+PONG\r\n".to_vec(),
+    };
+    sub.expect(&pong);
+    sub.send(&command(&[b"HGET", b"news", b"seed"]));
+    let refused = read_frame(&mut sub);
+    assert!(refused.starts_with(b"-ERR Can't execute 'hget'"), "{}", show(&refused));
+    ok(&mut writer, &[b"HSET", b"news", b"eggs", b"3"]);
+    sub.expect(&message_frame(proto, b"news", b"eggs SET TO 3"));
+    // UNSUBSCRIBE and a command behind it in the same write: the stream ends, the
+    // command is served.
+    sub.send(&[command(&[b"UNSUBSCRIBE"]), command(&[b"HGET", b"news", b"eggs"])].concat());
+    sub.expect(&[head, &bulk(b"unsubscribe"), &bulk(b"news"), b":0\r\n"].concat());
+    sub.expect(&bulk(b"3"));
+    ok(&mut writer, &[b"HSET", b"news", b"eggs", b"4"]);
+    sub.send(&command(&[b"PING"]));
+    sub.expect(b"+PONG\r\n");
+}
+
+#[test]
+fn subscribed_connections_answer_ping_and_unsubscribe_over_resp2() {
+    subscribed_connections_answer_ping_and_unsubscribe(Proto::Resp2);
+}
+
+#[test]
+fn subscribed_connections_answer_ping_and_unsubscribe_over_resp3() {
+    subscribed_connections_answer_ping_and_unsubscribe(Proto::Resp3);
+}
