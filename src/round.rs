@@ -22,7 +22,7 @@ use crate::protocol::{self, Command, Dialect, Gather, Reply};
 use crate::socket::Ledger;
 use crate::subscribe::Subscriber;
 use crate::sys;
-use crate::worker::{self, WorkerShared};
+use crate::worker::{self, Inline, WorkerShared};
 
 /// Reply and request buffers larger than this are released after the round that
 /// grew them, rather than kept for the connection's life.
@@ -64,8 +64,8 @@ pub(crate) struct Round<'s> {
     forwarder: Forwarder<'s>,
     /// Replies in request order, waiting to be written.
     out: Vec<u8>,
-    /// Batches may be applied on this thread (see `worker::apply_inline`).
-    inline: bool,
+    /// When batches may be applied on this thread (see `worker::apply_inline`).
+    inline: Inline,
     /// Replies in `out`.
     out_replies: usize,
     /// What has been written to the client so far.
@@ -107,7 +107,7 @@ impl<'s> Round<'s> {
             cursors: vec![0; count],
             forwarder,
             out: Vec::new(),
-            inline: false,
+            inline: Inline::Never,
             out_replies: 0,
             ledger: Ledger::default(),
             grown: false,
@@ -151,8 +151,8 @@ impl<'s> Round<'s> {
         self.groups.push((self.order.len(), parts, how));
     }
 
-    /// Whether the next flushes may apply batches on this thread.
-    pub fn set_inline(&mut self, inline: bool) {
+    /// When the next flushes may apply batches on this thread.
+    pub fn set_inline(&mut self, inline: Inline) {
         self.inline = inline;
     }
 
@@ -284,9 +284,16 @@ impl<'s> Round<'s> {
     /// Applies or sends every non-empty batch; returns how many went to workers.
     fn dispatch(&mut self) -> usize {
         let mut in_flight = 0;
+        let wait = match self.inline {
+            Inline::Never => None,
+            Inline::IfFree => Some(false),
+            Inline::SmallRounds => (self.order.len() <= worker::INLINE_WAIT_MAX_REQUESTS).then_some(true),
+        };
         for (w, slot) in self.batches.iter_mut().enumerate() {
             let Some(batch) = slot.as_mut().filter(|batch| !batch.is_empty()) else { continue };
-            if self.inline && worker::apply_inline(&self.workers[w], batch) {
+            if let Some(wait) = wait
+                && worker::apply_inline(&self.workers[w], batch, wait)
+            {
                 // With `--fsync always`, its records are synced before its replies go out.
                 self.workers[w].sync_if_always();
                 continue;
@@ -536,16 +543,35 @@ mod tests {
         let peers = Peers::none();
         let mut round = Round::new(&shared, inboxes, Forwarder::new(&peers));
         let requests: [&[u8]; 4] = [b"CREATE a", b"PUT a k v", b"GET a k", b"DROP a"];
-        for inline in [false, true] {
+        for inline in [Inline::Never, Inline::IfFree, Inline::SmallRounds] {
             round.set_inline(inline);
             for line in requests {
                 round.push_worker(0, &crate::protocol::parse(line));
             }
             round.flush();
-            assert_eq!(output(&mut round), b"OK\r\nOK\r\nv\r\nOK\r\nOK\r\n", "inline {inline}");
+            assert_eq!(output(&mut round), b"OK\r\nOK\r\nv\r\nOK\r\nOK\r\n", "inline {inline:?}");
         }
         drop(round);
         threads.into_iter().for_each(|t| t.join().unwrap());
+    }
+
+    #[test]
+    fn with_many_connections_only_one_request_rounds_are_applied_here() {
+        // No worker thread: what reaches the inbox is never answered, so a reply
+        // other than `worker unavailable` was applied on this thread.
+        let shared = vec![Arc::new(WorkerShared::default())];
+        let (tx, rx) = crossbeam_channel::unbounded();
+        drop(rx);
+        let peers = Peers::none();
+        let mut round = Round::new(&shared, vec![tx], Forwarder::new(&peers));
+        round.set_inline(Inline::SmallRounds);
+        round.push_worker(0, &crate::protocol::parse(b"CREATE a"));
+        round.flush();
+        assert_eq!(output(&mut round), b"OK\r\n");
+        round.push_worker(0, &crate::protocol::parse(b"PUT a k v"));
+        round.push_worker(0, &crate::protocol::parse(b"GET a k"));
+        round.flush();
+        assert_eq!(output(&mut round), b"ERROR worker unavailable\r\nERROR worker unavailable\r\n");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::batch::Batch;
 use crate::config::{self, Config};
 use crate::peer::Peers;
 use crate::router::RouteTable;
-use crate::worker::WorkerShared;
+use crate::worker::{Inline, WorkerShared};
 
 /// State shared by the acceptor, every connection thread and STATS.
 #[derive(Debug)]
@@ -132,16 +132,23 @@ impl State {
         *self.stop_deadline.get_or_init(|| Instant::now() + self.config.shutdown_grace)
     }
 
-    /// True while a connection may apply a batch itself when the partition is free
-    /// (see `worker::apply_inline`): no more connections that apply batches than cores,
-    /// so a thread holding a partition lock is not preempted by another connection's.
-    /// Streaming subscribers never apply a batch, so they do not count. Never with fault
-    /// injection on, whose crashes must happen on workers.
+    /// When a connection may apply a batch itself (see `worker::apply_inline`): when
+    /// the partition is free while there are no more connections that apply batches
+    /// than cores, so that a thread holding a partition lock is rarely preempted by
+    /// another connection's; with more, for shallow rounds only, waiting for the lock.
+    /// Streaming subscribers never apply a batch, so they do not count. Never with
+    /// fault injection on, whose crashes must happen on workers.
     #[inline]
-    pub fn may_apply_inline(&self) -> bool {
+    pub fn may_apply_inline(&self) -> Inline {
         let connections = self.counters.connections.load(Ordering::Relaxed);
         let streaming = self.counters.subscribers.load(Ordering::Relaxed);
-        !self.config.debug && connections.saturating_sub(streaming) <= config::cores()
+        if self.config.debug {
+            Inline::Never
+        } else if connections.saturating_sub(streaming) <= config::cores() {
+            Inline::IfFree
+        } else {
+            Inline::SmallRounds
+        }
     }
 
     /// Takes one socket of [`Budget::sockets`]; false when none is left.

@@ -172,34 +172,60 @@ pub fn recv_spinning<T>(channel: &Receiver<T>) -> Result<T, RecvError> {
     channel.recv()
 }
 
-/// Applies `batch` on the calling (connection) thread instead of its worker's, if
-/// the worker's partition is free this instant. Returns true when every request of
-/// the batch has its reply; false leaves the batch to be sent to the worker as usual.
+/// When a connection may apply a batch on its own thread ([`apply_inline`]); the
+/// server chooses by how many connections are open (`state.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inline {
+    /// Never: every batch goes to its worker (fault injection is on).
+    Never,
+    /// When the worker's partition is free this instant (no more connections than
+    /// cores); otherwise the batch goes to the worker.
+    IfFree,
+    /// Rounds of at most [`INLINE_WAIT_MAX_REQUESTS`] requests wait for the partition
+    /// and apply here; larger rounds go to the workers (more connections than cores).
+    SmallRounds,
+}
+
+/// Most requests in a round that a connection applies itself, waiting for the
+/// partition's lock, when there are more connections than cores.
+///
+/// At depth 1 the worker hop is two thread hand-offs and about two more yields for
+/// one request: applying it on the connection thread leaves the one wake-up a thread
+/// per connection cannot avoid (its socket), for a third less CPU per request. Deeper
+/// rounds stay with the workers: 64 connections waiting for the lock with 4 requests
+/// each convoyed (p99 1.6 ms to 16-19 ms, with or without a fair unlock), while one
+/// worker draining many connections' batches under one lock is what batching is for.
+/// BENCHMARKS.md, "Cost per request (issue 15)".
+pub const INLINE_WAIT_MAX_REQUESTS: usize = 1;
+
+/// Applies `batch` on the calling (connection) thread instead of its worker's: if the
+/// worker's partition is free this instant, or, with `wait`, once it is. Returns true
+/// when every request of the batch has its reply; false leaves the batch to be sent
+/// to the worker as usual.
 ///
 /// The worker hop is the whole cost of a request at pipeline depth 1 (two thread
 /// hand-offs per request; BENCHMARKS.md, "What the worker hop costs"), so a
-/// connection may skip it, but only while the server has no more connections than
-/// cores (the caller checks): with more, a connection thread holding a partition
-/// lock gets preempted and everyone queues behind it (p99 went up 7-10x in the
-/// experiment), while the worker batching many connections' requests per lock is
-/// what wins there anyway.
+/// connection may skip it ([`Inline`] says when; the caller checks). Falling back to
+/// the worker when the lock is taken is right while there are no more connections
+/// than cores; with more, it makes a request wait for a worker's wake-up behind the
+/// holder (p99 up 3-10x; BENCHMARKS.md, "Cost per request (issue 15)"), so shallow rounds wait for the lock.
 ///
 /// Same locks, same order of application as the worker: to every other client the
 /// request looks served by the worker. Batches that register a subscription always
 /// go to the worker. If applying panics, the partial reply is dropped and false is
 /// returned: the worker then replays the failed request from the batch's cursor and
 /// crashes on it the supervised way (`ERROR worker crashed`, restart counted).
-pub fn apply_inline(shared: &WorkerShared, batch: &mut Batch) -> bool {
+pub fn apply_inline(shared: &WorkerShared, batch: &mut Batch, wait: bool) -> bool {
     if batch.has_subscriber() {
         return false;
     }
-    let Some(mut partition) = shared.partition.try_lock() else {
+    let Some(mut partition) = lock_or_try(&shared.partition, wait) else {
         return false;
     };
-    let Some(mut subscriptions) = shared.subscriptions.try_lock() else {
+    let Some(mut subscriptions) = lock_or_try(&shared.subscriptions, wait) else {
         return false;
     };
-    let Some(mut log) = shared.log.try_lock() else {
+    let Some(mut log) = lock_or_try(&shared.log, wait) else {
         return false;
     };
     let applied = panic::catch_unwind(AssertUnwindSafe(|| {
@@ -211,6 +237,11 @@ pub fn apply_inline(shared: &WorkerShared, batch: &mut Batch) -> bool {
         return false;
     }
     true
+}
+
+/// `mutex`'s guard: waiting for it with `wait`, else only if it is free now.
+fn lock_or_try<T>(mutex: &Mutex<T>, wait: bool) -> Option<parking_lot::MutexGuard<'_, T>> {
+    if wait { Some(mutex.lock()) } else { mutex.try_lock() }
 }
 
 /// Most batches a worker applies under one lock before sending replies back, so
@@ -454,12 +485,32 @@ mod tests {
         }
         {
             let _held = shared.partition.lock();
-            assert!(!apply_inline(&shared, &mut batch), "a held partition must be left to the worker");
+            assert!(!apply_inline(&shared, &mut batch, false), "a held partition must be left to the worker");
             assert_eq!(batch.reply_count(), 0);
         }
-        assert!(apply_inline(&shared, &mut batch));
+        assert!(apply_inline(&shared, &mut batch, false));
         assert_eq!(replies_of(&batch), b"OK\r\nOK\r\n3\r\nOK\r\n");
         assert_eq!(shared.stats.keys.load(Ordering::Relaxed), 1, "STATS figures are published");
+    }
+
+    #[test]
+    fn apply_inline_with_wait_serves_a_batch_once_the_holder_lets_go() {
+        let shared = Arc::new(WorkerShared::default());
+        let (reply_tx, _reply_rx) = crossbeam_channel::unbounded();
+        let mut batch = Batch::new(0, reply_tx);
+        batch.push_request(&crate::protocol::parse(b"CREATE shopping"));
+        let held = shared.partition.lock();
+        let waiting = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let served = apply_inline(&shared, &mut batch, true);
+                (served, replies_of(&batch))
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!waiting.is_finished(), "it must wait for the partition, not skip it");
+        drop(held);
+        assert_eq!(waiting.join().unwrap(), (true, b"OK\r\n".to_vec()));
     }
 
     #[test]
@@ -471,7 +522,7 @@ mod tests {
         for line in [&b"CREATE b"[..], b"PUT b k 1", b"DEBUG CRASH b", b"GET b k"] {
             batch.push_request(&crate::protocol::parse(line));
         }
-        assert!(!apply_inline(&shared, &mut batch));
+        assert!(!apply_inline(&shared, &mut batch, true));
         // The requests before the crash are applied and answered, nothing after.
         assert_eq!(replies_of(&batch), b"OK\r\nOK\r\n");
         assert_eq!(batch.reply_count(), 2);
