@@ -533,4 +533,50 @@ mod tests {
         assert!(written < 1024 * 1024, "{written} bytes went into the kernel's buffers");
         drop(client);
     }
+
+    /// Regression: with events rendered from frames, a stuck client's loop took another
+    /// chunk from the log every half second and counted it as written, so it held ever
+    /// more events itself (128 KiB a second) and its worker never found it behind. What
+    /// is counted as written may pass what the kernel took by at most what one turn
+    /// holds: a chunk waiting, and the chunk taken while it was under one.
+    #[test]
+    fn a_stuck_subscriber_takes_nothing_more_from_the_log_once_a_chunk_waits() {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let mut subscriptions = Subscriptions::default();
+        let (subscriber, stream) = subscription(256 << 20);
+        let cursor = stream.cursor.clone();
+        subscriptions.add(b"x", subscriber);
+        let value = vec![b'v'; 1000];
+        for _ in 0..32 * 1024 {
+            subscriptions.publish(b"x", set(&value));
+        }
+        subscriptions.flush();
+        let stop = AtomicBool::new(false);
+        let counted = std::thread::scope(|scope| {
+            let streaming =
+                scope.spawn(|| stream_events(&server_side, stream, &stop, &Render::Text, &mut Ignored));
+            settled(|| cursor.written.load(Ordering::Acquire));
+            // Six more turns of the stuck loop, which wakes every half second.
+            std::thread::sleep(Duration::from_millis(3000));
+            let counted = cursor.written.load(Ordering::Acquire);
+            stop.store(true, Ordering::Relaxed);
+            streaming.join().unwrap().unwrap();
+            counted
+        });
+        // What reached the kernel: waiting at the client, and not yet sent.
+        client.set_nonblocking(true).unwrap();
+        let mut scratch = vec![0u8; 64 << 20];
+        let at_client = client.peek(&mut scratch).unwrap_or(0);
+        let unsent = crate::sys::unsent_bytes(&server_side).unwrap();
+        let in_kernel = (at_client + unsent) as u64;
+        // A frame of a 1000-byte value is 1,010 bytes, its text line 1,012.
+        assert!(
+            counted <= in_kernel + 2 * 64 * 1024 + 4 * 1024,
+            "counted {counted}, in the kernel {in_kernel}"
+        );
+    }
 }

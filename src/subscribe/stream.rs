@@ -127,6 +127,12 @@ trait Source {
     fn write_wait(&self) -> Duration {
         WRITE_WAIT
     }
+    /// True when what the client has not taken stays in the source (a local
+    /// subscription's shared log), so the loop holds at most [`CHUNK`] of it; a relay
+    /// instead keeps draining its owner and holds the backlog itself.
+    fn holds_backlog(&self) -> bool {
+        false
+    }
 }
 
 /// Why a stream was cut: the client fell too far behind.
@@ -160,7 +166,13 @@ fn stream(
             return Ok(Verdict::Gone);
         }
         let wait = if pending.is_empty() { CLIENT_CHECK_INTERVAL } else { WRITE_WAIT };
-        let filled = source.fill(&mut raw, wait)?;
+        // A client that has not taken a chunk gets no more from a source that keeps the
+        // backlog: the next turn's write waits for it instead.
+        let filled = if source.holds_backlog() && pending.len() + raw.len() >= CHUNK {
+            Fill::Nothing
+        } else {
+            source.fill(&mut raw, wait)?
+        };
         let (used, saw_dropped) = render.render(&raw, &mut pending)?;
         raw.drain(..used);
         source.written(used);
@@ -227,6 +239,10 @@ impl Source for Subscription {
 
     fn write_wait(&self) -> Duration {
         CLIENT_CHECK_INTERVAL
+    }
+
+    fn holds_backlog(&self) -> bool {
+        true
     }
 }
 
