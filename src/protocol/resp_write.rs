@@ -155,12 +155,13 @@ fn write_line(out: &mut Vec<u8>, kind: u8, text: &[u8]) {
 fn write_len(out: &mut Vec<u8>, kind: u8, n: usize) {
     out.push(kind);
     // usize is at most 64 bits on every target kv builds for.
-    push_u64(out, n as u64);
+    write_decimal(out, n as u64);
     out.extend_from_slice(b"\r\n");
 }
 
-/// The decimal digits of `n`, through a stack buffer.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+/// Appends the decimal digits of `n`, through a stack buffer (no allocation): for
+/// every length RESP writes, and for `kv bench`'s requests.
+pub fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; MAX_DIGITS];
     let mut at = MAX_DIGITS;
     loop {
@@ -179,7 +180,7 @@ fn push_i64(out: &mut Vec<u8>, n: i64) {
     if n < 0 {
         out.push(b'-');
     }
-    push_u64(out, n.unsigned_abs());
+    write_decimal(out, n.unsigned_abs());
 }
 
 #[cfg(test)]
@@ -208,7 +209,7 @@ mod tests {
         assert_eq!(written(|o| write_integer(o, -42)), b":-42\r\n");
         assert_eq!(written(|o| write_integer(o, i64::MAX)), b":9223372036854775807\r\n");
         assert_eq!(written(|o| write_integer(o, i64::MIN)), b":-9223372036854775808\r\n");
-        assert_eq!(written(|o| push_u64(o, u64::MAX)), b"18446744073709551615");
+        assert_eq!(written(|o| write_decimal(o, u64::MAX)), b"18446744073709551615");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use kv::protocol::{ReplyLine, resp_value_len};
+use kv::protocol::{self, ReplyLine, resp_value_len};
 
 /// Which wire protocol the load speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,19 +84,9 @@ fn key(index: u64) -> ([u8; 24], usize) {
     (bytes, len)
 }
 
+/// `n` in decimal, without allocating.
 fn write_decimal(out: &mut Vec<u8>, n: usize) {
-    let mut digits = [0u8; 20];
-    let mut n = n;
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+    protocol::write_decimal(out, n as u64);
 }
 
 /// The 64 bytes values are made of: no whitespace, nothing any of the protocols treats
