@@ -35,6 +35,8 @@
 //! - [`client`]: the blocking [`Client`] used by `kv cli`, the tests and the bench.
 //! - [`signals`] and [`sys`]: the process-wide effects, which only the binary asks for.
 //! - `logcap`: warnings clients and peers can provoke, cut short and rate-limited.
+//! - `resp/`: the RESP door (`--resp-port`), Redis clients on the same path;
+//!   `door.rs`: how both doors' connection loops read requests.
 //!
 //! Each worker owns a fixed partition of the buckets (chosen by a hash of the bucket
 //! name), held in an `Arc` behind a lock so that the data outlives the thread that
@@ -59,6 +61,7 @@ pub mod worker;
 
 mod acceptor;
 mod connection;
+mod door;
 mod forward;
 mod gate;
 mod housekeeping;

@@ -380,7 +380,7 @@ impl<'s> Round<'s> {
                 self.part_ends.push(self.parts.len());
                 if index == last {
                     gathering = None;
-                    protocol::gather(how, &self.parts, &self.part_ends, self.dialect, &mut self.out);
+                    protocol::gather(how, &self.parts, &self.part_ends, &mut self.out);
                     self.parts.clear();
                     self.part_ends.clear();
                 }

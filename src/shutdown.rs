@@ -16,7 +16,8 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{ErrorKind, LineReader, Reply, RespReader};
+use crate::door::Reader;
+use crate::protocol::{ErrorKind, Reply};
 use crate::round::Round;
 use crate::socket;
 use crate::state::State;
@@ -26,38 +27,12 @@ use crate::state::State;
 /// Beyond it the connection closes as soon as its replies are taken.
 const REFUSE_AT_STOP_BYTES: usize = 1024 * 1024;
 
-/// A door's reader as the stop sees it: whole requests to refuse, and more bytes.
-pub(crate) trait Waiting {
-    /// Takes the next whole request; false when there is none.
-    fn take_request(&mut self) -> bool;
-    /// One more read from `stream`.
-    fn read_more(&mut self, stream: &TcpStream) -> io::Result<usize>;
-}
-
-impl Waiting for LineReader {
-    fn take_request(&mut self) -> bool {
-        self.next_frame().is_some()
-    }
-    fn read_more(&mut self, mut stream: &TcpStream) -> io::Result<usize> {
-        self.fill_from(&mut stream)
-    }
-}
-
-impl Waiting for RespReader {
-    fn take_request(&mut self) -> bool {
-        self.next_frame().is_some()
-    }
-    fn read_more(&mut self, mut stream: &TcpStream) -> io::Result<usize> {
-        self.fill_from(&mut stream)
-    }
-}
-
 /// Shutdown began before this read: every whole request `reader` holds is answered
 /// `shutting down` (in the round's dialect), and so is every one still waiting in the
 /// socket, up to [`REFUSE_AT_STOP_BYTES`] and `deadline`. The replies are written as
 /// they go; returns how many requests were refused. The caller then closes.
 pub(crate) fn refuse_waiting(
-    reader: &mut impl Waiting,
+    reader: &mut impl Reader,
     round: &mut Round<'_>,
     stream: &TcpStream,
     deadline: Instant,
@@ -75,7 +50,7 @@ pub(crate) fn refuse_waiting(
         }
         // Shutdown stopped the socket's reading: this never blocks, and ends at what
         // the socket holds.
-        match reader.read_more(stream) {
+        match reader.fill_from(&mut &*stream) {
             Ok(0) => return Ok(refused),
             Ok(n) => bytes += n,
             Err(error) if socket::is_timeout(&error) => return Ok(refused),

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::batch::Batch;
+use crate::door::{self, Read};
 use crate::forward::Forwarder;
 use crate::gate::{self, Door, Password, Pending};
 use crate::logcap::{Limiter, quote, warn_limited};
@@ -106,16 +107,6 @@ enum Handoff {
     Relayed { events: RelayedEvents, pending: Vec<u8> },
 }
 
-/// What one read brought.
-enum Read {
-    /// Bytes to frame.
-    Bytes,
-    /// Nothing, and the connection goes on (the idle clock was shortened).
-    Again,
-    /// The connection is over: the client closed, shutdown woke us, or it was idle.
-    Closed,
-}
-
 /// One client connection and its buffers, reused for its whole life.
 struct Connection<'s> {
     stream: Arc<TcpStream>,
@@ -192,7 +183,7 @@ impl<'s> Connection<'s> {
         };
         loop {
             let stopping = self.state.is_stopping();
-            match self.read(&mut reader, &mut idle)? {
+            match door::read(&self.stream, &mut reader, &mut self.round, &mut idle)? {
                 Read::Bytes => {}
                 Read::Again => continue,
                 Read::Closed if self.on_probation => {
@@ -234,34 +225,6 @@ impl<'s> Connection<'s> {
                 Flow::Stream(handoff) => return self.stream_events(handoff),
                 Flow::Framed => return self.serve_framed(reader.take_unframed()),
             }
-        }
-    }
-
-    /// One read into `reader`. Whatever a read brings is served, however late: it may
-    /// have waited in the socket while this thread was busy.
-    fn read(&mut self, reader: &mut LineReader, idle: &mut Option<IdleClock>) -> io::Result<Read> {
-        if self.round.holds_burst_buffers() || reader.holds_grown_buffer() {
-            // After a burst, look without waiting: if the client has gone quiet, give
-            // the burst's buffers back before blocking.
-            match reader.fill_from(&mut socket::ReadNow(&self.stream)) {
-                Ok(0) => return Ok(Read::Closed),
-                Ok(_) => return Ok(Read::Bytes),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    self.round.release_idle_buffers();
-                    reader.release_buffer();
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        match reader.fill_from(&mut &*self.stream) {
-            // The client closed, or shutdown woke us: what we had is answered.
-            Ok(0) => Ok(Read::Closed),
-            Ok(_) => Ok(Read::Bytes),
-            Err(error) if socket::is_timeout(&error) => match idle {
-                Some(clock) => Ok(if clock.expired(&self.stream)? { Read::Closed } else { Read::Again }),
-                None => Err(error),
-            },
-            Err(error) => Err(error),
         }
     }
 

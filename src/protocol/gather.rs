@@ -27,14 +27,14 @@ pub enum Gather {
 /// with one error.
 ///
 /// ```
-/// use kv::protocol::{Dialect, Gather, gather};
+/// use kv::protocol::{Gather, gather};
 ///
 /// let parts = b":1\r\n:0\r\n:1\r\n";
 /// let mut out = Vec::new();
-/// gather(Gather::Sum, parts, &[4, 8, 12], Dialect::Resp2, &mut out);
+/// gather(Gather::Sum, parts, &[4, 8, 12], &mut out);
 /// assert_eq!(out, b":2\r\n");
 /// ```
-pub fn gather(how: Gather, parts: &[u8], ends: &[usize], _dialect: super::Dialect, out: &mut Vec<u8>) {
+pub fn gather(how: Gather, parts: &[u8], ends: &[usize], out: &mut Vec<u8>) {
     let part = |i: usize| &parts[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
     let count = ends.len();
     if let Some(failed) = (0..count).map(part).find(|p| p.first() == Some(&b'-')) {
@@ -69,7 +69,6 @@ fn integer(reply: &[u8]) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Dialect;
 
     fn gathered(how: Gather, parts: &[&[u8]]) -> Vec<u8> {
         let mut all = Vec::new();
@@ -79,7 +78,7 @@ mod tests {
             ends.push(all.len());
         }
         let mut out = Vec::new();
-        gather(how, &all, &ends, Dialect::Resp3, &mut out);
+        gather(how, &all, &ends, &mut out);
         out
     }
 

@@ -58,8 +58,7 @@ pub use request::{REQUEST_HEAD, decode_request, encode_request, request_len};
 pub use resp_frame::{Args, MAX_INLINE, MAX_MULTIBULK, RespFrame, RespReader};
 pub use resp_read::{BadResp, resp_value_len};
 pub use resp_write::{
-    Resp, write_array_len, write_bool, write_bulk, write_bulk_head, write_decimal, write_error,
-    write_integer, write_map_len, write_nil, write_nil_array, write_push_len, write_set_len, write_simple,
-    write_verbatim,
+    Resp, write_array_len, write_bulk, write_bulk_head, write_decimal, write_error, write_integer,
+    write_map_len, write_nil, write_push_len, write_simple, write_verbatim,
 };
 pub use shape::{BadReply, ReplyLine, ReplyShape, line_len, reply_len, trim_line_end};

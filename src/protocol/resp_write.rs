@@ -76,14 +76,6 @@ pub fn write_nil(out: &mut Vec<u8>, proto: Resp) {
     });
 }
 
-/// The absent aggregate: `*-1\r\n` (RESP2's null array) or `_\r\n`.
-pub fn write_nil_array(out: &mut Vec<u8>, proto: Resp) {
-    out.extend_from_slice(match proto {
-        Resp::V2 => b"*-1\r\n",
-        Resp::V3 => b"_\r\n",
-    });
-}
-
 /// `*n\r\n`: an array of `n` values, which the caller writes next.
 pub fn write_array_len(out: &mut Vec<u8>, n: usize) {
     write_len(out, b'*', n);
@@ -107,25 +99,10 @@ pub fn write_map_len(out: &mut Vec<u8>, pairs: usize, proto: Resp) {
     }
 }
 
-/// A set of `n` values: `~n\r\n`, or in RESP2 an array `*n\r\n`.
-pub fn write_set_len(out: &mut Vec<u8>, n: usize, proto: Resp) {
-    write_len(out, if proto == Resp::V3 { b'~' } else { b'*' }, n);
-}
-
 /// An out-of-band push of `n` values (pub/sub messages): `>n\r\n`, or in RESP2 an
 /// array `*n\r\n`.
 pub fn write_push_len(out: &mut Vec<u8>, n: usize, proto: Resp) {
     write_len(out, if proto == Resp::V3 { b'>' } else { b'*' }, n);
-}
-
-/// `#t\r\n` / `#f\r\n`, or in RESP2 the integers `:1\r\n` / `:0\r\n`.
-pub fn write_bool(out: &mut Vec<u8>, b: bool, proto: Resp) {
-    out.extend_from_slice(match (proto, b) {
-        (Resp::V2, true) => b":1\r\n",
-        (Resp::V2, false) => b":0\r\n",
-        (Resp::V3, true) => b"#t\r\n",
-        (Resp::V3, false) => b"#f\r\n",
-    });
 }
 
 /// Text meant for a human, with its `format` (`b"txt"` or `b"mkd"`):
@@ -226,8 +203,6 @@ mod tests {
     fn nils_follow_the_version() {
         assert_eq!(written(|o| write_nil(o, Resp::V2)), b"$-1\r\n");
         assert_eq!(written(|o| write_nil(o, Resp::V3)), b"_\r\n");
-        assert_eq!(written(|o| write_nil_array(o, Resp::V2)), b"*-1\r\n");
-        assert_eq!(written(|o| write_nil_array(o, Resp::V3)), b"_\r\n");
     }
 
     #[test]
@@ -236,18 +211,8 @@ mod tests {
         assert_eq!(written(|o| write_array_len(o, 3)), b"*3\r\n");
         assert_eq!(written(|o| write_map_len(o, 3, Resp::V2)), b"*6\r\n");
         assert_eq!(written(|o| write_map_len(o, 3, Resp::V3)), b"%3\r\n");
-        assert_eq!(written(|o| write_set_len(o, 2, Resp::V2)), b"*2\r\n");
-        assert_eq!(written(|o| write_set_len(o, 2, Resp::V3)), b"~2\r\n");
         assert_eq!(written(|o| write_push_len(o, 3, Resp::V2)), b"*3\r\n");
         assert_eq!(written(|o| write_push_len(o, 3, Resp::V3)), b">3\r\n");
-    }
-
-    #[test]
-    fn booleans_are_integers_in_resp2() {
-        assert_eq!(written(|o| write_bool(o, true, Resp::V2)), b":1\r\n");
-        assert_eq!(written(|o| write_bool(o, false, Resp::V2)), b":0\r\n");
-        assert_eq!(written(|o| write_bool(o, true, Resp::V3)), b"#t\r\n");
-        assert_eq!(written(|o| write_bool(o, false, Resp::V3)), b"#f\r\n");
     }
 
     #[test]

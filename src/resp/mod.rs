@@ -27,6 +27,7 @@ use std::time::Instant;
 use crossbeam_channel::Sender;
 
 use crate::batch::Batch;
+use crate::door::{self, Read};
 use crate::forward::Forwarder;
 use crate::gate::{self, Door, Password};
 use crate::protocol::{Dialect, Resp, RespFrame, RespReader, write_error};
@@ -153,34 +154,15 @@ impl<'s> RespConnection<'s> {
         }
     }
 
-    /// One read into `reader`; false when the connection is over (the client closed,
-    /// shutdown woke us, or it was idle too long).
+    /// One read into `reader` (`door::read`), again until it brings bytes; false
+    /// when the connection is over (the client closed, shutdown woke us, or it was
+    /// idle too long).
     fn read(&mut self, reader: &mut RespReader, idle: &mut Option<IdleClock>) -> io::Result<bool> {
-        if self.round.holds_burst_buffers() || reader.holds_grown_buffer() {
-            match reader.fill_from(&mut socket::ReadNow(&self.stream)) {
-                Ok(0) => return Ok(false),
-                Ok(_) => return Ok(true),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    self.round.release_idle_buffers();
-                    reader.release_buffer();
-                }
-                Err(error) => return Err(error),
-            }
-        }
         loop {
-            match reader.fill_from(&mut &*self.stream) {
-                Ok(0) => return Ok(false),
-                Ok(_) => return Ok(true),
-                Err(error) if socket::is_timeout(&error) => match idle {
-                    Some(clock) => {
-                        if clock.expired(&self.stream)? {
-                            return Ok(false);
-                        }
-                    }
-                    None => return Err(error),
-                },
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(error),
+            match door::read(&self.stream, reader, &mut self.round, idle)? {
+                Read::Bytes => return Ok(true),
+                Read::Again => {}
+                Read::Closed => return Ok(false),
             }
         }
     }
