@@ -23,11 +23,14 @@ static BAD_FRAME: Limiter = Limiter::new();
 /// First size of the frame buffer; it grows to the largest frame seen.
 const INITIAL_FRAME_BUFFER: usize = 4 * 1024;
 
-/// Request frames read from a node, and what is left of a partial one.
+/// Request frames read from a node, and what is left of a partial one. The buffer is
+/// zeroed once when it grows, never per read.
 struct FrameReader {
     buf: Vec<u8>,
     /// Start of the bytes not yet taken.
     start: usize,
+    /// End of the bytes read.
+    end: usize,
     /// Largest frame accepted.
     max_frame: usize,
 }
@@ -43,13 +46,14 @@ enum Next<'a> {
 
 impl FrameReader {
     fn new(unframed: Vec<u8>, max_frame: usize) -> Self {
+        let end = unframed.len();
         let mut buf = unframed;
-        buf.reserve(INITIAL_FRAME_BUFFER);
-        FrameReader { buf, start: 0, max_frame }
+        buf.resize(end.max(INITIAL_FRAME_BUFFER), 0);
+        FrameReader { buf, start: 0, end, max_frame }
     }
 
     fn next(&mut self) -> Next<'_> {
-        match peer_frame(&self.buf[self.start..]) {
+        match peer_frame(&self.buf[self.start..self.end]) {
             PeerFrame::Request(dialect, command, used) => {
                 self.start += used;
                 Next::Frame(dialect, command)
@@ -60,16 +64,18 @@ impl FrameReader {
         }
     }
 
-    /// One read onto the end, after moving a partial frame to the front.
+    /// One read onto the end, after moving a partial frame to the front; the buffer
+    /// doubles when a partial frame fills it.
     fn fill_from(&mut self, stream: &mut impl io::Read) -> io::Result<usize> {
-        self.buf.drain(..self.start);
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
         self.start = 0;
-        let len = self.buf.len();
-        let room = self.buf.capacity().max(INITIAL_FRAME_BUFFER) - len;
-        self.buf.resize(len + room.max(INITIAL_FRAME_BUFFER / 4), 0);
-        let read = stream.read(&mut self.buf[len..]);
-        self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
-        read
+        if self.end == self.buf.len() {
+            self.buf.resize(2 * self.buf.len(), 0);
+        }
+        let read = stream.read(&mut self.buf[self.end..])?;
+        self.end += read;
+        Ok(read)
     }
 }
 
