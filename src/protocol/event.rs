@@ -64,6 +64,7 @@ impl Event<'_> {
             Event::Dropped => (3, b"", b""),
         };
         let body = FRAME_HEAD - 4 + key.len() + value.len();
+        out.reserve(4 + body);
         out.extend_from_slice(&u32::try_from(body).unwrap_or(u32::MAX).to_le_bytes());
         out.push(kind);
         out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_le_bytes());

@@ -121,7 +121,13 @@ impl Drop for Subscription {
 #[derive(Debug, Default)]
 pub struct Subscriptions {
     by_bucket: HashMap<Box<[u8]>, BucketLog, ahash::RandomState>,
-    /// Buckets with events staged since the last [`Subscriptions::flush`].
+    /// The bucket the last event was for, with its log's staging buffer taken out:
+    /// a batch's events are mostly for one bucket, and then each is staged with one
+    /// comparison of names instead of a hash lookup, and the bucket stays hot from
+    /// batch to batch without allocating its name again.
+    hot: Option<Hot>,
+    /// Buckets with events staged in their log since the last
+    /// [`Subscriptions::flush`]: those that were hot, then cooled. May repeat a name.
     dirty: Vec<Box<[u8]>>,
     count: usize,
     dropped_total: u64,
@@ -133,6 +139,14 @@ pub struct Subscriptions {
     looks: u64,
 }
 
+/// A bucket whose log's staging buffer is checked out to [`Subscriptions::publish`].
+/// While it is, the log's own buffer is empty and its events are in `staged`.
+#[derive(Debug)]
+struct Hot {
+    bucket: Box<[u8]>,
+    staged: Vec<u8>,
+}
+
 /// Registrations between two sweeps of the whole table for subscribers that left,
 /// so that subscribers of buckets nobody writes to any more do not pile up.
 const SWEEP_EVERY: usize = 64;
@@ -140,6 +154,9 @@ const SWEEP_EVERY: usize = 64;
 impl Subscriptions {
     /// Adds a subscriber to `bucket`'s changes, from the next event on.
     pub fn add(&mut self, bucket: &[u8], subscriber: Subscriber) {
+        // The new cursor starts after every event staged so far, so they must be in
+        // the log, and a sweep below must not remove the hot bucket's log.
+        self.cool();
         self.adds_since_sweep += 1;
         if self.adds_since_sweep >= SWEEP_EVERY {
             self.adds_since_sweep = 0;
@@ -180,27 +197,58 @@ impl Subscriptions {
     /// Stages a change of `bucket` for its subscribers, if it has any; it reaches them
     /// at the next [`Subscriptions::flush`]. After [`Event::Dropped`], which reaches
     /// them at once, they are all let go: the bucket is gone, and so are their streams.
+    #[inline]
     pub fn publish(&mut self, bucket: &[u8], event: Event<'_>) {
+        match &mut self.hot {
+            Some(hot) if *hot.bucket == *bucket => event.write_frame(&mut hot.staged),
+            _ => {
+                if !self.heat(bucket) {
+                    return;
+                }
+                if let Some(hot) = &mut self.hot {
+                    event.write_frame(&mut hot.staged);
+                }
+            }
+        }
+        if event == Event::Dropped {
+            self.cool();
+            if let Some(mut log) = self.by_bucket.remove(bucket) {
+                let flushed = log.flush(true);
+                self.account(&flushed);
+            }
+        }
+    }
+
+    /// Makes `bucket` the hot one, if it has subscribers; false if it has none.
+    fn heat(&mut self, bucket: &[u8]) -> bool {
+        self.cool();
         let Some(log) = self.by_bucket.get_mut(bucket) else {
+            return false;
+        };
+        // Events staged earlier in this batch, if it was hot before, stay first.
+        self.hot = Some(Hot { bucket: bucket.into(), staged: std::mem::take(log.staged()) });
+        true
+    }
+
+    /// Gives the hot bucket's staged events back to its log, to be flushed with the
+    /// other buckets written to; no bucket is hot after.
+    fn cool(&mut self) {
+        let Some(mut hot) = self.hot.take() else {
             return;
         };
-        let staged = log.staged();
-        if staged.is_empty() {
-            self.dirty.push(bucket.into());
-        }
-        event.write_frame(staged);
-        if event == Event::Dropped
-            && let Some(mut log) = self.by_bucket.remove(bucket)
-        {
-            let flushed = log.flush(true);
-            self.account(&flushed);
+        if let Some(log) = self.by_bucket.get_mut(&hot.bucket) {
+            std::mem::swap(log.staged(), &mut hot.staged);
+            if !log.staged().is_empty() {
+                self.dirty.push(hot.bucket);
+            }
         }
     }
 
     /// Hands the events staged since the last flush to the subscribers: one lock and
     /// at most one wake-up per bucket written to. The worker calls it after each
-    /// batch, before the batch's replies go out.
+    /// batch, before the batch's replies go out. The hot bucket stays hot.
     pub fn flush(&mut self) {
+        self.flush_hot();
         let mut dirty = std::mem::take(&mut self.dirty);
         for bucket in dirty.drain(..) {
             let Some(log) = self.by_bucket.get_mut(&bucket) else {
@@ -209,10 +257,33 @@ impl Subscriptions {
             let flushed = log.flush(false);
             if log.readers() == 0 {
                 self.by_bucket.remove(&bucket);
+                if self.hot.as_ref().is_some_and(|hot| hot.bucket == bucket) {
+                    self.hot = None;
+                }
             }
             self.account(&flushed);
         }
         self.dirty = dirty;
+    }
+
+    /// Flushes the hot bucket's staged events, lending its buffer to the log for it.
+    fn flush_hot(&mut self) {
+        let Some(hot) = self.hot.as_mut().filter(|hot| !hot.staged.is_empty()) else {
+            return;
+        };
+        let Some(log) = self.by_bucket.get_mut(&hot.bucket) else {
+            self.hot = None;
+            return;
+        };
+        std::mem::swap(log.staged(), &mut hot.staged);
+        let flushed = log.flush(false);
+        // The log emptied the buffer (and let go of it if it had grown large).
+        std::mem::swap(log.staged(), &mut hot.staged);
+        let unread = log.readers() == 0;
+        if unread && let Some(hot) = self.hot.take() {
+            self.by_bucket.remove(&hot.bucket);
+        }
+        self.account(&flushed);
     }
 
     fn account(&mut self, flushed: &Flushed) {
@@ -282,6 +353,33 @@ mod tests {
         assert_eq!(taken(&a_rx), (b"k SET TO 1\r\nk DELETED\r\n".to_vec(), Take::Nothing));
         assert_eq!(taken(&b_rx).0, b"");
         assert_eq!(subscriptions.len(), 2);
+    }
+
+    #[test]
+    fn events_for_buckets_written_in_turn_keep_their_order_across_batches() {
+        let mut subscriptions = Subscriptions::default();
+        let (a, a_rx) = subscription(1024);
+        let (b, b_rx) = subscription(1024);
+        subscriptions.add(b"x", a);
+        subscriptions.add(b"y", b);
+        for round in [b"1", b"2"] {
+            subscriptions.publish(b"x", set(round));
+            subscriptions.publish(b"y", set(round));
+            subscriptions.publish(b"z", set(round));
+            subscriptions.publish(b"x", Event::Deleted { key: round });
+            subscriptions.publish(b"y", Event::Deleted { key: round });
+            subscriptions.publish(b"y", set(b"last"));
+            subscriptions.flush();
+        }
+        subscriptions.publish(b"x", set(b"3"));
+        subscriptions.publish(b"x", Event::Dropped);
+        subscriptions.publish(b"x", set(b"after the drop"));
+        subscriptions.flush();
+        let x = b"k SET TO 1\r\n1 DELETED\r\nk SET TO 2\r\n2 DELETED\r\nk SET TO 3\r\nDROPPED\r\n";
+        assert_eq!(taken(&a_rx), (x.to_vec(), Take::Ended));
+        let y = b"k SET TO 1\r\n1 DELETED\r\nk SET TO last\r\nk SET TO 2\r\n2 DELETED\r\nk SET TO last\r\n";
+        assert_eq!(taken(&b_rx), (y.to_vec(), Take::Nothing));
+        assert_eq!(subscriptions.len(), 1);
     }
 
     #[test]
