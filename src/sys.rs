@@ -8,7 +8,7 @@
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,86 @@ pub fn wait_for_connections(listeners: &[&TcpListener]) -> io::Result<Vec<bool>>
             return Err(error);
         }
     }
+}
+
+/// A descriptor that becomes readable when rung: how a thread that waits in `poll`
+/// on sockets also hears from other threads (a subscription's event logs). An
+/// `eventfd`: one descriptor, and ringing a rung bell costs one write and no memory.
+#[derive(Debug)]
+pub struct Bell {
+    fd: OwnedFd,
+}
+
+impl Bell {
+    pub fn new() -> io::Result<Bell> {
+        // SAFETY: eventfd takes no pointers; a non-negative result is a descriptor
+        // nobody else owns.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        Ok(Bell { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    /// Makes the bell readable until [`Bell::clear`]. Cannot fail in a way that
+    /// matters: a counter at its limit is still readable.
+    pub fn ring(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes the 8 bytes of `one` to the bell's own descriptor.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+
+    /// Takes the rings so far: the bell is quiet until the next one.
+    pub fn clear(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads at most 8 bytes into `count`, from the bell's own descriptor.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut count).cast(), 8) };
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Rung and not cleared since.
+    #[cfg(test)]
+    pub fn is_rung(&self) -> bool {
+        let mut fd = [PollFd::new(self.fd(), true, false)];
+        poll(&mut fd, Duration::ZERO).is_ok() && fd[0].0.revents & libc::POLLIN != 0
+    }
+}
+
+/// One descriptor for [`poll`] and what to wait for.
+#[derive(Debug, Clone, Copy)]
+#[repr(transparent)]
+pub struct PollFd(libc::pollfd);
+
+impl PollFd {
+    /// Waits for `fd` to be readable with `read`, writable with `write`.
+    pub fn new(fd: RawFd, read: bool, write: bool) -> PollFd {
+        let events = if read { libc::POLLIN } else { 0 } | if write { libc::POLLOUT } else { 0 };
+        PollFd(libc::pollfd { fd, events, revents: 0 })
+    }
+
+    /// A place in the array that waits for nothing (`poll` skips a negative fd).
+    pub fn ignored() -> PollFd {
+        PollFd(libc::pollfd { fd: -1, events: 0, revents: 0 })
+    }
+}
+
+/// Waits up to `timeout` until one of `fds` is ready; a signal ends the wait early.
+pub fn poll(fds: &mut [PollFd], timeout: Duration) -> io::Result<()> {
+    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `PollFd` is a transparent pollfd, so `fds` is a valid array of
+    // `fds.len()` pollfd structs for the call's length.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr().cast(), fds.len() as libc::nfds_t, millis) };
+    if ready < 0 {
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+    Ok(())
 }
 
 /// One non-blocking read from `stream` into `buffer`, leaving the socket blocking for

@@ -297,7 +297,7 @@ fn errors_keep_the_connection(proto: Proto) {
         (&[b"SET", b"k", b"v", b"NX"], "ERR syntax error (SET options are not supported)"),
         (&[b"SELECT", b"1"], "ERR DB index is out of range (kv has one database, 0)"),
         (&[b"HELLO", b"4"], "NOPROTO unsupported protocol version"),
-        (&[b"SUBSCRIBE", b"a", b"b"], "ERR kv subscribes a connection to one bucket: SUBSCRIBE <bucket>"),
+        (&[b"SUBSCRIBE"], "ERR wrong number of arguments for 'subscribe' command"),
     ];
     for (args, expected) in cases {
         assert_eq!(error(&mut con, args), *expected, "{}", show(&args.join(&b' ')));
@@ -421,20 +421,115 @@ fn subscribe_through_the_redis_crate_pubsub_gets_messages() {
     assert_eq!(message.get_payload_bytes(), b"k SET TO v");
 }
 
-#[test]
-fn subscribe_to_two_buckets_is_an_error_and_the_connection_goes_on() {
+/// A pub/sub confirmation frame (`subscribe` or `unsubscribe`) for `bucket`, with how
+/// many buckets the connection follows after it.
+fn confirmation(proto: Proto, kind: &[u8], bucket: &[u8], count: usize) -> Vec<u8> {
+    let head: &[u8] = if proto == Proto::Resp3 { b">3\r\n" } else { b"*3\r\n" };
+    [head, &bulk(kind), &bulk(bucket), format!(":{count}\r\n").as_bytes()].concat()
+}
+
+/// Regression: `SUBSCRIBE a b` was refused (one bucket per connection), and Redis
+/// clients subscribe to several channels on one connection.
+fn subscribe_follows_several_buckets(proto: Proto) {
     let server = start_resp_server();
-    let mut conn = Conn::connect(resp_addr(&server));
-    conn.roundtrip(
-        &command(&[b"SUBSCRIBE", b"a", b"b"]),
-        b"-ERR kv subscribes a connection to one bucket: SUBSCRIBE <bucket>\r\n",
-    );
-    conn.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
-    // A bucket that does not exist is refused the same way, and the connection serves on.
-    conn.send(&command(&[b"SUBSCRIBE", b"nobucket"]));
-    let refusal = read_frame(&mut conn);
+    let addr = resp_addr(&server);
+    let mut writer = redis_connection(addr, proto);
+    bound(&writer);
+    for bucket in [&b"apples"[..], b"pears", b"plums"] {
+        ok(&mut writer, &[b"HSET", bucket, b"seed", b"0"]);
+    }
+    let mut sub = raw_resp_conn(addr, proto);
+    // A bucket that does not exist gets its error in place of its confirmation.
+    sub.send(&command(&[b"SUBSCRIBE", b"apples", b"nobucket", b"pears", b"apples"]));
+    sub.expect(&confirmation(proto, b"subscribe", b"apples", 1));
+    let refusal = read_frame(&mut sub);
     assert!(refusal.starts_with(b"-ERR "), "SUBSCRIBE to no bucket: {}", show(&refusal));
-    conn.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
+    sub.expect(&confirmation(proto, b"subscribe", b"pears", 2));
+    sub.expect(&confirmation(proto, b"subscribe", b"apples", 2));
+    ok(&mut writer, &[b"HSET", b"apples", b"k", b"1"]);
+    sub.expect(&message_frame(proto, b"apples", b"k SET TO 1"));
+    ok(&mut writer, &[b"HSET", b"pears", b"k", b"2"]);
+    sub.expect(&message_frame(proto, b"pears", b"k SET TO 2"));
+    // More while subscribed.
+    sub.send(&command(&[b"SUBSCRIBE", b"plums"]));
+    sub.expect(&confirmation(proto, b"subscribe", b"plums", 3));
+    ok(&mut writer, &[b"HDEL", b"plums", b"seed"]);
+    sub.expect(&message_frame(proto, b"plums", b"seed DELETED"));
+    // One off: its writes no longer arrive, the others' do.
+    sub.send(&command(&[b"UNSUBSCRIBE", b"apples"]));
+    sub.expect(&confirmation(proto, b"unsubscribe", b"apples", 2));
+    ok(&mut writer, &[b"HSET", b"apples", b"k", b"3"]);
+    ok(&mut writer, &[b"HSET", b"pears", b"k", b"4"]);
+    sub.expect(&message_frame(proto, b"pears", b"k SET TO 4"));
+    // All off: the count goes down to 0, and commands are served again.
+    sub.send(&[command(&[b"UNSUBSCRIBE"]), command(&[b"PING"])].concat());
+    sub.expect(&confirmation(proto, b"unsubscribe", b"pears", 1));
+    sub.expect(&confirmation(proto, b"unsubscribe", b"plums", 0));
+    sub.expect(b"+PONG\r\n");
+    ok(&mut writer, &[b"HSET", b"pears", b"k", b"5"]);
+    sub.send(&command(&[b"HGET", b"apples", b"k"]));
+    sub.expect(&bulk(b"3"));
+}
+
+#[test]
+fn subscribe_follows_several_buckets_over_resp2() {
+    subscribe_follows_several_buckets(Proto::Resp2);
+}
+
+#[test]
+fn subscribe_follows_several_buckets_over_resp3() {
+    subscribe_follows_several_buckets(Proto::Resp3);
+}
+
+/// A bucket dropped while others are followed ends its messages with `DROPPED`; the
+/// connection goes on with the rest, and closes when the last one is dropped.
+#[test]
+fn dropping_one_of_several_buckets_ends_only_its_messages() {
+    let server = start_resp_server();
+    let addr = resp_addr(&server);
+    let mut writer = redis_connection(addr, Proto::Resp2);
+    bound(&writer);
+    ok(&mut writer, &[b"HSET", b"x", b"seed", b"0"]);
+    ok(&mut writer, &[b"HSET", b"y", b"seed", b"0"]);
+    let mut sub = raw_resp_conn(addr, Proto::Resp2);
+    sub.send(&command(&[b"SUBSCRIBE", b"x", b"y"]));
+    sub.expect(&confirmation(Proto::Resp2, b"subscribe", b"x", 1));
+    sub.expect(&confirmation(Proto::Resp2, b"subscribe", b"y", 2));
+    ok(&mut writer, &[b"DEL", b"x"]);
+    sub.expect(&message_frame(Proto::Resp2, b"x", b"DROPPED"));
+    ok(&mut writer, &[b"HSET", b"y", b"k", b"v"]);
+    sub.expect(&message_frame(Proto::Resp2, b"y", b"k SET TO v"));
+    ok(&mut writer, &[b"DEL", b"y"]);
+    sub.expect(&message_frame(Proto::Resp2, b"y", b"DROPPED"));
+    let after = sub.read_to_close();
+    assert!(after.is_empty(), "nothing after the last DROPPED: {}", show(&after));
+}
+
+/// A connection that follows a hundred buckets, most of them quiet, hears from each
+/// one that is written to, and from no other.
+#[test]
+fn one_connection_follows_a_hundred_buckets() {
+    let server = start_resp_server();
+    let addr = resp_addr(&server);
+    let mut writer = redis_connection(addr, Proto::Resp3);
+    bound(&writer);
+    let names: Vec<Vec<u8>> = (0..100).map(|i| format!("bucket{i:03}").into_bytes()).collect();
+    for name in &names {
+        ok(&mut writer, &[b"HSET", name, b"seed", b"0"]);
+    }
+    let mut sub = raw_resp_conn(addr, Proto::Resp3);
+    let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+    args.extend(names.iter().map(Vec::as_slice));
+    sub.send(&command(&args));
+    for (i, name) in names.iter().enumerate() {
+        sub.expect(&confirmation(Proto::Resp3, b"subscribe", name, i + 1));
+    }
+    for name in names.iter().rev().step_by(7) {
+        ok(&mut writer, &[b"HSET", name, b"k", name]);
+        let payload = [&b"k SET TO "[..], name].concat();
+        sub.expect(&message_frame(Proto::Resp3, name, &payload));
+    }
+    assert!(sub.nothing_within(SILENCE), "only the buckets written to: {}", show(&read_frame(&mut sub)));
 }
 
 // ---------------------------------------------------------------------------------
@@ -1044,6 +1139,86 @@ fn subscribe_through_the_other_node_relays_its_events() {
         ok(&mut writer, &[b"HDEL", b"nuts", b"pecan"]);
         sub.expect(&message_frame(proto, b"nuts", b"pecan DELETED"));
     }
+}
+
+/// A connection following two buckets that stops reading is dropped once one bucket's
+/// events wait past the backlog, and its connection closes: it holds neither its
+/// thread nor the logs' memory.
+#[test]
+fn a_stuck_subscriber_of_two_buckets_is_dropped_past_its_backlog() {
+    let server =
+        start_resp_server_with(Config { workers: 2, subscriber_backlog: 64 * 1024, ..Config::default() });
+    let mut setup = Conn::connect(server.addr());
+    setup.roundtrip(b"CREATE x\r\n", b"OK\r\n");
+    setup.roundtrip(b"CREATE y\r\n", b"OK\r\n");
+    let mut stuck = raw_resp_conn(resp_addr(&server), Proto::Resp2);
+    stuck.send(&command(&[b"SUBSCRIBE", b"x", b"y"]));
+    common::wait_until("both subscriptions are registered", || setup.stat("subscribers") == 2);
+    let value = "v".repeat(1_000);
+    let mut writer = Conn::connect(server.addr());
+    for round in 0..40 {
+        let mut requests = Vec::new();
+        for i in 0..200 {
+            let bucket = if i % 2 == 0 { "x" } else { "y" };
+            requests.extend_from_slice(format!("PUT {bucket} k{round}-{i} {value}\r\n").as_bytes());
+        }
+        assert_eq!(writer.pipeline(requests, 200 * 4), b"OK\r\n".repeat(200));
+    }
+    // 8 MB of events cannot fit in 64 KiB of backlog plus the socket buffers.
+    common::wait_until("the stuck subscriber is dropped", || setup.stat("subscribers_dropped") >= 1);
+    common::wait_until("neither subscription is held", || setup.stat("subscribers") == 0);
+    let (_, _) = stuck.read_until_gone();
+}
+
+/// A subscriber that closed its sending side (`nc -N`) still gets its messages, from
+/// every bucket it follows.
+#[test]
+fn a_half_closed_subscriber_of_two_buckets_keeps_its_messages() {
+    let server = start_resp_server();
+    let addr = resp_addr(&server);
+    let mut writer = redis_connection(addr, Proto::Resp2);
+    bound(&writer);
+    ok(&mut writer, &[b"HSET", b"x", b"seed", b"0"]);
+    ok(&mut writer, &[b"HSET", b"y", b"seed", b"0"]);
+    let mut sub = raw_resp_conn(addr, Proto::Resp2);
+    sub.send(&command(&[b"SUBSCRIBE", b"x", b"y"]));
+    sub.expect(&confirmation(Proto::Resp2, b"subscribe", b"x", 1));
+    sub.expect(&confirmation(Proto::Resp2, b"subscribe", b"y", 2));
+    sub.try_clone_stream().shutdown(std::net::Shutdown::Write).unwrap();
+    for round in 0..3 {
+        for bucket in [&b"y"[..], b"x"] {
+            let value = format!("{round}").into_bytes();
+            ok(&mut writer, &[b"HSET", bucket, b"k", &value]);
+            sub.expect(&message_frame(Proto::Resp2, bucket, &[&b"k SET TO "[..], &value].concat()));
+        }
+    }
+}
+
+/// One connection follows a bucket of its own node and one of the other node's: both
+/// arrive, and unsubscribing the relayed one closes its link to the owner.
+#[test]
+fn one_connection_follows_a_local_and_a_relayed_bucket() {
+    let pair = start_pair("subscribe-both");
+    let mut writer = redis_connection(pair.resp[1], Proto::Resp2);
+    bound(&writer);
+    ok(&mut writer, &[b"HSET", b"apples", b"seed", b"0"]);
+    ok(&mut writer, &[b"HSET", b"nuts", b"seed", b"0"]);
+    let mut sub = raw_resp_conn(pair.resp[0], Proto::Resp3);
+    sub.send(&command(&[b"SUBSCRIBE", b"apples", b"nuts"]));
+    sub.expect(&confirmation(Proto::Resp3, b"subscribe", b"apples", 1));
+    sub.expect(&confirmation(Proto::Resp3, b"subscribe", b"nuts", 2));
+    for round in 0..3 {
+        let value = format!("v{round}").into_bytes();
+        ok(&mut writer, &[b"HSET", b"nuts", b"k", &value]);
+        sub.expect(&message_frame(Proto::Resp3, b"nuts", &[&b"k SET TO "[..], &value].concat()));
+        ok(&mut writer, &[b"HSET", b"apples", b"k", &value]);
+        sub.expect(&message_frame(Proto::Resp3, b"apples", &[&b"k SET TO "[..], &value].concat()));
+    }
+    sub.send(&command(&[b"UNSUBSCRIBE", b"nuts"]));
+    sub.expect(&confirmation(Proto::Resp3, b"unsubscribe", b"nuts", 1));
+    ok(&mut writer, &[b"HSET", b"nuts", b"k", b"quiet"]);
+    ok(&mut writer, &[b"HSET", b"apples", b"k", b"last"]);
+    sub.expect(&message_frame(Proto::Resp3, b"apples", b"k SET TO last"));
 }
 
 /// Regression: a subscribed connection ignored all input, so a client's PING or

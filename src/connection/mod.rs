@@ -588,28 +588,14 @@ impl<'s> Connection<'s> {
                 // A node of this build relays the frames and renders them for its client.
                 let framed_peer = self.framed_link && matches!(self.mode, Mode::Peer);
                 let render = if framed_peer { subscribe::Render::Frames } else { subscribe::Render::Text };
-                let streamed = subscribe::stream_events(
-                    &self.stream,
-                    subscription,
-                    stop,
-                    &render,
-                    &mut subscribe::Ignored,
-                );
+                let streamed = subscribe::stream_events(&self.stream, subscription, stop, &render);
                 // The subscription's queue, maybe megabytes of events, is freed now.
                 sys::give_freed_memory_back();
-                streamed.map(|_| ())
+                streamed
             }
             Handoff::Relayed { events, pending } => {
                 let _owner_socket = self.state.socket_taken();
-                subscribe::stream_relayed(
-                    &self.stream,
-                    events,
-                    &pending,
-                    stop,
-                    &subscribe::Render::Text,
-                    &mut subscribe::Ignored,
-                )
-                .map(|_| ())
+                subscribe::stream_relayed(&self.stream, events, &pending, stop, &subscribe::Render::Text)
             }
         }
     }

@@ -59,8 +59,8 @@ pub(crate) enum Flow {
     Next,
     /// Answer what came before, then close (QUIT, a protocol error).
     Close,
-    /// Answer what came before, then stream this bucket's events.
-    Subscribe(Vec<u8>),
+    /// Answer what came before, then stream these buckets' events.
+    Subscribe(Vec<Vec<u8>>),
 }
 
 /// One RESP connection and its buffers, reused for its whole life.
@@ -144,8 +144,8 @@ impl<'s> RespConnection<'s> {
                     socket::close_after_last_reply(&self.stream, Instant::now() + socket::CLOSE_DRAIN_TIME);
                     return Ok(());
                 }
-                Flow::Subscribe(bucket) => {
-                    if self.stream_events(&bucket, &mut reader)? {
+                Flow::Subscribe(buckets) => {
+                    if self.stream_events(&buckets, &mut reader)? {
                         return Ok(());
                     }
                     buffered = true;

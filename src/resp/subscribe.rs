@@ -1,14 +1,17 @@
-//! `SUBSCRIBE` through the RESP door: a bucket's changes as Redis pub/sub `message`
+//! `SUBSCRIBE` through the RESP door: buckets' changes as Redis pub/sub `message`
 //! frames (RESP2 arrays, RESP3 pushes) whose payload is the text door's event line,
-//! `eggs SET TO 3`, from this node's worker or relayed from the owning node.
+//! `eggs SET TO 3`, from this node's workers or relayed from the owning nodes.
 //!
-//! A subscribed connection follows one bucket (`SUBSCRIBE a b` is an error). While
-//! subscribed it answers `PING`, `UNSUBSCRIBE` (after which it serves commands again)
-//! and `QUIT`, as Redis does in RESP2; anything else gets an error. It closes when the
-//! bucket is dropped. The worker's side, the backlog and dropping a subscriber that
-//! falls behind are `subscribe/`'s.
+//! `SUBSCRIBE a b ...` follows several buckets on one connection, and more can be
+//! added while subscribed (`subscribe/mux.rs` waits for all of them at once). While
+//! subscribed the connection answers `PING`, `SUBSCRIBE`, `UNSUBSCRIBE [bucket ...]`
+//! (after the last one it serves commands again) and `QUIT`, as Redis does in RESP2;
+//! anything else gets an error. A bucket that does not exist, or whose owner cannot
+//! be reached, gets an error in place of its confirmation. The connection closes when
+//! the last bucket it follows is dropped. The worker's side, the backlog and dropping
+//! a subscriber that falls behind are `subscribe/`'s.
 
-use std::io;
+use std::io::{self, Write};
 use std::net::TcpStream;
 
 use super::{Flow, RespConnection};
@@ -19,7 +22,7 @@ use crate::protocol::{
 };
 use crate::router::Route;
 use crate::socket::ReadNow;
-use crate::subscribe::{self, Input, RelayedEvents, Render, Verdict};
+use crate::subscribe::{self, Asked, MuxInput, Render, Step, Streams};
 use crate::{sys, worker};
 
 /// Most bytes of input one look at a subscribed client reads, so that a client
@@ -27,54 +30,55 @@ use crate::{sys, worker};
 const MAX_INPUT_PER_CHECK: usize = 64 * 1024;
 
 /// A subscribed RESP client's input: `PING`, `UNSUBSCRIBE` and `QUIT` are answered in
-/// order with the events; the rest is refused.
+/// order with the events, `SUBSCRIBE` is handed back to the connection; the rest is
+/// refused.
 struct Subscribed<'r> {
     reader: &'r mut RespReader,
     proto: Resp,
-    bucket: &'r [u8],
 }
 
-impl Input for Subscribed<'_> {
-    fn check(&mut self, client: &TcpStream, out: &mut Vec<u8>) -> io::Result<Verdict> {
-        let (proto, bucket) = (self.proto, self.bucket);
+impl MuxInput for Subscribed<'_> {
+    fn check(&mut self, client: &TcpStream, streams: &mut Streams<'_>) -> io::Result<Asked> {
         let mut read = 0;
-        while read < MAX_INPUT_PER_CHECK {
-            match self.reader.fill_from(&mut ReadNow(client)) {
-                // Half-closed: the stream goes on, as the text door's does.
-                Ok(0) => break,
-                Ok(n) => read += n,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Ok(Verdict::Gone),
-            }
+        loop {
             while let Some(frame) = self.reader.next_frame() {
-                let verdict = match frame {
-                    RespFrame::Command(args) => answer(args, proto, bucket, out),
+                let asked = match frame {
+                    RespFrame::Command(args) => answer(args, self.proto, streams),
                     RespFrame::TooLarge => {
-                        write_error(out, b"ERR value too large");
-                        Verdict::Go
+                        write_error(streams.output(), b"ERR value too large");
+                        Asked::Go
                     }
                     RespFrame::ProtocolError(what) => {
-                        write_error(out, format!("ERR Protocol error: {what}").as_bytes());
-                        Verdict::Gone
+                        write_error(streams.output(), format!("ERR Protocol error: {what}").as_bytes());
+                        Asked::End(Step::Gone)
                     }
                 };
-                if verdict != Verdict::Go {
-                    return Ok(verdict);
+                if asked != Asked::Go {
+                    return Ok(asked);
                 }
             }
+            if read >= MAX_INPUT_PER_CHECK {
+                return Ok(Asked::Go);
+            }
+            match self.reader.fill_from(&mut ReadNow(client)) {
+                // Half-closed: the stream goes on, as the text door's does.
+                Ok(0) => {
+                    streams.client_half_closed();
+                    return Ok(Asked::Go);
+                }
+                Ok(n) => read += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(Asked::Go),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Ok(Asked::End(Step::Gone)),
+            }
         }
-        Ok(Verdict::Go)
-    }
-
-    fn every_turn(&self) -> bool {
-        true
     }
 }
 
 /// Answers one command of a subscribed client.
-fn answer(args: Args<'_>, proto: Resp, bucket: &[u8], out: &mut Vec<u8>) -> Verdict {
+fn answer(args: Args<'_>, proto: Resp, streams: &mut Streams<'_>) -> Asked {
     let name = args.get(0).unwrap_or_default().to_ascii_lowercase();
+    let out = streams.output();
     match name.as_slice() {
         b"ping" => {
             let message = args.get(1).unwrap_or_default();
@@ -88,36 +92,50 @@ fn answer(args: Args<'_>, proto: Resp, bucket: &[u8], out: &mut Vec<u8>) -> Verd
                 Resp::V3 if args.len() > 1 => write_bulk(out, message),
                 Resp::V3 => write_simple(out, b"PONG"),
             }
-            Verdict::Go
+            Asked::Go
         }
-        b"unsubscribe" => {
-            let ours = args.len() == 1 || (1..args.len()).any(|i| args.get(i) == Some(bucket));
-            for other in (1..args.len()).filter_map(|i| args.get(i)).filter(|b| *b != bucket) {
-                write_unsubscribed(out, Some(other), 1, proto);
-            }
-            if ours {
-                write_unsubscribed(out, Some(bucket), 0, proto);
-                Verdict::Unsubscribed
-            } else {
-                Verdict::Go
-            }
+        b"unsubscribe" => unsubscribe(&args, proto, streams),
+        b"subscribe" if args.len() > 1 => Asked::End(Step::Subscribe(
+            (1..args.len()).filter_map(|i| args.get(i)).map(<[u8]>::to_vec).collect(),
+        )),
+        b"subscribe" => {
+            write_error(out, b"ERR wrong number of arguments for 'subscribe' command");
+            Asked::Go
         }
         b"quit" => {
             write_simple(out, b"OK");
-            Verdict::Gone
-        }
-        b"subscribe" => {
-            write_error(out, b"ERR kv subscribes a connection to one bucket: UNSUBSCRIBE first");
-            Verdict::Go
+            Asked::End(Step::Gone)
         }
         _ => {
             let shown = &name[..name.len().min(64)];
-            let text =
-                [&b"ERR Can't execute '"[..], shown, b"': only PING, UNSUBSCRIBE and QUIT while subscribed"];
+            let text = [
+                &b"ERR Can't execute '"[..],
+                shown,
+                b"': only PING, SUBSCRIBE, UNSUBSCRIBE and QUIT while subscribed",
+            ];
             write_error(out, &text.concat());
-            Verdict::Go
+            Asked::Go
         }
     }
+}
+
+/// `UNSUBSCRIBE [bucket ...]`: one frame per bucket named (every bucket followed, if
+/// none is), each with how many remain after it; after the last, the connection
+/// serves commands again.
+fn unsubscribe(args: &Args<'_>, proto: Resp, streams: &mut Streams<'_>) -> Asked {
+    if args.len() == 1 {
+        let all = streams.remove_all();
+        for (i, bucket) in all.iter().enumerate() {
+            write_unsubscribed(streams.output(), Some(bucket), (all.len() - i - 1) as i64, proto);
+        }
+    } else {
+        for bucket in (1..args.len()).filter_map(|i| args.get(i)) {
+            streams.remove(bucket);
+            let left = streams.len() as i64;
+            write_unsubscribed(streams.output(), Some(bucket), left, proto);
+        }
+    }
+    if streams.is_empty() { Asked::End(Step::Unsubscribed) } else { Asked::Go }
 }
 
 /// Writes the frame Redis answers `SUBSCRIBE` (`kind` = `subscribe`) or `UNSUBSCRIBE`
@@ -137,68 +155,105 @@ pub(super) fn write_unsubscribed(out: &mut Vec<u8>, channel: Option<&[u8]>, coun
     write_confirmation(out, b"unsubscribe", channel, count, proto);
 }
 
-impl RespConnection<'_> {
-    /// `SUBSCRIBE bucket`: the connection becomes the bucket's stream once the replies
-    /// before it are written.
+impl<'s> RespConnection<'s> {
+    /// `SUBSCRIBE bucket [bucket ...]`: the connection follows the buckets once the
+    /// replies before it are written.
     pub(super) fn subscribe(&mut self, args: Args<'_>) -> Flow {
-        if args.len() != 2 {
-            self.push_error(b"ERR kv subscribes a connection to one bucket: SUBSCRIBE <bucket>");
+        if args.len() < 2 {
+            self.push_error(b"ERR wrong number of arguments for 'subscribe' command");
             return Flow::Next;
         }
-        Flow::Subscribe(args.get(1).unwrap_or_default().to_vec())
+        Flow::Subscribe((1..args.len()).filter_map(|i| args.get(i)).map(<[u8]>::to_vec).collect())
     }
 
-    /// Subscribes to `bucket` and streams its events until the stream ends (true); if
-    /// the subscription did not take (no such bucket, the owner unreachable) the reply
-    /// says why, and after an `UNSUBSCRIBE` the connection goes on serving commands
-    /// (false). `reader` holds what the client sends meanwhile.
-    pub(super) fn stream_events(&mut self, bucket: &[u8], reader: &mut RespReader) -> io::Result<bool> {
-        let bucket = bucket.to_vec();
-        let render = Render::Resp { proto: self.proto, bucket: bucket.clone() };
-        let mut input = Subscribed { reader, proto: self.proto, bucket: &bucket };
+    /// Subscribes to `buckets` and streams their events until the connection is over
+    /// (true) or every subscription is gone after `UNSUBSCRIBE`, or none took (false:
+    /// the connection serves commands again, `reader` holding what the client sent
+    /// meanwhile).
+    pub(super) fn stream_events(&mut self, buckets: &[Vec<u8>], reader: &mut RespReader) -> io::Result<bool> {
+        // The bell is a descriptor of the budget, as every socket is.
+        let bell = match self.state.take_socket().then(sys::Bell::new) {
+            Some(Ok(bell)) => bell,
+            Some(Err(error)) => {
+                self.state.release_socket();
+                log::warn!("cannot make a subscriber's bell: {error}");
+                self.round.push_local(Reply::Error(ErrorKind::TooManyConnections));
+                return self.finish_round().map(|()| false);
+            }
+            None => {
+                self.round.push_local(Reply::Error(ErrorKind::TooManyConnections));
+                return self.finish_round().map(|()| false);
+            }
+        };
+        let _bell_socket = self.state.socket_taken();
+        subscribe::cap_send_buffer(&self.stream);
+        let mut streams = Streams::new(bell, self.state.config.subscriber_backlog);
+        let stream = self.stream.clone();
         let stop = &self.state.shutting_down;
-        match self.state.routes.route(&bucket) {
+        let mut asked = buckets.to_vec();
+        let over = loop {
+            if let Err(error) = self.open_all(&asked, &mut streams) {
+                break Err(error);
+            }
+            if streams.is_empty() {
+                break (&*stream).write_all(streams.output()).map(|()| false);
+            }
+            let mut input = Subscribed { reader: &mut *reader, proto: self.proto };
+            match streams.run(&stream, stop, &mut input) {
+                Ok(Step::Subscribe(more)) => asked = more,
+                Ok(Step::Unsubscribed) => break Ok(false),
+                Ok(Step::Gone) => break Ok(true),
+                Err(error) => break Err(error),
+            }
+        };
+        drop(streams);
+        sys::give_freed_memory_back();
+        over
+    }
+
+    /// Subscribes to each of `buckets` not followed yet; each gets its confirmation
+    /// (how many are followed now) or the error that says why not, in order.
+    fn open_all(&mut self, buckets: &[Vec<u8>], streams: &mut Streams<'s>) -> io::Result<()> {
+        for bucket in buckets {
+            if !streams.follows(bucket) {
+                self.open(bucket, streams);
+            }
+            if streams.follows(bucket) {
+                let count = streams.len() as i64;
+                self.push_own(|out, proto| write_confirmation(out, b"subscribe", Some(bucket), count, proto));
+            }
+            self.round.flush();
+            self.round.write_output(streams.output())?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes to `bucket`, locally or at the node owning it; a failure is pushed
+    /// to the round as its reply.
+    fn open(&mut self, bucket: &[u8], streams: &mut Streams<'s>) {
+        match self.state.routes.route(bucket) {
             Route::Local => {
-                let w = worker::worker_for(&bucket, self.round.worker_count());
+                let w = worker::worker_for(bucket, self.round.worker_count());
                 let (subscriber, subscription) =
                     subscribe::subscription(self.state.config.subscriber_backlog);
-                self.round.push_subscribe(w, &Command::Subscribe { bucket: &bucket }, subscriber);
+                self.round.push_subscribe(w, &Command::Subscribe { bucket }, subscriber);
                 self.round.flush();
-                if self.round.unregistered_subscriber(w).is_some() {
-                    return self.finish_round().map(|()| false);
+                if self.round.unregistered_subscriber(w).is_none() {
+                    let render = Render::Resp { proto: self.proto, bucket: bucket.to_vec() };
+                    let counted = Box::new(self.state.subscriber_guard());
+                    streams.add_local(bucket, subscription, counted, render);
                 }
-                self.confirm(&bucket)?;
-                let _counted = self.state.subscriber_guard();
-                let streamed =
-                    subscribe::stream_events(&self.stream, subscription, stop, &render, &mut input);
-                sys::give_freed_memory_back();
-                streamed.map(|verdict| verdict != Verdict::Unsubscribed)
             }
-            Route::Peer(p) => self.relay_from(usize::from(p), &bucket, &render, &mut input),
-            Route::Unrouted => {
-                self.round.push_local(Reply::Error(ErrorKind::NoRoute { bucket: &bucket }));
-                self.finish_round().map(|()| false)
-            }
+            Route::Peer(p) => self.relay_from(usize::from(p), bucket, streams),
+            Route::Unrouted => self.round.push_local(Reply::Error(ErrorKind::NoRoute { bucket })),
         }
     }
 
-    /// The subscription took: its confirmation frame, after everything before it.
-    fn confirm(&mut self, bucket: &[u8]) -> io::Result<()> {
-        self.push_own(|out, proto| write_confirmation(out, b"subscribe", Some(bucket), 1, proto));
-        self.finish_round()
-    }
-
-    /// Subscribes at the node owning `bucket` and relays its events.
-    fn relay_from(
-        &mut self,
-        p: usize,
-        bucket: &[u8],
-        render: &Render,
-        input: &mut Subscribed<'_>,
-    ) -> io::Result<bool> {
+    /// Subscribes at the node owning `bucket`, to relay its events.
+    fn relay_from(&mut self, p: usize, bucket: &[u8], streams: &mut Streams<'s>) {
         if !self.state.take_socket() {
             self.round.push_local(Reply::Error(ErrorKind::TooManyConnections));
-            return self.finish_round().map(|()| false);
+            return;
         }
         let peer = self.state.peers.get(p);
         let dialect = self.round.dialect();
@@ -206,22 +261,17 @@ impl RespConnection<'_> {
             RemoteSubscription::Answered(reply) => {
                 self.state.release_socket();
                 self.round.push_local_bytes(&reply);
-                self.finish_round().map(|()| false)
             }
             RemoteSubscription::Unavailable => {
                 self.state.release_socket();
                 self.round.push_local(peer.unavailable());
-                self.finish_round().map(|()| false)
             }
             RemoteSubscription::Streaming { stream, pending } => {
-                let _owner_socket = self.state.socket_taken();
-                self.confirm(bucket)?;
+                let held = Box::new(self.state.socket_taken());
                 let mut owner_lost = Vec::new();
                 peer.unavailable().write(dialect, &mut owner_lost);
-                let events = RelayedEvents::new(stream, self.state.config.subscriber_backlog, owner_lost);
-                let stop = &self.state.shutting_down;
-                let verdict = subscribe::stream_relayed(&self.stream, events, &pending, stop, render, input)?;
-                Ok(verdict != Verdict::Unsubscribed)
+                let render = Render::Resp { proto: self.proto, bucket: bucket.to_vec() };
+                streams.add_relayed(bucket, stream, pending, owner_lost, held, render);
             }
         }
     }

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::sys::Bell;
+
 /// Growth of the log between two looks at its readers when none is near its limit:
 /// it bounds the bytes every reader has already read that the log still holds, and
 /// makes the look (one pass over the readers) cost a fraction of a nanosecond per
@@ -52,6 +54,10 @@ struct LogState {
     /// Readers registered and neither gone, dropped nor let go: when the last one
     /// leaves, the bytes go at once, not at the bucket's next write.
     live: usize,
+    /// Readers that wait in `poll` for several logs at once ([`Cursor::arm`]), with
+    /// their bells: each is rung once, at the next append or the end, and must arm
+    /// again after.
+    armed: Vec<(Arc<Cursor>, Arc<Bell>)>,
 }
 
 impl LogState {
@@ -103,6 +109,8 @@ pub struct Cursor {
     counted: AtomicBool,
     /// The worker's end was let go without being registered: no event will come.
     abandoned: AtomicBool,
+    /// In the log's `armed` list; changed only under the log's lock.
+    armed: AtomicBool,
 }
 
 /// What a reader got.
@@ -145,6 +153,39 @@ impl Cursor {
         self.take_locked(&state, out, max).unwrap_or(Take::Nothing)
     }
 
+    /// Appends to `out` the events after the cursor there are now, while `out` is
+    /// under `max` bytes (all of them once the log has ended), without waiting.
+    pub fn take_now(&self, out: &mut Vec<u8>, max: usize) -> Take {
+        let Some(log) = self.log.get() else {
+            let abandoned = self.abandoned.load(Ordering::Acquire);
+            return if abandoned { Take::Ended } else { Take::Nothing };
+        };
+        if out.len() >= max && !log.ended.load(Ordering::Acquire) {
+            return Take::Nothing;
+        }
+        let state = log.state.lock();
+        self.take_locked(&state, out, max).unwrap_or(Take::Nothing)
+    }
+
+    /// Asks for `bell` to be rung at the log's next append or end, for a reader that
+    /// waits on several logs in one `poll`. False, and nothing asked, when there is
+    /// already something to take (or to notice: the end, being dropped).
+    pub fn arm(self: &Arc<Self>, bell: &Arc<Bell>) -> bool {
+        let Some(log) = self.log.get() else {
+            // Not registered yet (it is by the time a connection streams), or let go.
+            return !self.abandoned.load(Ordering::Acquire);
+        };
+        let mut state = log.state.lock();
+        let read = self.read.load(Ordering::Relaxed);
+        if state.ended || self.dropped.load(Ordering::Acquire) || read < state.start || read < state.head() {
+            return false;
+        }
+        if !self.armed.swap(true, Ordering::AcqRel) {
+            state.armed.push((self.clone(), bell.clone()));
+        }
+        true
+    }
+
     /// What there is to take now; `None` if the reader should wait.
     fn take_locked(&self, state: &LogState, out: &mut Vec<u8>, max: usize) -> Option<Take> {
         let read = self.read.load(Ordering::Relaxed);
@@ -177,6 +218,10 @@ impl Cursor {
         let mut state = log.state.lock();
         self.gone.store(true, Ordering::Release);
         state.left += 1;
+        if self.armed.swap(false, Ordering::AcqRel) {
+            // Its bell (a descriptor) goes with the connection, not at the next write.
+            state.armed.retain(|(armed, _)| !std::ptr::eq(&**armed, self));
+        }
         if state.release(self) && state.live == 0 && !state.ended {
             let head = state.head();
             state.bytes = VecDeque::new();
@@ -292,10 +337,17 @@ impl BucketLog {
             flushed = self.look(&mut state);
         }
         let wake = state.waiting > 0;
+        let armed = if state.armed.is_empty() { Vec::new() } else { std::mem::take(&mut state.armed) };
+        for (cursor, _) in &armed {
+            cursor.armed.store(false, Ordering::Release);
+        }
         drop(state);
         if wake {
             log.more.notify_all();
             flushed.woke = true;
+        }
+        for (_, bell) in armed {
+            bell.ring();
         }
         flushed
     }

@@ -20,12 +20,15 @@
 //! worth of memory instead of holding one each.
 //!
 //! The connection side, for a local subscription and for one relayed from the node
-//! that owns the bucket alike, is `stream.rs`.
+//! that owns the bucket alike, is `stream.rs`; `mux.rs` follows several buckets on
+//! one connection (the RESP door's `SUBSCRIBE a b`).
 
 mod event_log;
+mod mux;
 mod stream;
 
-pub use stream::{Ignored, Input, RelayedEvents, Render, Verdict, client_gone};
+pub use mux::{Asked, Held, MuxInput, Step, Streams};
+pub use stream::{RelayedEvents, Render, client_gone};
 
 use std::collections::HashMap;
 use std::io;
@@ -55,10 +58,9 @@ pub fn stream_events(
     subscription: Subscription,
     stop: &AtomicBool,
     render: &Render,
-    input: &mut dyn Input,
-) -> io::Result<Verdict> {
+) -> io::Result<()> {
     cap_send_buffer(client);
-    stream::stream_events(client, subscription, stop, render, input)
+    stream::stream_events(client, subscription, stop, render)
 }
 
 /// Relays a subscription's events from the owning node to `client` (see
@@ -70,15 +72,14 @@ pub fn stream_relayed(
     pending: &[u8],
     stop: &AtomicBool,
     render: &Render,
-    input: &mut dyn Input,
-) -> io::Result<Verdict> {
+) -> io::Result<()> {
     cap_send_buffer(client);
-    stream::stream_relayed(client, events, pending, stop, render, input)
+    stream::stream_relayed(client, events, pending, stop, render)
 }
 
 /// Sets [`SUBSCRIBER_SEND_BUFFER`] on a subscriber's socket. A failure only costs
 /// memory, so it is logged, not returned.
-fn cap_send_buffer(client: &TcpStream) {
+pub fn cap_send_buffer(client: &TcpStream) {
     if let Err(error) = crate::sys::set_send_buffer(client, SUBSCRIBER_SEND_BUFFER) {
         log::debug!("cannot cap a subscriber's send buffer: {error}");
     }
@@ -383,6 +384,33 @@ mod tests {
     }
 
     #[test]
+    fn an_armed_reader_is_rung_once_at_the_next_append_and_let_go_when_it_leaves() {
+        let bell = Arc::new(crate::sys::Bell::new().unwrap());
+        let mut subscriptions = Subscriptions::default();
+        let (a, a_rx) = subscription(1024);
+        subscriptions.add(b"x", a);
+        subscriptions.publish(b"x", set(b"1"));
+        subscriptions.flush();
+        assert!(!a_rx.cursor.arm(&bell), "events wait: nothing to arm for");
+        assert_eq!(taken(&a_rx).0, b"k SET TO 1\r\n");
+        assert!(a_rx.cursor.arm(&bell));
+        assert!(a_rx.cursor.arm(&bell), "arming twice is one ring");
+        assert!(!bell.is_rung());
+        subscriptions.publish(b"x", set(b"2"));
+        assert!(!bell.is_rung(), "rung at the flush, not at the event");
+        subscriptions.flush();
+        assert!(bell.is_rung());
+        bell.clear();
+        subscriptions.publish(b"x", set(b"3"));
+        subscriptions.flush();
+        assert!(!bell.is_rung(), "once per arming");
+        assert_eq!(taken(&a_rx).0, b"k SET TO 2\r\nk SET TO 3\r\n");
+        assert!(a_rx.cursor.arm(&bell));
+        drop(a_rx);
+        assert_eq!(Arc::strong_count(&bell), 1, "the log let go of the bell with its reader");
+    }
+
+    #[test]
     fn a_subscriber_registered_mid_batch_sees_the_events_after_it_only() {
         let mut subscriptions = Subscriptions::default();
         let (early, early_rx) = subscription(1024);
@@ -615,8 +643,7 @@ mod tests {
         subscriptions.flush();
         let stop = AtomicBool::new(false);
         let written = std::thread::scope(|scope| {
-            let streaming =
-                scope.spawn(|| stream_events(&server_side, stream, &stop, &Render::Text, &mut Ignored));
+            let streaming = scope.spawn(|| stream_events(&server_side, stream, &stop, &Render::Text));
             // Wait for the socket to fill: the bytes written stop growing.
             let written = settled(|| cursor.written.load(Ordering::Acquire));
             stop.store(true, Ordering::Relaxed);
@@ -655,8 +682,7 @@ mod tests {
         subscriptions.flush();
         let stop = AtomicBool::new(false);
         let counted = std::thread::scope(|scope| {
-            let streaming =
-                scope.spawn(|| stream_events(&server_side, stream, &stop, &Render::Text, &mut Ignored));
+            let streaming = scope.spawn(|| stream_events(&server_side, stream, &stop, &Render::Text));
             settled(|| cursor.written.load(Ordering::Acquire));
             // Six more turns of the stuck loop, which wakes every half second.
             std::thread::sleep(Duration::from_millis(3000));

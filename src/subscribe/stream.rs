@@ -1,6 +1,8 @@
 //! Writing a subscription's events to its client: one loop for a local subscription
 //! (events from the owning worker, read from the bucket's event log) and for a
-//! relayed one (event lines from the owning node, over a socket).
+//! relayed one (event lines from the owning node, over a socket). This is the text
+//! door's, and a node's relaying for another: one bucket per connection. The RESP
+//! door follows several buckets at once with `mux.rs`, on the same rules.
 //!
 //! The loop is "write what the client takes, drop it when too far behind": a client
 //! that does not read must pin neither this thread nor more than the backlog limit of
@@ -37,7 +39,7 @@ impl Render {
     /// Renders the whole event frames at the front of `raw` into `out`; returns how
     /// many bytes of `raw` they took, and whether one was `DROPPED` (the last event of
     /// a stream). `Err` for bytes that are not event frames.
-    fn render(&self, raw: &[u8], out: &mut Vec<u8>) -> io::Result<(usize, bool)> {
+    pub(super) fn render(&self, raw: &[u8], out: &mut Vec<u8>) -> io::Result<(usize, bool)> {
         let (mut at, mut dropped) = (0, false);
         loop {
             match Event::read_frame(&raw[at..]) {
@@ -57,42 +59,8 @@ impl Render {
     }
 }
 
-/// What a stream does with what its client sends.
-pub trait Input {
-    /// Reads what the client sent, without blocking, and may append replies to `out`
-    /// (in order with the events).
-    fn check(&mut self, client: &TcpStream, out: &mut Vec<u8>) -> io::Result<Verdict>;
-    /// True to be checked at every turn of the loop, not only when it is idle: a
-    /// client that expects replies while events flow.
-    fn every_turn(&self) -> bool {
-        false
-    }
-}
-
-/// What [`Input::check`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// The stream goes on.
-    Go,
-    /// The client is gone (reset), or asked to close: the stream ends.
-    Gone,
-    /// The client unsubscribed: the stream ends, and the connection serves commands
-    /// again (the RESP door).
-    Unsubscribed,
-}
-
-/// The text door's input: read and ignored; only a reset ends the stream.
-#[derive(Debug, Default)]
-pub struct Ignored;
-
-impl Input for Ignored {
-    fn check(&mut self, client: &TcpStream, _out: &mut Vec<u8>) -> io::Result<Verdict> {
-        Ok(if client_gone(client)? { Verdict::Gone } else { Verdict::Go })
-    }
-}
-
 /// How long the loop waits for events before it looks at the client and at shutdown.
-const CLIENT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+pub(super) const CLIENT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How long one write to a relayed subscriber may block. Short, so that while the
 /// client is not reading the loop keeps draining the owner and reaches the limit (and
@@ -102,7 +70,7 @@ const CLIENT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 const WRITE_WAIT: Duration = Duration::from_millis(20);
 
 /// Most event bytes gathered from the source at once.
-const CHUNK: usize = 64 * 1024;
+pub(super) const CHUNK: usize = 64 * 1024;
 
 /// What a source had to give.
 enum Fill {
@@ -136,7 +104,7 @@ trait Source {
 }
 
 /// Why a stream was cut: the client fell too far behind.
-fn too_far_behind() -> io::Error {
+pub(super) fn too_far_behind() -> io::Error {
     io::Error::other("subscriber dropped: too far behind")
 }
 
@@ -146,13 +114,7 @@ fn too_far_behind() -> io::Error {
 /// Events are counted as written (for the backlog) when rendered: the difference is at
 /// most what one fill takes ([`CHUNK`]). A source that ends after a `DROPPED` ends the
 /// stream without its last words (those are for a lost owner).
-fn stream(
-    client: &TcpStream,
-    source: &mut dyn Source,
-    stop: &AtomicBool,
-    render: &Render,
-    input: &mut dyn Input,
-) -> io::Result<Verdict> {
+fn stream(client: &TcpStream, source: &mut dyn Source, stop: &AtomicBool, render: &Render) -> io::Result<()> {
     client.set_write_timeout(Some(source.write_wait()))?;
     let (mut pending, mut raw): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
     let mut dropped = false;
@@ -163,7 +125,7 @@ fn stream(
             return Err(too_far_behind());
         }
         if stop.load(Ordering::Relaxed) {
-            return Ok(Verdict::Gone);
+            return Ok(());
         }
         let wait = if pending.is_empty() { CLIENT_CHECK_INTERVAL } else { WRITE_WAIT };
         // A client that has not taken a chunk gets no more from a source that keeps the
@@ -184,17 +146,11 @@ fn stream(
             }
             client.set_write_timeout(Some(CLIENT_CHECK_INTERVAL))?;
             let _ = (&*client).write_all(&pending);
-            return Ok(Verdict::Gone);
+            return Ok(());
         }
-        if idle || input.every_turn() {
-            match input.check(client, &mut pending)? {
-                Verdict::Go => {}
-                verdict => {
-                    client.set_write_timeout(Some(CLIENT_CHECK_INTERVAL))?;
-                    (&*client).write_all(&pending)?;
-                    return Ok(verdict);
-                }
-            }
+        // Input is read and ignored; only a reset ends the stream.
+        if idle && client_gone(client)? {
+            return Ok(());
         }
     }
 }
@@ -253,9 +209,8 @@ pub fn stream_events(
     mut subscription: Subscription,
     stop: &AtomicBool,
     render: &Render,
-    input: &mut dyn Input,
-) -> io::Result<Verdict> {
-    stream(client, &mut subscription, stop, render, input)
+) -> io::Result<()> {
+    stream(client, &mut subscription, stop, render)
 }
 
 /// A subscription relayed from the node that owns the bucket.
@@ -318,8 +273,7 @@ pub fn stream_relayed(
     pending: &[u8],
     stop: &AtomicBool,
     render: &Render,
-    input: &mut dyn Input,
-) -> io::Result<Verdict> {
+) -> io::Result<()> {
     // What came with the acknowledgement is written like any event.
     struct First<'a> {
         events: &'a mut RelayedEvents,
@@ -342,7 +296,7 @@ pub fn stream_relayed(
             self.events.too_far_behind(pending)
         }
     }
-    stream(client, &mut First { events: &mut events, first: Some(pending) }, stop, render, input)
+    stream(client, &mut First { events: &mut events, first: Some(pending) }, stop, render)
 }
 
 /// Most bytes of ignored input one check reads, so that a client sending without

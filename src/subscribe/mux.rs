@@ -1,0 +1,348 @@
+//! Several subscriptions on one connection (the RESP door's `SUBSCRIBE a b ...`): one
+//! thread writes the events of every bucket its client follows, local or relayed from
+//! the node that owns it, and waits for all of them and for the client in one `poll`.
+//!
+//! A local subscription rings the connection's [`Bell`] when its log has events
+//! (`event_log.rs`, [`Cursor::arm`](super::event_log::Cursor::arm)); a relayed one
+//! makes its owner's socket readable. Each bucket's events are rendered whole into
+//! one output, so messages of different buckets interleave only between messages.
+//! The rules of the one-bucket loop (`stream.rs`) hold per bucket: a local
+//! subscription takes no more from its log while a chunk waits for the client (the
+//! worker drops it past its backlog), a relay keeps draining its owner and the
+//! connection is dropped once more than the backlog waits unwritten. What the client
+//! sends is the caller's ([`MuxInput`]): it may answer, unsubscribe buckets, or hand
+//! back buckets to subscribe to.
+
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::Subscription;
+use super::event_log::Take;
+use super::stream::{CHUNK, CLIENT_CHECK_INTERVAL, Render, too_far_behind};
+use crate::sys::{self, Bell, PollFd};
+
+/// Anything an entry holds for its life and lets go of when it ends (its count in
+/// STATS `subscribers`, the descriptor budget's share for a relay's owner socket).
+pub trait Held {}
+impl<T> Held for T {}
+
+/// What a turn of [`Streams::run`] ended with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The client is gone, asked to close, or every stream ended (the buckets were
+    /// dropped, the server is stopping): close the connection.
+    Gone,
+    /// The client unsubscribed from everything: it serves commands again.
+    Unsubscribed,
+    /// The client asked for these buckets too: subscribe, then run again.
+    Subscribe(Vec<Vec<u8>>),
+}
+
+/// What a subscribed client's input asked for, as [`MuxInput::check`] found it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Asked {
+    /// Nothing for the loop: go on.
+    Go,
+    /// End the loop with this step.
+    End(Step),
+}
+
+/// A subscribed client's input: read without blocking; replies go to
+/// [`Streams::output`], in order with the events.
+pub trait MuxInput {
+    fn check(&mut self, client: &TcpStream, streams: &mut Streams<'_>) -> io::Result<Asked>;
+}
+
+/// Where one bucket's events come from.
+enum Feed {
+    Local(Subscription),
+    Relayed {
+        owner: TcpStream,
+        /// Told to the client if the owner ends the stream other than by a DROP.
+        owner_lost: Vec<u8>,
+    },
+}
+
+/// One followed bucket.
+struct Entry<'s> {
+    bucket: Vec<u8>,
+    render: Render,
+    feed: Feed,
+    _held: Box<dyn Held + 's>,
+    /// Event bytes taken and not yet rendered (at most a partial frame, or a chunk
+    /// for a relay).
+    raw: Vec<u8>,
+}
+
+/// What filling an entry found.
+enum Filled {
+    Nothing,
+    Got,
+    /// The bucket was dropped: its `DROPPED` is rendered, and the entry is over.
+    Dropped,
+    /// The stream ended otherwise (the server is stopping, the owner was lost).
+    Ended,
+}
+
+/// Every bucket one connection follows, and what waits to be written to it.
+pub struct Streams<'s> {
+    entries: Vec<Entry<'s>>,
+    output: Vec<u8>,
+    bell: Arc<Bell>,
+    /// Most bytes a relay's events may wait unwritten (`--subscriber-backlog`).
+    limit: usize,
+    /// The client closed its sending side: its socket stays readable (at its end),
+    /// so the wait no longer watches it for input.
+    half_closed: bool,
+}
+
+impl<'s> Streams<'s> {
+    /// No buckets yet; `bell` is the connection's, `limit` the backlog.
+    pub fn new(bell: Bell, limit: usize) -> Self {
+        Streams { entries: Vec::new(), output: Vec::new(), bell: Arc::new(bell), limit, half_closed: false }
+    }
+
+    /// Follows a local subscription of `bucket`, rendered as `render`; `held` lives
+    /// as long as it.
+    pub fn add_local(
+        &mut self,
+        bucket: &[u8],
+        subscription: Subscription,
+        held: Box<dyn Held + 's>,
+        render: Render,
+    ) {
+        self.push(bucket, Feed::Local(subscription), held, render, Vec::new());
+    }
+
+    /// Follows `bucket`'s events from the node that owns it: `first` are those that
+    /// came with its acknowledgement; `held` lives as long as the relay.
+    pub fn add_relayed(
+        &mut self,
+        bucket: &[u8],
+        owner: TcpStream,
+        first: Vec<u8>,
+        owner_lost: Vec<u8>,
+        held: Box<dyn Held + 's>,
+        render: Render,
+    ) {
+        self.push(bucket, Feed::Relayed { owner, owner_lost }, held, render, first);
+    }
+
+    fn push(&mut self, bucket: &[u8], feed: Feed, held: Box<dyn Held + 's>, render: Render, raw: Vec<u8>) {
+        self.entries.push(Entry { bucket: bucket.to_vec(), render, feed, _held: held, raw });
+    }
+
+    /// Stops following `bucket`; false if it was not followed.
+    pub fn remove(&mut self, bucket: &[u8]) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|entry| entry.bucket != bucket);
+        self.entries.len() < before
+    }
+
+    /// Stops following every bucket; returns their names, in the order followed.
+    pub fn remove_all(&mut self) -> Vec<Vec<u8>> {
+        self.entries.drain(..).map(|entry| entry.bucket).collect()
+    }
+
+    pub fn follows(&self, bucket: &[u8]) -> bool {
+        self.entries.iter().any(|entry| entry.bucket == bucket)
+    }
+
+    /// Buckets followed.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The client closed its sending side (a read of 0): its stream goes on, as the
+    /// text door's does, but there is no more input to wait for.
+    pub fn client_half_closed(&mut self) {
+        self.half_closed = true;
+    }
+
+    /// Bytes for the client after everything before them.
+    pub fn output(&mut self) -> &mut Vec<u8> {
+        &mut self.output
+    }
+
+    /// Writes events and what `input` answers to `client` until the client is gone
+    /// or falls too far behind (an error), every stream ends, `stop` is set, or the
+    /// input ends the turn. What is left unwritten is written before it returns,
+    /// waiting up to [`CLIENT_CHECK_INTERVAL`]: for a step that keeps the connection
+    /// (more buckets, back to commands), with its errors.
+    pub fn run(
+        &mut self,
+        client: &TcpStream,
+        stop: &AtomicBool,
+        input: &mut dyn MuxInput,
+    ) -> io::Result<Step> {
+        client.set_nonblocking(true)?;
+        let step = self.turns(client, stop, input);
+        client.set_nonblocking(false)?;
+        client.set_write_timeout(Some(CLIENT_CHECK_INTERVAL))?;
+        let written = (&*client).write_all(&self.output);
+        self.output.clear();
+        match step? {
+            Step::Gone => Ok(Step::Gone),
+            step => written.map(|()| step),
+        }
+    }
+
+    fn turns(&mut self, client: &TcpStream, stop: &AtomicBool, input: &mut dyn MuxInput) -> io::Result<Step> {
+        loop {
+            self.write_now(client)?;
+            if stop.load(Ordering::Relaxed) {
+                return Ok(Step::Gone);
+            }
+            let (got, ended) = self.fill()?;
+            if ended {
+                return Ok(Step::Gone);
+            }
+            if let Asked::End(step) = input.check(client, self)? {
+                return Ok(step);
+            }
+            // A relay keeps draining its owner while the client is stuck; local
+            // entries add at most two chunks (their logs keep the rest, and their
+            // workers drop them past the backlog).
+            if self.output.len() > self.limit.saturating_add(2 * CHUNK) {
+                return Err(too_far_behind());
+            }
+            if got || !self.arm() {
+                continue;
+            }
+            self.wait(client)?;
+        }
+    }
+
+    /// Writes what the client takes now.
+    fn write_now(&mut self, client: &TcpStream) -> io::Result<()> {
+        let mut written = 0;
+        while written < self.output.len() {
+            match (&*client).write(&self.output[written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.output.drain(..written);
+        Ok(())
+    }
+
+    /// Takes and renders what every entry has now. Returns whether anything came,
+    /// and whether the connection is over: a stream ended other than by a drop, or
+    /// the last bucket was dropped.
+    fn fill(&mut self) -> io::Result<(bool, bool)> {
+        let mut got = false;
+        let mut i = 0;
+        while i < self.entries.len() {
+            let entry = &mut self.entries[i];
+            match entry.fill(&mut self.output)? {
+                Filled::Nothing => i += 1,
+                Filled::Got => {
+                    got = true;
+                    i += 1;
+                }
+                Filled::Dropped => {
+                    got = true;
+                    self.entries.remove(i);
+                    if self.entries.is_empty() {
+                        return Ok((true, true));
+                    }
+                }
+                Filled::Ended => return Ok((got, true)),
+            }
+        }
+        Ok((got, false))
+    }
+
+    /// Asks every local log with room for more to ring the bell; false if one has
+    /// something to take already.
+    fn arm(&self) -> bool {
+        let room = self.output.len() < CHUNK;
+        for entry in &self.entries {
+            if let Feed::Local(subscription) = &entry.feed
+                && room
+                && !subscription.cursor.arm(&self.bell)
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Waits for the bell, a relay's owner, or the client (its input, or room for
+    /// what waits to be written), at most [`CLIENT_CHECK_INTERVAL`].
+    fn wait(&self, client: &TcpStream) -> io::Result<()> {
+        let mut fds = Vec::with_capacity(self.entries.len() + 2);
+        let (read, write) = (!self.half_closed, !self.output.is_empty());
+        fds.push(match (read, write) {
+            (false, false) => PollFd::ignored(),
+            _ => PollFd::new(client.as_raw_fd(), read, write),
+        });
+        fds.push(PollFd::new(self.bell.fd(), true, false));
+        for entry in &self.entries {
+            if let Feed::Relayed { owner, .. } = &entry.feed {
+                fds.push(PollFd::new(owner.as_raw_fd(), true, false));
+            }
+        }
+        sys::poll(&mut fds, CLIENT_CHECK_INTERVAL)?;
+        self.bell.clear();
+        Ok(())
+    }
+}
+
+impl Entry<'_> {
+    /// Takes what the source has now and renders the whole frames of it into `out`.
+    fn fill(&mut self, out: &mut Vec<u8>) -> io::Result<Filled> {
+        let took = match &mut self.feed {
+            Feed::Local(subscription) => {
+                if subscription.cursor.dropped.load(Ordering::Acquire) {
+                    return Err(too_far_behind());
+                }
+                // A client that has not taken a chunk gets no more: the log keeps it.
+                if out.len() + self.raw.len() >= CHUNK {
+                    return Ok(Filled::Nothing);
+                }
+                subscription.cursor.take_now(&mut self.raw, CHUNK)
+            }
+            Feed::Relayed { owner, .. } => read_owner(owner, &mut self.raw),
+        };
+        let (used, dropped) = self.render.render(&self.raw, out)?;
+        self.raw.drain(..used);
+        if let Feed::Local(subscription) = &self.feed {
+            subscription.cursor.written.fetch_add(used as u64, Ordering::AcqRel);
+        }
+        Ok(match took {
+            _ if dropped => Filled::Dropped,
+            Take::Got => Filled::Got,
+            Take::Nothing => Filled::Nothing,
+            Take::Ended => {
+                if let Feed::Relayed { owner_lost, .. } = &self.feed {
+                    out.extend_from_slice(owner_lost);
+                }
+                Filled::Ended
+            }
+        })
+    }
+}
+
+/// One read of what the owner sent, without waiting; `Ended` when it closed or failed.
+fn read_owner(owner: &TcpStream, raw: &mut Vec<u8>) -> Take {
+    let mut chunk = [0u8; 16 * 1024];
+    match sys::recv_now(owner, &mut chunk) {
+        Ok(Some(0)) | Err(_) => Take::Ended,
+        Ok(Some(n)) => {
+            raw.extend_from_slice(&chunk[..n]);
+            Take::Got
+        }
+        Ok(None) => Take::Nothing,
+    }
+}
