@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Subscription;
 use super::event_log::Take;
-use super::stream::{CHUNK, CLIENT_CHECK_INTERVAL, Render, too_far_behind};
+use super::stream::{CHUNK, CLIENT_CHECK_INTERVAL, Render, too_far_behind, write_some};
 use crate::sys::{self, Bell, PollFd};
 
 /// Anything an entry holds for its life and lets go of when it ends (its count in
@@ -222,16 +222,7 @@ impl<'s> Streams<'s> {
 
     /// Writes what the client takes now.
     fn write_now(&mut self, client: &TcpStream) -> io::Result<()> {
-        let mut written = 0;
-        while written < self.output.len() {
-            match (&*client).write(&self.output[written..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => written += n,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(error),
-            }
-        }
+        let written = write_some(client, &self.output)?;
         self.output.drain(..written);
         Ok(())
     }

@@ -156,7 +156,7 @@ fn stream(client: &TcpStream, source: &mut dyn Source, stop: &AtomicBool, render
 }
 
 /// Writes as much of `bytes` as the client takes within the write timeout per write.
-fn write_some(client: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+pub(super) fn write_some(client: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
     let mut written = 0;
     while written < bytes.len() {
         match (&*client).write(&bytes[written..]) {
