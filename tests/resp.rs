@@ -251,6 +251,10 @@ fn tooling_commands(proto: Proto) {
     let config = ok(&mut con, &[b"CONFIG", b"GET", b"maxmemory"]);
     assert_map_form(&config, proto);
     assert_eq!(pairs(config), []);
+    // What redis-benchmark asks on start; a name twice is answered once.
+    let config = ok(&mut con, &[b"CONFIG", b"GET", b"save", b"APPENDONLY", b"nope", b"save"]);
+    assert_map_form(&config, proto);
+    assert_eq!(pairs(config), [(b(b"appendonly"), b(b"no")), (b(b"save"), b(b""))]);
 
     assert_eq!(ok(&mut con, &[b"DBSIZE"]), Value::Int(0));
     ok(&mut con, &[b"HSET", b"h", b"f1", b"v1", b"f2", b"v2"]);
@@ -1031,17 +1035,21 @@ fn installed(tool: &str, test: &str) -> Option<String> {
 }
 
 fn run_tool(path: &str, args: &[impl AsRef<std::ffi::OsStr> + std::fmt::Debug]) -> String {
+    run_tool_with_stderr(path, args).0
+}
+
+/// [`run_tool`], with what the tool wrote to standard error too.
+fn run_tool_with_stderr(
+    path: &str,
+    args: &[impl AsRef<std::ffi::OsStr> + std::fmt::Debug],
+) -> (String, String) {
     let mut tool = Command::new(path);
     tool.args(args);
     let done = run_to_end(tool, b"");
     let stdout = String::from_utf8_lossy(&done.stdout).into_owned();
-    assert!(
-        done.status.success(),
-        "{path} {args:?} failed: {:?}\n{stdout}\n{}",
-        done.status,
-        String::from_utf8_lossy(&done.stderr)
-    );
-    stdout
+    let stderr = String::from_utf8_lossy(&done.stderr).into_owned();
+    assert!(done.status.success(), "{path} {args:?} failed: {:?}\n{stdout}\n{stderr}", done.status);
+    (stdout, stderr)
 }
 
 #[test]
@@ -1072,7 +1080,8 @@ fn redis_benchmark_sets_and_gets() {
     let Some(bench) = installed("redis-benchmark", "redis_benchmark_sets_and_gets") else { return };
     let server = start_resp_server();
     let port = resp_addr(&server).port().to_string();
-    let out = run_tool(&bench, &["-h", "127.0.0.1", "-p", &port, "-t", "set,get", "-n", "2000", "-q"]);
+    let (out, errors) =
+        run_tool_with_stderr(&bench, &["-h", "127.0.0.1", "-p", &port, "-t", "set,get", "-n", "2000", "-q"]);
     // `-q` prints one line per test, e.g. `SET: 54054.05 requests per second, p50=...`
     // (after carriage-return progress lines).
     for test in ["SET", "GET"] {
@@ -1083,6 +1092,8 @@ fn redis_benchmark_sets_and_gets() {
         let rate: f64 = line[test.len() + 2..].split_whitespace().next().unwrap().parse().unwrap();
         assert!(rate > 0.0, "{line}");
     }
+    // It read `save` and `appendonly` with CONFIG GET, or it would have warned.
+    assert!(!errors.contains("WARNING"), "{errors}");
     // redis-benchmark's keys (key:__rand_int__) landed in the strings bucket.
     let mut con = redis_connection(resp_addr(&server), Proto::Resp2);
     bound(&con);

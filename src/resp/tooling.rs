@@ -154,14 +154,37 @@ impl RespConnection<'_> {
         }
     }
 
-    /// `CONFIG GET pattern`: nothing to report (kv is configured by flags).
+    /// `CONFIG GET parameter [parameter ...]`: the few Redis parameters tools ask
+    /// about, answered with what kv does (redis-benchmark warns "Could not fetch server
+    /// CONFIG" unless it gets `save` and `appendonly`); any other name is left out of
+    /// the answer, as Redis leaves out names it does not know. kv is configured by its
+    /// flags, so nothing can be set.
     fn config(&mut self, args: Args<'_>) {
         let sub = args.get(1).unwrap_or_default().to_ascii_lowercase();
-        if sub == b"get" {
-            self.push_own(|out, proto| write_map_len(out, 0, proto));
-        } else {
+        if sub != b"get" {
             self.push_error(b"ERR kv is configured by its command-line flags; only CONFIG GET is served");
+            return;
         }
+        if args.len() < 3 {
+            self.push_error(b"ERR wrong number of arguments for 'config|get' command");
+            return;
+        }
+        let persistent = self.state.config.data_dir.is_some();
+        let mut known: Vec<(&[u8], &[u8])> = Vec::new();
+        for index in 2..args.len() {
+            let asked = args.get(index).unwrap_or_default().to_ascii_lowercase();
+            let answer = config_value(&asked, persistent);
+            if let Some(pair) = answer.filter(|(name, _)| !known.iter().any(|(seen, _)| seen == name)) {
+                known.push(pair);
+            }
+        }
+        self.push_own(|out, proto| {
+            write_map_len(out, known.len(), proto);
+            for (name, value) in &known {
+                write_bulk(out, name);
+                write_bulk(out, value);
+            }
+        });
     }
 
     /// `INFO`: STATS, in Redis's `# Section` and `key:value` lines. After the replies
@@ -192,5 +215,16 @@ impl RespConnection<'_> {
             self.state.counters.commands_total.fetch_add(self.commands, Ordering::Relaxed);
             self.commands = 0;
         }
+    }
+}
+
+/// A Redis configuration parameter kv can answer truthfully, by its lower-case name:
+/// `save` (kv takes no RDB-style point-in-time dumps on a timer: empty, as Redis with
+/// `--save ''`) and `appendonly` (`yes` when writes go to the log in `--data-dir`).
+fn config_value(name: &[u8], persistent: bool) -> Option<(&'static [u8], &'static [u8])> {
+    match name {
+        b"save" => Some((b"save", b"")),
+        b"appendonly" => Some((b"appendonly", if persistent { b"yes" } else { b"no" })),
+        _ => None,
     }
 }
