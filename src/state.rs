@@ -101,8 +101,12 @@ pub(crate) struct Counters {
     pub connections_total: AtomicU64,
     pub rejected_connections: AtomicU64,
     pub commands_total: AtomicU64,
-    /// Subscriptions streaming now, on this node's own buckets.
+    /// Subscriptions streaming now, on this node's own buckets: one per bucket a
+    /// connection follows (STATS `subscribers`).
     pub subscribers: AtomicUsize,
+    /// Connections streaming events now, whatever they follow and wherever it lives:
+    /// they apply no batches (see [`State::may_apply_inline`]).
+    pub streaming: AtomicUsize,
     /// Connections from other nodes open now ([`Seat::Peer`]).
     pub peer_connections: AtomicUsize,
     /// Sockets open now against [`Budget::sockets`].
@@ -136,12 +140,13 @@ impl State {
     /// the partition is free while there are no more connections that apply batches
     /// than cores, so that a thread holding a partition lock is rarely preempted by
     /// another connection's; with more, for shallow rounds only, waiting for the lock.
-    /// Streaming subscribers never apply a batch, so they do not count. Never with
+    /// Connections streaming events never apply a batch, so they do not count, once
+    /// each however many buckets they follow. Never with
     /// fault injection on, whose crashes must happen on workers.
     #[inline]
     pub fn may_apply_inline(&self) -> Inline {
         let connections = self.counters.connections.load(Ordering::Relaxed);
-        let streaming = self.counters.subscribers.load(Ordering::Relaxed);
+        let streaming = self.counters.streaming.load(Ordering::Relaxed);
         if self.config.debug {
             Inline::Never
         } else if connections.saturating_sub(streaming) <= config::cores() {
@@ -230,9 +235,13 @@ impl State {
     }
 
     /// Counts a subscription streaming from this node until the guard is dropped.
-    pub fn subscriber_guard(&self) -> SubscriberGuard<'_> {
-        self.counters.subscribers.fetch_add(1, Ordering::Relaxed);
-        SubscriberGuard(&self.counters.subscribers)
+    pub fn subscriber_guard(&self) -> Counted<'_> {
+        Counted::new(&self.counters.subscribers)
+    }
+
+    /// Counts a connection streaming events until the guard is dropped.
+    pub fn streaming_guard(&self) -> Counted<'_> {
+        Counted::new(&self.counters.streaming)
     }
 }
 
@@ -245,10 +254,18 @@ impl Drop for SocketTaken<'_> {
     }
 }
 
-/// Holds one count of [`Counters::subscribers`] while a subscription streams.
-pub(crate) struct SubscriberGuard<'a>(&'a AtomicUsize);
+/// Holds one count of a gauge of [`Counters`] (`subscribers`, `streaming`) while it
+/// lives, and gives it back when dropped (also while unwinding).
+pub(crate) struct Counted<'a>(&'a AtomicUsize);
 
-impl Drop for SubscriberGuard<'_> {
+impl<'a> Counted<'a> {
+    fn new(gauge: &'a AtomicUsize) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }

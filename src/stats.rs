@@ -26,6 +26,7 @@ pub(crate) fn collect(state: &State) -> Stats {
     stats.push("workers", workers.len());
     stats.push("worker_restarts", workers.iter().map(|w| load(&w.stats.restarts)).sum::<u64>());
     stats.push("subscribers", counters.subscribers.load(Ordering::Relaxed));
+    stats.push("streaming_connections", counters.streaming.load(Ordering::Relaxed));
     stats
         .push("subscribers_dropped", workers.iter().map(|w| load(&w.stats.subscribers_dropped)).sum::<u64>());
     add_persistence(state, &mut stats);

@@ -488,6 +488,9 @@ fn subscribe_through_any_node_streams_writes_made_through_every_node() {
     subscriber.roundtrip(b"GET tomato k\r\nSUBSCRIBE tomato\r\nPUT tomato ignored 1\r\n", b"\r\nOK\r\n");
     wait_until("c has registered the subscription", || stat(c, "subscribers") == "1");
     assert_eq!(stat(a, "subscribers"), "0", "a relays; c, the owner, holds the subscription");
+    // Both streaming connections count as such: the client's on a, a's link on c.
+    wait_until("a counts the relaying connection", || stat(a, "streaming_connections") == "1");
+    assert_eq!(stat(c, "streaming_connections"), "1");
 
     // Writes through every node, including straight to the owner, reach the stream in
     // the order the owner applied them.

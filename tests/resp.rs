@@ -528,6 +528,11 @@ fn one_connection_follows_a_hundred_buckets() {
     for (i, name) in names.iter().enumerate() {
         sub.expect(&confirmation(Proto::Resp3, b"subscribe", name, i + 1));
     }
+    // A hundred subscriptions, one connection streaming: the count that decides
+    // whether connections apply their requests themselves sees one.
+    let info = text_of(&ok(&mut writer, &[b"INFO"]));
+    assert!(info.split("\r\n").any(|l| l == "subscribers:100"), "INFO: {info}");
+    assert!(info.split("\r\n").any(|l| l == "streaming_connections:1"), "INFO: {info}");
     for name in names.iter().rev().step_by(7) {
         ok(&mut writer, &[b"HSET", name, b"k", name]);
         let payload = [&b"k SET TO "[..], name].concat();

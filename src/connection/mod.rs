@@ -581,6 +581,7 @@ impl<'s> Connection<'s> {
     /// From here on input is ignored and events are written.
     fn stream_events(&mut self, handoff: Handoff) -> io::Result<()> {
         self.streaming = true;
+        let _streaming = self.state.streaming_guard();
         let stop = &self.state.shutting_down;
         match handoff {
             Handoff::Local(subscription) => {

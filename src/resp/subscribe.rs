@@ -186,6 +186,7 @@ impl<'s> RespConnection<'s> {
             }
         };
         let _bell_socket = self.state.socket_taken();
+        let _streaming = self.state.streaming_guard();
         subscribe::cap_send_buffer(&self.stream);
         let mut streams = Streams::new(bell, self.state.config.subscriber_backlog);
         let stream = self.stream.clone();
