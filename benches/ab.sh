@@ -11,6 +11,7 @@
 # Not part of CI; installs nothing; stops every server it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 
 CELLS=${CELLS:-"1x1 8x1 64x1 64x16"}
 RUNS=${RUNS:-3}
@@ -38,10 +39,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-field() { sed -n "s/.*\"$2\":\\([-0-9.e]*\\).*/\\1/p" <<<"$1"; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "nan" }'; }
 
 declare -A ADDR PID
 NAMES=()

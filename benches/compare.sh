@@ -24,6 +24,7 @@
 # Quick check: DURATION=1 WARMUP=0.5 MEM_KEYS=100000 benches/compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
@@ -63,23 +64,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Ports below the kernel's ephemeral range, so no client socket of this very run can
-# hold the port a server is about to bind.
-EPHEMERAL_LOW=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-free_port() {
-    local port tries=0 span=$((EPHEMERAL_LOW - 10000))
-    while ((tries++ < 100)); do
-        port=$((10000 + RANDOM % span))
-        if ! port_open "$port"; then
-            echo "$port"
-            return
-        fi
-    done
-    log "no free port found"
-    exit 1
-}
 
 wait_port() {
     local port=$1 pid=$2 deadline=$((SECONDS + START_TIMEOUT))
@@ -143,12 +128,9 @@ stop_server() {
     wait "$1" 2>/dev/null || true
 }
 
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 # CPU time (user + system) of a process in clock ticks.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
 
-field() { sed -n "s/.*\"$2\":\\([-0-9.e]*\\).*/\\1/p" <<<"$1"; }
 
 proto_of() { echo "$1"; }
 
@@ -163,8 +145,6 @@ bench() {
     echo "$json"
 }
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "nan" }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "nan" && b != "nan") printf "%.2f", a / b; else printf "-" }'; }
 
 echo "# kv beside Redis and memcached: $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "machine: $(nproc) cores, $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"

@@ -52,6 +52,7 @@ if (($# != 1)); then
 fi
 KV=$(realpath "$1")
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 
 CELLS=${CELLS:-"8x1 8x16"}
 RUNS=${RUNS:-3}
@@ -101,18 +102,15 @@ else
     unlock() { :; }
 fi
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-# Two distinct free ports, both held while the kernel picks them.
+# Two distinct free ports (benches/lib.sh's free_port: below the ephemeral range, where
+# the kernel's picks for client sockets, this run's or anyone's, cannot take them).
 free_ports() {
-    python3 -c 'import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))'
+    local a b tries=0
+    a=$(free_port)
+    b=$(free_port)
+    while [[ $b == "$a" ]] && ((tries++ < 100)); do b=$(free_port); done
+    echo "$a $b"
 }
-field() { sed -n "s/.*\"$2\":\\([-0-9.e]*\\).*/\\1/p" <<<"$1"; }
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "nan" }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "nan" && b != "nan") printf "%.2f", a / b; else printf "-" }'; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
 per_request() { awk -v x="$1" -v n="$2" -v scale="$3" -v fmt="$4" 'BEGIN { if (n > 0) printf fmt, x * scale / n; else print "nan" }'; }
 

@@ -38,6 +38,7 @@
 # Quick check: DURATION=1 WARMUP=0.5 RUNS=1 LOAD_KEYS=100000 COMPACT_DURATION=3 benches/persist.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 
 CELLS=${CELLS:-"8x1 64x1 64x16"}
 RUNS=${RUNS:-3}
@@ -92,27 +93,12 @@ for s in $SERVERS; do
     ACTIVE+=("$s")
 done
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-EPHEMERAL_LOW=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-free_port() {
-    local port tries=0 span=$((EPHEMERAL_LOW - 10000))
-    while ((tries++ < 100)); do
-        port=$((10000 + RANDOM % span))
-        port_open "$port" || { echo "$port"; return; }
-    done
-    log "no free port found"
-    exit 1
-}
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
-field() { sed -n "s/.*\"$2\":\\([-0-9.e]*\\).*/\\1/p" <<<"$1"; }
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "nan" }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "nan" && b != "nan") printf "%.2f", a / b; else printf "-" }'; }
 # CPU time of a process in clock ticks: utime + stime, plus the children it has reaped
 # (cutime + cstime: Redis rewrites its AOF in a forked child; kv compacts in a thread).
 cpu_ticks() { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
 write_bytes() { awk '/^write_bytes:/ { print $2 }' "/proc/$1/io"; }
 # Context switches of every live thread: "voluntary involuntary".

@@ -37,6 +37,7 @@ fi
 KV=$(realpath "$1")
 BEFORE=${2:+$(realpath "$2")}
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 
 RUNS=${RUNS:-3}
 N=${N:-100000}
@@ -68,17 +69,14 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 log() { echo "resp.sh: $*" >&2; }
-field() { sed -n "s/.*\"$2\":\\([-0-9.e]*\\).*/\\1/p" <<<"$1"; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "nan" }'; }
 # µs of server CPU per request: ticks, the share of the run that was measured, requests.
 cpu_us() {
     awk -v t="$1" -v hz="$TICKS" -v share="$2" -v n="$3" \
         'BEGIN { if (n > 0) printf "%.2f", (t / hz) * share / n * 1e6; else print "nan" }'
 }
+# Its own ratio, to three decimals (overrides benches/lib.sh's).
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b > 0) printf "%.3f", a / b; else print "nan" }'; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # The lock is taken on fd 9 and held for one measurement: CPU before, the load, CPU after.
 exec 9>>"$LOCK"
