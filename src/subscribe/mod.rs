@@ -664,10 +664,36 @@ mod tests {
     /// more events itself (128 KiB a second) and its worker never found it behind. What
     /// is counted as written may pass what the kernel took by at most what one turn
     /// holds: a chunk waiting, and the chunk taken while it was under one.
+    /// A local subscription as the stream loop's source, counting the loop's turns
+    /// (it asks whether the client is too far behind once per turn).
+    struct CountingTurns<'a> {
+        inner: Subscription,
+        turns: &'a std::sync::atomic::AtomicUsize,
+    }
+
+    impl stream::Source for CountingTurns<'_> {
+        fn fill(&mut self, out: &mut Vec<u8>, wait: Duration) -> io::Result<stream::Fill> {
+            self.inner.fill(out, wait)
+        }
+        fn written(&mut self, n: usize) {
+            self.inner.written(n)
+        }
+        fn too_far_behind(&self, pending: usize) -> bool {
+            self.turns.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            self.inner.too_far_behind(pending)
+        }
+        fn write_wait(&self) -> Duration {
+            self.inner.write_wait()
+        }
+        fn holds_backlog(&self) -> bool {
+            self.inner.holds_backlog()
+        }
+    }
+
     #[test]
     fn a_stuck_subscriber_takes_nothing_more_from_the_log_once_a_chunk_waits() {
         use std::net::{TcpListener, TcpStream};
-        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server_side, _) = listener.accept().unwrap();
@@ -681,14 +707,30 @@ mod tests {
         }
         subscriptions.flush();
         let stop = AtomicBool::new(false);
+        let turns = AtomicUsize::new(0);
+        let mut source = CountingTurns { inner: stream, turns: &turns };
         let counted = std::thread::scope(|scope| {
-            let streaming = scope.spawn(|| stream_events(&server_side, stream, &stop, &Render::Text));
-            settled(|| cursor.written.load(Ordering::Acquire));
-            // Six more turns of the stuck loop, which wakes every half second.
-            std::thread::sleep(Duration::from_millis(3000));
-            let counted = cursor.written.load(Ordering::Acquire);
+            let streaming = scope.spawn(|| stream::stream(&server_side, &mut source, &stop, &Render::Text));
+            // Once the client's socket is full, four turns of the stuck loop (one each
+            // half second), each of which could have taken more from the log, must
+            // leave the count where it was.
+            let written = || cursor.written.load(Ordering::Acquire);
+            let mut since = (turns.load(Ordering::Acquire), written());
+            let mut still = false;
+            for _ in 0..200 {
+                std::thread::sleep(Duration::from_millis(50));
+                let now = (turns.load(Ordering::Acquire), written());
+                if now.1 != since.1 {
+                    since = now;
+                } else if now.0 >= since.0 + 4 {
+                    still = true;
+                    break;
+                }
+            }
+            let counted = written();
             stop.store(true, Ordering::Relaxed);
             streaming.join().unwrap().unwrap();
+            assert!(still, "the stuck loop kept taking from the log: {counted} bytes counted");
             counted
         });
         // What reached the kernel: waiting at the client, and not yet sent.
@@ -697,6 +739,7 @@ mod tests {
         let at_client = client.peek(&mut scratch).unwrap_or(0);
         let unsent = crate::sys::unsent_bytes(&server_side).unwrap();
         let in_kernel = (at_client + unsent) as u64;
+        eprintln!("DBG counted {counted} in_kernel {in_kernel} turns {}", turns.load(Ordering::Acquire));
         // A frame of a 1000-byte value is 1,010 bytes, its text line 1,012.
         assert!(
             counted <= in_kernel + 2 * 64 * 1024 + 4 * 1024,

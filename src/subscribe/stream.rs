@@ -73,7 +73,7 @@ const WRITE_WAIT: Duration = Duration::from_millis(20);
 pub(super) const CHUNK: usize = 64 * 1024;
 
 /// What a source had to give.
-enum Fill {
+pub(super) enum Fill {
     /// Events were appended.
     Got,
     /// Nothing within the wait.
@@ -83,7 +83,7 @@ enum Fill {
 }
 
 /// Where a stream's events come from.
-trait Source {
+pub(super) trait Source {
     /// Waits up to `wait` for events and appends them to `out`.
     fn fill(&mut self, out: &mut Vec<u8>, wait: Duration) -> io::Result<Fill>;
     /// `n` bytes of what was appended have been written to the client.
@@ -114,7 +114,12 @@ pub(super) fn too_far_behind() -> io::Error {
 /// Events are counted as written (for the backlog) when rendered: the difference is at
 /// most what one fill takes ([`CHUNK`]). A source that ends after a `DROPPED` ends the
 /// stream without its last words (those are for a lost owner).
-fn stream(client: &TcpStream, source: &mut dyn Source, stop: &AtomicBool, render: &Render) -> io::Result<()> {
+pub(super) fn stream(
+    client: &TcpStream,
+    source: &mut dyn Source,
+    stop: &AtomicBool,
+    render: &Render,
+) -> io::Result<()> {
     client.set_write_timeout(Some(source.write_wait()))?;
     let (mut pending, mut raw): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
     let mut dropped = false;
