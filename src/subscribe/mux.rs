@@ -198,6 +198,9 @@ impl<'s> Streams<'s> {
         loop {
             self.write_now(client)?;
             if stop.load(Ordering::Relaxed) {
+                // Events of writes acknowledged before the stop still go out (`run`
+                // writes them, waiting a bounded time).
+                self.fill()?;
                 return Ok(Step::Gone);
             }
             let (got, ended) = self.fill()?;

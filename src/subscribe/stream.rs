@@ -130,7 +130,7 @@ pub(super) fn stream(
             return Err(too_far_behind());
         }
         if stop.load(Ordering::Relaxed) {
-            return Ok(());
+            return flush_at_stop(client, source, render, pending, raw);
         }
         let wait = if pending.is_empty() { CLIENT_CHECK_INTERVAL } else { WRITE_WAIT };
         // A client that has not taken a chunk gets no more from a source that keeps the
@@ -158,6 +158,35 @@ pub(super) fn stream(
             return Ok(());
         }
     }
+}
+
+/// Most fills the last flush at shutdown makes, each waiting at most [`STOP_WAIT`].
+const STOP_FILLS: usize = 16;
+
+/// How long one fill of the last flush waits: long enough for a relay's owner to hand
+/// over what it already sent, short enough that shutdown does not wait on quiet ones.
+const STOP_WAIT: Duration = Duration::from_millis(1);
+
+/// At shutdown: writes the events the source already holds (those of writes that
+/// were acknowledged before the stop), at most [`CHUNK`] more and waiting at most
+/// [`CLIENT_CHECK_INTERVAL`] on the client, then ends the stream without last words.
+fn flush_at_stop(
+    client: &TcpStream,
+    source: &mut dyn Source,
+    render: &Render,
+    mut pending: Vec<u8>,
+    mut raw: Vec<u8>,
+) -> io::Result<()> {
+    for _ in 0..STOP_FILLS {
+        if pending.len() + raw.len() >= CHUNK || !matches!(source.fill(&mut raw, STOP_WAIT)?, Fill::Got) {
+            break;
+        }
+    }
+    let (used, _) = render.render(&raw, &mut pending)?;
+    source.written(used);
+    client.set_write_timeout(Some(CLIENT_CHECK_INTERVAL))?;
+    let _ = (&*client).write_all(&pending);
+    Ok(())
 }
 
 /// Writes as much of `bytes` as the client takes within the write timeout per write.
@@ -374,5 +403,27 @@ mod tests {
         assert_eq!(Render::Frames.render(&frames, &mut out).unwrap(), (frames.len(), false));
         assert_eq!(out, frames);
         assert!(Render::Text.render(&[0, 0, 0, 0, 9, 0, 0, 0, 0], &mut out).is_err());
+    }
+
+    #[test]
+    fn at_shutdown_events_already_received_still_reach_the_client() {
+        use std::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut owner_side = TcpStream::connect(addr).unwrap();
+        let (owner, _) = listener.accept().unwrap();
+        let mut client_side = TcpStream::connect(addr).unwrap();
+        let (client, _) = listener.accept().unwrap();
+        let (mut first, mut later) = (Vec::new(), Vec::new());
+        Event::Set { key: b"k", value: b"1" }.write_frame(&mut first);
+        Event::Deleted { key: b"k" }.write_frame(&mut later);
+        owner_side.write_all(&later).unwrap();
+        let events = RelayedEvents::new(owner, 1 << 20, b"ERROR peer p unavailable\r\n".to_vec());
+        // The stop is set before the loop's first turn.
+        stream_relayed(&client, events, &first, &AtomicBool::new(true), &Render::Text).unwrap();
+        drop(client);
+        let mut got = Vec::new();
+        client_side.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"k SET TO 1\r\nk DELETED\r\n");
     }
 }
