@@ -7,6 +7,8 @@
 //! with [`Batch::reply`], and the cursor that lets a replacement worker resume a batch a
 //! crashed one left half done is kept consistent here and nowhere else.
 
+use std::sync::Arc;
+
 use crossbeam_channel::Sender;
 
 use crate::apply;
@@ -14,6 +16,10 @@ use crate::persist::{Op, PartitionLog};
 use crate::protocol::{self, Command, Dialect, ErrorKind, Reply};
 use crate::store::Partition;
 use crate::subscribe::{Subscriber, Subscriptions};
+
+/// Every worker's inbox, in worker order: one list the connections share, so a
+/// connection holds a reference to it rather than a copy.
+pub type Inboxes = Arc<[Sender<Batch>]>;
 
 /// Requests from one connection for one worker, and, on the way back, the replies.
 #[derive(Debug)]

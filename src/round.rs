@@ -14,9 +14,9 @@
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
-use crate::batch::{self, Batch};
+use crate::batch::{self, Batch, Inboxes};
 use crate::forward::Forwarder;
 use crate::protocol::{self, Command, Dialect, Gather, Reply};
 use crate::socket::Ledger;
@@ -48,17 +48,19 @@ enum Source {
 /// A connection's round buffers, reused for its whole life.
 pub(crate) struct Round<'s> {
     workers: &'s [Arc<WorkerShared>],
-    inboxes: Vec<Sender<Batch>>,
-    /// Where batches come back.
-    replies: Receiver<Batch>,
-    /// Each worker's batch; `None` while it is with the worker.
+    inboxes: Inboxes,
+    /// Where batches come back; made with the batches.
+    replies: Option<Receiver<Batch>>,
+    /// Each worker's batch; `None` while it is with the worker. Empty until the
+    /// connection's first request for a worker (see [`Round::make_batches`]).
     batches: Vec<Option<Batch>>,
     /// For each request of the round, in order: who answers it.
     order: Vec<Source>,
     /// Replies the connection wrote itself, and where each ends.
     local: Vec<u8>,
     local_ends: Vec<usize>,
-    /// How many replies of each worker's batch have been copied out.
+    /// How many replies of each worker's batch have been copied out; made with the
+    /// batches.
     cursors: Vec<usize>,
     /// Requests for other nodes' buckets, and their replies.
     forwarder: Forwarder<'s>,
@@ -89,22 +91,16 @@ pub(crate) struct Round<'s> {
 
 impl<'s> Round<'s> {
     /// A round over `workers` (reached through `inboxes`) and `forwarder`'s peers.
-    pub fn new(
-        workers: &'s [Arc<WorkerShared>],
-        inboxes: Vec<Sender<Batch>>,
-        forwarder: Forwarder<'s>,
-    ) -> Self {
-        let count = inboxes.len();
-        let (reply_tx, reply_rx) = crossbeam_channel::bounded(count);
+    pub fn new(workers: &'s [Arc<WorkerShared>], inboxes: Inboxes, forwarder: Forwarder<'s>) -> Self {
         Round {
             workers,
-            batches: (0..count).map(|w| Some(Batch::new(w, reply_tx.clone()))).collect(),
+            batches: Vec::new(),
             inboxes,
-            replies: reply_rx,
+            replies: None,
             order: Vec::new(),
             local: Vec::new(),
             local_ends: Vec::new(),
-            cursors: vec![0; count],
+            cursors: Vec::new(),
             forwarder,
             out: Vec::new(),
             inline: Inline::Never,
@@ -118,6 +114,26 @@ impl<'s> Round<'s> {
             parts: Vec::new(),
             part_ends: Vec::new(),
         }
+    }
+
+    /// Makes every worker's batch and the channel they come back on, at the first
+    /// request for a worker: an idle connection, or one that only asks what the
+    /// connection answers itself, holds none of them (issue 15's memory per idle
+    /// connection). The round keeps no sender of its own, so the channel closes if
+    /// every batch were lost (see [`Round::collect`]).
+    #[cold]
+    fn make_batches(&mut self) {
+        let count = self.inboxes.len();
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(count);
+        self.batches = (0..count)
+            .map(|w| {
+                let mut batch = Batch::new(w, reply_tx.clone());
+                batch.set_dialect(self.dialect);
+                Some(batch)
+            })
+            .collect();
+        self.cursors = vec![0; count];
+        self.replies = Some(reply_rx);
     }
 
     /// The dialect replies are written in from now on. Flushes first if it changes, so
@@ -187,6 +203,9 @@ impl<'s> Round<'s> {
 
     /// A request for worker `w`.
     pub fn push_worker(&mut self, w: usize, command: &Command<'_>) {
+        if self.batches.is_empty() {
+            self.make_batches();
+        }
         if let Some(batch) = &mut self.batches[w] {
             batch.push_request(command);
         }
@@ -196,6 +215,9 @@ impl<'s> Round<'s> {
 
     /// A `SUBSCRIBE` for worker `w`, with the subscriber it is to register.
     pub fn push_subscribe(&mut self, w: usize, command: &Command<'_>, subscriber: Subscriber) {
+        if self.batches.is_empty() {
+            self.make_batches();
+        }
         if let Some(batch) = &mut self.batches[w] {
             batch.push_subscribe(command, subscriber);
         }
@@ -204,7 +226,7 @@ impl<'s> Round<'s> {
 
     /// After a flush: the subscriber worker `w` did not register (no such bucket).
     pub fn unregistered_subscriber(&mut self, w: usize) -> Option<Subscriber> {
-        self.batches[w].as_mut().and_then(Batch::take_unregistered_subscriber)
+        self.batches.get_mut(w)?.as_mut().and_then(Batch::take_unregistered_subscriber)
     }
 
     /// A request for peer `p`. A full exchange is flushed first, unless a group is
@@ -312,8 +334,9 @@ impl<'s> Round<'s> {
 
     /// Waits for `in_flight` batches to come back to their slots.
     fn collect(&mut self, mut in_flight: usize) {
+        let Some(replies) = &self.replies else { return };
         while in_flight > 0 {
-            match worker::recv_spinning(&self.replies) {
+            match worker::recv_spinning(replies) {
                 Ok(batch) => {
                     let w = batch.worker();
                     self.batches[w] = Some(batch);
@@ -486,7 +509,7 @@ mod tests {
     /// them) and the threads.
     struct Workers {
         shared: Vec<Arc<WorkerShared>>,
-        inboxes: Vec<Sender<Batch>>,
+        inboxes: Vec<crossbeam_channel::Sender<Batch>>,
         threads: Vec<JoinHandle<()>>,
     }
 
@@ -514,10 +537,28 @@ mod tests {
     }
 
     #[test]
+    fn a_round_makes_its_batches_at_its_first_request_for_a_worker() {
+        let Workers { shared, inboxes, threads } = workers(2);
+        let peers = Peers::none();
+        let mut round = Round::new(&shared, inboxes.into(), Forwarder::new(&peers));
+        round.set_dialect(Dialect::Resp2);
+        round.push_local(Reply::Pong);
+        round.flush();
+        assert!(round.batches.is_empty() && round.replies.is_none(), "no batch for a local answer");
+        round.push_worker(1, &crate::protocol::parse(b"CREATE b"));
+        assert_eq!(round.batches.len(), 2);
+        round.flush();
+        // The batches were made in the dialect set before them.
+        assert_eq!(output(&mut round), b"+PONG\r\n+OK\r\n");
+        drop(round);
+        threads.into_iter().for_each(|t| t.join().unwrap());
+    }
+
+    #[test]
     fn replies_come_back_in_request_order_across_workers_and_local_answers() {
         let Workers { shared, inboxes, threads } = workers(2);
         let peers = Peers::none();
-        let mut round = Round::new(&shared, inboxes, Forwarder::new(&peers));
+        let mut round = Round::new(&shared, inboxes.into(), Forwarder::new(&peers));
         round.push_worker(0, &crate::protocol::parse(b"CREATE a"));
         round.push_worker(1, &crate::protocol::parse(b"CREATE b"));
         round.push_local(Reply::Pong);
@@ -541,7 +582,7 @@ mod tests {
     fn inline_rounds_answer_the_same_as_worker_rounds() {
         let Workers { shared, inboxes, threads } = workers(1);
         let peers = Peers::none();
-        let mut round = Round::new(&shared, inboxes, Forwarder::new(&peers));
+        let mut round = Round::new(&shared, inboxes.into(), Forwarder::new(&peers));
         let requests: [&[u8]; 4] = [b"CREATE a", b"PUT a k v", b"GET a k", b"DROP a"];
         for inline in [Inline::Never, Inline::IfFree, Inline::SmallRounds] {
             round.set_inline(inline);
@@ -563,7 +604,7 @@ mod tests {
         let (tx, rx) = crossbeam_channel::unbounded();
         drop(rx);
         let peers = Peers::none();
-        let mut round = Round::new(&shared, vec![tx], Forwarder::new(&peers));
+        let mut round = Round::new(&shared, vec![tx].into(), Forwarder::new(&peers));
         round.set_inline(Inline::SmallRounds);
         round.push_worker(0, &crate::protocol::parse(b"CREATE a"));
         round.flush();
@@ -580,7 +621,7 @@ mod tests {
         let (tx, rx) = crossbeam_channel::unbounded();
         drop(rx);
         let peers = Peers::none();
-        let mut round = Round::new(&shared, vec![tx], Forwarder::new(&peers));
+        let mut round = Round::new(&shared, vec![tx].into(), Forwarder::new(&peers));
         round.push_local(Reply::Ok);
         round.push_worker(0, &crate::protocol::parse(b"GET a k"));
         round.flush();

@@ -116,7 +116,7 @@ impl Server {
             config,
             started: Instant::now(),
             workers,
-            inboxes: Mutex::new(Some(inboxes)),
+            inboxes: Mutex::new(Some(inboxes.into())),
             counters: Counters::default(),
             shutting_down: AtomicBool::new(false),
             crash_acceptor: AtomicBool::new(false),

@@ -11,10 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
-use crate::batch::Batch;
+use crate::batch::Inboxes;
 use crate::config::{self, Config};
 use crate::peer::Peers;
 use crate::router::RouteTable;
@@ -29,7 +28,7 @@ pub(crate) struct State {
     pub workers: Vec<Arc<WorkerShared>>,
     /// Each worker's inbox. Taken (set to `None`) at shutdown so the workers exit
     /// once the last connection holding a clone is gone.
-    pub inboxes: Mutex<Option<Vec<Sender<Batch>>>>,
+    pub inboxes: Mutex<Option<Inboxes>>,
     pub counters: Counters,
     pub shutting_down: AtomicBool,
     /// Set by `DEBUG CRASH-ACCEPTOR`: the acceptor panics at its next connection.

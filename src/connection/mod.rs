@@ -21,9 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
-
-use crate::batch::Batch;
+use crate::batch::Inboxes;
 use crate::door::{self, Read};
 use crate::forward::Forwarder;
 use crate::gate::{self, Door, Password, Pending};
@@ -65,7 +63,7 @@ pub(crate) fn serve(
     stream: Arc<TcpStream>,
     state: &State,
     seat: &Cell<Seat>,
-    inboxes: Vec<Sender<Batch>>,
+    inboxes: Inboxes,
 ) -> io::Result<()> {
     Connection::new(stream, state, seat, inboxes).serve()
 }
@@ -134,12 +132,7 @@ struct Connection<'s> {
 }
 
 impl<'s> Connection<'s> {
-    fn new(
-        stream: Arc<TcpStream>,
-        state: &'s State,
-        seat: &'s Cell<Seat>,
-        inboxes: Vec<Sender<Batch>>,
-    ) -> Self {
+    fn new(stream: Arc<TcpStream>, state: &'s State, seat: &'s Cell<Seat>, inboxes: Inboxes) -> Self {
         Connection {
             state,
             round: Round::new(&state.workers, inboxes, Forwarder::new(&state.peers)),

@@ -6,6 +6,8 @@
 
 use std::io::{self, Read};
 
+use super::read_buffer::{self, ReadBuffer};
+
 /// Default longest request line, in bytes, not counting its `\r\n`.
 ///
 /// 64 KiB is what the protocol promises: room for a 60 KiB value with its bucket and
@@ -53,7 +55,7 @@ pub enum Frame<'a> {
 /// ```
 #[derive(Debug)]
 pub struct LineReader {
-    buf: Vec<u8>,
+    buf: ReadBuffer,
     /// Start of the unconsumed bytes in `buf`.
     start: usize,
     /// End of the valid bytes in `buf`.
@@ -71,13 +73,14 @@ pub struct LineReader {
 /// First size of a connection's read buffer: enough for any ordinary request, small
 /// enough that ten thousand idle connections cost little.
 ///
-/// 1 KiB rather than 4: the buffer is the largest allocation an idle connection owns,
-/// and glibc's `calloc` clears all of it, so every byte is resident. Measured with
-/// `benches/idle_connections.py` (10,000 idle connections, release build), RSS per
-/// connection fell from 15.1 KiB to 12.1 KiB. A longer request or a deep pipeline
-/// grows the buffer on its first read (it doubles while reads fill it), once per
-/// connection.
-const INITIAL_READ_BUFFER: usize = 1024;
+/// 256 bytes, kept inside the reader (`read_buffer.rs`): the buffer was the largest
+/// allocation an idle connection owned, and glibc's `calloc` makes all of it resident.
+/// Measured with `benches/idle_connections.py`: 4 KiB to 1 KiB took RSS per idle
+/// connection from 15.1 to 12.1 KiB, and 1 KiB on the heap to 256 bytes inline took
+/// another KiB (BENCHMARKS.md). A longer request or a deep pipeline grows the buffer on
+/// its first read (it doubles while reads fill it), and an idle connection gives the
+/// grown one back.
+const INITIAL_READ_BUFFER: usize = read_buffer::FIRST_LEN;
 
 /// The buffer doubles up to this size while reads keep filling it, so a client that
 /// pipelines deeply is served in large reads (fewer syscalls, larger batches).
@@ -89,7 +92,7 @@ impl LineReader {
     pub fn new(max_line: usize) -> Self {
         let max_line = max_line.clamp(1, MAX_MAX_LINE);
         LineReader {
-            buf: vec![0; initial_len(max_line)],
+            buf: ReadBuffer::new(initial_len(max_line)),
             start: 0,
             end: 0,
             scanned: 0,
@@ -107,7 +110,7 @@ impl LineReader {
     /// True when the buffer has grown past its first size and holds nothing: it can
     /// be given back ([`LineReader::release_buffer`]).
     pub fn holds_grown_buffer(&self) -> bool {
-        self.start == self.end && self.buf.len() > initial_len(self.max_line)
+        self.start == self.end && self.buf.has_grown()
     }
 
     /// Goes back to a buffer of the first size if the current one holds nothing, so
@@ -115,7 +118,7 @@ impl LineReader {
     /// again, doubling per filled read.
     pub fn release_buffer(&mut self) {
         if self.holds_grown_buffer() {
-            self.buf = vec![0; initial_len(self.max_line)];
+            self.buf.shrink_to(initial_len(self.max_line));
             self.start = 0;
             self.end = 0;
             self.scanned = 0;
@@ -180,7 +183,7 @@ impl LineReader {
         let partial_fills = self.end == self.buf.len();
         let limit = if partial_fills { (self.max_line + 2).max(READ_AHEAD_MAX) } else { READ_AHEAD_MAX };
         let new_len = (self.buf.len() * 2).min(limit).max(self.buf.len() + usize::from(partial_fills));
-        self.buf.resize(new_len, 0);
+        self.buf.grow(new_len);
     }
 
     /// The next complete line or limit violation in the buffer, or `None` when more

@@ -4,6 +4,7 @@
 //! This folder owns every byte kv puts on the wire and how those bytes are read back:
 //! - `command.rs`: one request line to one [`Command`] ([`parse`]), and the HTTP guard;
 //! - `frame.rs`: [`LineReader`], where a line starts and ends, and the line limit;
+//! - `read_buffer.rs`: both doors' read buffer, inline until a read needs more;
 //! - `reply.rs`: [`Reply`], [`ErrorKind`] and [`Stats`], and their text;
 //! - `event.rs`: [`Event`], as a frame in a bucket's event log, a text line, a RESP message;
 //! - `shape.rs`: reading replies back ([`ReplyShape`], [`reply_len`], [`ReplyLine`]),
@@ -29,6 +30,7 @@ mod frame;
 mod gather;
 mod hello;
 mod peer_frame;
+mod read_buffer;
 mod reply;
 mod reply_resp;
 mod request;

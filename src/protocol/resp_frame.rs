@@ -20,6 +20,7 @@ use std::fmt;
 use std::io::{self, Read};
 
 use super::command::is_space;
+use super::read_buffer::{self, ReadBuffer};
 
 /// Longest inline request line, in bytes before its `\n`: Redis's
 /// `PROTO_INLINE_MAX_SIZE`. Inline requests are for humans at a terminal; anything
@@ -37,10 +38,10 @@ pub const MAX_MULTIBULK: i64 = 1024 * 1024;
 /// forever and have them buffered.
 const MAX_HEADER: usize = 64;
 
-/// First size of a connection's read buffer, as for the text door's `LineReader`: small
-/// enough that ten thousand idle connections cost little, and grown on the first read
-/// that needs more.
-const INITIAL_READ_BUFFER: usize = 1024;
+/// First size of a connection's read buffer, as for the text door's `LineReader`: kept
+/// inside the reader (`read_buffer.rs`), so an idle connection allocates none, and
+/// grown on the first read that needs more.
+const INITIAL_READ_BUFFER: usize = read_buffer::FIRST_LEN;
 
 /// The buffer doubles up to this size while reads keep filling it, so a deep pipeline
 /// is served in large reads. Separately, one command may grow it up to its limit.
@@ -156,7 +157,7 @@ enum Step {
 /// ```
 #[derive(Debug)]
 pub struct RespReader {
-    buf: Vec<u8>,
+    buf: ReadBuffer,
     /// Start of the unconsumed bytes in `buf`: the current command's first byte.
     start: usize,
     /// End of the valid bytes in `buf`.
@@ -178,7 +179,7 @@ impl RespReader {
     /// limit, [`MAX_INLINE`], whatever `max_command` is: the buffer may hold the larger.
     pub fn new(max_value: usize, max_command: usize) -> Self {
         RespReader {
-            buf: vec![0; INITIAL_READ_BUFFER],
+            buf: ReadBuffer::new(INITIAL_READ_BUFFER),
             start: 0,
             end: 0,
             pos: 0,
@@ -200,7 +201,7 @@ impl RespReader {
     /// True when the buffer (or the span list) has grown past its first size and
     /// holds nothing: it can be given back ([`RespReader::release_buffer`]).
     pub fn holds_grown_buffer(&self) -> bool {
-        let grown = self.buf.len() > INITIAL_READ_BUFFER || self.spans.capacity() > SPANS_KEPT;
+        let grown = self.buf.has_grown() || self.spans.capacity() > SPANS_KEPT;
         grown && self.start == self.end && matches!(self.state, State::Idle | State::Skip { .. })
     }
 
@@ -208,7 +209,7 @@ impl RespReader {
     /// idle connection keeps no burst-sized buffer.
     pub fn release_buffer(&mut self) {
         if self.holds_grown_buffer() {
-            self.buf = vec![0; INITIAL_READ_BUFFER];
+            self.buf.shrink_to(INITIAL_READ_BUFFER);
             self.spans = Vec::new();
             self.start = 0;
             self.end = 0;
@@ -279,7 +280,7 @@ impl RespReader {
             _ => 0,
         };
         let grown = (self.buf.len() * 2).max(needed).min(limit);
-        self.buf.resize(grown.max(self.buf.len() + usize::from(partial_fills)), 0);
+        self.buf.grow(grown.max(self.buf.len() + usize::from(partial_fills)));
     }
 
     /// The next complete command, limit violation or protocol error in the buffer, or

@@ -24,9 +24,7 @@ use std::net::{IpAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::Sender;
-
-use crate::batch::Batch;
+use crate::batch::Inboxes;
 use crate::door::{self, Read};
 use crate::forward::Forwarder;
 use crate::gate::{self, Door, Password};
@@ -45,12 +43,7 @@ const MAX_REQUESTS_PER_ROUND: usize = 256;
 const OUT_HIGH_WATER: usize = 256 * 1024;
 
 /// Serves one RESP connection until it closes, quits or its stream ends.
-pub(crate) fn serve(
-    stream: Arc<TcpStream>,
-    state: &State,
-    id: u64,
-    inboxes: Vec<Sender<Batch>>,
-) -> io::Result<()> {
+pub(crate) fn serve(stream: Arc<TcpStream>, state: &State, id: u64, inboxes: Inboxes) -> io::Result<()> {
     RespConnection::new(stream, state, id, inboxes).serve()
 }
 
@@ -83,7 +76,7 @@ pub(crate) struct RespConnection<'s> {
 }
 
 impl<'s> RespConnection<'s> {
-    fn new(stream: Arc<TcpStream>, state: &'s State, id: u64, inboxes: Vec<Sender<Batch>>) -> Self {
+    fn new(stream: Arc<TcpStream>, state: &'s State, id: u64, inboxes: Inboxes) -> Self {
         let mut round = Round::new(&state.workers, inboxes, Forwarder::new(&state.peers));
         round.set_dialect(Dialect::Resp2);
         RespConnection {

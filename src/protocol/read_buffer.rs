@@ -1,0 +1,104 @@
+//! [`ReadBuffer`]: a connection reader's buffer, which starts inside the reader and
+//! moves to the heap only when a read needs more room.
+//!
+//! Both doors' readers (`frame.rs`, `resp_frame.rs`) own one. An idle connection's
+//! reader is the largest thing it would otherwise allocate, and glibc's `calloc` makes
+//! every byte of a zeroed buffer resident; kept inline, the first [`FIRST_LEN`] bytes
+//! live in the connection thread's stack frame, whose pages are resident anyway
+//! (issue 15: RSS per idle connection).
+
+use std::ops::{Deref, DerefMut};
+
+/// Bytes the buffer holds before it first grows: any ordinary request line or command.
+pub const FIRST_LEN: usize = 256;
+
+/// A byte buffer of a settable length: inline up to [`FIRST_LEN`], then on the heap.
+#[derive(Debug)]
+pub struct ReadBuffer {
+    /// The first bytes, while the buffer has not grown.
+    first: [u8; FIRST_LEN],
+    /// The length in use of `first`; at most [`FIRST_LEN`].
+    first_len: usize,
+    /// The buffer once it has grown; empty before.
+    grown: Vec<u8>,
+}
+
+impl ReadBuffer {
+    /// A zeroed buffer of `len` bytes, inline if `len` is at most [`FIRST_LEN`].
+    pub fn new(len: usize) -> Self {
+        let mut buffer =
+            ReadBuffer { first: [0; FIRST_LEN], first_len: len.min(FIRST_LEN), grown: Vec::new() };
+        if len > FIRST_LEN {
+            buffer.grow(len);
+        }
+        buffer
+    }
+
+    /// Grows the buffer to `len` bytes (new bytes zeroed), keeping its contents.
+    pub fn grow(&mut self, len: usize) {
+        if self.grown.is_empty() {
+            if len <= FIRST_LEN {
+                self.first_len = self.first_len.max(len);
+                return;
+            }
+            self.grown.reserve_exact(len);
+            self.grown.extend_from_slice(&self.first[..self.first_len]);
+        }
+        self.grown.resize(len, 0);
+    }
+
+    /// True when the buffer has moved to the heap.
+    pub fn has_grown(&self) -> bool {
+        !self.grown.is_empty()
+    }
+
+    /// Bytes the buffer holds memory for.
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        if self.grown.is_empty() { FIRST_LEN } else { self.grown.capacity() }
+    }
+
+    /// Goes back to an inline buffer of `len` bytes (at most [`FIRST_LEN`]), giving the
+    /// heap one back. The contents are not kept.
+    pub fn shrink_to(&mut self, len: usize) {
+        self.grown = Vec::new();
+        self.first_len = len.min(FIRST_LEN);
+    }
+}
+
+impl Deref for ReadBuffer {
+    type Target = [u8];
+
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        if self.grown.is_empty() { &self.first[..self.first_len] } else { &self.grown }
+    }
+}
+
+impl DerefMut for ReadBuffer {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut [u8] {
+        if self.grown.is_empty() { &mut self.first[..self.first_len] } else { &mut self.grown }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_buffer_keeps_its_bytes_when_it_moves_to_the_heap_and_goes_back_inline() {
+        let mut buffer = ReadBuffer::new(64);
+        assert_eq!((buffer.len(), buffer.has_grown()), (64, false));
+        buffer[..5].copy_from_slice(b"hello");
+        buffer.grow(200);
+        assert_eq!((buffer.len(), buffer.has_grown()), (200, false));
+        buffer.grow(1000);
+        assert_eq!((buffer.len(), buffer.has_grown()), (1000, true));
+        assert_eq!(&buffer[..5], b"hello");
+        assert!(buffer[5..].iter().all(|&b| b == 0));
+        buffer.shrink_to(64);
+        assert_eq!((buffer.len(), buffer.has_grown()), (64, false));
+        assert_eq!(ReadBuffer::new(4096).len(), 4096);
+    }
+}
