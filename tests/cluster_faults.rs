@@ -304,7 +304,7 @@ fn refused_handshakes_do_not_flood_the_log() {
         let mut conn = Conn::connect(node.addr());
         conn.send(b"KV-PEER-HELLO 2 x kv\r\n");
         conn.read_line();
-        node.log_lines_with("more like it in the last second not logged").len() == 1
+        !node.log_lines_with("more like it in the last second not logged").is_empty()
     });
 }
 
