@@ -145,7 +145,13 @@ impl Client {
         }
         let len = self.buf.len();
         self.buf.resize(len + READ_CHUNK, 0);
-        let read = self.stream.read(&mut self.buf[len..]);
+        let read = loop {
+            match self.stream.read(&mut self.buf[len..]) {
+                // A signal for this process (a child's exit, say) is not the server's doing.
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                read => break read,
+            }
+        };
         self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
         match read {
             Ok(0) => {

@@ -122,7 +122,12 @@ impl Inbox {
                 self.buf.resize(self.buf.len() * 2, 0);
             }
         }
-        let n = stream.read(&mut self.buf[self.end..])?;
+        let n = loop {
+            match stream.read(&mut self.buf[self.end..]) {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                read => break read?,
+            }
+        };
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
         }
