@@ -78,8 +78,8 @@ pub struct LineReader {
 /// Measured with `benches/idle_connections.py`: 4 KiB to 1 KiB took RSS per idle
 /// connection from 15.1 to 12.1 KiB, and 1 KiB on the heap to 256 bytes inline took
 /// another KiB (BENCHMARKS.md). A longer request or a deep pipeline grows the buffer on
-/// its first read (it doubles while reads fill it), and an idle connection gives the
-/// grown one back.
+/// its first read (it doubles while reads fill it), and an idle connection gives back
+/// one grown past `read_buffer::KEPT_WHEN_IDLE`.
 const INITIAL_READ_BUFFER: usize = read_buffer::FIRST_LEN;
 
 /// The buffer doubles up to this size while reads keep filling it, so a client that
@@ -107,10 +107,11 @@ impl LineReader {
         self.max_line
     }
 
-    /// True when the buffer has grown past its first size and holds nothing: it can
-    /// be given back ([`LineReader::release_buffer`]).
+    /// True when the buffer has grown past what an idle connection keeps
+    /// (`read_buffer::KEPT_WHEN_IDLE`) and holds nothing: it can be given back
+    /// ([`LineReader::release_buffer`]).
     pub fn holds_grown_buffer(&self) -> bool {
-        self.start == self.end && self.buf.has_grown()
+        self.start == self.end && self.buf.worth_giving_back()
     }
 
     /// Goes back to a buffer of the first size if the current one holds nothing, so
@@ -325,6 +326,22 @@ mod tests {
         }
         assert_eq!(lines, 100_000);
         assert_eq!(reader.buf.len(), READ_AHEAD_MAX);
+    }
+
+    #[test]
+    fn a_buffer_grown_by_a_small_pipeline_is_kept_while_idle() {
+        let mut reader = LineReader::new(DEFAULT_MAX_LINE);
+        let pipeline = b"PUT bucket key value\r\n".repeat(40);
+        let mut source = &pipeline[..];
+        let mut lines = 0;
+        while reader.fill_from(&mut source).unwrap() > 0 {
+            while let Some(Frame::Line(_)) = reader.next_frame() {
+                lines += 1;
+            }
+        }
+        assert_eq!(lines, 40);
+        assert!(reader.buf.len() > INITIAL_READ_BUFFER, "the pipeline grew the buffer");
+        assert!(!reader.holds_grown_buffer(), "and it is kept for the next round");
     }
 
     #[test]

@@ -198,10 +198,11 @@ impl RespReader {
         self.max_command.max(MAX_INLINE).saturating_add(2 * MAX_HEADER)
     }
 
-    /// True when the buffer (or the span list) has grown past its first size and
-    /// holds nothing: it can be given back ([`RespReader::release_buffer`]).
+    /// True when the buffer (or the span list) has grown past what an idle connection
+    /// keeps (`read_buffer::KEPT_WHEN_IDLE`, [`SPANS_KEPT`]) and holds nothing: it can
+    /// be given back ([`RespReader::release_buffer`]).
     pub fn holds_grown_buffer(&self) -> bool {
-        let grown = self.buf.has_grown() || self.spans.capacity() > SPANS_KEPT;
+        let grown = self.buf.worth_giving_back() || self.spans.capacity() > SPANS_KEPT;
         grown && self.start == self.end && matches!(self.state, State::Idle | State::Skip { .. })
     }
 
@@ -210,7 +211,8 @@ impl RespReader {
     pub fn release_buffer(&mut self) {
         if self.holds_grown_buffer() {
             self.buf.shrink_to(INITIAL_READ_BUFFER);
-            self.spans = Vec::new();
+            self.spans.clear();
+            self.spans.shrink_to(SPANS_KEPT);
             self.start = 0;
             self.end = 0;
             self.pos = 0;
