@@ -89,6 +89,9 @@ impl Connection<'_> {
         let mut reader = FrameReader::new(unframed, max_frame);
         loop {
             let stopping = self.state.is_stopping();
+            // As a client's connection does, per read: the mode set when the link's
+            // handshake was read would otherwise hold for the link's whole life.
+            self.round.set_inline(self.state.may_apply_inline());
             let flow = self.serve_frames_read(&mut reader, stopping)?;
             self.finish_round()?;
             match flow {

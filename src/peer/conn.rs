@@ -6,7 +6,7 @@
 //! closed an idle connection before we wrote to it ([`PeerConn::closed_while_idle`]).
 
 use std::fmt;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,10 @@ const MAX_REPLY_FRAME: usize = 1 << 30;
 /// Measured with `cargo run --release --example forward_throughput` (forwarded over
 /// local, same run, two runs each): without spinning 0.13-0.29 at depth 1 and
 /// 0.28-0.36 at depth 16; with 16 tries 0.42-0.49 and 0.37-0.50; 64 tries were no
-/// better than 16. BENCHMARKS.md has the table.
+/// better than 16. BENCHMARKS.md has the table. Spinning only while the node has no
+/// more connections than cores was tried with two node processes at 8 connections on
+/// 2 cores: no difference in CPU per request or throughput beyond the noise
+/// (benches/results/16-forward-depth1.md), so every wait spins.
 const PEER_SPIN_TRIES: u32 = 16;
 
 /// Why an exchange with a peer failed.
@@ -273,15 +276,11 @@ impl PeerConn {
             self.stream.set_read_timeout(Some(wait))?;
             self.read_timeout = wait;
         }
-        let len = buffer.len();
-        buffer.resize(len + READ_CHUNK, 0);
-        let result = match read_spinning(&self.stream, &mut buffer[len..]) {
+        let result = match read_spinning(&self.stream, buffer) {
             Ok(Some(read)) => Ok(read),
-            Ok(None) => self.stream.read(&mut buffer[len..]),
+            Ok(None) => sys::recv_append(&self.stream, buffer, READ_CHUNK, false),
             Err(error) => Err(error),
         };
-        let read = *result.as_ref().unwrap_or(&0);
-        buffer.truncate(len + read);
         match result {
             Ok(0) => Err(Failure::Closed),
             Ok(_) => Ok(()),
@@ -323,14 +322,21 @@ pub fn read_hello(line: &[u8]) -> Result<HelloReply, Failure> {
 /// a peer usually answers within tens of microseconds, and catching its reply
 /// without going to sleep saves this thread a wake-up (see worker::SPIN_TRIES for the
 /// same trick on channels). `Ok(None)`: nothing came, block as usual.
-fn read_spinning(stream: &TcpStream, buffer: &mut [u8]) -> io::Result<Option<usize>> {
+fn read_spinning(stream: &TcpStream, buffer: &mut Vec<u8>) -> io::Result<Option<usize>> {
     for _ in 0..PEER_SPIN_TRIES {
-        if let Some(read) = sys::recv_now(stream, buffer)? {
-            return Ok(Some(read));
+        match sys::recv_append(stream, buffer, READ_CHUNK, true) {
+            Ok(read) => return Ok(Some(read)),
+            Err(error) if is_nothing_yet(&error) => {}
+            Err(error) => return Err(error),
         }
         std::thread::yield_now();
     }
     Ok(None)
+}
+
+/// A non-blocking read that found nothing, or was interrupted before it could.
+fn is_nothing_yet(error: &io::Error) -> bool {
+    matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
 }
 
 #[cfg(test)]
