@@ -40,11 +40,17 @@ impl ReadBuffer {
         buffer
     }
 
-    /// Grows the buffer to `len` bytes (new bytes zeroed), keeping its contents.
+    /// Grows the buffer to `len` bytes (the new ones zeroed), keeping its contents; a
+    /// `len` no larger than the buffer changes nothing.
     pub fn grow(&mut self, len: usize) {
+        if len <= self.len() {
+            return;
+        }
         if self.grown.is_empty() {
             if len <= FIRST_LEN {
-                self.first_len = self.first_len.max(len);
+                // Bytes left from before a `shrink_to` are not shown as new ones.
+                self.first[self.first_len..len].fill(0);
+                self.first_len = len;
                 return;
             }
             self.grown.reserve_exact(len);
@@ -106,15 +112,21 @@ mod tests {
         buffer[..5].copy_from_slice(b"hello");
         buffer.grow(200);
         assert_eq!((buffer.len(), buffer.has_grown()), (200, false));
+        buffer[100..104].copy_from_slice(b"OLD!");
         buffer.grow(1000);
         assert_eq!((buffer.len(), buffer.has_grown()), (1000, true));
         assert!(!buffer.worth_giving_back(), "a small grown buffer is kept");
         assert_eq!(&buffer[..5], b"hello");
-        assert!(buffer[5..].iter().all(|&b| b == 0));
+        assert_eq!(&buffer[100..104], b"OLD!");
+        assert!(buffer[104..].iter().all(|&b| b == 0));
+        buffer.grow(500);
+        assert_eq!(buffer.len(), 1000, "growing to less changes nothing");
         buffer.grow(KEPT_WHEN_IDLE + 1);
         assert!(buffer.worth_giving_back());
         buffer.shrink_to(64);
         assert_eq!((buffer.len(), buffer.has_grown()), (64, false));
+        buffer.grow(200);
+        assert!(buffer[64..].iter().all(|&b| b == 0), "no bytes from before the shrink");
         assert_eq!(ReadBuffer::new(4096).len(), 4096);
     }
 }

@@ -210,7 +210,10 @@ impl RespReader {
     /// idle connection keeps no burst-sized buffer.
     pub fn release_buffer(&mut self) {
         if self.holds_grown_buffer() {
-            self.buf.shrink_to(INITIAL_READ_BUFFER);
+            // Either may be what grew: a small buffer stays, as a small span list does.
+            if self.buf.worth_giving_back() {
+                self.buf.shrink_to(INITIAL_READ_BUFFER);
+            }
             self.spans.clear();
             self.spans.shrink_to(SPANS_KEPT);
             self.start = 0;

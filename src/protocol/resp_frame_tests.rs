@@ -383,3 +383,16 @@ fn random_commands_in_random_chunks_come_back_identical() {
         assert!(!reader.has_partial());
     }
 }
+
+#[test]
+fn a_long_span_list_is_given_back_without_a_small_grown_buffer() {
+    let args: Vec<&[u8]> = vec![b"abcdefghijklmnop"; 40];
+    let mut reader = RespReader::new(100, 100_000);
+    assert_eq!(frames_in_chunks(&mut reader, &encode(&args), &[usize::MAX]), [command(&args)]);
+    let grown = reader.buf.len();
+    assert!(grown > INITIAL_READ_BUFFER, "the command grew the buffer: {grown}");
+    assert!(reader.holds_grown_buffer(), "40 spans are more than are kept");
+    reader.release_buffer();
+    assert!(reader.spans.capacity() <= SPANS_KEPT);
+    assert_eq!(reader.buf.len(), grown, "a buffer under KEPT_WHEN_IDLE stays");
+}

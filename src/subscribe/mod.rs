@@ -659,11 +659,6 @@ mod tests {
         drop(client);
     }
 
-    /// Regression: with events rendered from frames, a stuck client's loop took another
-    /// chunk from the log every half second and counted it as written, so it held ever
-    /// more events itself (128 KiB a second) and its worker never found it behind. What
-    /// is counted as written may pass what the kernel took by at most what one turn
-    /// holds: a chunk waiting, and the chunk taken while it was under one.
     /// A local subscription as the stream loop's source, counting the loop's turns
     /// (it asks whether the client is too far behind once per turn).
     struct CountingTurns<'a> {
@@ -690,6 +685,11 @@ mod tests {
         }
     }
 
+    /// Regression: with events rendered from frames, a stuck client's loop took another
+    /// chunk from the log every half second and counted it as written, so it held ever
+    /// more events itself (128 KiB a second) and its worker never found it behind. What
+    /// is counted as written may pass what the kernel took by at most what one turn
+    /// holds: a chunk waiting, and the chunk taken while it was under one.
     #[test]
     fn a_stuck_subscriber_takes_nothing_more_from_the_log_once_a_chunk_waits() {
         use std::net::{TcpListener, TcpStream};
@@ -739,7 +739,6 @@ mod tests {
         let at_client = client.peek(&mut scratch).unwrap_or(0);
         let unsent = crate::sys::unsent_bytes(&server_side).unwrap();
         let in_kernel = (at_client + unsent) as u64;
-        eprintln!("DBG counted {counted} in_kernel {in_kernel} turns {}", turns.load(Ordering::Acquire));
         // A frame of a 1000-byte value is 1,010 bytes, its text line 1,012.
         assert!(
             counted <= in_kernel + 2 * 64 * 1024 + 4 * 1024,

@@ -198,9 +198,7 @@ impl<'s> Streams<'s> {
         loop {
             self.write_now(client)?;
             if stop.load(Ordering::Relaxed) {
-                // Events of writes acknowledged before the stop still go out (`run`
-                // writes them, waiting a bounded time).
-                self.fill()?;
+                self.fill_at_stop();
                 return Ok(Step::Gone);
             }
             let (got, ended) = self.fill()?;
@@ -220,6 +218,17 @@ impl<'s> Streams<'s> {
                 continue;
             }
             self.wait(client)?;
+        }
+    }
+
+    /// At shutdown: renders what every entry has now (the events of writes
+    /// acknowledged before the stop) for `run` to write, without waiting on any. An
+    /// owner that has closed too gets no owner-lost line, as in the text door's stream,
+    /// and does not keep the entries after it from giving theirs. An entry that fails
+    /// here gives nothing: the connection is closing anyway.
+    fn fill_at_stop(&mut self) {
+        for entry in &mut self.entries {
+            let _ = entry.take(&mut self.output);
         }
     }
 
@@ -294,26 +303,10 @@ impl<'s> Streams<'s> {
 }
 
 impl Entry<'_> {
-    /// Takes what the source has now and renders the whole frames of it into `out`.
+    /// Takes what the source has now and renders the whole frames of it into `out`;
+    /// an owner that closed other than by a drop gets its owner-lost line after them.
     fn fill(&mut self, out: &mut Vec<u8>) -> io::Result<Filled> {
-        let took = match &mut self.feed {
-            Feed::Local(subscription) => {
-                if subscription.cursor.dropped.load(Ordering::Acquire) {
-                    return Err(too_far_behind());
-                }
-                // A client that has not taken a chunk gets no more: the log keeps it.
-                if out.len() + self.raw.len() >= CHUNK {
-                    return Ok(Filled::Nothing);
-                }
-                subscription.cursor.take_now(&mut self.raw, CHUNK)
-            }
-            Feed::Relayed { owner, .. } => read_owner(owner, &mut self.raw),
-        };
-        let (used, dropped) = self.render.render(&self.raw, out)?;
-        self.raw.drain(..used);
-        if let Feed::Local(subscription) = &self.feed {
-            subscription.cursor.written.fetch_add(used as u64, Ordering::AcqRel);
-        }
+        let (took, dropped) = self.take(out)?;
         Ok(match took {
             _ if dropped => Filled::Dropped,
             Take::Got => Filled::Got,
@@ -325,6 +318,30 @@ impl Entry<'_> {
                 Filled::Ended
             }
         })
+    }
+
+    /// Takes what the source has now and renders the whole frames of it into `out`:
+    /// what the take came to, and whether a `DROPPED` was among them.
+    fn take(&mut self, out: &mut Vec<u8>) -> io::Result<(Take, bool)> {
+        let took = match &mut self.feed {
+            Feed::Local(subscription) => {
+                if subscription.cursor.dropped.load(Ordering::Acquire) {
+                    return Err(too_far_behind());
+                }
+                // A client that has not taken a chunk gets no more: the log keeps it.
+                if out.len() + self.raw.len() >= CHUNK {
+                    return Ok((Take::Nothing, false));
+                }
+                subscription.cursor.take_now(&mut self.raw, CHUNK)
+            }
+            Feed::Relayed { owner, .. } => read_owner(owner, &mut self.raw),
+        };
+        let (used, dropped) = self.render.render(&self.raw, out)?;
+        self.raw.drain(..used);
+        if let Feed::Local(subscription) = &self.feed {
+            subscription.cursor.written.fetch_add(used as u64, Ordering::AcqRel);
+        }
+        Ok((took, dropped))
     }
 }
 
@@ -338,5 +355,69 @@ fn read_owner(owner: &TcpStream, raw: &mut Vec<u8>) -> Take {
             Take::Got
         }
         Ok(None) => Take::Nothing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Event;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// A client that asks for nothing.
+    struct Quiet;
+
+    impl MuxInput for Quiet {
+        fn check(&mut self, _: &TcpStream, _: &mut Streams<'_>) -> io::Result<Asked> {
+            Ok(Asked::Go)
+        }
+    }
+
+    /// Both ends of one loopback connection: (the far end, the near end).
+    fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let far = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (near, _) = listener.accept().unwrap();
+        (far, near)
+    }
+
+    /// Waits (bounded) until `stream` has bytes to read or has been closed.
+    fn wait_readable(stream: &TcpStream) {
+        stream.set_nonblocking(true).unwrap();
+        for _ in 0..2000 {
+            match stream.peek(&mut [0u8; 1]) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                _ => break,
+            }
+        }
+        stream.set_nonblocking(false).unwrap();
+    }
+
+    #[test]
+    fn at_shutdown_every_bucket_gives_its_events_and_a_closed_owner_no_last_words() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (owner_a_side, owner_a) = pair(&listener);
+        let (mut owner_b_side, owner_b) = pair(&listener);
+        let (mut client_side, client) = pair(&listener);
+        // Bucket a's owner is stopping too; bucket b's sent an event first.
+        drop(owner_a_side);
+        let mut event = Vec::new();
+        Event::Set { key: b"k", value: b"1" }.write_frame(&mut event);
+        owner_b_side.write_all(&event).unwrap();
+        wait_readable(&owner_a);
+        wait_readable(&owner_b);
+        let mut streams = Streams::new(Bell::new().unwrap(), 1 << 20);
+        streams.add_relayed(b"a", owner_a, Vec::new(), b"LOST a\r\n".to_vec(), Box::new(()), Render::Text);
+        streams.add_relayed(b"b", owner_b, Vec::new(), b"LOST b\r\n".to_vec(), Box::new(()), Render::Text);
+        let step = streams.run(&client, &AtomicBool::new(true), &mut Quiet).unwrap();
+        assert_eq!(step, Step::Gone);
+        drop(streams);
+        drop(client);
+        let mut got = Vec::new();
+        client_side.read_to_end(&mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), "k SET TO 1\r\n");
     }
 }

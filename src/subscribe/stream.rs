@@ -168,8 +168,10 @@ const STOP_FILLS: usize = 16;
 const STOP_WAIT: Duration = Duration::from_millis(1);
 
 /// At shutdown: writes the events the source already holds (those of writes that
-/// were acknowledged before the stop), at most [`CHUNK`] more and waiting at most
-/// [`CLIENT_CHECK_INTERVAL`] on the client, then ends the stream without last words.
+/// were acknowledged before the stop), at most [`CHUNK`] more, then ends the stream
+/// without last words. Each write to the client waits at most
+/// [`CLIENT_CHECK_INTERVAL`]; a client that keeps taking a little is cut off by the
+/// shutdown grace, which closes every connection.
 fn flush_at_stop(
     client: &TcpStream,
     source: &mut dyn Source,
