@@ -247,3 +247,48 @@ fn bench_speaks_resp_to_the_resp_door_strings_and_hashes() {
         keys_before = keys;
     }
 }
+
+#[test]
+fn bench_signs_in_with_a_password_file_at_both_doors_and_stops_when_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let password = Some(kv::auth::Secret::new(b"hunter2"));
+    let server =
+        start_server_with(Config { port: 0, resp_port: Some(0), workers: 2, password, ..Config::default() });
+    let file = |tag: &str, secret: &str| {
+        let file = common::temp::TempFile::new(tag, &format!("{secret}\n"));
+        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        file
+    };
+    let (right, wrong) = (file("bench-password", "hunter2"), file("bench-wrong", "hunter3"));
+    let text = server.addr().to_string();
+    let resp = server.resp_addr().expect("the RESP door is open").to_string();
+    for (addr, proto) in [(&text, "kv"), (&resp, "redis")] {
+        let run = |password: &common::temp::TempFile| {
+            let path = password.path().to_str().unwrap();
+            kv_bench(&[
+                "--addr",
+                addr,
+                "--proto",
+                proto,
+                "--password-file",
+                path,
+                "--requests",
+                "400",
+                "--conns",
+                "2",
+                "--keys",
+                "20",
+                "--duration",
+                "30",
+                "--json",
+            ])
+        };
+        let (ok, stdout, stderr) = run(&right);
+        assert!(ok, "kv bench --proto {proto} failed: {stdout}{stderr}");
+        assert_eq!(field(&stdout, "ops"), 400.0, "{stdout}");
+        assert_eq!(field(&stdout, "errors"), 0.0, "{stdout}");
+        let (ok, stdout, stderr) = run(&wrong);
+        assert!(!ok, "a refused AUTH stops the run: {stdout}");
+        assert!(stderr.contains("invalid password"), "--proto {proto}: {stderr}");
+    }
+}

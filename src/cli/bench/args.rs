@@ -4,6 +4,7 @@
 //! reading each other; `check_args` is the one place a bad flag is refused (exit 2).
 
 use std::fmt;
+use std::path::PathBuf;
 
 use argh::FromArgs;
 
@@ -86,6 +87,10 @@ pub(crate) struct BenchArgs {
     /// print one line of JSON instead of the human-readable summary, for scripts
     #[argh(switch)]
     pub(crate) json: bool,
+    /// a file holding the server's password (`kv serve --password-file`, or Redis's
+    /// requirepass): every connection sends AUTH with it first
+    #[argh(option)]
+    pub(crate) password_file: Option<PathBuf>,
 }
 
 /// Why a run could not start.
@@ -123,6 +128,9 @@ pub(crate) fn check_args(args: &BenchArgs) -> Result<(), BenchError> {
     }
     if args.buckets == 0 {
         return fail("--buckets must be at least 1");
+    }
+    if args.password_file.is_some() && args.proto == Proto::Memcached {
+        return fail("--password-file is for kv and Redis: memcached's text protocol has no AUTH");
     }
     if args.bucket_prefix.bytes().any(kv::protocol::is_space) {
         return fail("--bucket-prefix cannot hold whitespace");
@@ -163,6 +171,7 @@ pub(crate) mod tests {
             fill: false,
             seed: Some(1),
             json: false,
+            password_file: None,
         }
     }
 

@@ -13,10 +13,12 @@
 //! - `wire.rs`: requests written and replies parsed, per protocol; keys and values;
 //! - `args.rs`: the flags, and the check that refuses bad ones;
 //! - `run.rs`: the plan and the connection threads;
+//! - `login.rs`: `AUTH` on every connection, with `--password-file`;
 //! - `report.rs`: the tally and the report printed at the end.
 
 mod args;
 mod histogram;
+mod login;
 mod report;
 mod run;
 mod wire;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use kv::Client;
 
 use super::args::{BenchArgs, BenchError, check_args};
+use super::login::{auth_request, log_in};
 use super::report::{Report, Tally};
 use super::wire::{
     BadReply, Op, Proto, Reply, Verdict, bucket_names, parse_reply, splitmix, verdict, write_key,
@@ -331,15 +332,26 @@ fn drive(plan: &Plan<'_>, stream: TcpStream, thread: u64) -> Tally {
     driver.tally
 }
 
-/// Opens one load connection.
-fn connect(addr: SocketAddr) -> Result<TcpStream, BenchError> {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+/// Opens one load connection, signed in with `login` (an `AUTH` request) if given.
+fn connect(addr: SocketAddr, login: Option<&[u8]>) -> Result<TcpStream, BenchError> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|error| BenchError(format!("cannot connect to {addr}: {error}")))?;
     stream
         .set_nodelay(true)
         .and_then(|()| stream.set_read_timeout(Some(READ_POLL)))
         .map_err(|error| BenchError(format!("cannot set up the connection to {addr}: {error}")))?;
+    if let Some(request) = login {
+        log_in(&mut stream, request).map_err(|BenchError(error)| BenchError(format!("{addr}: {error}")))?;
+    }
     Ok(stream)
+}
+
+/// The password in `--password-file`, if one was given.
+fn read_password(args: &BenchArgs) -> Result<Option<kv::auth::Secret>, BenchError> {
+    let Some(path) = &args.password_file else { return Ok(None) };
+    let file = kv::auth::Secret::read_file(path)
+        .map_err(|error| BenchError(format!("--password-file {}: {error}", path.display())))?;
+    Ok(Some(file.secret))
 }
 
 /// Runs the load described by `args` and returns what it measured.
@@ -355,10 +367,12 @@ pub(crate) fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
         now.map_or(1, |d| d.as_nanos() as u64)
     });
+    let password = read_password(args)?;
     if args.proto == Proto::Kv {
-        create_buckets(addr, &bucket_names(&args.bucket_prefix, args.buckets))?;
+        create_buckets(addr, password.as_ref(), &bucket_names(&args.bucket_prefix, args.buckets))?;
     }
-    let streams = (0..args.conns).map(|_| connect(addr)).collect::<Result<Vec<_>, _>>()?;
+    let login = password.and_then(|secret| auth_request(args.proto, secret.as_bytes()));
+    let streams = (0..args.conns).map(|_| connect(addr, login.as_deref())).collect::<Result<Vec<_>, _>>()?;
     let measure_from = Instant::now() + Duration::from_secs_f64(args.warmup);
     let plan = Plan {
         args,
@@ -405,12 +419,19 @@ fn run_threads(plan: &Plan<'_>, streams: Vec<TcpStream>) -> Tally {
 }
 
 /// Creates the kv buckets of the run.
-fn create_buckets(addr: SocketAddr, names: &[Vec<u8>]) -> Result<(), BenchError> {
+fn create_buckets(
+    addr: SocketAddr,
+    password: Option<&kv::auth::Secret>,
+    names: &[Vec<u8>],
+) -> Result<(), BenchError> {
     let mut client =
         Client::connect(addr).map_err(|error| BenchError(format!("cannot connect to {addr}: {error}")))?;
     client
         .set_timeout(Some(Duration::from_secs(5)))
         .map_err(|error| BenchError(format!("cannot set a timeout: {error}")))?;
+    if let Some(secret) = password {
+        client.auth(secret.as_bytes()).map_err(|error| BenchError(format!("AUTH to {addr}: {error}")))?;
+    }
     for name in names {
         client
             .create(name)
