@@ -119,8 +119,9 @@ impl<'s> Round<'s> {
     /// Makes every worker's batch and the channel they come back on, at the first
     /// request for a worker: a connection that has not asked a worker anything yet
     /// (a fresh one, or one that only asks what the connection answers itself) holds
-    /// none of them (issue 15's memory per idle connection). Once made they stay. The round keeps no sender of its own, so the channel closes if
-    /// every batch were lost (see [`Round::collect`]).
+    /// none of them (issue 15's memory per idle connection). Once made they stay. The
+    /// round keeps no sender of its own, so the channel closes if every batch were lost
+    /// (see [`Round::collect`]).
     #[cold]
     fn make_batches(&mut self) {
         let count = self.inboxes.len();
