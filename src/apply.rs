@@ -84,6 +84,7 @@ pub fn apply<'p>(
         | Command::Auth { .. }
         | Command::DebugCrashConnection
         | Command::DebugCrashAcceptor
+        | Command::DebugFailSync
         | Command::Unknown => return Reply::Unknown,
     };
     match result {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 
 use crate::apply;
-use crate::persist::{Op, PartitionLog};
+use crate::persist::{FsyncPolicy, LogSync, Op, PartitionLog};
 use crate::protocol::{self, Command, Dialect, ErrorKind, Reply};
 use crate::store::Partition;
 use crate::subscribe::{Subscriber, Subscriptions};
@@ -51,6 +51,12 @@ pub struct Batch {
     /// logged; then where the ones logged but not applied start.
     logged: Vec<bool>,
     unapplied: Vec<usize>,
+    /// With `--fsync always`: the bytes of the log this batch's commits wrote, as
+    /// [`LogSync::appended`] counts them, until [`Batch::settle_sync`] checks them.
+    log_span: Option<(u64, u64)>,
+    /// With `--fsync always`: the replies (by index) of the writes applied and logged
+    /// since the last [`Batch::settle_sync`], which say the write is on disk.
+    unsynced: Vec<u32>,
 }
 
 impl Batch {
@@ -68,6 +74,8 @@ impl Batch {
             overlay: Vec::new(),
             logged: Vec::new(),
             unapplied: Vec::new(),
+            log_span: None,
+            unsynced: Vec::new(),
         }
     }
 
@@ -136,6 +144,8 @@ impl Batch {
         self.overlay.clear();
         self.logged.clear();
         self.unapplied.clear();
+        self.log_span = None;
+        self.unsynced.clear();
     }
 
     /// Frees buffers that grew beyond `keep` bytes (they are empty between rounds).
@@ -175,6 +185,11 @@ impl Batch {
         mut log: Option<&mut PartitionLog>,
     ) -> u64 {
         let mut refused = 0;
+        // With `always`, the replies wait for a sync that covers what this call logs.
+        if let Some(log) = log.as_deref().filter(|log| log.policy() == FsyncPolicy::Always) {
+            let now = log.appended();
+            self.log_span = Some(self.log_span.map_or((now, now), |(start, _)| (start, now)));
+        }
         while !self.is_done() {
             let (end, failure) = match log.as_deref_mut() {
                 None => (self.requests.len(), None),
@@ -189,6 +204,9 @@ impl Batch {
             {
                 self.log_final_state(partition, log);
             }
+        }
+        if let (Some((start, _)), Some(log)) = (self.log_span, log) {
+            self.log_span = Some((start, log.appended()));
         }
         refused
     }
@@ -271,8 +289,12 @@ impl Batch {
                 }
                 _ => {
                     let reply = apply::apply(partition, subscriptions, command, &mut self.subscriber);
-                    if self.logged.get(index).copied().unwrap_or(false) && reply.is_refusal() {
-                        self.unapplied.push(self.cursor);
+                    if self.logged.get(index).copied().unwrap_or(false) {
+                        if reply.is_refusal() {
+                            self.unapplied.push(self.cursor);
+                        } else if self.log_span.is_some() {
+                            self.unsynced.push(self.reply_ends.len() as u32);
+                        }
                     }
                     reply.write(self.dialect, &mut self.replies);
                 }
@@ -360,6 +382,45 @@ impl Batch {
         while !self.is_done() {
             self.answer_crashed(reply);
         }
+    }
+
+    /// With `--fsync always`, once `sync` has synced: if the records this batch logged
+    /// are not known to be on disk (the sync failed, or an earlier failed one may have
+    /// lost them), the replies of its applied writes become
+    /// `ERROR applied but not synced to disk: <reason>`, so that no `OK` promises what
+    /// the disk did not confirm. Reads keep their replies. Returns how many it changed.
+    pub fn settle_sync(&mut self, sync: &LogSync) -> usize {
+        let Some((start, end)) = self.log_span.take() else { return 0 };
+        if self.unsynced.is_empty() {
+            return 0;
+        }
+        let changed = match sync.covers(start, end) {
+            Ok(()) => 0,
+            Err(reason) => self.answer_unsynced(&reason),
+        };
+        self.unsynced.clear();
+        changed
+    }
+
+    /// Rewrites the replies listed in `unsynced` as [`ErrorKind::NotSynced`]. Rare:
+    /// it copies the replies once.
+    #[cold]
+    fn answer_unsynced(&mut self, reason: &str) -> usize {
+        let old = std::mem::take(&mut self.replies);
+        let mut start = 0;
+        let mut listed = self.unsynced.iter().peekable();
+        for (index, end) in self.reply_ends.iter_mut().enumerate() {
+            if listed.next_if(|&&i| i as usize == index).is_some() {
+                Reply::Error(ErrorKind::NotSynced { reason }).write(self.dialect, &mut self.replies);
+            } else {
+                self.replies.extend_from_slice(&old[start..*end]);
+            }
+            start = *end;
+            *end = self.replies.len();
+        }
+        // What a panic left of a reply not yet complete stays after the last one.
+        self.replies.extend_from_slice(&old[start..]);
+        self.unsynced.len()
     }
 
     /// Returns the batch to its connection. A connection that went away no longer

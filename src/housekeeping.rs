@@ -110,7 +110,7 @@ fn sync_loop(worker: &WorkerShared, drains: &Receiver<Vec<crate::batch::Batch>>,
             Err(RecvTimeoutError::Disconnected) => return,
         }
         ready.extend(drains.try_iter());
-        sync_now(worker);
+        worker.sync_replies(ready.iter_mut().flatten());
         for batch in ready.drain(..).flatten() {
             batch.send_back();
         }
@@ -120,11 +120,11 @@ fn sync_loop(worker: &WorkerShared, drains: &Receiver<Vec<crate::batch::Batch>>,
 /// At the very end of a stop: syncs and sends back any drain handed to `worker`'s
 /// syncer after it stopped (a worker still busy when the syncer gave up waiting).
 pub(crate) fn finish_synced(worker: &WorkerShared) {
-    let left: Vec<Vec<crate::batch::Batch>> = match worker.synced_batches.lock().as_ref() {
+    let mut left: Vec<Vec<crate::batch::Batch>> = match worker.synced_batches.lock().as_ref() {
         Some(drains) => drains.try_iter().collect(),
         None => return,
     };
-    sync_now(worker);
+    worker.sync_replies(left.iter_mut().flatten());
     for batch in left.into_iter().flatten() {
         batch.send_back();
     }

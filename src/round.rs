@@ -318,7 +318,7 @@ impl<'s> Round<'s> {
                 && worker::apply_inline(&self.workers[w], batch, wait)
             {
                 // With `--fsync always`, its records are synced before its replies go out.
-                self.workers[w].sync_if_always();
+                self.workers[w].sync_replies([batch]);
                 continue;
             }
             let Some(batch) = slot.take() else { continue };

@@ -138,15 +138,25 @@ impl WorkerShared {
     }
 
     /// With `--fsync always`: syncs what this partition's log wrote, before the replies
-    /// of the batches that wrote it go out. A sync that fails is logged and counted:
-    /// the writes are applied and written, only not known to be on the disk.
-    pub fn sync_if_always(&self) {
-        if let Some((sync, FsyncPolicy::Always)) = &self.sync
-            && let Err(error) = sync.sync_if_dirty()
-        {
+    /// of `batches`, which wrote it, go out. If the sync fails (or an earlier failure
+    /// may have lost their records), their writes' replies say so instead of `OK`
+    /// ([`Batch::settle_sync`]): the writes stay applied, only not known to be on disk.
+    pub fn sync_replies<'b>(&self, batches: impl IntoIterator<Item = &'b mut Batch>) {
+        let Some((sync, FsyncPolicy::Always)) = &self.sync else { return };
+        if let Err(error) = sync.sync_if_dirty() {
             self.stats.persistence_errors.fetch_add(1, Ordering::Relaxed);
             log::error!("fsync of a partition log failed: {error}");
         }
+        let unsynced: usize = batches.into_iter().map(|batch| batch.settle_sync(sync)).sum();
+        if unsynced > 0 {
+            log::error!("{unsynced} applied writes answered as not synced to disk");
+        }
+    }
+
+    /// Fault injection (`DEBUG FAILSYNC`): the next sync of this partition's log fails.
+    /// False without a log.
+    pub fn fail_next_sync(&self) -> bool {
+        self.sync.as_ref().map(|(sync, _)| sync.fail_next_sync()).is_some()
     }
 }
 
@@ -297,7 +307,7 @@ pub fn run(shared: &WorkerShared, inbox: &Receiver<Batch>, pending: Option<Batch
             }
             // What the finished batches (and the crashed one, before the crash) wrote
             // is synced before their replies go out, as `serve` does.
-            shared.sync_if_always();
+            shared.sync_replies(in_hand.done.iter_mut().chain(crashed.as_mut()));
             // So are the events of the changes applied before the crash.
             shared.subscriptions.lock().flush();
             for batch in in_hand.done.drain(..) {
@@ -353,7 +363,7 @@ fn send_back_synced(shared: &WorkerShared, done: &mut Vec<Batch>) {
             Err(crossbeam_channel::SendError(batches)) => *done = batches,
         }
     }
-    shared.sync_if_always();
+    shared.sync_replies(done.iter_mut());
     for batch in done.drain(..) {
         batch.send_back();
     }
@@ -511,6 +521,45 @@ mod tests {
         assert!(!waiting.is_finished(), "it must wait for the partition, not skip it");
         drop(held);
         assert_eq!(waiting.join().unwrap(), (true, b"OK\r\n".to_vec()));
+    }
+
+    #[test]
+    fn under_fsync_always_a_failed_sync_turns_the_applied_writes_replies_into_errors() {
+        let (log, dir) = crate::persist::test_log("worker-failsync", FsyncPolicy::Always);
+        use crate::protocol::Command;
+        let shared = WorkerShared::new(Partition::new(), Some(log));
+        let (reply_tx, _reply_rx) = crossbeam_channel::unbounded();
+        let mut batch = Batch::new(0, reply_tx);
+        batch.set_dialect(crate::protocol::Dialect::Resp2);
+        let (b, k) = (&b"b"[..], &b"k"[..]);
+        for command in [
+            Command::HSet { bucket: b, key: k, value: b"1" },
+            Command::HGet { bucket: b, key: k },
+            Command::HDel { bucket: b, key: b"missing" },
+            Command::Del { bucket: b"nothing" },
+        ] {
+            batch.push_request(&command);
+        }
+        // The path of a connection applying its batch itself.
+        assert!(shared.fail_next_sync());
+        assert!(apply_inline(&shared, &mut batch, true));
+        shared.sync_replies([&mut batch]);
+        let not_synced: &[u8] = b"-ERR applied but not synced to disk: injected by DEBUG FAILSYNC\r\n";
+        // The writes that reached the log are answered so, even one that changed
+        // nothing (HDEL of a missing field); the read keeps its reply, and so does the
+        // write that logged nothing (DEL of a missing bucket).
+        let expected = [not_synced, b"$1\r\n1\r\n", not_synced, b":0\r\n"].concat();
+        assert_eq!(replies_of(&batch), expected);
+        assert_eq!(shared.partition.lock().get(b, k), Ok(Some(&b"1"[..])), "the write stays applied");
+        assert_eq!(shared.stats.persistence_errors.load(Ordering::Relaxed), 1);
+
+        // The next sync succeeds: its writes are answered as usual.
+        batch.clear();
+        batch.push_request(&Command::HSet { bucket: b, key: k, value: b"2" });
+        assert!(apply_inline(&shared, &mut batch, true));
+        shared.sync_replies([&mut batch]);
+        assert_eq!(replies_of(&batch), b":0\r\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -40,6 +40,8 @@ const OK: &[u8] = b"OK\r\n";
 const CRASHED: &[u8] = b"ERROR worker crashed\r\n";
 /// What a write gets while the file-size limit is in force (EFBIG, Linux's words).
 const TOO_LARGE: &[u8] = b"ERROR persistence failed: File too large (os error 27)\r\n";
+/// What an applied write gets under `--fsync always` when its sync fails.
+const NOT_SYNCED: &[u8] = b"ERROR applied but not synced to disk: injected by DEBUG FAILSYNC\r\n";
 
 // ---------------------------------------------------------------------------------
 // Starting, stopping and refusing.
@@ -768,6 +770,48 @@ fn a_write_the_disk_refuses_is_an_error_reads_go_on_and_writes_resume_when_the_c
     let server = serve(&dir, &args);
     let keys = names("k", acked.len() + 2);
     model.assert_served_by(&mut Conn::connect(server.addr()), &names("full", 1), &keys);
+}
+
+#[test]
+fn under_fsync_always_a_write_whose_sync_fails_is_not_answered_ok_and_stays_applied() {
+    let dir = TempDir::new("failsync");
+    // `--debug` sends every batch to its worker, whose syncer thread syncs it.
+    let args = ["--workers", "1", "--fsync", "always", "--debug"];
+    let server = serve(&dir, &args);
+    let mut conn = Conn::connect(server.addr());
+    conn.roundtrip(b"CREATE a\r\nPUT a k before\r\n", &OK.repeat(2));
+
+    // The next sync fails. The write it covers was applied and written, so it is
+    // answered neither OK nor as not done; a read in the same round keeps its reply,
+    // and so does a write that changed nothing (a PUT to a missing bucket).
+    conn.roundtrip(b"DEBUG FAILSYNC\r\n", OK);
+    let round = b"PUT a k during\r\nGET a k\r\nPUT nobucket k v\r\n";
+    conn.roundtrip(round, &[NOT_SYNCED, b"during\r\nOK\r\n", b"NOT FOUND\r\n"].concat());
+    conn.roundtrip(b"GET a k\r\n", b"during\r\nOK\r\n");
+    assert_eq!(conn.stat("persistence_errors"), 1);
+
+    // The next syncs succeed, and the writes they cover are answered OK.
+    conn.roundtrip(b"DELETE a gone\r\nPUT a k after\r\n", &OK.repeat(2));
+    assert_eq!(conn.stat("persistence_errors"), 1);
+    drop(conn);
+    server.kill();
+
+    // After kill -9, what was acknowledged is there.
+    let server = serve(&dir, &args);
+    Conn::connect(server.addr()).roundtrip(b"GET a k\r\n", b"after\r\nOK\r\n");
+    stop(server);
+}
+
+#[test]
+fn debug_failsync_needs_debug_and_a_data_directory() {
+    let dir = TempDir::new("failsync-off");
+    let server = serve(&dir, &[]);
+    Conn::connect(server.addr()).roundtrip(b"DEBUG FAILSYNC\r\n", b"UNKNOWN COMMAND\r\n");
+    stop(server);
+    let server = ChildServer::start(kv_serve(&["--debug"]));
+    let reply = b"ERROR persistence is off (no --data-dir)\r\n";
+    Conn::connect(server.addr()).roundtrip(b"DEBUG FAILSYNC\r\n", reply);
+    server.kill();
 }
 
 // ---------------------------------------------------------------------------------

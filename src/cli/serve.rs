@@ -73,7 +73,8 @@ pub(crate) struct ServeArgs {
     #[argh(option)]
     max_seconds: Option<u64>,
     /// enable fault injection: DEBUG CRASH <bucket> panics the worker owning <bucket>,
-    /// DEBUG CRASH-CONNECTION panics the connection's thread (never in production)
+    /// DEBUG CRASH-CONNECTION panics the connection's thread, DEBUG FAILSYNC fails
+    /// each log's next sync (never in production)
     #[argh(switch)]
     debug: bool,
     /// the cluster file: one line per node, `name IP:PORT ranges` (see docs/CLUSTER.md);

@@ -315,13 +315,17 @@ impl<'s> Connection<'s> {
                 self.round.push_output(Reply::Ok);
                 return Ok(Flow::Close);
             }
-            Command::DebugCrash { .. } | Command::DebugCrashConnection | Command::DebugCrashAcceptor
+            Command::DebugCrash { .. }
+            | Command::DebugCrashConnection
+            | Command::DebugCrashAcceptor
+            | Command::DebugFailSync
                 if !self.state.config.debug =>
             {
                 self.round.push_local(Reply::Unknown)
             }
             Command::DebugCrashConnection => self.crash_connection()?,
             Command::DebugCrashAcceptor => self.crash_acceptor(),
+            Command::DebugFailSync => self.fail_next_syncs(),
             Command::Subscribe { bucket } => return Ok(self.subscribe(&command, bucket)),
             Command::Create { bucket }
             | Command::Put { bucket, .. }
@@ -504,6 +508,15 @@ impl<'s> Connection<'s> {
         } else {
             Reply::Error(ErrorKind::CannotWakeAcceptor)
         });
+    }
+
+    /// Fault injection: the next sync of every partition's log fails.
+    fn fail_next_syncs(&mut self) {
+        let mut logged = false;
+        for worker in &self.state.workers {
+            logged |= worker.fail_next_sync();
+        }
+        self.round.push_local(if logged { Reply::Ok } else { Reply::Error(ErrorKind::PersistenceOff) });
     }
 
     /// SUBSCRIBE: registered by the worker that owns the bucket here, or relayed from

@@ -69,6 +69,21 @@ pub struct LogSync {
     last_sync: AtomicU64,
     /// Commits that waited for a stuck sync.
     pub delayed: AtomicU64,
+    /// Bytes ever committed to the partition's log, across segments: a commit's
+    /// records are the bytes between this counter's values before and after it.
+    appended: AtomicU64,
+    /// Every byte before this one was covered by a sync that succeeded.
+    synced_through: AtomicU64,
+    /// Bytes from `failed_from` to `failed_through` may have been lost by a sync that
+    /// failed: Linux reports a failed write-back once and may then mark the pages
+    /// clean, so a later sync that succeeds does not make them safe
+    /// ([`LogSync::covers`]). Bytes a sync had confirmed before are not in it.
+    failed_from: AtomicU64,
+    failed_through: AtomicU64,
+    /// Why the last failed sync failed.
+    failure: Mutex<String>,
+    /// Fault injection (`DEBUG FAILSYNC`): the next sync fails without syncing.
+    fail_next: AtomicBool,
 }
 
 impl LogSync {
@@ -83,6 +98,12 @@ impl LogSync {
             epoch: Instant::now(),
             last_sync: AtomicU64::new(1),
             delayed: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
+            synced_through: AtomicU64::new(0),
+            failed_from: AtomicU64::new(u64::MAX),
+            failed_through: AtomicU64::new(0),
+            failure: Mutex::new(String::new()),
+            fail_next: AtomicBool::new(false),
         }
     }
 
@@ -102,17 +123,63 @@ impl LogSync {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
+        // Read after `dirty` was cleared: every byte counted here was written before
+        // the sync below begins, so it covers them.
+        let target = self.appended.load(Ordering::Acquire);
         let file = self.file.lock().clone();
         self.syncing_since.store(self.now_ms(), Ordering::Release);
-        let result = file.sync_data();
+        let result = if self.fail_next.swap(false, Ordering::AcqRel) {
+            Err(io::Error::other("injected by DEBUG FAILSYNC"))
+        } else {
+            file.sync_data()
+        };
         self.syncing_since.store(0, Ordering::Release);
         self.last_sync.store(self.now_ms(), Ordering::Relaxed);
+        match &result {
+            Ok(()) => {
+                self.synced_through.fetch_max(target, Ordering::AcqRel);
+            }
+            Err(error) => {
+                self.dirty.store(true, Ordering::Release);
+                self.failed(error);
+            }
+        }
         let _guard = self.synced_lock.lock();
         self.synced.notify_all();
-        if result.is_err() {
-            self.dirty.store(true, Ordering::Release);
-        }
         result
+    }
+
+    /// Marks everything written so far as possibly lost: read after the failure, so
+    /// that it takes in every byte the failed write-back may have dropped.
+    fn failed(&self, error: &io::Error) {
+        *self.failure.lock() = error.to_string();
+        self.failed_from.fetch_min(self.synced_through.load(Ordering::Acquire), Ordering::AcqRel);
+        self.failed_through.fetch_max(self.appended.load(Ordering::Acquire), Ordering::AcqRel);
+    }
+
+    /// Whether the bytes `start..end` of the log (as [`LogSync::appended`] counts them)
+    /// are known to be on disk, after a sync that began once they were written: `Err`
+    /// with the reason when a failed sync may have lost them, or none has covered them.
+    pub fn covers(&self, start: u64, end: u64) -> Result<(), String> {
+        if start < self.failed_through.load(Ordering::Acquire)
+            && end > self.failed_from.load(Ordering::Acquire)
+        {
+            return Err(self.failure.lock().clone());
+        }
+        if self.synced_through.load(Ordering::Acquire) < end {
+            return Err("not synced".to_string());
+        }
+        Ok(())
+    }
+
+    /// Bytes ever committed to the log.
+    pub fn appended(&self) -> u64 {
+        self.appended.load(Ordering::Acquire)
+    }
+
+    /// Fault injection: the next sync that has something to sync fails.
+    pub fn fail_next_sync(&self) {
+        self.fail_next.store(true, Ordering::Release);
     }
 
     /// Waits while a sync has been running for longer than [`STUCK_SYNC`].
@@ -177,6 +244,11 @@ impl PartitionLog {
         self.sync.clone()
     }
 
+    /// Bytes ever committed to this log ([`LogSync::appended`]).
+    pub fn appended(&self) -> u64 {
+        self.sync.appended()
+    }
+
     /// The partition's folder.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -215,6 +287,8 @@ impl PartitionLog {
         }
         self.good_len += written;
         self.total += written;
+        // Counted before `dirty` is set: a sync that sees `dirty` also sees the bytes.
+        self.sync.appended.fetch_add(written, Ordering::AcqRel);
         self.sync.dirty.store(true, Ordering::Release);
         if self.pending.capacity() > 1024 * 1024 {
             self.pending = Vec::new();
@@ -239,7 +313,11 @@ impl PartitionLog {
         // syncs the new segment only, and a `--fsync always` commit made just before
         // this rotation may not have been synced yet. Also, a crash must never leave a
         // torn record in a segment that is not the newest (load would call it damage).
-        self.file.sync_data()?;
+        if let Err(error) = self.file.sync_data() {
+            // As for any failed sync: what the segment holds may be lost.
+            self.sync.failed(&error);
+            return Err(error);
+        }
         let next = self.seq + 1;
         let file = Arc::new(create_segment(&self.dir, next)?);
         self.file = file.clone();
@@ -269,15 +347,58 @@ impl PartitionLog {
     }
 }
 
+/// A fresh log in a new directory `kv-log-<tag>-<pid>` under the system's temporary
+/// one, for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn test_log(tag: &str, policy: FsyncPolicy) -> (PartitionLog, PathBuf) {
+    let dir = tests::temp_dir(tag);
+    drop(create_segment(&dir, 1).unwrap());
+    let header = record::HEADER_LEN as u64;
+    (PartitionLog::open(&dir, 1, header, header, policy).unwrap(), dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn temp_dir(tag: &str) -> PathBuf {
+    pub(super) fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("kv-log-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// Commits one record; the bytes it wrote, as `appended` counts them.
+    fn commit_one(log: &mut PartitionLog) -> (u64, u64) {
+        let start = log.appended();
+        log.push(&Op::Put { bucket: b"b", key: b"k", value: b"v" });
+        log.commit().unwrap();
+        (start, log.appended())
+    }
+
+    #[test]
+    fn bytes_a_failed_sync_may_have_lost_stay_unconfirmed_after_later_syncs_succeed() {
+        let (mut log, dir) = test_log("covers", FsyncPolicy::Always);
+        let first = commit_one(&mut log);
+        log.sync.sync_if_dirty().unwrap();
+        assert_eq!(log.sync.covers(first.0, first.1), Ok(()));
+
+        let lost = commit_one(&mut log);
+        assert_eq!(log.sync.covers(lost.0, lost.1), Err("not synced".to_string()), "before any sync");
+        log.sync.fail_next_sync();
+        assert!(log.sync.sync_if_dirty().is_err());
+        assert!(log.sync.dirty.load(Ordering::Acquire), "a failed sync leaves the log dirty");
+        // The retry succeeds, as Linux's does once it has reported the error; the bytes
+        // the failure covered are still not known to be on disk.
+        log.sync.sync_if_dirty().unwrap();
+        let reason = Err("injected by DEBUG FAILSYNC".to_string());
+        assert_eq!(log.sync.covers(lost.0, lost.1), reason);
+        // What was confirmed before stays so; what is written after is confirmed.
+        assert_eq!(log.sync.covers(first.0, first.1), Ok(()));
+        let after = commit_one(&mut log);
+        log.sync.sync_if_dirty().unwrap();
+        assert_eq!(log.sync.covers(after.0, after.1), Ok(()));
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

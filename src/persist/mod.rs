@@ -35,6 +35,8 @@ mod log;
 mod record;
 mod snapshot;
 
+#[cfg(test)]
+pub(crate) use log::test_log;
 pub use log::{LogSync, PartitionLog, parse_file_name};
 pub use record::{FileKind, Op};
 pub use snapshot::{CHUNK_BYTES, SnapshotWriter, bucket_records};

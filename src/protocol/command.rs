@@ -58,6 +58,9 @@ pub enum Command<'a> {
     /// `DEBUG CRASH-ACCEPTOR`: the acceptor thread panics (and is restarted).
     /// `--debug` only.
     DebugCrashAcceptor,
+    /// `DEBUG FAILSYNC`: the next sync of each partition's log fails, as a disk's
+    /// write-back error would. `--debug` and `--data-dir` only.
+    DebugFailSync,
     // What follows is only ever made by the RESP door (`resp/`), from Redis's hash
     // and string commands, and carried to a worker or a peer encoded (`request.rs`);
     // no text line parses to one. Each is about one bucket, so it has one owner.
@@ -167,6 +170,7 @@ impl<'a> Command<'a> {
             | Command::Auth { .. }
             | Command::DebugCrashConnection
             | Command::DebugCrashAcceptor
+            | Command::DebugFailSync
             | Command::Unknown => None,
         }
     }
@@ -266,6 +270,9 @@ pub fn parse(line: &[u8]) -> Command<'_> {
         (Some(what), None, None) if is(b"DEBUG") && what.eq_ignore_ascii_case(b"CRASH-ACCEPTOR") => {
             Command::DebugCrashAcceptor
         }
+        (Some(what), None, None) if is(b"DEBUG") && what.eq_ignore_ascii_case(b"FAILSYNC") => {
+            Command::DebugFailSync
+        }
         _ => Command::Unknown,
     }
 }
@@ -340,6 +347,8 @@ mod tests {
             (b"DEBUG CRASH b", Command::DebugCrash { bucket: b"b" }),
             (b"debug crash-connection", Command::DebugCrashConnection),
             (b"DEBUG CRASH-ACCEPTOR", Command::DebugCrashAcceptor),
+            (b"debug failsync", Command::DebugFailSync),
+            (b"DEBUG FAILSYNC b", Command::Unknown),
             (b"DEBUG CRASH", Command::Unknown),
             (b"DEBUG b", Command::Unknown),
             // Command words are ASCII: a Unicode space is part of the word.

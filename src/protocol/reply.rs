@@ -167,6 +167,12 @@ pub enum ErrorKind<'a> {
     CannotWakeAcceptor,
     /// A write whose record could not reach the log: it was not applied.
     PersistenceFailed { reason: &'a str },
+    /// With `--fsync always`: a write that was applied and written to its log, whose
+    /// sync then failed, so a crash may lose it. Answered instead of `OK`, which would
+    /// promise it is on disk; the write stays applied (docs/PROTOCOL.md).
+    NotSynced { reason: &'a str },
+    /// `DEBUG FAILSYNC` on a server without `--data-dir`: there is no log to fail.
+    PersistenceOff,
     /// A write was sent to the peer owning the bucket, which then failed or did not
     /// answer in time: it may or may not have been applied (docs/CLUSTER.md).
     PeerOutcomeUnknown { peer: &'a str },
@@ -301,6 +307,10 @@ impl ErrorKind<'_> {
             ErrorKind::PersistenceFailed { reason } => {
                 line(out, &[e, b"persistence failed: ", reason.as_bytes()])
             }
+            ErrorKind::NotSynced { reason } => {
+                line(out, &[e, b"applied but not synced to disk: ", reason.as_bytes()])
+            }
+            ErrorKind::PersistenceOff => line(out, &[e, b"persistence is off (no --data-dir)"]),
             ErrorKind::PeerOutcomeUnknown { peer } => {
                 line(out, &[e, b"peer ", peer.as_bytes(), b" unavailable: outcome unknown"])
             }
@@ -465,6 +475,11 @@ mod tests {
                 Reply::Error(ErrorKind::PeerOutcomeUnknown { peer: "n1" }),
                 b"ERROR peer n1 unavailable: outcome unknown\r\n",
             ),
+            (
+                Reply::Error(ErrorKind::NotSynced { reason: "Input/output error (os error 5)" }),
+                b"ERROR applied but not synced to disk: Input/output error (os error 5)\r\n",
+            ),
+            (Reply::Error(ErrorKind::PersistenceOff), b"ERROR persistence is off (no --data-dir)\r\n"),
             (Reply::Error(ErrorKind::OutOfMemory), b"ERROR out of memory\r\n"),
             (Reply::Error(ErrorKind::AuthenticationFailed), b"ERROR authentication failed\r\n"),
             (

@@ -106,6 +106,7 @@ fn command_of<'a>(op: u8, fields: &[&'a [u8]]) -> Command<'a> {
         (23, &[password]) => Command::Auth { password },
         (24, &[]) => Command::DebugCrashConnection,
         (25, &[]) => Command::DebugCrashAcceptor,
+        (26, &[]) => Command::DebugFailSync,
         _ => Command::Unknown,
     }
 }
@@ -141,6 +142,7 @@ fn op_and_fields<'a>(command: &Command<'a>) -> (u8, [Option<&'a [u8]>; 3]) {
         Command::Auth { password } => (23, one(password)),
         Command::DebugCrashConnection => (24, [None; 3]),
         Command::DebugCrashAcceptor => (25, [None; 3]),
+        Command::DebugFailSync => (26, [None; 3]),
         Command::Unknown => (0, [None; 3]),
     }
 }
@@ -192,6 +194,7 @@ mod tests {
             Command::Auth { password: k },
             Command::DebugCrashConnection,
             Command::DebugCrashAcceptor,
+            Command::DebugFailSync,
             Command::Unknown,
         ] {
             round_trip(command);
