@@ -390,6 +390,13 @@ struct Placement {
     hasher: ahash::RandomState,
 }
 
+impl Placement {
+    #[inline]
+    fn worker_for(&self, bucket: &[u8], workers: usize) -> usize {
+        (self.hasher.hash_one(bucket) % workers.max(1) as u64) as usize
+    }
+}
+
 static PLACEMENT: std::sync::OnceLock<Placement> = std::sync::OnceLock::new();
 
 fn placement(seed: u64) -> Placement {
@@ -426,8 +433,14 @@ pub fn use_worker_seed(seed: u64) -> bool {
 /// Anything stored by worker is placed again by this function when it is loaded.
 #[inline]
 pub fn worker_for(bucket: &[u8], workers: usize) -> usize {
-    let placement = PLACEMENT.get_or_init(random_placement);
-    (placement.hasher.hash_one(bucket) % workers.max(1) as u64) as usize
+    PLACEMENT.get_or_init(random_placement).worker_for(bucket, workers)
+}
+
+/// What [`worker_for`] answers in a process whose seed is `seed` (another kv's, read
+/// from its data directory with `persist::stored_seed`): for a test or a tool that
+/// must know where that process keeps a bucket.
+pub fn worker_for_seed(seed: u64, bucket: &[u8], workers: usize) -> usize {
+    placement(seed).worker_for(bucket, workers)
 }
 
 #[cfg(test)]
@@ -437,6 +450,19 @@ mod tests {
     /// Every reply of a batch, concatenated.
     fn replies_of(batch: &Batch) -> Vec<u8> {
         (0..batch.reply_count()).flat_map(|i| batch.reply(i).unwrap_or_default().to_vec()).collect()
+    }
+
+    #[test]
+    fn worker_for_seed_places_as_the_process_does_under_its_seed() {
+        let seed = worker_seed();
+        for bucket in [&b"a"[..], b"shopping", b"\xff\x00", b""] {
+            for workers in [1, 2, 3, 8] {
+                assert_eq!(worker_for_seed(seed, bucket, workers), worker_for(bucket, workers));
+            }
+        }
+        let spread: std::collections::HashSet<usize> =
+            (0..64u8).map(|b| worker_for_seed(seed ^ 1, &[b], 4)).collect();
+        assert_eq!(spread.len(), 4, "another seed still spreads buckets over every worker");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::lib_paths::worker_for;
+use common::lib_paths::{stored_seed, worker_for_seed};
 use common::temp::TempDir;
 use common::{
     ChildServer, Conn, DEADLINE, assert_same_bytes, assert_same_bytes_in, free_loopback_addr, kv_serve,
@@ -860,11 +860,14 @@ fn a_restarted_owner_serves_its_data_to_reads_forwarded_by_the_other_node() {
     stop(a);
 }
 
-/// A bucket name starting with `prefix` that worker `w` of `workers` owns.
-fn bucket_on(w: usize, workers: usize, prefix: &str) -> String {
+/// A bucket name starting with `prefix` that worker `w` of `workers` owns in the kv
+/// serving `dir`: it places buckets with the seed its data directory keeps, not with
+/// this process's.
+fn bucket_on(dir: &TempDir, w: usize, workers: usize, prefix: &str) -> String {
+    let seed = stored_seed(dir.path()).expect("a served data directory keeps its placement seed");
     (0..10_000)
         .map(|i| format!("{prefix}{i}"))
-        .find(|name| worker_for(name.as_bytes(), workers) == w)
+        .find(|name| worker_for_seed(seed, name.as_bytes(), workers) == w)
         .unwrap_or_else(|| panic!("no {prefix}<n> on worker {w}"))
 }
 
@@ -872,8 +875,8 @@ fn bucket_on(w: usize, workers: usize, prefix: &str) -> String {
 fn a_worker_crash_mid_pipeline_loses_exactly_the_crashed_request_across_a_restart() {
     let dir = TempDir::new("crash");
     let args = ["--workers", "2", "--debug", "--fsync", "always"];
-    let (crashy, calm) = (bucket_on(0, 2, "crashy"), bucket_on(1, 2, "calm"));
     let server = serve(&dir, &args);
+    let (crashy, calm) = (bucket_on(&dir, 0, 2, "crashy"), bucket_on(&dir, 1, 2, "calm"));
     let mut conn = Conn::connect(server.addr());
     conn.roundtrip(
         format!("CREATE {crashy}\r\nCREATE {calm}\r\nCREATE doomed\r\n").as_bytes(),

@@ -29,3 +29,6 @@ pub use kv::protocol::{auth_hello_line, parse_challenge, proof_line};
 pub use kv::router::Cluster;
 /// Which worker of `n` owns a bucket.
 pub use kv::worker::worker_for;
+/// Which worker of `n` owns a bucket in a child kv whose data directory holds the
+/// seed it places buckets with (`stored_seed`).
+pub use kv::{persist::stored_seed, worker::worker_for_seed};
