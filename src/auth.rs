@@ -49,6 +49,15 @@ pub const HANDSHAKE_BURST: f64 = 5.0;
 /// this many proofs checked per second per address.
 pub const HANDSHAKE_RATE: f64 = 5.0;
 
+/// Failed `AUTH`s one source address may make in a burst, over all its connections,
+/// before its `AUTH`s are refused without a look at the password ...
+pub const AUTH_BURST: f64 = 20.0;
+
+/// ... and the rate, per second, at which it earns attempts back. A client that
+/// mistypes, or an application reconnecting with a stale password, stays well under
+/// it; a guesser opening many connections gets one guess a second per address.
+pub const AUTH_RATE: f64 = 1.0;
+
 /// Most source addresses the throttle remembers; beyond it, the ones back at a full
 /// allowance are forgotten first, so memory stays bounded under a spray of addresses.
 const THROTTLE_ADDRESSES: usize = 4096;
@@ -223,37 +232,58 @@ pub fn protected_mode_refuses(client: IpAddr, bind: IpAddr, password_set: bool, 
     enabled && !password_set && !is_loopback(bind) && !is_loopback(client)
 }
 
-/// Failed node handshakes per source address: a token bucket of [`HANDSHAKE_BURST`]
-/// attempts refilled at [`HANDSHAKE_RATE`] a second. Only failures take a token, so a
-/// node with the right secret is never held back.
-#[derive(Debug, Default)]
+/// Failures per source address: a token bucket of `burst` attempts refilled at `rate`
+/// a second ([`HANDSHAKE_BURST`] and [`HANDSHAKE_RATE`] for node handshakes,
+/// [`AUTH_BURST`] and [`AUTH_RATE`] for client `AUTH`). Only failures take a token,
+/// so a client or node with the right secret is never held back by its own tries.
+#[derive(Debug)]
 pub struct Throttle {
+    burst: f64,
+    rate: f64,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
 }
 
 impl Throttle {
-    /// True if a handshake from `ip` may be checked now.
-    pub fn allows(&self, ip: IpAddr, now: Instant) -> bool {
-        self.buckets.lock().get(&ip.to_canonical()).is_none_or(|&(tokens, at)| refill(tokens, at, now) >= 1.0)
+    /// A throttle allowing `burst` failures at once, earned back at `rate` a second.
+    pub fn new(burst: f64, rate: f64) -> Self {
+        Throttle { burst, rate, buckets: Mutex::default() }
     }
 
-    /// Takes a token from `ip` for a failed handshake.
+    /// The throttle of failed node handshakes.
+    pub fn handshakes() -> Self {
+        Throttle::new(HANDSHAKE_BURST, HANDSHAKE_RATE)
+    }
+
+    /// The throttle of failed client `AUTH`s.
+    pub fn auths() -> Self {
+        Throttle::new(AUTH_BURST, AUTH_RATE)
+    }
+
+    /// True if an attempt from `ip` may be checked now.
+    pub fn allows(&self, ip: IpAddr, now: Instant) -> bool {
+        self.buckets
+            .lock()
+            .get(&ip.to_canonical())
+            .is_none_or(|&(tokens, at)| self.refill(tokens, at, now) >= 1.0)
+    }
+
+    /// Takes a token from `ip` for a failed attempt.
     pub fn failed(&self, ip: IpAddr, now: Instant) {
         let mut buckets = self.buckets.lock();
         if buckets.len() >= THROTTLE_ADDRESSES {
-            buckets.retain(|_, &mut (tokens, at)| refill(tokens, at, now) < HANDSHAKE_BURST);
+            buckets.retain(|_, &mut (tokens, at)| self.refill(tokens, at, now) < self.burst);
             if buckets.len() >= THROTTLE_ADDRESSES {
                 buckets.clear();
             }
         }
-        let entry = buckets.entry(ip.to_canonical()).or_insert((HANDSHAKE_BURST, now));
-        *entry = ((refill(entry.0, entry.1, now) - 1.0).max(0.0), now);
+        let entry = buckets.entry(ip.to_canonical()).or_insert((self.burst, now));
+        *entry = ((self.refill(entry.0, entry.1, now) - 1.0).max(0.0), now);
     }
-}
 
-/// The tokens a bucket holding `tokens` at `at` holds at `now`.
-fn refill(tokens: f64, at: Instant, now: Instant) -> f64 {
-    (tokens + now.saturating_duration_since(at).as_secs_f64() * HANDSHAKE_RATE).min(HANDSHAKE_BURST)
+    /// The tokens a bucket holding `tokens` at `at` holds at `now`.
+    fn refill(&self, tokens: f64, at: Instant, now: Instant) -> f64 {
+        (tokens + now.saturating_duration_since(at).as_secs_f64() * self.rate).min(self.burst)
+    }
 }
 
 #[cfg(test)]
@@ -324,7 +354,7 @@ mod tests {
 
     #[test]
     fn the_throttle_holds_an_address_after_a_burst_and_refills() {
-        let throttle = Throttle::default();
+        let throttle = Throttle::handshakes();
         let (ip, other) = ("127.0.0.9".parse().unwrap(), "127.0.0.10".parse().unwrap());
         let t0 = Instant::now();
         for _ in 0..HANDSHAKE_BURST as usize {
@@ -334,6 +364,21 @@ mod tests {
         assert!(!throttle.allows(ip, t0));
         assert!(throttle.allows(other, t0), "per address");
         assert!(throttle.allows(ip, t0 + Duration::from_millis(250)), "one attempt back after 1/rate s");
+    }
+
+    #[test]
+    fn the_auth_throttle_allows_its_own_burst_and_rate() {
+        let throttle = Throttle::auths();
+        let ip = IpAddr::from([10, 0, 0, 1]);
+        let t0 = Instant::now();
+        for _ in 0..AUTH_BURST as usize {
+            assert!(throttle.allows(ip, t0));
+            throttle.failed(ip, t0);
+        }
+        assert!(!throttle.allows(ip, t0));
+        let almost = Duration::from_secs_f64(0.9 / AUTH_RATE);
+        assert!(!throttle.allows(ip, t0 + almost), "not before one attempt is earned back");
+        assert!(throttle.allows(ip, t0 + Duration::from_secs_f64(1.0 / AUTH_RATE)));
     }
 
     #[test]

@@ -166,7 +166,8 @@ impl Password {
 
     /// `AUTH <attempt>`: the reply, and true if the connection is to close after it
     /// ([`MAX_AUTH_FAILURES`]). A failure waits `auth::auth_delay` first, so a guesser
-    /// gets few answers a second.
+    /// gets few answers a second on one connection, and the address's throttle
+    /// (`auth::AUTH_RATE`) bounds them over all its connections.
     pub(crate) fn attempt(
         &mut self,
         state: &State,
@@ -176,10 +177,18 @@ impl Password {
         let Some(password) = &state.config.password else {
             return (Reply::Error(ErrorKind::NoPasswordSet), false);
         };
-        if password.matches(attempt) {
+        let ip = client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        // An address past its allowance of failures gets no answer about the password,
+        // right or wrong, until it has earned an attempt back.
+        let reply = if !state.auth_throttle.allows(ip, Instant::now()) {
+            Reply::Error(ErrorKind::AuthThrottled)
+        } else if password.matches(attempt) {
             self.authenticated = true;
             return (Reply::Ok, false);
-        }
+        } else {
+            state.auth_throttle.failed(ip, Instant::now());
+            Reply::Error(ErrorKind::InvalidPassword)
+        };
         self.authenticated = false;
         self.failures += 1;
         state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
@@ -188,6 +197,6 @@ impl Password {
         if !close {
             std::thread::sleep(auth::auth_delay(self.failures));
         }
-        (Reply::Error(ErrorKind::InvalidPassword), close)
+        (reply, close)
     }
 }

@@ -126,7 +126,8 @@ impl Server {
             data,
             budget,
             stop_deadline: OnceLock::new(),
-            handshake_throttle: Default::default(),
+            handshake_throttle: crate::auth::Throttle::handshakes(),
+            auth_throttle: crate::auth::Throttle::auths(),
         });
         let listeners = Arc::new(Listeners { text: listener, resp });
         Ok(Server { listeners, state, worker_inboxes })

@@ -49,6 +49,8 @@ pub(crate) struct State {
     pub stop_deadline: OnceLock<Instant>,
     /// Failed node handshakes per source address (issue 14).
     pub handshake_throttle: crate::auth::Throttle,
+    /// Failed client `AUTH`s per source address.
+    pub auth_throttle: crate::auth::Throttle,
 }
 
 /// What a server keeps of its data directory once loaded.

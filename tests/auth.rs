@@ -15,12 +15,13 @@ use std::time::Instant;
 use kv::{Config, ServerHandle};
 
 use common::lib_paths::{
-    Cluster, Command, Dialect, HANDSHAKE_BURST, HANDSHAKE_RATE, NONCE_LEN, Role, Secret, Transcript,
-    auth_hello_line, parse_challenge, proof_line, push_peer_frame,
+    AUTH_BURST, AUTH_RATE, Cluster, Command, Dialect, HANDSHAKE_BURST, HANDSHAKE_RATE, NONCE_LEN, Role,
+    Secret, Transcript, auth_hello_line, parse_challenge, proof_line, push_peer_frame,
 };
 use common::temp::TempFile;
 use common::{
     ChildServer, Conn, cluster_node_command, free_loopback_addr, start_cluster_node, start_server_with,
+    wait_until,
 };
 
 const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTEyMzQ=";
@@ -297,6 +298,59 @@ fn ten_failed_auths_close_the_connection() {
     conn.send(&b"AUTH wrong\r\n".repeat(12));
     let (got, _reset) = conn.read_until_gone();
     assert_eq!(got, b"ERROR invalid password\r\n".repeat(10));
+}
+
+const AUTH_THROTTLED: &[u8] = b"ERROR too many failed AUTH attempts from this address, try again later\r\n";
+
+/// One `AUTH` on a new connection from 127.0.0.1: its reply line.
+fn auth_once(addr: SocketAddr, password: &str) -> Vec<u8> {
+    let mut conn = Conn::connect(addr);
+    conn.send(format!("AUTH {password}\r\n").as_bytes());
+    conn.read_line()
+}
+
+/// Fails `AUTH` on new connections until the address is throttled; how many failed.
+fn fail_until_throttled(addr: SocketAddr) -> u32 {
+    for failed in 0..500 {
+        let line = auth_once(addr, "wrong");
+        if line == AUTH_THROTTLED {
+            return failed;
+        }
+        assert_eq!(line, b"ERROR invalid password\r\n");
+    }
+    panic!("the address was not throttled within 500 failed AUTHs");
+}
+
+#[test]
+fn failed_auths_are_throttled_per_address_over_all_its_connections() {
+    let server = password_server(IpAddr::V4(Ipv4Addr::LOCALHOST), Some("hunter2"));
+    // One wrong password per connection: neither the per-connection delay nor its
+    // limit of ten ever applies, only the address's allowance.
+    let started = Instant::now();
+    let failed = fail_until_throttled(server.addr());
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(f64::from(failed) >= AUTH_BURST, "only {failed} failures before the throttle");
+    let allowed = AUTH_BURST + elapsed * AUTH_RATE + 1.0;
+    assert!(f64::from(failed) <= allowed, "{failed} passwords checked in {elapsed:.2}s");
+
+    // While throttled, the right password is not looked at either: a guesser learns
+    // nothing. (The address earns an attempt back each 1/AUTH_RATE s, so a probe can
+    // land just after one came back; a few rounds make that a non-event.)
+    let mut refused = false;
+    for _ in 0..5 {
+        if auth_once(server.addr(), "hunter2") == AUTH_THROTTLED {
+            refused = true;
+            break;
+        }
+        fail_until_throttled(server.addr());
+    }
+    assert!(refused, "the right password was checked while the address was throttled");
+
+    // The right password takes no allowance: once one attempt is earned back, it works.
+    wait_until("the address has earned an attempt back", || auth_once(server.addr(), "hunter2") == b"OK\r\n");
+    let mut conn = Conn::connect(server.addr());
+    conn.roundtrip(b"AUTH hunter2\r\n", b"OK\r\n");
+    assert!(conn.stat("auth_failures") > u64::from(failed), "throttled attempts count as failures");
 }
 
 #[test]

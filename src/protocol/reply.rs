@@ -196,6 +196,9 @@ pub enum ErrorKind<'a> {
     AuthenticationRequired,
     /// `AUTH` with the wrong password.
     InvalidPassword,
+    /// `AUTH` from an address that failed too often lately: the password was not
+    /// looked at.
+    AuthThrottled,
     /// `AUTH` on a server without a password.
     NoPasswordSet,
     /// A GET of a value the text protocol cannot show on one line (it holds a space
@@ -356,6 +359,9 @@ impl ErrorKind<'_> {
             }
             ErrorKind::AuthenticationRequired => line(out, &[e, b"authentication required"]),
             ErrorKind::InvalidPassword => line(out, &[e, b"invalid password"]),
+            ErrorKind::AuthThrottled => {
+                line(out, &[e, b"too many failed AUTH attempts from this address, try again later"])
+            }
             ErrorKind::NoPasswordSet => line(out, &[e, b"AUTH given but no password is set"]),
             ErrorKind::ProtectedMode => line(out, &[e, PROTECTED_MODE_TEXT]),
             _ => {}
@@ -500,6 +506,10 @@ mod tests {
             ),
             (Reply::Error(ErrorKind::AuthenticationRequired), b"ERROR authentication required\r\n"),
             (Reply::Error(ErrorKind::InvalidPassword), b"ERROR invalid password\r\n"),
+            (
+                Reply::Error(ErrorKind::AuthThrottled),
+                b"ERROR too many failed AUTH attempts from this address, try again later\r\n",
+            ),
             (Reply::Error(ErrorKind::NoPasswordSet), b"ERROR AUTH given but no password is set\r\n"),
             (
                 Reply::Error(ErrorKind::ProtectedMode),

@@ -11,7 +11,9 @@ pub use kv::DOWN_AFTER_FAILURES;
 pub use kv::PeerConfig;
 /// Node authentication and client passwords (issue 14): secrets, the handshake's
 /// proofs and the throttle's figures, for tests that play a node.
-pub use kv::auth::{HANDSHAKE_BURST, HANDSHAKE_RATE, NONCE_LEN, Role, Secret, Transcript};
+pub use kv::auth::{
+    AUTH_BURST, AUTH_RATE, HANDSHAKE_BURST, HANDSHAKE_RATE, NONCE_LEN, Role, Secret, Transcript,
+};
 /// The stack size of a connection thread (`tests/connection_stack.rs` and the
 /// deepest-paths test in `tests/hardening.rs` exercise it).
 pub use kv::config::CONNECTION_STACK_SIZE;
