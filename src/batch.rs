@@ -195,7 +195,10 @@ impl Batch {
                 None => (self.requests.len(), None),
                 Some(log) => {
                     let end = self.log_ahead(partition, log);
-                    (end, log.commit().err())
+                    let failure = log.commit().err();
+                    // Before applying: a crash while applying still settles its span.
+                    self.extend_log_span(log);
+                    (end, failure)
                 }
             };
             refused += self.apply_until(partition, subscriptions, end, failure.as_deref());
@@ -203,12 +206,17 @@ impl Batch {
                 && !self.unapplied.is_empty()
             {
                 self.log_final_state(partition, log);
+                self.extend_log_span(log);
             }
         }
-        if let (Some((start, _)), Some(log)) = (self.log_span, log) {
+        refused
+    }
+
+    /// With `--fsync always`: takes what `log` holds now into the span to settle.
+    fn extend_log_span(&mut self, log: &PartitionLog) {
+        if let Some((start, _)) = self.log_span {
             self.log_span = Some((start, log.appended()));
         }
-        refused
     }
 
     /// After a crash: logs the state of what the writes logged ahead but not applied

@@ -589,6 +589,26 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_sync_reaches_the_writes_a_crashed_batch_applied_before_its_crash() {
+        let (log, dir) = crate::persist::test_log("worker-failsync-crash", FsyncPolicy::Always);
+        let shared = WorkerShared::new(Partition::new(), Some(log));
+        let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
+        let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+        let mut batch = Batch::new(0, reply_tx);
+        for line in [&b"CREATE b"[..], b"PUT b k 1", b"DEBUG CRASH b"] {
+            batch.push_request(&crate::protocol::parse(line));
+        }
+        inbox_tx.send(batch).unwrap();
+        drop(inbox_tx);
+        assert!(shared.fail_next_sync());
+        assert!(matches!(run(&shared, &inbox_rx, None), Outcome::Crashed { unfinished: None, .. }));
+        let not_synced = b"ERROR applied but not synced to disk: injected by DEBUG FAILSYNC\r\n";
+        let expected = [&not_synced[..], not_synced, b"ERROR worker crashed\r\n"].concat();
+        assert_eq!(replies_of(&reply_rx.try_recv().unwrap()), expected);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_crash_inline_is_replayed_by_the_worker_as_a_worker_crash() {
         let shared = WorkerShared::default();
         let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();

@@ -77,9 +77,13 @@ pub struct LogSync {
     /// Bytes from `failed_from` to `failed_through` may have been lost by a sync that
     /// failed: Linux reports a failed write-back once and may then mark the pages
     /// clean, so a later sync that succeeds does not make them safe
-    /// ([`LogSync::covers`]). Bytes a sync had confirmed before are not in it.
+    /// ([`LogSync::covers`]). One range covers every failure so far, so after two it
+    /// may take in bytes confirmed between them: it errs towards saying "not synced".
     failed_from: AtomicU64,
     failed_through: AtomicU64,
+    /// Failed syncs so far: a commit whose write overlapped one widens the failed
+    /// range to take in its bytes ([`PartitionLog::commit`]).
+    failures: AtomicU64,
     /// Why the last failed sync failed.
     failure: Mutex<String>,
     /// Fault injection (`DEBUG FAILSYNC`): the next sync fails without syncing.
@@ -102,6 +106,7 @@ impl LogSync {
             synced_through: AtomicU64::new(0),
             failed_from: AtomicU64::new(u64::MAX),
             failed_through: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
             failure: Mutex::new(String::new()),
             fail_next: AtomicBool::new(false),
         }
@@ -153,8 +158,22 @@ impl LogSync {
     /// that it takes in every byte the failed write-back may have dropped.
     fn failed(&self, error: &io::Error) {
         *self.failure.lock() = error.to_string();
-        self.failed_from.fetch_min(self.synced_through.load(Ordering::Acquire), Ordering::AcqRel);
-        self.failed_through.fetch_max(self.appended.load(Ordering::Acquire), Ordering::AcqRel);
+        self.failed_from.fetch_min(self.synced_through.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.failed_through.fetch_max(self.appended.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.failures.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Syncs `file` (a segment being retired) under the same lock as every other sync:
+    /// the kernel reports a failed write-back to one sync only, so a sync of the same
+    /// file running beside this one could report success for pages this one found
+    /// lost, and settle its replies before the failure was recorded.
+    fn sync_retired(&self, file: &File) -> io::Result<()> {
+        let _syncing = self.syncing.lock();
+        let result = file.sync_data();
+        if let Err(error) = &result {
+            self.failed(error);
+        }
+        result
     }
 
     /// Whether the bytes `start..end` of the log (as [`LogSync::appended`] counts them)
@@ -277,6 +296,7 @@ impl PartitionLog {
             return Ok(());
         }
         self.sync.wait_if_stuck();
+        let failures = self.sync.failures.load(Ordering::SeqCst);
         let result = self.trim_if_needed().and_then(|()| (&*self.file).write_all(&self.pending));
         let written = self.pending.len() as u64;
         self.pending.clear();
@@ -288,7 +308,14 @@ impl PartitionLog {
         self.good_len += written;
         self.total += written;
         // Counted before `dirty` is set: a sync that sees `dirty` also sees the bytes.
-        self.sync.appended.fetch_add(written, Ordering::AcqRel);
+        // Only this log's holder writes the counter.
+        let appended = self.sync.appended.load(Ordering::SeqCst) + written;
+        self.sync.appended.store(appended, Ordering::SeqCst);
+        // A sync that failed while these bytes were being written counted the log
+        // without them, though their pages may have been in its write-back.
+        if self.sync.failures.load(Ordering::SeqCst) != failures {
+            self.sync.failed_through.fetch_max(appended, Ordering::SeqCst);
+        }
         self.sync.dirty.store(true, Ordering::Release);
         if self.pending.capacity() > 1024 * 1024 {
             self.pending = Vec::new();
@@ -313,11 +340,7 @@ impl PartitionLog {
         // syncs the new segment only, and a `--fsync always` commit made just before
         // this rotation may not have been synced yet. Also, a crash must never leave a
         // torn record in a segment that is not the newest (load would call it damage).
-        if let Err(error) = self.file.sync_data() {
-            // As for any failed sync: what the segment holds may be lost.
-            self.sync.failed(&error);
-            return Err(error);
-        }
+        self.sync.sync_retired(&self.file)?;
         let next = self.seq + 1;
         let file = Arc::new(create_segment(&self.dir, next)?);
         self.file = file.clone();
