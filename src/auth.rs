@@ -261,28 +261,64 @@ impl Throttle {
 
     /// True if an attempt from `ip` may be checked now.
     pub fn allows(&self, ip: IpAddr, now: Instant) -> bool {
-        self.buckets
-            .lock()
-            .get(&ip.to_canonical())
-            .is_none_or(|&(tokens, at)| self.refill(tokens, at, now) >= 1.0)
+        self.buckets.lock().get(&source(ip)).is_none_or(|&(tokens, at)| self.refill(tokens, at, now) >= 1.0)
     }
 
     /// Takes a token from `ip` for a failed attempt.
     pub fn failed(&self, ip: IpAddr, now: Instant) {
         let mut buckets = self.buckets.lock();
+        let entry = self.entry(&mut buckets, ip, now);
+        *entry = ((self.refill(entry.0, entry.1, now) - 1.0).max(0.0), now);
+    }
+
+    /// Takes a token from `ip` before an attempt is checked, in one step, so that many
+    /// connections arriving together cannot all be checked on the last token; false
+    /// (nothing taken) when none is left. [`Throttle::refund`] gives it back if the
+    /// attempt succeeds.
+    pub fn try_take(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut buckets = self.buckets.lock();
+        let entry = self.entry(&mut buckets, ip, now);
+        let tokens = self.refill(entry.0, entry.1, now);
+        *entry = (if tokens >= 1.0 { tokens - 1.0 } else { tokens }, now);
+        tokens >= 1.0
+    }
+
+    /// Gives back the token [`Throttle::try_take`] took for an attempt that succeeded.
+    pub fn refund(&self, ip: IpAddr, now: Instant) {
+        if let Some(entry) = self.buckets.lock().get_mut(&source(ip)) {
+            *entry = ((self.refill(entry.0, entry.1, now) + 1.0).min(self.burst), now);
+        }
+    }
+
+    /// `ip`'s bucket, made full if new. Past [`THROTTLE_ADDRESSES`] sources, the ones
+    /// back at a full allowance are forgotten, then, if that is not enough, all.
+    fn entry<'m>(
+        &self,
+        buckets: &'m mut HashMap<IpAddr, (f64, Instant)>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> &'m mut (f64, Instant) {
         if buckets.len() >= THROTTLE_ADDRESSES {
             buckets.retain(|_, &mut (tokens, at)| self.refill(tokens, at, now) < self.burst);
             if buckets.len() >= THROTTLE_ADDRESSES {
                 buckets.clear();
             }
         }
-        let entry = buckets.entry(ip.to_canonical()).or_insert((self.burst, now));
-        *entry = ((self.refill(entry.0, entry.1, now) - 1.0).max(0.0), now);
+        buckets.entry(source(ip)).or_insert((self.burst, now))
     }
 
     /// The tokens a bucket holding `tokens` at `at` holds at `now`.
     fn refill(&self, tokens: f64, at: Instant, now: Instant) -> f64 {
         (tokens + now.saturating_duration_since(at).as_secs_f64() * self.rate).min(self.burst)
+    }
+}
+
+/// The source a throttle counts `ip` under: the address itself for IPv4 (IPv4-mapped
+/// IPv6 included), its /64 for IPv6, since one host commonly holds a whole /64.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
     }
 }
 
@@ -379,6 +415,27 @@ mod tests {
         let almost = Duration::from_secs_f64(0.9 / AUTH_RATE);
         assert!(!throttle.allows(ip, t0 + almost), "not before one attempt is earned back");
         assert!(throttle.allows(ip, t0 + Duration::from_secs_f64(1.0 / AUTH_RATE)));
+    }
+
+    #[test]
+    fn take_and_refund_are_one_step_each_and_an_ipv6_64_is_one_source() {
+        let throttle = Throttle::new(2.0, 1.0);
+        let t0 = Instant::now();
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        assert!(throttle.try_take(ip, t0));
+        assert!(throttle.try_take(same_64, t0));
+        assert!(!throttle.try_take(ip, t0), "the /64 has used its burst");
+        assert!(throttle.try_take(other_64, t0), "another /64 has its own");
+        throttle.refund(same_64, t0);
+        assert!(throttle.try_take(ip, t0), "a refund gives one attempt back");
+        assert!(!throttle.try_take(ip, t0));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        throttle.failed(IpAddr::from([10, 0, 0, 1]), t0);
+        throttle.failed(IpAddr::from([10, 0, 0, 1]), t0);
+        assert!(!throttle.allows(mapped, t0), "IPv4-mapped IPv6 is the IPv4 address");
+        assert!(throttle.allows(IpAddr::from([10, 0, 0, 2]), t0), "IPv4 addresses are not grouped");
     }
 
     #[test]

@@ -116,24 +116,33 @@ impl Pending {
         let Some(secret) = &state.config.cluster_secret else {
             return Err(Refusal::AuthFailed);
         };
-        // Checked again here, not only at the hello: many handshakes opened at once
-        // would otherwise all get their proofs checked on one full bucket.
+        // Taken again here, not only looked at in the hello, and in one step: many
+        // handshakes opened at once would otherwise all get their proofs checked on
+        // one full bucket. A proof that holds gives the token back.
         let ip = client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        if !state.handshake_throttle.allows(ip, Instant::now()) {
+        if !state.handshake_throttle.try_take(ip, Instant::now()) {
             state.counters.peer_auth_failures.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::Throttled);
         }
         match parse_proof(line) {
-            Some(proof) if self.transcript(state).verify(secret, Role::Initiator, &proof) => Ok(()),
-            _ => Err(failed(state, client, Refusal::AuthFailed)),
+            Some(proof) if self.transcript(state).verify(secret, Role::Initiator, &proof) => {
+                state.handshake_throttle.refund(ip, Instant::now());
+                Ok(())
+            }
+            _ => Err(refused(state, client, Refusal::AuthFailed)),
         }
     }
 }
 
 /// Counts, throttles and logs a failed node handshake; returns `refusal`.
 fn failed(state: &State, client: Option<IpAddr>, refusal: Refusal) -> Refusal {
-    state.counters.peer_auth_failures.fetch_add(1, Ordering::Relaxed);
     state.handshake_throttle.failed(client.unwrap_or(IpAddr::from([0, 0, 0, 0])), Instant::now());
+    refused(state, client, refusal)
+}
+
+/// Counts and logs a failed node handshake whose token is already taken.
+fn refused(state: &State, client: Option<IpAddr>, refusal: Refusal) -> Refusal {
+    state.counters.peer_auth_failures.fetch_add(1, Ordering::Relaxed);
     let reply = refusal.reply(&state.config.node).to_string();
     warn_limited!(PEER_AUTH_FAILED, "refused a node handshake from {client:?}: {reply}");
     refusal
@@ -179,17 +188,18 @@ impl Password {
         };
         let ip = client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         // An address past its allowance of failures gets no answer about the password,
-        // right or wrong, until it has earned an attempt back.
-        let reply = if !state.auth_throttle.allows(ip, Instant::now()) {
+        // right or wrong, until it has earned an attempt back; the connection keeps
+        // whatever standing it had.
+        let reply = if !state.auth_throttle.try_take(ip, Instant::now()) {
             Reply::Error(ErrorKind::AuthThrottled)
         } else if password.matches(attempt) {
+            state.auth_throttle.refund(ip, Instant::now());
             self.authenticated = true;
             return (Reply::Ok, false);
         } else {
-            state.auth_throttle.failed(ip, Instant::now());
+            self.authenticated = false;
             Reply::Error(ErrorKind::InvalidPassword)
         };
-        self.authenticated = false;
         self.failures += 1;
         state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
         warn_limited!(AUTH_FAILED, "failed AUTH from {client:?} ({} on this connection)", self.failures);

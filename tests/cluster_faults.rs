@@ -124,6 +124,8 @@ fn writes_to_a_stopped_owner_are_outcome_unknown_and_applied_at_most_once() {
     let mut subscriber = subscribe(b, "shopping", 0);
 
     pair.b.signal(libc::SIGSTOP);
+    let pid = pair.b.pid();
+    wait_until("every thread of b is stopped", || common::proc::all_threads_stopped(pid));
     // Sent, then timed out: a write may have been applied, a read says nothing.
     client.roundtrip(
         b"PUT shopping eggs v1\r\nGET shopping eggs\r\nDELETE shopping gone\r\n",

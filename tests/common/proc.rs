@@ -13,6 +13,18 @@ pub fn open_descriptors(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).expect("list /proc/<pid>/fd").count()
 }
 
+/// True when every thread of process `pid` is stopped (state `T`, as SIGSTOP leaves
+/// it). A signal stops each thread on its way back to user space, so a thread that
+/// was running may still finish a `send` after `kill` returns: wait for this first.
+pub fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|task| {
+        let stat = fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("T")
+    })
+}
+
 /// The resident set size of process `pid`, in bytes.
 pub fn rss_of(pid: u32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
