@@ -140,13 +140,22 @@ pub(crate) fn sync_now(worker: &WorkerShared) {
     }
 }
 
-/// Compacts each partition whose log has outgrown its limit, until stopped.
+/// Compacts each partition whose log has outgrown its limit, or whose log a sync
+/// failed to write since its last compaction, until stopped.
+///
+/// After a failed sync the records it covered may be gone from the disk though the
+/// file still shows them (the kernel may drop pages whose write-back failed); a
+/// snapshot of the partition, written from memory and synced, replaces those files,
+/// so once it succeeds every write the partition holds is on disk again.
 fn compact_loop(workers: &[Arc<WorkerShared>], stop: &Receiver<()>, stopping: &AtomicBool, compact_min: u64) {
     let mut failed_at: Vec<Option<Instant>> = vec![None; workers.len()];
+    // Failed syncs of each log already answered by a compaction.
+    let mut mended: Vec<u64> = workers.iter().map(|worker| failed_syncs(worker)).collect();
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(TICK) {
         for (p, worker) in workers.iter().enumerate() {
+            let failed_syncs = failed_syncs(worker);
             if failed_at[p].is_some_and(|at| at.elapsed() < RETRY_AFTER)
-                || !needs_compaction(worker, compact_min)
+                || (failed_syncs == mended[p] && !needs_compaction(worker, compact_min))
             {
                 continue;
             }
@@ -154,6 +163,7 @@ fn compact_loop(workers: &[Arc<WorkerShared>], stop: &Receiver<()>, stopping: &A
             match compact(worker, stopping) {
                 Ok(true) => {
                     failed_at[p] = None;
+                    mended[p] = failed_syncs;
                     worker.stats.compactions.fetch_add(1, Ordering::Relaxed);
                     log::info!("compacted partition {p} in {:?}", started.elapsed());
                 }
@@ -165,6 +175,11 @@ fn compact_loop(workers: &[Arc<WorkerShared>], stop: &Receiver<()>, stopping: &A
             }
         }
     }
+}
+
+/// How many syncs of `worker`'s log have failed (0 without a log).
+fn failed_syncs(worker: &WorkerShared) -> u64 {
+    worker.sync.as_ref().map_or(0, |(sync, _)| sync.failed_syncs())
 }
 
 /// True when `worker`'s log is past `compact_min` bytes and twice its live data.

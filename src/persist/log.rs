@@ -191,6 +191,11 @@ impl LogSync {
         Ok(())
     }
 
+    /// How many syncs of this log have failed.
+    pub fn failed_syncs(&self) -> u64 {
+        self.failures.load(Ordering::SeqCst)
+    }
+
     /// Bytes ever committed to the log.
     pub fn appended(&self) -> u64 {
         self.appended.load(Ordering::Acquire)
