@@ -791,7 +791,7 @@ fn under_fsync_always_a_write_whose_sync_fails_is_not_answered_ok_and_stays_appl
     assert_eq!(conn.stat("persistence_errors"), 1);
     // The log is compacted at once (it is far below --compact-min-bytes): a synced
     // snapshot replaces what the failed sync may have left short.
-    wait_until("the partition is compacted after the failed sync", || conn.stat("compactions") == 1);
+    wait_until("the partition is compacted after the failed sync", || conn.stat("compactions") >= 1);
 
     // The next syncs succeed, and the writes they cover are answered OK.
     conn.roundtrip(b"DELETE a gone\r\nPUT a k after\r\n", &OK.repeat(2));
