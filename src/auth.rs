@@ -234,8 +234,9 @@ pub fn protected_mode_refuses(client: IpAddr, bind: IpAddr, password_set: bool, 
 
 /// Failures per source address: a token bucket of `burst` attempts refilled at `rate`
 /// a second ([`HANDSHAKE_BURST`] and [`HANDSHAKE_RATE`] for node handshakes,
-/// [`AUTH_BURST`] and [`AUTH_RATE`] for client `AUTH`). Only failures take a token,
-/// so a client or node with the right secret is never held back by its own tries.
+/// [`AUTH_BURST`] and [`AUTH_RATE`] for client `AUTH`). Only failures keep a token
+/// (a success gives back the one it took), so a client or node with the right secret
+/// is never held back by its own tries.
 #[derive(Debug)]
 pub struct Throttle {
     burst: f64,

@@ -5,7 +5,7 @@
 //! take. It owns one TCP connection and nothing else.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -143,16 +143,14 @@ impl Client {
         if self.buf.len() >= self.max_reply {
             return Err(Error::Protocol(format!("a reply longer than {} bytes", self.max_reply)));
         }
-        let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK, 0);
+        // Into the buffer's spare room, not zeroed first as `resize` then `read` would.
         let read = loop {
-            match self.stream.read(&mut self.buf[len..]) {
+            match crate::sys::recv_append(&self.stream, &mut self.buf, READ_CHUNK, false) {
                 // A signal for this process (a child's exit, say) is not the server's doing.
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 read => break read,
             }
         };
-        self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
         match read {
             Ok(0) => {
                 Err(Error::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection")))

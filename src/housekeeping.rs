@@ -91,7 +91,7 @@ impl Drop for Housekeeping {
 fn flush_loop(workers: &[Arc<WorkerShared>], stop: &Receiver<()>) {
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(TICK) {
         for worker in workers {
-            sync_now(worker);
+            worker.sync_now();
         }
     }
 }
@@ -127,16 +127,6 @@ pub(crate) fn finish_synced(worker: &WorkerShared) {
     worker.sync_replies(left.iter_mut().flatten());
     for batch in left.into_iter().flatten() {
         batch.send_back();
-    }
-}
-
-/// Syncs `worker`'s log if it was written to; a failure is logged and counted.
-pub(crate) fn sync_now(worker: &WorkerShared) {
-    if let Some((sync, _)) = &worker.sync
-        && let Err(error) = sync.sync_if_dirty()
-    {
-        worker.stats.persistence_errors.fetch_add(1, Ordering::Relaxed);
-        log::error!("fsync of a partition log failed: {error}");
     }
 }
 
@@ -196,7 +186,7 @@ fn needs_compaction(worker: &WorkerShared, compact_min: u64) -> bool {
 /// is stopping.
 fn compact(worker: &WorkerShared, stopping: &AtomicBool) -> io::Result<bool> {
     // Synced first, so that the sync `rotate` makes under the lock has little left.
-    sync_now(worker);
+    worker.sync_now();
     let (from, dir, buckets) = {
         let partition = worker.partition.lock();
         let mut log = worker.log.lock();

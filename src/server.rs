@@ -300,7 +300,7 @@ impl ServerHandle {
         }
         for worker in &state.workers {
             housekeeping::finish_synced(worker);
-            housekeeping::sync_now(worker);
+            worker.sync_now();
         }
         log::info!("stopped");
     }

@@ -157,19 +157,28 @@ pub fn poll(fds: &mut [PollFd], timeout: Duration) -> io::Result<()> {
 /// everyone else (a per-call flag, not `set_nonblocking`, which costs two syscalls).
 /// `Ok(None)`: nothing there yet.
 pub fn recv_now(stream: &TcpStream, buffer: &mut [u8]) -> io::Result<Option<usize>> {
-    // SAFETY: the descriptor belongs to `stream` and `buffer` is valid for writes of
-    // its length.
-    let read = unsafe {
-        libc::recv(stream.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), libc::MSG_DONTWAIT)
-    };
-    if read >= 0 {
-        return Ok(Some(read as usize));
+    // SAFETY: `buffer` is valid for writes of its length.
+    match unsafe { recv(stream, buffer.as_mut_ptr(), buffer.len(), libc::MSG_DONTWAIT) } {
+        Ok(read) => Ok(Some(read)),
+        Err(error) if nothing_yet(&error) => Ok(None),
+        Err(error) => Err(error),
     }
-    let error = io::Error::last_os_error();
-    match error.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
-        _ => Err(error),
-    }
+}
+
+/// True for the error of a non-blocking read that found nothing, or was interrupted
+/// before it could: try again later.
+pub fn nothing_yet(error: &io::Error) -> bool {
+    matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+}
+
+/// `recv(2)` of at most `len` bytes into `to`, with `flags`.
+///
+/// # Safety
+/// `to` must be valid for writes of `len` bytes.
+unsafe fn recv(stream: &TcpStream, to: *mut u8, len: usize, flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: the descriptor belongs to `stream`; the caller vouches for `to`.
+    let read = unsafe { libc::recv(stream.as_raw_fd(), to.cast(), len, flags) };
+    if read < 0 { Err(io::Error::last_os_error()) } else { Ok(read as usize) }
 }
 
 /// One read from `stream` onto the end of `buffer`, of at most `room` bytes, into
@@ -181,13 +190,8 @@ pub fn recv_append(stream: &TcpStream, buffer: &mut Vec<u8>, room: usize, now: b
     buffer.reserve(room);
     let spare = buffer.spare_capacity_mut();
     let flags = if now { libc::MSG_DONTWAIT } else { 0 };
-    // SAFETY: the descriptor belongs to `stream`, and `spare` is valid for writes of
-    // its length, which is at least `room`. `recv` writes only initialised bytes.
-    let read = unsafe { libc::recv(stream.as_raw_fd(), spare.as_mut_ptr().cast(), room, flags) };
-    if read < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let read = read as usize;
+    // SAFETY: `spare` is valid for writes of its length, which is at least `room`.
+    let read = unsafe { recv(stream, spare.as_mut_ptr().cast(), room, flags) }?;
     // SAFETY: `recv` initialised the first `read` bytes of the spare capacity, and
     // `read <= room <= spare.len()`.
     unsafe { buffer.set_len(buffer.len() + read) };

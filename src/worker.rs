@@ -143,20 +143,30 @@ impl WorkerShared {
     /// ([`Batch::settle_sync`]): the writes stay applied, only not known to be on disk.
     pub fn sync_replies<'b>(&self, batches: impl IntoIterator<Item = &'b mut Batch>) {
         let Some((sync, FsyncPolicy::Always)) = &self.sync else { return };
-        if let Err(error) = sync.sync_if_dirty() {
-            self.stats.persistence_errors.fetch_add(1, Ordering::Relaxed);
-            log::error!("fsync of a partition log failed: {error}");
-        }
+        self.sync_now();
         let unsynced: usize = batches.into_iter().map(|batch| batch.settle_sync(sync)).sum();
         if unsynced > 0 {
             log::error!("{unsynced} applied writes answered as not synced to disk");
         }
     }
 
+    /// Syncs this partition's log if it was written to, whatever the policy; a
+    /// failure is logged and counted.
+    pub fn sync_now(&self) {
+        if let Some((sync, _)) = &self.sync
+            && let Err(error) = sync.sync_if_dirty()
+        {
+            self.stats.persistence_errors.fetch_add(1, Ordering::Relaxed);
+            log::error!("fsync of a partition log failed: {error}");
+        }
+    }
+
     /// Fault injection (`DEBUG FAILSYNC`): the next sync of this partition's log fails.
     /// False without a log.
     pub fn fail_next_sync(&self) -> bool {
-        self.sync.as_ref().map(|(sync, _)| sync.fail_next_sync()).is_some()
+        let Some((sync, _)) = &self.sync else { return false };
+        sync.fail_next_sync();
+        true
     }
 }
 
@@ -551,8 +561,8 @@ mod tests {
 
     #[test]
     fn under_fsync_always_a_failed_sync_turns_the_applied_writes_replies_into_errors() {
-        let (log, dir) = crate::persist::test_log("worker-failsync", FsyncPolicy::Always);
         use crate::protocol::Command;
+        let (log, dir) = crate::persist::test_log("worker-failsync", FsyncPolicy::Always);
         let shared = WorkerShared::new(Partition::new(), Some(log));
         let (reply_tx, _reply_rx) = crossbeam_channel::unbounded();
         let mut batch = Batch::new(0, reply_tx);

@@ -326,17 +326,12 @@ fn read_spinning(stream: &TcpStream, buffer: &mut Vec<u8>) -> io::Result<Option<
     for _ in 0..PEER_SPIN_TRIES {
         match sys::recv_append(stream, buffer, READ_CHUNK, true) {
             Ok(read) => return Ok(Some(read)),
-            Err(error) if is_nothing_yet(&error) => {}
+            Err(error) if sys::nothing_yet(&error) => {}
             Err(error) => return Err(error),
         }
         std::thread::yield_now();
     }
     Ok(None)
-}
-
-/// A non-blocking read that found nothing, or was interrupted before it could.
-fn is_nothing_yet(error: &io::Error) -> bool {
-    matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
 }
 
 #[cfg(test)]

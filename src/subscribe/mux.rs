@@ -382,18 +382,12 @@ mod tests {
         (far, near)
     }
 
-    /// Waits (bounded) until `stream` has bytes to read or has been closed.
+    /// Waits (at most 10 s) until `stream` has bytes to read or has been closed: a
+    /// blocking peek returns as soon as either is true.
     fn wait_readable(stream: &TcpStream) {
-        stream.set_nonblocking(true).unwrap();
-        for _ in 0..2000 {
-            match stream.peek(&mut [0u8; 1]) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                _ => break,
-            }
-        }
-        stream.set_nonblocking(false).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = stream.peek(&mut [0u8; 1]);
+        stream.set_read_timeout(None).unwrap();
     }
 
     #[test]
