@@ -16,8 +16,10 @@
 #      (HSET/HGET on 16 buckets), alternating, RUNS times;
 #   3. with BEFORE: benches/ab.sh before=BEFORE after=KV at CELLS (`kv bench`, text).
 # Prints markdown tables: medians of requests/s, the median of the per-run kv/Redis
-# ratios, and server CPU µs per request (utime+stime from /proc/PID/stat, before and
-# after each run, divided by the requests of the run).
+# ratios, server CPU µs per request (utime+stime from /proc/PID/stat, before and
+# after each run, divided by the requests of the run) and, for redis-benchmark, the
+# load generator's own CPU µs per request: at -P 1 it saturates a core, so what it
+# spends per request against each server bounds that server's figure.
 #
 # Every measurement holds `flock $LOCK` (default /tmp/bench.lock) so that benchmark
 # runs of different people on a shared machine do not overlap; the lock is released
@@ -75,6 +77,12 @@ cpu_us() {
     awk -v t="$1" -v hz="$TICKS" -v share="$2" -v n="$3" \
         'BEGIN { if (n > 0) printf "%.2f", (t / hz) * share / n * 1e6; else print "nan" }'
 }
+# Runs a command, then prints "child_ticks N": the CPU ticks (user + system) it used,
+# from the cutime and cstime its parent shell recorded when it was waited for.
+with_child_ticks() {
+    # shellcheck disable=SC2016
+    bash -c '"$@"; awk "{ print \"child_ticks\", \$16 + \$17 }" /proc/$$/stat' with_child_ticks "$@"
+}
 # Its own ratio, to three decimals (overrides benches/lib.sh's).
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b > 0) printf "%.3f", a / b; else print "nan" }'; }
 
@@ -127,7 +135,7 @@ HEADER="| load | kv req/s | Redis req/s | kv/Redis (median of runs) | kv CPU µs
 |---|---:|---:|---:|---:|---:|"
 
 if [[ " $PARTS " == *" redis-benchmark "* ]]; then
-    declare -A RB_OPS RB_CPU RB_RATIO
+    declare -A RB_OPS RB_CPU RB_RATIO RB_CLIENT
     for pipe in $PIPES; do
         for ((run = 1; run <= RUNS; run++)); do
             for test in set get; do
@@ -135,17 +143,21 @@ if [[ " $PARTS " == *" redis-benchmark "* ]]; then
                 for name in "${SERVERS[@]}"; do
                     lock
                     before=$(cpu_ticks "${PID[$name]}")
-                    csv=$("$REDIS_BENCHMARK" -h 127.0.0.1 -p "${ADDR[$name]##*:}" -t "$test" -n "$N" -r "$N" \
-                        -c "$CLIENTS" -P "$pipe" --csv 2>>"$OUT/redis-benchmark.err" | tail -1)
+                    output=$(with_child_ticks "$REDIS_BENCHMARK" -h 127.0.0.1 -p "${ADDR[$name]##*:}" -t "$test" \
+                        -n "$N" -r "$N" -c "$CLIENTS" -P "$pipe" --csv 2>>"$OUT/redis-benchmark.err")
                     after=$(cpu_ticks "${PID[$name]}")
                     unlock
+                    csv=$(grep -v '^child_ticks ' <<<"$output" | tail -1)
+                    client_ticks=$(sed -n 's/^child_ticks //p' <<<"$output")
                     rps=$(awk -F'","' '{ print $2 }' <<<"$csv")
                     cpu=$(cpu_us $((after - before)) 1 "$N")
+                    client_cpu=$(cpu_us "$client_ticks" 1 "$N")
                     this[$name]=$rps
                     RB_OPS[$name,$test,$pipe]+=" $rps"
                     RB_CPU[$name,$test,$pipe]+=" $cpu"
-                    echo "{\"part\":\"redis-benchmark\",\"server\":\"$name\",\"test\":\"$test\",\"pipeline\":$pipe,\"run\":$run,\"rps\":$rps,\"cpu_ticks\":$((after - before)),\"requests\":$N}" >>"$RAW"
-                    log "redis-benchmark -t $test -P $pipe run $run $name: $rps req/s, $cpu CPU us/req"
+                    RB_CLIENT[$name,$test,$pipe]+=" $client_cpu"
+                    echo "{\"part\":\"redis-benchmark\",\"server\":\"$name\",\"test\":\"$test\",\"pipeline\":$pipe,\"run\":$run,\"rps\":$rps,\"cpu_ticks\":$((after - before)),\"client_ticks\":$client_ticks,\"requests\":$N}" >>"$RAW"
+                    log "redis-benchmark -t $test -P $pipe run $run $name: $rps req/s, $cpu CPU us/req, client $client_cpu"
                 done
                 RB_RATIO[$test,$pipe]+=" $(ratio "${this[kv]}" "${this[redis]}")"
             done
@@ -153,14 +165,17 @@ if [[ " $PARTS " == *" redis-benchmark "* ]]; then
     done
     echo "## redis-benchmark -t set,get -n $N -r $N -c $CLIENTS (SET and GET run separately)"
     echo
-    echo "$HEADER"
+    echo "${HEADER%%$'\n'*} redis-benchmark CPU µs/req against kv | against Redis |"
+    echo "${HEADER#*$'\n'}---:|---:|"
     for pipe in $PIPES; do
         for test in set get; do
-            row "${test^^} -P $pipe" "${RB_OPS[kv,$test,$pipe]}" "${RB_OPS[redis,$test,$pipe]}" \
-                "${RB_RATIO[$test,$pipe]}" "${RB_CPU[kv,$test,$pipe]}" "${RB_CPU[redis,$test,$pipe]}"
+            echo "$(row "${test^^} -P $pipe" "${RB_OPS[kv,$test,$pipe]}" "${RB_OPS[redis,$test,$pipe]}" \
+                "${RB_RATIO[$test,$pipe]}" "${RB_CPU[kv,$test,$pipe]}" "${RB_CPU[redis,$test,$pipe]}")" \
+                "$(median <<<"${RB_CLIENT[kv,$test,$pipe]}") | $(median <<<"${RB_CLIENT[redis,$test,$pipe]}") |"
         done
     done
-    echo "(median of $RUNS runs, kv and Redis alternating; raw: $RAW)"
+    echo "(median of $RUNS runs, kv and Redis alternating; redis-benchmark's own CPU is its user+system"
+    echo "time as its parent saw it on exit; raw: $RAW)"
     echo
 fi
 
