@@ -376,16 +376,31 @@ fn message_frame(proto: Proto, bucket: &[u8], payload: &[u8]) -> Vec<u8> {
     [head, &bulk(b"message"), &bulk(bucket), &bulk(payload)].concat()
 }
 
-fn subscribe_streams_writes(proto: Proto) {
+/// A pub/sub confirmation frame (`subscribe` or `unsubscribe`) for `bucket`, with how
+/// many buckets the connection follows after it.
+fn confirmation(proto: Proto, kind: &[u8], bucket: &[u8], count: usize) -> Vec<u8> {
+    let head: &[u8] = if proto == Proto::Resp3 { b">3\r\n" } else { b"*3\r\n" };
+    [head, &bulk(kind), &bulk(bucket), format!(":{count}\r\n").as_bytes()].concat()
+}
+
+/// A pub/sub scene: a server, a writer (a `redis` crate connection) that has created
+/// each of `buckets`, and a raw connection to subscribe with, both speaking `proto`.
+fn pubsub_scene(proto: Proto, buckets: &[&[u8]]) -> (kv::ServerHandle, Connection, Conn) {
     let server = start_resp_server();
     let addr = resp_addr(&server);
     let mut writer = redis_connection(addr, proto);
     bound(&writer);
-    ok(&mut writer, &[b"HSET", b"news", b"seed", b"0"]);
-    let mut sub = raw_resp_conn(addr, proto);
+    for &bucket in buckets {
+        ok(&mut writer, &[b"HSET", bucket, b"seed", b"0"]);
+    }
+    let sub = raw_resp_conn(addr, proto);
+    (server, writer, sub)
+}
+
+fn subscribe_streams_writes(proto: Proto) {
+    let (_server, mut writer, mut sub) = pubsub_scene(proto, &[b"news"]);
     sub.send(&command(&[b"SUBSCRIBE", b"news"]));
-    let head: &[u8] = if proto == Proto::Resp3 { b">3\r\n" } else { b"*3\r\n" };
-    sub.expect(&[head, &bulk(b"subscribe"), &bulk(b"news"), b":1\r\n"].concat());
+    sub.expect(&confirmation(proto, b"subscribe", b"news", 1));
     ok(&mut writer, &[b"HSET", b"news", b"eggs", b"3"]);
     ok(&mut writer, &[b"HSET", b"other", b"eggs", b"9"]);
     ok(&mut writer, &[b"HDEL", b"news", b"eggs"]);
@@ -425,24 +440,10 @@ fn subscribe_through_the_redis_crate_pubsub_gets_messages() {
     assert_eq!(message.get_payload_bytes(), b"k SET TO v");
 }
 
-/// A pub/sub confirmation frame (`subscribe` or `unsubscribe`) for `bucket`, with how
-/// many buckets the connection follows after it.
-fn confirmation(proto: Proto, kind: &[u8], bucket: &[u8], count: usize) -> Vec<u8> {
-    let head: &[u8] = if proto == Proto::Resp3 { b">3\r\n" } else { b"*3\r\n" };
-    [head, &bulk(kind), &bulk(bucket), format!(":{count}\r\n").as_bytes()].concat()
-}
-
 /// Regression: `SUBSCRIBE a b` was refused (one bucket per connection), and Redis
 /// clients subscribe to several channels on one connection.
 fn subscribe_follows_several_buckets(proto: Proto) {
-    let server = start_resp_server();
-    let addr = resp_addr(&server);
-    let mut writer = redis_connection(addr, proto);
-    bound(&writer);
-    for bucket in [&b"apples"[..], b"pears", b"plums"] {
-        ok(&mut writer, &[b"HSET", bucket, b"seed", b"0"]);
-    }
-    let mut sub = raw_resp_conn(addr, proto);
+    let (_server, mut writer, mut sub) = pubsub_scene(proto, &[b"apples", b"pears", b"plums"]);
     // A bucket that does not exist gets its error in place of its confirmation.
     sub.send(&command(&[b"SUBSCRIBE", b"apples", b"nobucket", b"pears", b"apples"]));
     sub.expect(&confirmation(proto, b"subscribe", b"apples", 1));
@@ -489,13 +490,7 @@ fn subscribe_follows_several_buckets_over_resp3() {
 /// connection goes on with the rest, and closes when the last one is dropped.
 #[test]
 fn dropping_one_of_several_buckets_ends_only_its_messages() {
-    let server = start_resp_server();
-    let addr = resp_addr(&server);
-    let mut writer = redis_connection(addr, Proto::Resp2);
-    bound(&writer);
-    ok(&mut writer, &[b"HSET", b"x", b"seed", b"0"]);
-    ok(&mut writer, &[b"HSET", b"y", b"seed", b"0"]);
-    let mut sub = raw_resp_conn(addr, Proto::Resp2);
+    let (_server, mut writer, mut sub) = pubsub_scene(Proto::Resp2, &[b"x", b"y"]);
     sub.send(&command(&[b"SUBSCRIBE", b"x", b"y"]));
     sub.expect(&confirmation(Proto::Resp2, b"subscribe", b"x", 1));
     sub.expect(&confirmation(Proto::Resp2, b"subscribe", b"y", 2));
@@ -513,15 +508,9 @@ fn dropping_one_of_several_buckets_ends_only_its_messages() {
 /// one that is written to, and from no other.
 #[test]
 fn one_connection_follows_a_hundred_buckets() {
-    let server = start_resp_server();
-    let addr = resp_addr(&server);
-    let mut writer = redis_connection(addr, Proto::Resp3);
-    bound(&writer);
     let names: Vec<Vec<u8>> = (0..100).map(|i| format!("bucket{i:03}").into_bytes()).collect();
-    for name in &names {
-        ok(&mut writer, &[b"HSET", name, b"seed", b"0"]);
-    }
-    let mut sub = raw_resp_conn(addr, Proto::Resp3);
+    let buckets: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+    let (_server, mut writer, mut sub) = pubsub_scene(Proto::Resp3, &buckets);
     let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
     args.extend(names.iter().map(Vec::as_slice));
     sub.send(&command(&args));
