@@ -28,6 +28,19 @@ use crate::worker::{self, Inline, WorkerShared};
 /// grew them, rather than kept for the connection's life.
 const KEEP_BUFFER_BYTES: usize = 256 * 1024;
 
+/// Most requests a round holds: once a read's requests reach it, the round is
+/// flushed before more are taken ([`Round::keep_bounded`]). Bounds what one client
+/// can make the server hold before its replies are written out: at most this many
+/// replies, so even GETs of the largest values stay around 16 MiB, and typically a
+/// few KiB. Large enough that a deep pipeline still shares each channel round trip
+/// among hundreds of requests.
+const MAX_REQUESTS_PER_ROUND: usize = 256;
+
+/// Once this many reply bytes wait, they are written before more requests are
+/// dispatched ([`Round::keep_bounded`]), so a pipeline of large GETs is not buffered
+/// whole.
+const OUT_HIGH_WATER: usize = 256 * 1024;
+
 /// Round buffers larger than this are released once the connection goes idle (its
 /// next read would block): an idle connection keeps only small buffers, whatever its
 /// last burst was. 2 KiB holds a round of 256 small replies, so steady small traffic
@@ -178,16 +191,6 @@ impl<'s> Round<'s> {
         self.inboxes.len()
     }
 
-    /// Requests in the round not yet flushed.
-    pub fn len(&self) -> usize {
-        self.order.len()
-    }
-
-    /// Bytes of replies waiting to be written.
-    pub fn output_len(&self) -> usize {
-        self.out.len()
-    }
-
     /// A request the connection answers itself, in its place in the order.
     pub fn push_local(&mut self, reply: Reply<'_>) {
         reply.write(self.dialect, &mut self.local);
@@ -284,6 +287,30 @@ impl<'s> Round<'s> {
         self.out.clear();
         self.out_replies = 0;
         result
+    }
+
+    /// Called by a connection loop after each request it pushes: flushes a round
+    /// that has reached [`MAX_REQUESTS_PER_ROUND`] and writes the output to `sink`
+    /// once it passes [`OUT_HIGH_WATER`], so that one read's pipeline, however deep,
+    /// keeps neither unbounded. Checked between commands, so the parts of one RESP
+    /// command share a round.
+    pub fn keep_bounded(&mut self, sink: &mut impl Write) -> io::Result<()> {
+        if self.order.len() >= MAX_REQUESTS_PER_ROUND {
+            self.flush();
+        }
+        if self.out.len() >= OUT_HIGH_WATER {
+            self.write_output(sink)?;
+        }
+        Ok(())
+    }
+
+    /// The end of a read's round: flushes it, writes every reply to `sink`, and gives
+    /// back the buffers a burst made large.
+    pub fn finish(&mut self, sink: &mut impl Write) -> io::Result<()> {
+        self.flush();
+        self.write_output(sink)?;
+        self.release_large_buffers();
+        Ok(())
     }
 
     /// What has been written to the client so far.
@@ -568,9 +595,9 @@ mod tests {
         round.push_local(Reply::Error(ErrorKind::LineTooLong));
         round.push_worker(0, &crate::protocol::parse(b"GET a k"));
         round.push_worker(1, &crate::protocol::parse(b"GET b k"));
-        assert_eq!(round.len(), 8);
+        assert_eq!(round.order.len(), 8);
         round.flush();
-        assert_eq!(round.len(), 0);
+        assert_eq!(round.order.len(), 0);
         assert_eq!(
             output(&mut round),
             b"OK\r\nOK\r\nPONG\r\nOK\r\nOK\r\nERROR line too long\r\n1\r\nOK\r\n2\r\nOK\r\n"

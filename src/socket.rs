@@ -154,6 +154,18 @@ impl IdleClock {
         Ok(())
     }
 
+    /// After a read's round: `saw_request` resets the clock ([`IdleClock::reset`]);
+    /// a round without a whole request checks it ([`IdleClock::expired`]). True when
+    /// the connection has been idle for the whole limit and is to be closed.
+    pub fn after_round(&mut self, saw_request: bool, stream: &TcpStream) -> io::Result<bool> {
+        if saw_request {
+            self.reset(stream)?;
+            Ok(false)
+        } else {
+            self.expired(stream)
+        }
+    }
+
     /// A read ended without a whole request. True when the connection has now been
     /// idle for the whole limit (and is to be closed); otherwise the socket wakes its
     /// reader when the limit runs out rather than a full limit from now, so a client

@@ -11,7 +11,7 @@
 
 use std::io;
 
-use super::{Connection, Flow, MAX_REQUESTS_PER_ROUND, OUT_HIGH_WATER};
+use super::{Connection, Flow};
 use crate::logcap::{Limiter, warn_limited};
 use crate::protocol::{Command, ErrorKind, PeerFrame, Reply, peer_frame};
 use crate::router::Route;
@@ -140,12 +140,7 @@ impl Connection<'_> {
             if let Flow::Stream(handoff) = self.dispatch_frame(&command) {
                 return Ok(Some(Flow::Stream(handoff)));
             }
-            if self.round.len() >= MAX_REQUESTS_PER_ROUND {
-                self.round.flush();
-            }
-            if self.round.output_len() >= OUT_HIGH_WATER {
-                self.round.write_output(&mut &*self.stream)?;
-            }
+            self.round.keep_bounded(&mut &*self.stream)?;
         }
     }
 

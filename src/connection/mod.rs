@@ -35,17 +35,6 @@ use crate::state::{Seat, State};
 use crate::subscribe::{self, RelayedEvents, Subscription};
 use crate::{shutdown, stats, sys, worker};
 
-/// Most requests a connection sends to the workers in one round. Bounds what one
-/// client can make the server hold before its replies are written out: at most this
-/// many replies, so even GETs of the largest values stay around 16 MiB, and typically
-/// a few KiB. Large enough that a deep pipeline still shares each channel round trip
-/// among hundreds of requests.
-const MAX_REQUESTS_PER_ROUND: usize = 256;
-
-/// Once this many reply bytes are waiting, they are written before more requests are
-/// dispatched, so a pipeline of large GETs is not buffered whole.
-const OUT_HIGH_WATER: usize = 256 * 1024;
-
 /// How long a connection let in beyond the client cap, on the peer budget, has to
 /// open with a node's handshake. A node sends it in the same write as its first
 /// requests, right after connecting; a client that says nothing meanwhile is told
@@ -201,12 +190,10 @@ impl<'s> Connection<'s> {
                 idle = None;
                 self.stream.set_read_timeout(None)?;
             }
-            if let Some(clock) = &mut idle {
-                if saw_request {
-                    clock.reset(&self.stream)?;
-                } else if clock.expired(&self.stream)? {
-                    return Ok(());
-                }
+            if let Some(clock) = &mut idle
+                && clock.after_round(saw_request, &self.stream)?
+            {
+                return Ok(());
             }
             self.finish_round()?;
             match flow {
@@ -269,12 +256,7 @@ impl<'s> Connection<'s> {
             if !matches!(flow, Flow::Next) {
                 return Ok((flow, saw_request));
             }
-            if self.round.len() >= MAX_REQUESTS_PER_ROUND {
-                self.round.flush();
-            }
-            if self.round.output_len() >= OUT_HIGH_WATER {
-                self.round.write_output(&mut &*self.stream)?;
-            }
+            self.round.keep_bounded(&mut &*self.stream)?;
         }
         Ok((Flow::Next, saw_request))
     }
@@ -640,10 +622,8 @@ impl<'s> Connection<'s> {
 
     /// Flushes the round and writes every reply out.
     fn finish_round(&mut self) -> io::Result<()> {
-        self.round.flush();
-        self.round.write_output(&mut &*self.stream)?;
+        self.round.finish(&mut &*self.stream)?;
         self.publish_command_count();
-        self.round.release_large_buffers();
         Ok(())
     }
 

@@ -34,14 +34,6 @@ use crate::shutdown;
 use crate::socket::{self, IdleClock};
 use crate::state::State;
 
-/// Most requests a connection sends to the workers in one round (as the text door's:
-/// `connection.rs`). Checked between commands, so one command's parts share a round.
-const MAX_REQUESTS_PER_ROUND: usize = 256;
-
-/// Once this many reply bytes wait, they are written before more commands are
-/// dispatched.
-const OUT_HIGH_WATER: usize = 256 * 1024;
-
 /// Serves one RESP connection until it closes, quits or its stream ends.
 pub(crate) fn serve(stream: Arc<TcpStream>, state: &State, id: u64, inboxes: Inboxes) -> io::Result<()> {
     RespConnection::new(stream, state, id, inboxes).serve()
@@ -123,12 +115,10 @@ impl<'s> RespConnection<'s> {
             }
             self.round.set_inline(self.state.may_apply_inline());
             let (flow, saw_command) = self.serve_frames(&mut reader)?;
-            if let Some(clock) = &mut idle {
-                if saw_command {
-                    clock.reset(&self.stream)?;
-                } else if clock.expired(&self.stream)? {
-                    return Ok(());
-                }
+            if let Some(clock) = &mut idle
+                && clock.after_round(saw_command, &self.stream)?
+            {
+                return Ok(());
             }
             self.finish_round()?;
             match flow {
@@ -184,12 +174,7 @@ impl<'s> RespConnection<'s> {
             if !matches!(flow, Flow::Next) {
                 return Ok((flow, saw_command));
             }
-            if self.round.len() >= MAX_REQUESTS_PER_ROUND {
-                self.round.flush();
-            }
-            if self.round.output_len() >= OUT_HIGH_WATER {
-                self.round.write_output(&mut &*self.stream)?;
-            }
+            self.round.keep_bounded(&mut &*self.stream)?;
         }
         Ok((Flow::Next, saw_command))
     }
@@ -225,10 +210,8 @@ impl<'s> RespConnection<'s> {
 
     /// Flushes the round and writes every reply out.
     fn finish_round(&mut self) -> io::Result<()> {
-        self.round.flush();
-        self.round.write_output(&mut &*self.stream)?;
+        self.round.finish(&mut &*self.stream)?;
         self.publish_command_count();
-        self.round.release_large_buffers();
         Ok(())
     }
 }
