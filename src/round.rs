@@ -41,11 +41,29 @@ const MAX_REQUESTS_PER_ROUND: usize = 256;
 /// whole.
 const OUT_HIGH_WATER: usize = 256 * 1024;
 
+/// Most bytes of part replies a group gathers ([`Round::push_group`]): past it, the
+/// command is answered with an error instead (`MGET` of many large values). A
+/// group's first part is always taken whole, so one value of any size allowed by
+/// `--max-value` still comes back. Without it one `MGET k k k ...` of a few KiB could
+/// make a connection hold several copies of a reply of many GiB.
+pub const MAX_GATHERED_BYTES: usize = 64 * 1024 * 1024;
+
 /// Round buffers larger than this are released once the connection goes idle (its
 /// next read would block): an idle connection keeps only small buffers, whatever its
 /// last burst was. 2 KiB holds a round of 256 small replies, so steady small traffic
 /// never reallocates.
 const IDLE_KEEP_BYTES: usize = 2 * 1024;
+
+/// A group whose reply is being gathered: possibly across rounds, as a command with
+/// more parts than [`MAX_REQUESTS_PER_ROUND`] is flushed in pieces.
+#[derive(Debug, Clone, Copy)]
+struct Gathering {
+    how: Gather,
+    /// Parts whose replies are still to be gathered.
+    left: usize,
+    /// The gathered parts passed [`MAX_GATHERED_BYTES`]: the reply is an error.
+    too_large: bool,
+}
 
 /// Who answers one request of a round.
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +115,10 @@ pub(crate) struct Round<'s> {
     /// Requests whose replies are gathered into one (the RESP door's multi-key
     /// commands): where in `order` each group starts, how many parts, and how.
     groups: Vec<(usize, usize, Gather)>,
+    /// Parts of the last group pushed that are still to be pushed.
+    parts_to_push: usize,
+    /// The group being gathered, if its parts did not all fit in one round.
+    gathering: Option<Gathering>,
     /// A group's part replies while they are gathered, and where each ends.
     parts: Vec<u8>,
     part_ends: Vec<usize>,
@@ -124,6 +146,8 @@ impl<'s> Round<'s> {
             dialect: Dialect::Text,
             framed: false,
             groups: Vec::new(),
+            parts_to_push: 0,
+            gathering: None,
             parts: Vec::new(),
             part_ends: Vec::new(),
         }
@@ -175,10 +199,26 @@ impl<'s> Round<'s> {
     }
 
     /// The next `parts` requests pushed are answered with one reply, gathered from
-    /// theirs as `how` says (`protocol/gather.rs`). All of them must be pushed before
-    /// the next flush.
+    /// theirs as `how` says (`protocol/gather.rs`). They are pushed one after the
+    /// other, with nothing else between them; every [`MAX_REQUESTS_PER_ROUND`] of
+    /// them the round is flushed, so a command of many parts holds no more than a
+    /// round of replies and what it has gathered (at most [`MAX_GATHERED_BYTES`]).
     pub fn push_group(&mut self, parts: usize, how: Gather) {
+        debug_assert_eq!(self.parts_to_push, 0, "a group inside a group");
         self.groups.push((self.order.len(), parts, how));
+        self.parts_to_push = parts;
+    }
+
+    /// After each push: counts a group's part, and flushes a round that a group
+    /// has filled (between commands [`Round::keep_bounded`] does).
+    #[inline]
+    fn pushed_one(&mut self) {
+        if self.parts_to_push > 0 {
+            self.parts_to_push -= 1;
+            if self.parts_to_push > 0 && self.order.len() >= MAX_REQUESTS_PER_ROUND {
+                self.flush();
+            }
+        }
     }
 
     /// When the next flushes may apply batches on this thread.
@@ -196,6 +236,7 @@ impl<'s> Round<'s> {
         reply.write(self.dialect, &mut self.local);
         self.local_ends.push(self.local.len());
         self.order.push(Source::Local);
+        self.pushed_one();
     }
 
     /// A reply the connection wrote itself, as bytes (the RESP door's own answers).
@@ -203,6 +244,7 @@ impl<'s> Round<'s> {
         self.local.extend_from_slice(reply);
         self.local_ends.push(self.local.len());
         self.order.push(Source::Local);
+        self.pushed_one();
     }
 
     /// A request for worker `w`.
@@ -215,6 +257,7 @@ impl<'s> Round<'s> {
         }
         self.pushed += request_size(command);
         self.order.push(Source::Worker(w as u32));
+        self.pushed_one();
     }
 
     /// A `SUBSCRIBE` for worker `w`, with the subscriber it is to register.
@@ -233,21 +276,20 @@ impl<'s> Round<'s> {
         self.batches.get_mut(w)?.as_mut().and_then(Batch::take_unregistered_subscriber)
     }
 
-    /// A request for peer `p`. A full exchange is flushed first, unless a group is
-    /// being pushed (a group is answered in one round).
+    /// A request for peer `p`. A full exchange is flushed first.
     pub fn push_peer(&mut self, p: usize, command: &Command<'_>) {
-        let in_group = self.groups.last().is_some_and(|&(at, parts, _)| at + parts > self.order.len());
-        if !in_group && self.forwarder.is_full_for(p, request_size(command)) {
+        if self.forwarder.is_full_for(p, request_size(command)) {
             self.flush();
         }
         self.forwarder.push(p, command, self.dialect);
         self.order.push(Source::Peer(p as u32));
+        self.pushed_one();
     }
 
     /// Appends a reply straight to the output: for requests answered after a flush,
     /// when everything before them is in the output already.
     pub fn push_output(&mut self, reply: Reply<'_>) {
-        debug_assert!(self.order.is_empty());
+        debug_assert!(self.order.is_empty() && self.gathering.is_none());
         let frame = self.framed.then(|| protocol::begin_reply_frame(&mut self.out));
         reply.write(self.dialect, &mut self.out);
         if let Some(start) = frame {
@@ -379,28 +421,27 @@ impl<'s> Round<'s> {
     }
 
     /// Copies every reply of the round into the output, in request order (gathering
-    /// each group's parts into one reply), and empties the round's buffers.
+    /// each group's parts into one reply), and empties the round's buffers. A group
+    /// whose parts go on in the next round stays in `gathering`.
     fn assemble(&mut self) {
         let (mut local_index, mut local_start) = (0, 0);
         self.cursors.iter_mut().for_each(|c| *c = 0);
         let mut groups = std::mem::take(&mut self.groups);
         let mut next_group = groups.iter().copied().peekable();
-        // The group being gathered: its last part's index, and how.
-        let mut gathering: Option<(usize, Gather)> = None;
-        let mut replies = self.order.len();
-        for (index, &source) in self.order.iter().enumerate() {
-            if gathering.is_none()
+        let mut order = std::mem::take(&mut self.order);
+        for (index, &source) in order.iter().enumerate() {
+            if self.gathering.is_none()
                 && let Some(&(at, parts, how)) = next_group.peek()
                 && at == index
             {
                 next_group.next();
                 if parts > 0 {
-                    gathering = Some((index + parts - 1, how));
-                    replies -= parts - 1;
+                    self.gathering = Some(Gathering { how, left: parts, too_large: false });
                 }
             }
-            let into = if gathering.is_some() { &mut self.parts } else { &mut self.out };
-            let frame = (self.framed && gathering.is_none()).then(|| protocol::begin_reply_frame(into));
+            let gathering = self.gathering.is_some();
+            let into = if gathering { &mut self.parts } else { &mut self.out };
+            let frame = (self.framed && !gathering).then(|| protocol::begin_reply_frame(into));
             match source {
                 Source::Local => {
                     let end = self.local_ends[local_index];
@@ -427,22 +468,20 @@ impl<'s> Round<'s> {
                     protocol::end_reply_frame(into, start);
                 }
             }
-            if let Some((last, how)) = gathering {
-                self.part_ends.push(self.parts.len());
-                if index == last {
-                    gathering = None;
-                    protocol::gather(how, &self.parts, &self.part_ends, &mut self.out);
-                    self.parts.clear();
-                    self.part_ends.clear();
-                }
+            if gathering {
+                self.gathered_part();
+            } else {
+                self.out_replies += 1;
             }
         }
         groups.clear();
         self.groups = groups;
-        self.out_replies += replies;
-        self.grown |= self.out.len() > IDLE_KEEP_BYTES || self.pushed > IDLE_KEEP_BYTES;
+        self.grown |= self.out.len() > IDLE_KEEP_BYTES
+            || self.pushed > IDLE_KEEP_BYTES
+            || self.parts.capacity() > IDLE_KEEP_BYTES;
         self.pushed = 0;
-        self.order.clear();
+        order.clear();
+        self.order = order;
         self.local.clear();
         self.local_ends.clear();
         for batch in self.batches.iter_mut().flatten() {
@@ -451,12 +490,45 @@ impl<'s> Round<'s> {
         self.forwarder.clear();
     }
 
+    /// A group's part reply has been appended to `parts`: once the group's last part
+    /// is in, its one reply goes to the output. Past [`MAX_GATHERED_BYTES`] (beyond
+    /// the first part) the parts are dropped as they come, and the reply is an error.
+    fn gathered_part(&mut self) {
+        let Some(group) = &mut self.gathering else { return };
+        self.part_ends.push(self.parts.len());
+        group.left -= 1;
+        if group.too_large || (self.parts.len() > MAX_GATHERED_BYTES && self.part_ends.len() > 1) {
+            group.too_large = true;
+            self.parts.clear();
+            self.part_ends.clear();
+        }
+        if group.left > 0 {
+            return;
+        }
+        if group.too_large {
+            let text =
+                format!("ERR reply too large: over {} MiB; ask for fewer keys", MAX_GATHERED_BYTES >> 20);
+            protocol::write_error(&mut self.out, text.as_bytes());
+        } else {
+            protocol::gather(group.how, &self.parts, &self.part_ends, &mut self.out);
+        }
+        self.gathering = None;
+        self.parts.clear();
+        self.part_ends.clear();
+        self.out_replies += 1;
+    }
+
     /// Gives back buffers a burst made large (a round of big GETs can reach many MiB),
     /// so that an idle connection holds only small ones.
     pub fn release_large_buffers(&mut self) {
         let mut released = false;
         if self.out.capacity() > KEEP_BUFFER_BYTES {
             self.out = Vec::new();
+            released = true;
+        }
+        if self.gathering.is_none() && self.parts.capacity() > KEEP_BUFFER_BYTES {
+            self.parts = Vec::new();
+            self.part_ends = Vec::new();
             released = true;
         }
         for batch in self.batches.iter_mut().flatten() {
@@ -654,5 +726,72 @@ mod tests {
         round.push_worker(0, &crate::protocol::parse(b"GET a k"));
         round.flush();
         assert_eq!(output(&mut round), b"OK\r\nERROR worker unavailable\r\n");
+    }
+
+    /// A RESP round over `shared`'s workers, with bucket `b` holding `k` = `value`.
+    fn resp_round_with<'a>(
+        shared: &'a [Arc<WorkerShared>],
+        inboxes: Inboxes,
+        peers: &'a Peers,
+        value: &[u8],
+    ) -> Round<'a> {
+        let mut round = Round::new(shared, inboxes, Forwarder::new(peers));
+        round.set_dialect(Dialect::Resp2);
+        round.push_worker(0, &Command::HSet { bucket: b"b", key: b"k", value });
+        round.flush();
+        assert_eq!(output(&mut round), b":1\r\n");
+        round
+    }
+
+    #[test]
+    fn a_group_of_more_parts_than_a_round_holds_is_gathered_across_rounds() {
+        let Workers { shared, inboxes, threads } = workers(1);
+        let peers = Peers::none();
+        let mut round = resp_round_with(&shared, inboxes.into(), &peers, b"v");
+        let parts = 2 * MAX_REQUESTS_PER_ROUND + 88;
+        round.push_local(Reply::Pong);
+        round.push_group(parts, Gather::Array);
+        for i in 0..parts {
+            let key: &[u8] = if i % 3 == 0 { b"k" } else { b"nokey" };
+            round.push_worker(0, &Command::HGet { bucket: b"b", key });
+            assert!(round.order.len() < MAX_REQUESTS_PER_ROUND, "a round of {} requests", round.order.len());
+        }
+        round.push_local(Reply::Pong);
+        round.flush();
+        let mut expected = b"+PONG\r\n".to_vec();
+        expected.extend_from_slice(format!("*{parts}\r\n").as_bytes());
+        for i in 0..parts {
+            expected.extend_from_slice(if i % 3 == 0 { b"$1\r\nv\r\n" } else { b"$-1\r\n" });
+        }
+        expected.extend_from_slice(b"+PONG\r\n");
+        assert_eq!(output(&mut round), expected);
+        drop(round);
+        threads.into_iter().for_each(|t| t.join().unwrap());
+    }
+
+    #[test]
+    fn a_group_gathering_more_than_the_limit_is_answered_with_an_error_and_the_round_goes_on() {
+        let Workers { shared, inboxes, threads } = workers(1);
+        let value = vec![b'x'; 1024 * 1024];
+        let peers = Peers::none();
+        let mut round = resp_round_with(&shared, inboxes.into(), &peers, &value);
+        // One part of any size is gathered whole.
+        round.push_group(1, Gather::Array);
+        round.push_worker(0, &Command::HGet { bucket: b"b", key: b"k" });
+        round.flush();
+        let whole = output(&mut round);
+        assert!(whole.starts_with(b"*1\r\n$1048576\r\nx") && whole.len() == 14 + value.len() + 2);
+        // Past the limit: an error in the group's place, and the next reply after it.
+        let parts = MAX_GATHERED_BYTES / value.len() + 2;
+        round.push_group(parts, Gather::Array);
+        for _ in 0..parts {
+            round.push_worker(0, &Command::HGet { bucket: b"b", key: b"k" });
+        }
+        round.push_local(Reply::Pong);
+        round.flush();
+        assert_eq!(output(&mut round), b"-ERR reply too large: over 64 MiB; ask for fewer keys\r\n+PONG\r\n");
+        assert!(round.parts.is_empty() && round.gathering.is_none());
+        drop(round);
+        threads.into_iter().for_each(|t| t.join().unwrap());
     }
 }
