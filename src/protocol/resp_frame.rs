@@ -278,13 +278,15 @@ impl RespReader {
         }
         let partial_fills = self.end == self.buf.len();
         let limit = if partial_fills { self.hold_limit().max(READ_AHEAD_MAX) } else { READ_AHEAD_MAX };
-        // A bulk of known length is waited for whole: grow to it at once rather than
-        // doubling (and copying) toward it.
+        // The buffer doubles only once what arrived fills it, so it is never more than
+        // twice the bytes received: a header announcing a large bulk costs nothing until
+        // the bulk's bytes come (a client announcing 1 MiB and stalling pins what it
+        // sent, not 1 MiB). A bulk of known length caps the step at its end.
         let needed = match self.state {
             State::Bulk { len, .. } if partial_fills => self.pos + len + 2,
-            _ => 0,
+            _ => usize::MAX,
         };
-        let grown = (self.buf.len() * 2).max(needed).min(limit);
+        let grown = (self.buf.len() * 2).min(needed).min(limit);
         self.buf.grow(grown.max(self.buf.len() + usize::from(partial_fills)));
     }
 

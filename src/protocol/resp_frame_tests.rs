@@ -396,3 +396,23 @@ fn a_long_span_list_is_given_back_without_a_small_grown_buffer() {
     assert!(reader.spans.capacity() <= SPANS_KEPT);
     assert_eq!(reader.buf.len(), grown, "a buffer under KEPT_WHEN_IDLE stays");
 }
+
+#[test]
+fn an_announced_bulk_grows_the_buffer_only_as_its_bytes_arrive() {
+    let value: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let ping = encode(&[b"PING"]);
+    let input = [encode(&[b"SET", b"k", &value]), ping.clone()].concat();
+    let header_len = input.len() - value.len() - 2 - ping.len();
+    let mut reader = RespReader::new(2 * value.len(), 4 * value.len());
+    // The header announcing 1 MiB and a few bytes of it, then the client waits.
+    let waits_at = header_len + 300;
+    let mut source = Trickle { rest: &input[..waits_at], chunk: 100 };
+    assert_eq!(read_all(&mut reader, &mut source, |_| {}), []);
+    assert!(reader.has_partial());
+    assert!(reader.buf.capacity() < 64 * 1024, "{} bytes held for 300 sent", reader.buf.capacity());
+    // The rest in pieces: the bulk is whole, and the buffer doubling toward it stops
+    // at its end.
+    let mut source = Trickle { rest: &input[waits_at..], chunk: 4096 };
+    let got = read_all(&mut reader, &mut source, |reader| assert!(reader.buf.len() <= input.len()));
+    assert_eq!(got, [command(&[b"SET", b"k", &value]), command(&[b"PING"])]);
+}
