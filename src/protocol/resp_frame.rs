@@ -13,8 +13,9 @@
 //!   `nc` works.
 //!
 //! Memory is bounded: the buffer holds at most one unfinished command (at most
-//! `max(max_command, MAX_INLINE)` plus a header) and one read; a command over a limit
-//! is skipped as its bytes arrive, never buffered.
+//! `max(max_command, MAX_INLINE)` plus a header) and one read, and grows only as bytes
+//! arrive, never to what a header announces; a command over a limit is skipped as its
+//! bytes arrive, never buffered, and a bulk over [`MAX_BULK`] is a protocol error.
 
 use std::fmt;
 use std::io::{self, Read};
@@ -32,6 +33,13 @@ pub const MAX_INLINE: usize = 64 * 1024;
 /// clients. A count is only a promise, and nothing is reserved for it, but a larger one
 /// is certainly not a real command.
 pub const MAX_MULTIBULK: i64 = 1024 * 1024;
+
+/// Longest bulk a header may announce, whatever the limits: Redis's default
+/// `proto-max-bulk-len`. A bulk between `max_value` and this is skipped as it arrives
+/// (the command gets an error, the connection stays); a longer one is no real request,
+/// and skipping it would discard the stream for good, so it is a protocol error. A
+/// command limit above it (a huge `--max-value`) raises it.
+pub const MAX_BULK: usize = 512 * 1024 * 1024;
 
 /// Longest `*<n>` or `$<len>` header line, `\r\n` included. Twenty digits hold any
 /// 64-bit count, so 64 bytes is generous; without a bound a client could send digits
@@ -387,8 +395,8 @@ impl RespReader {
         match read_header(header, "too big bulk count string", "invalid bulk length")? {
             None => Ok(None),
             Some((len, header_len)) => match usize::try_from(len) {
-                Ok(len) => Ok(Some((len, header_len))),
-                Err(_) => Err("invalid bulk length"),
+                Ok(len) if len <= MAX_BULK.max(self.max_command) => Ok(Some((len, header_len))),
+                _ => Err("invalid bulk length"),
             },
         }
     }

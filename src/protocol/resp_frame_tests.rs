@@ -416,3 +416,25 @@ fn an_announced_bulk_grows_the_buffer_only_as_its_bytes_arrive() {
     let got = read_all(&mut reader, &mut source, |reader| assert!(reader.buf.len() <= input.len()));
     assert_eq!(got, [command(&[b"SET", b"k", &value]), command(&[b"PING"])]);
 }
+
+#[test]
+fn an_absurd_bulk_length_is_a_protocol_error() {
+    for header in [&b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$9223372036854775807\r\n"[..], b"*1\r\n$536870913\r\n"] {
+        let input = [header, b"abc*1\r\n$4\r\nPING\r\n"].concat();
+        assert_eq!(
+            frames(&input),
+            [Got::Error("invalid bulk length")],
+            "{:?}",
+            String::from_utf8_lossy(header)
+        );
+    }
+    // Past the first too-large bulk, the skipped ones are held to the same bound.
+    let input = b"*3\r\n$3\r\nSET\r\n$2000\r\n".iter().chain(&[b'x'; 2000]).chain(b"\r\n$9999999999\r\n");
+    let input: Vec<u8> = input.copied().collect();
+    assert_eq!(frames(&input), [Got::TooLarge, Got::Error("invalid bulk length")]);
+    // At the bound the bulk is too large, skipped, and the next command read.
+    let at = format!("*2\r\n$3\r\nSET\r\n${MAX_BULK}\r\n");
+    let mut reader = RespReader::new(1024, 4096);
+    assert_eq!(frames_in_chunks(&mut reader, at.as_bytes(), &[usize::MAX]), [Got::TooLarge]);
+    assert!(reader.has_partial());
+}
