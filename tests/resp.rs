@@ -619,6 +619,37 @@ fn a_value_of_max_value_is_taken_and_one_byte_more_is_refused_in_step() {
     common::assert_same_bytes(&got, expected.as_bytes());
 }
 
+/// An inline value is held to `--max-value` as a bulk is: the same error, the line
+/// consumed, the next command answered in step, nothing stored.
+#[test]
+fn an_inline_value_over_max_value_is_refused_in_step() {
+    let server = start_resp_server_with(Config { workers: 2, max_value: 100, ..Config::default() });
+    let mut conn = Conn::connect(resp_addr(&server));
+    let big = vec![b'v'; 60_000];
+    let mut requests = [&b"SET big "[..], &big, b"\r\nHSET h f ", &big, b"\r\n"].concat();
+    requests.extend_from_slice(b"SET k ok\r\nGET big\r\nHEXISTS h f\r\nGET k\r\n");
+    let too_large = "-ERR value too large: over --max-value 100 bytes\r\n";
+    let expected = format!("{too_large}{too_large}+OK\r\n$-1\r\n:0\r\n$2\r\nok\r\n");
+    let got = conn.pipeline(requests, expected.len());
+    common::assert_same_bytes(&got, expected.as_bytes());
+}
+
+/// The inline limit counts the line's words, not its line end: 64 KiB then `\r\n` is
+/// read as Redis reads it, one byte more is refused.
+#[test]
+fn an_inline_line_of_64_kib_is_read_whatever_its_line_end() {
+    let server = start_resp_server();
+    let words = [&b"ECHO "[..], &vec![b'x'; 64 * 1024 - 5]].concat();
+    for end in [&b"\r\n"[..], b"\n"] {
+        let mut conn = Conn::connect(resp_addr(&server));
+        let expected = [&bulk(&words[5..])[..], b"+PONG\r\n"].concat();
+        let got = conn.pipeline([&words[..], end, b"PING\r\n"].concat(), expected.len());
+        common::assert_same_bytes(&got, &expected);
+    }
+    let got = answer_to(&server, &[&words[..], b"x\r\nPING\r\n"].concat());
+    common::assert_same_bytes(&got, b"-ERR Protocol error: too big inline request\r\n");
+}
+
 // ---------------------------------------------------------------------------------
 // The two doors share the data.
 
@@ -899,6 +930,8 @@ fn a_bad_multibulk_length_gets_a_protocol_error_and_a_close() {
         (b"*abc\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
         (b"*1\r\n+PING\r\n", b"-ERR Protocol error: expected '$'\r\n"),
         (b"*1\r\n$x\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+        (b"*1\r\n$9223372036854775807\r\nPING\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+        (b"*2\r\n$3\r\nGET\r\n$536870913\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
         (b"*1\r\n$4\r\nPINGxx", b"-ERR Protocol error: expected CRLF after bulk data\r\n"),
         (b"PING \"unbalanced\r\n", b"-ERR Protocol error: unbalanced quotes in request\r\n"),
     ];

@@ -64,9 +64,9 @@ const SPANS_KEPT: usize = 16;
 pub enum RespFrame<'a> {
     /// A complete command: its arguments, the first being the command name.
     Command(Args<'a>),
-    /// A command with a bulk over `max_value` or a total over `max_command`. Reported
-    /// once per such command; the reader then discards the rest of it without
-    /// buffering it (staying in step) and goes on with the next command.
+    /// A command with a bulk (or an inline argument) over `max_value`, or a total over
+    /// `max_command`. Reported once per such command; the reader then discards the
+    /// rest of it without buffering it (staying in step) and goes on with the next.
     TooLarge,
     /// Malformed framing. The connection answers `-ERR Protocol error: <text>` and
     /// closes; the reader returns nothing more after this.
@@ -462,30 +462,46 @@ impl RespReader {
         let scan_from = self.start + self.pos;
         let Some(offset) = self.buf[scan_from..self.end].iter().position(|&b| b == b'\n') else {
             self.pos = self.end - self.start;
-            if self.pos > MAX_INLINE {
+            // A last `\r` may be the line end's: it is not counted until a byte follows.
+            if line_end(&self.buf[self.start..self.end]) > MAX_INLINE {
                 return Step::Error("too big inline request");
             }
             return Step::More;
         };
         let newline = scan_from + offset;
-        if newline - self.start > MAX_INLINE {
+        let words_end = self.start + line_end(&self.buf[self.start..newline]);
+        if words_end - self.start > MAX_INLINE {
             return Step::Error("too big inline request");
         }
-        let mut line_end = newline;
-        if line_end > self.start && self.buf[line_end - 1] == b'\r' {
-            line_end -= 1;
-        }
         self.spans.clear();
-        if !split_args(&mut self.buf[self.start..line_end], &mut self.spans) {
+        if !split_args(&mut self.buf[self.start..words_end], &mut self.spans) {
             return Step::Error("unbalanced quotes in request");
         }
         let len = newline + 1 - self.start;
-        if self.spans.is_empty() {
+        if self.spans.is_empty() || self.inline_too_large() {
+            // An empty line is skipped; one with an argument over `max_value` is
+            // answered as a bulk over it is, and the next line read.
+            let too_large = !self.spans.is_empty();
             self.start += len;
             self.pos = 0;
-            return Step::Again;
+            return if too_large { Step::TooLarge } else { Step::Again };
         }
         Step::Command(len)
+    }
+
+    /// True when an argument of the inline line just split is over `max_value`: an
+    /// inline value is held to the limit a bulk is.
+    fn inline_too_large(&self) -> bool {
+        self.spans.iter().any(|&(start, end)| end - start > self.max_value)
+    }
+}
+
+/// Where an inline line's words end: before its last byte if that is a `\r` (the line
+/// end's, or one to be taken as such).
+fn line_end(line: &[u8]) -> usize {
+    match line.last() {
+        Some(b'\r') => line.len() - 1,
+        _ => line.len(),
     }
 }
 

@@ -324,11 +324,29 @@ fn a_tls_client_hello_is_bounded_by_the_inline_limit() {
 #[test]
 fn an_inline_line_at_the_limit_passes_and_one_over_fails() {
     let at = [&b"A "[..], &vec![b'x'; MAX_INLINE - 3], b"\r\n"].concat();
-    let mut reader = RespReader::new(1024, 1024);
+    let mut reader = RespReader::new(MAX_INLINE, 1024);
     assert!(
         matches!(frames_in_chunks(&mut reader, &at, &[1000]).as_slice(), [Got::Command(args)] if args.len() == 2)
     );
     let over = [&b"A "[..], &vec![b'x'; MAX_INLINE - 1], b"\n"].concat();
+    assert_eq!(frames(&over), [Got::Error("too big inline request")]);
+}
+
+#[test]
+fn an_inline_line_end_is_not_counted_in_the_limit() {
+    let words = [&b"A "[..], &vec![b'x'; MAX_INLINE - 2]].concat();
+    for end in [&b"\r\n"[..], b"\n"] {
+        let line = [&words[..], end, b"PING\r\n"].concat();
+        for sizes in [&[usize::MAX][..], &[1000], &[MAX_INLINE + 1, 1]] {
+            let got = frames_in_chunks(&mut RespReader::new(MAX_INLINE, 1024), &line, sizes);
+            let lens: Vec<usize> =
+                got.iter().map(|got| if let Got::Command(args) = got { args.len() } else { 0 }).collect();
+            assert_eq!(lens, [2, 1], "{end:?} in chunks of {sizes:?}");
+        }
+    }
+    let over = [&words[..], b"x\r\n"].concat();
+    assert_eq!(frames(&over), [Got::Error("too big inline request")]);
+    let over = [&words[..], b"\rx"].concat();
     assert_eq!(frames(&over), [Got::Error("too big inline request")]);
 }
 
@@ -437,4 +455,14 @@ fn an_absurd_bulk_length_is_a_protocol_error() {
     let mut reader = RespReader::new(1024, 4096);
     assert_eq!(frames_in_chunks(&mut reader, at.as_bytes(), &[usize::MAX]), [Got::TooLarge]);
     assert!(reader.has_partial());
+}
+
+#[test]
+fn an_inline_argument_over_max_value_is_too_large_and_the_next_line_read() {
+    let mut reader = RespReader::new(100, 4096);
+    let big = [&b"SET big "[..], &[b'v'; 101], b"\r\nHSET h f ", &[b'w'; 6000], b"\r\nSET k "].concat();
+    let input = [&big[..], &[b'v'; 100], b"\r\nPING\r\n"].concat();
+    let got = frames_in_chunks(&mut reader, &input, &[7, 300]);
+    assert_eq!(got[..2], [Got::TooLarge, Got::TooLarge]);
+    assert_eq!(got[2..], [command(&[b"SET", b"k", &[b'v'; 100]]), command(&[b"PING"])]);
 }
