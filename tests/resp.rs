@@ -1301,3 +1301,28 @@ fn subscribed_connections_answer_ping_and_unsubscribe_over_resp2() {
 fn subscribed_connections_answer_ping_and_unsubscribe_over_resp3() {
     subscribed_connections_answer_ping_and_unsubscribe(Proto::Resp3);
 }
+
+/// Regression: `UNSUBSCRIBE a b` while not subscribed was answered with one frame, so
+/// a client matching replies to a pipeline fell out of step. Redis answers one frame
+/// per bucket named, each with count 0, and one with a null bucket if none is.
+fn unsubscribe_outside_subscribed_mode(proto: Proto) {
+    let server = start_resp_server();
+    let mut conn = raw_resp_conn(resp_addr(&server), proto);
+    let head: &[u8] = if proto == Proto::Resp3 { b">3\r\n" } else { b"*3\r\n" };
+    let null: &[u8] = if proto == Proto::Resp3 { b"_\r\n" } else { b"$-1\r\n" };
+    let frame = |bucket: &[u8]| [head, &bulk(b"unsubscribe"), bucket, b":0\r\n"].concat();
+    let requests = [command(&[b"UNSUBSCRIBE", b"a", b"b"]), command(&[b"UNSUBSCRIBE"]), b"PING\r\n".to_vec()];
+    let expected = [frame(&bulk(b"a")), frame(&bulk(b"b")), frame(null), b"+PONG\r\n".to_vec()].concat();
+    let got = conn.pipeline(requests.concat(), expected.len());
+    common::assert_same_bytes(&got, &expected);
+}
+
+#[test]
+fn unsubscribe_outside_subscribed_mode_answers_each_bucket_over_resp2() {
+    unsubscribe_outside_subscribed_mode(Proto::Resp2);
+}
+
+#[test]
+fn unsubscribe_outside_subscribed_mode_answers_each_bucket_over_resp3() {
+    unsubscribe_outside_subscribed_mode(Proto::Resp3);
+}
