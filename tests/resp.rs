@@ -1326,3 +1326,30 @@ fn unsubscribe_outside_subscribed_mode_answers_each_bucket_over_resp2() {
 fn unsubscribe_outside_subscribed_mode_answers_each_bucket_over_resp3() {
     unsubscribe_outside_subscribed_mode(Proto::Resp3);
 }
+
+/// Regression: while subscribed, `PING a b c` was answered, and a bulk over
+/// `--max-value` got an error without the limit; both now read as they do when not
+/// subscribed.
+#[test]
+fn a_subscribed_connection_checks_ping_arity_and_names_the_value_limit() {
+    let server = start_resp_server_with(Config { workers: 2, max_value: 100, ..Config::default() });
+    let addr = resp_addr(&server);
+    for proto in Proto::BOTH {
+        let mut writer = redis_connection(addr, proto);
+        bound(&writer);
+        ok(&mut writer, &[b"HSET", b"news", b"seed", b"0"]);
+        let mut sub = raw_resp_conn(addr, proto);
+        sub.send(&command(&[b"SUBSCRIBE", b"news"]));
+        sub.expect(&confirmation(proto, b"subscribe", b"news", 1));
+        let requests = [command(&[b"PING", b"a", b"b", b"c"]), command(&[b"PING", b"x", &[b'v'; 101]])];
+        let expected = [
+            &b"-ERR wrong number of arguments for 'ping' command\r\n"[..],
+            b"-ERR value too large: over --max-value 100 bytes\r\n",
+        ]
+        .concat();
+        let got = sub.pipeline(requests.concat(), expected.len());
+        common::assert_same_bytes(&got, &expected);
+        ok(&mut writer, &[b"HSET", b"news", b"eggs", b"3"]);
+        sub.expect(&message_frame(proto, b"news", b"eggs SET TO 3"));
+    }
+}
