@@ -688,6 +688,28 @@ fn a_value_the_text_door_cannot_show_is_refused_in_one_line() {
     }
 }
 
+/// Regression: an empty value stored through the RESP door read on the text door as
+/// the empty line of a missing key, and its text event lost its last word. An empty
+/// value is one the text protocol cannot show, answered and streamed as such.
+#[test]
+fn an_empty_value_is_not_representable_in_the_text_protocol() {
+    let server = start_resp_server();
+    let mut text = Conn::connect(server.addr());
+    text.roundtrip(b"CREATE b\r\n", b"OK\r\n");
+    let mut subscriber = Conn::connect(server.addr());
+    subscriber.send(b"SUBSCRIBE b\r\n");
+    common::wait_until("the subscription is registered", || text.stat("subscribers") == 1);
+    let mut con = redis_connection(resp_addr(&server), Proto::Resp2);
+    bound(&con);
+    assert_eq!(ok(&mut con, &[b"HSET", b"b", b"present", b""]), Value::Int(1));
+    assert_eq!(ok(&mut con, &[b"HGET", b"b", b"present"]), b(b""));
+    text.roundtrip(
+        b"GET b present\r\nGET b absent\r\n",
+        b"ERROR value not representable in the text protocol (use the RESP port)\r\n\r\nOK\r\n",
+    );
+    subscriber.expect(b"ERROR event not representable in the text protocol (use the RESP port)\r\n");
+}
+
 // ---------------------------------------------------------------------------------
 // Two real nodes: forwarding binary values, and a dead owner.
 
