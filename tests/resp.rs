@@ -9,9 +9,11 @@
 
 mod common;
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use kv::Config;
 use redis::{Connection, RedisResult, Value};
@@ -1228,6 +1230,31 @@ fn a_stuck_subscriber_of_two_buckets_is_dropped_past_its_backlog() {
     common::wait_until("the stuck subscriber is dropped", || setup.stat("subscribers_dropped") >= 1);
     common::wait_until("neither subscription is held", || setup.stat("subscribers") == 0);
     let (_, _) = stuck.read_until_gone();
+}
+
+/// Regression: a subscriber closed because its own unread `PING` replies passed the
+/// backlog was not counted in STATS `subscribers_dropped` (only a worker's drops were).
+#[test]
+fn a_subscriber_dropped_for_its_unread_ping_replies_is_counted() {
+    let server =
+        start_resp_server_with(Config { workers: 2, subscriber_backlog: 64 * 1024, ..Config::default() });
+    let mut setup = Conn::connect(server.addr());
+    setup.roundtrip(b"CREATE x\r\n", b"OK\r\n");
+    let mut stuck = raw_resp_conn(resp_addr(&server), Proto::Resp2);
+    stuck.send(&command(&[b"SUBSCRIBE", b"x"]));
+    common::wait_until("the subscription is registered", || setup.stat("subscribers") == 1);
+    // PINGs without end and no read: each 6-byte PING is a 20-byte reply waiting.
+    let mut socket = stuck.try_clone_stream();
+    socket.set_write_timeout(Some(Duration::from_millis(50))).unwrap();
+    let pings = b"PING\r\n".repeat(10_000);
+    let deadline = Instant::now() + common::DEADLINE;
+    while setup.stat("subscribers_dropped") == 0 {
+        assert!(Instant::now() < deadline, "the flooding subscriber was never counted as dropped");
+        // A full socket times out; a closed one fails: either way, look at STATS again.
+        let _ = socket.write(&pings);
+    }
+    common::wait_until("its subscription is let go", || setup.stat("subscribers") == 0);
+    assert_eq!(setup.stat("subscribers_dropped"), 1);
 }
 
 /// A subscriber that closed its sending side (`nc -N`) still gets its messages, from

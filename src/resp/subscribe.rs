@@ -194,7 +194,8 @@ impl<'s> RespConnection<'s> {
         let _bell_socket = self.state.socket_taken();
         let _streaming = self.state.streaming_guard();
         subscribe::cap_send_buffer(&self.stream);
-        let mut streams = Streams::new(bell, self.state.config.subscriber_backlog);
+        let dropped = &self.state.counters.subscribers_dropped;
+        let mut streams = Streams::new(bell, self.state.config.subscriber_backlog, dropped);
         let stream = self.stream.clone();
         let stop = &self.state.shutting_down;
         let mut asked = buckets.to_vec();
