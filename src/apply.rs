@@ -25,6 +25,9 @@ pub fn apply<'p>(
     let (result, event) = match command {
         Command::Get { bucket, key } => {
             return match partition.get(bucket, key) {
+                // A missing key's answer is the empty line: an empty value (stored
+                // through the RESP door) would read the same, so it is refused.
+                Ok(Some(b"")) => Reply::Error(ErrorKind::NotRepresentable),
                 Ok(value) => Reply::Value(value.unwrap_or(b"")),
                 Err(NoSuchBucket) => Reply::NotFound,
             };

@@ -105,6 +105,10 @@ pub(crate) struct Counters {
     /// Subscriptions streaming now, on this node's own buckets: one per bucket a
     /// connection follows (STATS `subscribers`).
     pub subscribers: AtomicUsize,
+    /// Subscribers a connection dropped itself, since start: its own unwritten
+    /// replies and relayed events passed the backlog (STATS `subscribers_dropped`
+    /// adds the workers' drops, those of local subscriptions behind on their logs).
+    pub subscribers_dropped: AtomicU64,
     /// Connections streaming events now, whatever they follow and wherever it lives:
     /// they apply no batches (see [`State::may_apply_inline`]).
     pub streaming: AtomicUsize,

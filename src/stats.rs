@@ -27,8 +27,8 @@ pub(crate) fn collect(state: &State) -> Stats {
     stats.push("worker_restarts", workers.iter().map(|w| load(&w.stats.restarts)).sum::<u64>());
     stats.push("subscribers", counters.subscribers.load(Ordering::Relaxed));
     stats.push("streaming_connections", counters.streaming.load(Ordering::Relaxed));
-    stats
-        .push("subscribers_dropped", workers.iter().map(|w| load(&w.stats.subscribers_dropped)).sum::<u64>());
+    let dropped_by_workers = workers.iter().map(|w| load(&w.stats.subscribers_dropped)).sum::<u64>();
+    stats.push("subscribers_dropped", dropped_by_workers + load(&counters.subscribers_dropped));
     add_persistence(state, &mut stats);
     let memory_used: usize = workers.iter().map(|w| w.stats.memory.load(Ordering::Relaxed)).sum();
     stats.push("memory_used", memory_used);

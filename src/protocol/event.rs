@@ -207,6 +207,11 @@ mod tests {
             binary.to_text(),
             b"ERROR event not representable in the text protocol (use the RESP port)\r\n"
         );
+        // An empty value or key is not a word a line can show.
+        for empty in [Event::Set { key: b"eggs", value: b"" }, Event::Set { key: b"", value: b"3" }] {
+            let shown = empty.to_text();
+            assert_eq!(shown, b"ERROR event not representable in the text protocol (use the RESP port)\r\n");
+        }
         out.clear();
         binary.write_message(b"s", Resp::V2, &mut out);
         assert_eq!(out, b"*3\r\n$7\r\nmessage\r\n$1\r\ns\r\n$16\r\neggs SET TO a\r\nb\r\n");

@@ -239,7 +239,7 @@ impl Reply<'_> {
     pub fn write_text(&self, out: &mut Vec<u8>) {
         match *self {
             Reply::Ok => out.extend_from_slice(OK_LINE),
-            Reply::Value(value) if !is_representable(value) => ErrorKind::NotRepresentable.write_text(out),
+            Reply::Value(value) if !fits_a_line(value) => ErrorKind::NotRepresentable.write_text(out),
             Reply::Value(value) => {
                 out.extend_from_slice(value);
                 out.extend_from_slice(b"\r\n");
@@ -257,11 +257,21 @@ impl Reply<'_> {
     }
 }
 
-/// True if the text protocol can show `value` as one word of a line: it holds no
-/// protocol whitespace. (The empty value is a missing key's answer, so it can.)
+/// True if the text protocol can show a stored key or value as one word of a line: it
+/// holds no protocol whitespace, and it is not empty, since an empty one could not be
+/// told from a missing one (a missing key's `GET` answers an empty line, an event
+/// would lose its last word).
 #[inline]
 pub fn is_representable(value: &[u8]) -> bool {
-    !value.iter().any(|&b| super::command::is_space(b))
+    !value.is_empty() && fits_a_line(value)
+}
+
+/// True if a line can carry `bytes`: they hold no protocol whitespace. A
+/// [`Reply::Value`] is written when it does; its empty value is a missing key's answer,
+/// a stored empty one being refused before (`apply.rs`).
+#[inline]
+fn fits_a_line(bytes: &[u8]) -> bool {
+    !bytes.iter().any(|&b| super::command::is_space(b))
 }
 
 /// The text after `ERROR ` of an error kind, for the RESP door's `-ERR <text>`.

@@ -13,8 +13,9 @@
 //!   `nc` works.
 //!
 //! Memory is bounded: the buffer holds at most one unfinished command (at most
-//! `max(max_command, MAX_INLINE)` plus a header) and one read; a command over a limit
-//! is skipped as its bytes arrive, never buffered.
+//! `max(max_command, MAX_INLINE)` plus a header) and one read, and grows only as bytes
+//! arrive, never to what a header announces; a command over a limit is skipped as its
+//! bytes arrive, never buffered, and a bulk over [`MAX_BULK`] is a protocol error.
 
 use std::fmt;
 use std::io::{self, Read};
@@ -32,6 +33,13 @@ pub const MAX_INLINE: usize = 64 * 1024;
 /// clients. A count is only a promise, and nothing is reserved for it, but a larger one
 /// is certainly not a real command.
 pub const MAX_MULTIBULK: i64 = 1024 * 1024;
+
+/// Longest bulk a header may announce, whatever the limits: Redis's default
+/// `proto-max-bulk-len`. A bulk between `max_value` and this is skipped as it arrives
+/// (the command gets an error, the connection stays); a longer one is no real request,
+/// and skipping it would discard the stream for good, so it is a protocol error. A
+/// command limit above it (a huge `--max-value`) raises it.
+pub const MAX_BULK: usize = 512 * 1024 * 1024;
 
 /// Longest `*<n>` or `$<len>` header line, `\r\n` included. Twenty digits hold any
 /// 64-bit count, so 64 bytes is generous; without a bound a client could send digits
@@ -56,9 +64,9 @@ const SPANS_KEPT: usize = 16;
 pub enum RespFrame<'a> {
     /// A complete command: its arguments, the first being the command name.
     Command(Args<'a>),
-    /// A command with a bulk over `max_value` or a total over `max_command`. Reported
-    /// once per such command; the reader then discards the rest of it without
-    /// buffering it (staying in step) and goes on with the next command.
+    /// A command with a bulk (or an inline argument) over `max_value`, or a total over
+    /// `max_command`. Reported once per such command; the reader then discards the
+    /// rest of it without buffering it (staying in step) and goes on with the next.
     TooLarge,
     /// Malformed framing. The connection answers `-ERR Protocol error: <text>` and
     /// closes; the reader returns nothing more after this.
@@ -278,13 +286,15 @@ impl RespReader {
         }
         let partial_fills = self.end == self.buf.len();
         let limit = if partial_fills { self.hold_limit().max(READ_AHEAD_MAX) } else { READ_AHEAD_MAX };
-        // A bulk of known length is waited for whole: grow to it at once rather than
-        // doubling (and copying) toward it.
+        // The buffer doubles only once what arrived fills it, so it is never more than
+        // twice the bytes received: a header announcing a large bulk costs nothing until
+        // the bulk's bytes come (a client announcing 1 MiB and stalling pins what it
+        // sent, not 1 MiB). A bulk of known length caps the step at its end.
         let needed = match self.state {
             State::Bulk { len, .. } if partial_fills => self.pos + len + 2,
-            _ => 0,
+            _ => usize::MAX,
         };
-        let grown = (self.buf.len() * 2).max(needed).min(limit);
+        let grown = (self.buf.len() * 2).min(needed).min(limit);
         self.buf.grow(grown.max(self.buf.len() + usize::from(partial_fills)));
     }
 
@@ -385,8 +395,8 @@ impl RespReader {
         match read_header(header, "too big bulk count string", "invalid bulk length")? {
             None => Ok(None),
             Some((len, header_len)) => match usize::try_from(len) {
-                Ok(len) => Ok(Some((len, header_len))),
-                Err(_) => Err("invalid bulk length"),
+                Ok(len) if len <= MAX_BULK.max(self.max_command) => Ok(Some((len, header_len))),
+                _ => Err("invalid bulk length"),
             },
         }
     }
@@ -452,30 +462,46 @@ impl RespReader {
         let scan_from = self.start + self.pos;
         let Some(offset) = self.buf[scan_from..self.end].iter().position(|&b| b == b'\n') else {
             self.pos = self.end - self.start;
-            if self.pos > MAX_INLINE {
+            // A last `\r` may be the line end's: it is not counted until a byte follows.
+            if line_end(&self.buf[self.start..self.end]) > MAX_INLINE {
                 return Step::Error("too big inline request");
             }
             return Step::More;
         };
         let newline = scan_from + offset;
-        if newline - self.start > MAX_INLINE {
+        let words_end = self.start + line_end(&self.buf[self.start..newline]);
+        if words_end - self.start > MAX_INLINE {
             return Step::Error("too big inline request");
         }
-        let mut line_end = newline;
-        if line_end > self.start && self.buf[line_end - 1] == b'\r' {
-            line_end -= 1;
-        }
         self.spans.clear();
-        if !split_args(&mut self.buf[self.start..line_end], &mut self.spans) {
+        if !split_args(&mut self.buf[self.start..words_end], &mut self.spans) {
             return Step::Error("unbalanced quotes in request");
         }
         let len = newline + 1 - self.start;
-        if self.spans.is_empty() {
+        if self.spans.is_empty() || self.inline_too_large() {
+            // An empty line is skipped; one with an argument over `max_value` is
+            // answered as a bulk over it is, and the next line read.
+            let too_large = !self.spans.is_empty();
             self.start += len;
             self.pos = 0;
-            return Step::Again;
+            return if too_large { Step::TooLarge } else { Step::Again };
         }
         Step::Command(len)
+    }
+
+    /// True when an argument of the inline line just split is over `max_value`: an
+    /// inline value is held to the limit a bulk is.
+    fn inline_too_large(&self) -> bool {
+        self.spans.iter().any(|&(start, end)| end - start > self.max_value)
+    }
+}
+
+/// Where an inline line's words end: before its last byte if that is a `\r` (the line
+/// end's, or one to be taken as such).
+fn line_end(line: &[u8]) -> usize {
+    match line.last() {
+        Some(b'\r') => line.len() - 1,
+        _ => line.len(),
     }
 }
 

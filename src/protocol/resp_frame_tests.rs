@@ -324,11 +324,29 @@ fn a_tls_client_hello_is_bounded_by_the_inline_limit() {
 #[test]
 fn an_inline_line_at_the_limit_passes_and_one_over_fails() {
     let at = [&b"A "[..], &vec![b'x'; MAX_INLINE - 3], b"\r\n"].concat();
-    let mut reader = RespReader::new(1024, 1024);
+    let mut reader = RespReader::new(MAX_INLINE, 1024);
     assert!(
         matches!(frames_in_chunks(&mut reader, &at, &[1000]).as_slice(), [Got::Command(args)] if args.len() == 2)
     );
     let over = [&b"A "[..], &vec![b'x'; MAX_INLINE - 1], b"\n"].concat();
+    assert_eq!(frames(&over), [Got::Error("too big inline request")]);
+}
+
+#[test]
+fn an_inline_line_end_is_not_counted_in_the_limit() {
+    let words = [&b"A "[..], &vec![b'x'; MAX_INLINE - 2]].concat();
+    for end in [&b"\r\n"[..], b"\n"] {
+        let line = [&words[..], end, b"PING\r\n"].concat();
+        for sizes in [&[usize::MAX][..], &[1000], &[MAX_INLINE + 1, 1]] {
+            let got = frames_in_chunks(&mut RespReader::new(MAX_INLINE, 1024), &line, sizes);
+            let lens: Vec<usize> =
+                got.iter().map(|got| if let Got::Command(args) = got { args.len() } else { 0 }).collect();
+            assert_eq!(lens, [2, 1], "{end:?} in chunks of {sizes:?}");
+        }
+    }
+    let over = [&words[..], b"x\r\n"].concat();
+    assert_eq!(frames(&over), [Got::Error("too big inline request")]);
+    let over = [&words[..], b"\rx"].concat();
     assert_eq!(frames(&over), [Got::Error("too big inline request")]);
 }
 
@@ -395,4 +413,56 @@ fn a_long_span_list_is_given_back_without_a_small_grown_buffer() {
     reader.release_buffer();
     assert!(reader.spans.capacity() <= SPANS_KEPT);
     assert_eq!(reader.buf.len(), grown, "a buffer under KEPT_WHEN_IDLE stays");
+}
+
+#[test]
+fn an_announced_bulk_grows_the_buffer_only_as_its_bytes_arrive() {
+    let value: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let ping = encode(&[b"PING"]);
+    let input = [encode(&[b"SET", b"k", &value]), ping.clone()].concat();
+    let header_len = input.len() - value.len() - 2 - ping.len();
+    let mut reader = RespReader::new(2 * value.len(), 4 * value.len());
+    // The header announcing 1 MiB and a few bytes of it, then the client waits.
+    let waits_at = header_len + 300;
+    let mut source = Trickle { rest: &input[..waits_at], chunk: 100 };
+    assert_eq!(read_all(&mut reader, &mut source, |_| {}), []);
+    assert!(reader.has_partial());
+    assert!(reader.buf.capacity() < 64 * 1024, "{} bytes held for 300 sent", reader.buf.capacity());
+    // The rest in pieces: the bulk is whole, and the buffer doubling toward it stops
+    // at its end.
+    let mut source = Trickle { rest: &input[waits_at..], chunk: 4096 };
+    let got = read_all(&mut reader, &mut source, |reader| assert!(reader.buf.len() <= input.len()));
+    assert_eq!(got, [command(&[b"SET", b"k", &value]), command(&[b"PING"])]);
+}
+
+#[test]
+fn an_absurd_bulk_length_is_a_protocol_error() {
+    for header in [&b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$9223372036854775807\r\n"[..], b"*1\r\n$536870913\r\n"] {
+        let input = [header, b"abc*1\r\n$4\r\nPING\r\n"].concat();
+        assert_eq!(
+            frames(&input),
+            [Got::Error("invalid bulk length")],
+            "{:?}",
+            String::from_utf8_lossy(header)
+        );
+    }
+    // Past the first too-large bulk, the skipped ones are held to the same bound.
+    let input = b"*3\r\n$3\r\nSET\r\n$2000\r\n".iter().chain(&[b'x'; 2000]).chain(b"\r\n$9999999999\r\n");
+    let input: Vec<u8> = input.copied().collect();
+    assert_eq!(frames(&input), [Got::TooLarge, Got::Error("invalid bulk length")]);
+    // At the bound the bulk is too large, skipped, and the next command read.
+    let at = format!("*2\r\n$3\r\nSET\r\n${MAX_BULK}\r\n");
+    let mut reader = RespReader::new(1024, 4096);
+    assert_eq!(frames_in_chunks(&mut reader, at.as_bytes(), &[usize::MAX]), [Got::TooLarge]);
+    assert!(reader.has_partial());
+}
+
+#[test]
+fn an_inline_argument_over_max_value_is_too_large_and_the_next_line_read() {
+    let mut reader = RespReader::new(100, 4096);
+    let big = [&b"SET big "[..], &[b'v'; 101], b"\r\nHSET h f ", &[b'w'; 6000], b"\r\nSET k "].concat();
+    let input = [&big[..], &[b'v'; 100], b"\r\nPING\r\n"].concat();
+    let got = frames_in_chunks(&mut reader, &input, &[7, 300]);
+    assert_eq!(got[..2], [Got::TooLarge, Got::TooLarge]);
+    assert_eq!(got[2..], [command(&[b"SET", b"k", &[b'v'; 100]]), command(&[b"PING"])]);
 }

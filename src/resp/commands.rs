@@ -174,10 +174,17 @@ impl RespConnection<'_> {
         }
     }
 
-    /// `UNSUBSCRIBE` while not subscribed: Redis answers one frame saying so.
+    /// `UNSUBSCRIBE` while not subscribed: as Redis, one frame per bucket named, each
+    /// with a count of 0, or one with a null bucket if none is, so a client matching
+    /// replies to a pipeline stays in step.
     fn unsubscribe_outside(&mut self, args: Args<'_>) {
-        let channel = args.get(1);
-        self.push_own(|out, proto| super::subscribe::write_unsubscribed(out, channel, 0, proto));
+        let write = super::subscribe::write_unsubscribed;
+        if args.len() == 1 {
+            self.push_own(|out, proto| write(out, None, 0, proto));
+        }
+        for bucket in (1..args.len()).filter_map(|i| args.get(i)) {
+            self.push_own(|out, proto| write(out, Some(bucket), 0, proto));
+        }
     }
 }
 

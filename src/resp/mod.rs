@@ -39,6 +39,12 @@ pub(crate) fn serve(stream: Arc<TcpStream>, state: &State, id: u64, inboxes: Inb
     RespConnection::new(stream, state, id, inboxes).serve()
 }
 
+/// The error text for a command over the limits ([`RespFrame::TooLarge`]), subscribed
+/// or not.
+fn too_large(max_value: usize) -> String {
+    format!("ERR value too large: over --max-value {max_value} bytes")
+}
+
 /// What the connection does after a command.
 pub(crate) enum Flow {
     Next,
@@ -159,11 +165,7 @@ impl<'s> RespConnection<'s> {
             let flow = match frame {
                 RespFrame::Command(args) => self.dispatch(args),
                 RespFrame::TooLarge => {
-                    let text = format!(
-                        "ERR value too large: over --max-value {} bytes",
-                        self.state.config.max_value
-                    );
-                    self.push_error(text.as_bytes());
+                    self.push_error(too_large(self.state.config.max_value).as_bytes());
                     Flow::Next
                 }
                 RespFrame::ProtocolError(what) => {

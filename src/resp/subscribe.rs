@@ -35,6 +35,8 @@ const MAX_INPUT_PER_CHECK: usize = 64 * 1024;
 struct Subscribed<'r> {
     reader: &'r mut RespReader,
     proto: Resp,
+    /// `--max-value`, named in the error for a bulk over it.
+    max_value: usize,
 }
 
 impl MuxInput for Subscribed<'_> {
@@ -45,7 +47,7 @@ impl MuxInput for Subscribed<'_> {
                 let asked = match frame {
                     RespFrame::Command(args) => answer(args, self.proto, streams),
                     RespFrame::TooLarge => {
-                        write_error(streams.output(), b"ERR value too large");
+                        write_error(streams.output(), super::too_large(self.max_value).as_bytes());
                         Asked::Go
                     }
                     RespFrame::ProtocolError(what) => {
@@ -80,6 +82,10 @@ fn answer(args: Args<'_>, proto: Resp, streams: &mut Streams<'_>) -> Asked {
     let name = args.get(0).unwrap_or_default().to_ascii_lowercase();
     let out = streams.output();
     match name.as_slice() {
+        b"ping" if args.len() > 2 => {
+            write_error(out, b"ERR wrong number of arguments for 'ping' command");
+            Asked::Go
+        }
         b"ping" => {
             let message = args.get(1).unwrap_or_default();
             match proto {
@@ -188,7 +194,8 @@ impl<'s> RespConnection<'s> {
         let _bell_socket = self.state.socket_taken();
         let _streaming = self.state.streaming_guard();
         subscribe::cap_send_buffer(&self.stream);
-        let mut streams = Streams::new(bell, self.state.config.subscriber_backlog);
+        let dropped = &self.state.counters.subscribers_dropped;
+        let mut streams = Streams::new(bell, self.state.config.subscriber_backlog, dropped);
         let stream = self.stream.clone();
         let stop = &self.state.shutting_down;
         let mut asked = buckets.to_vec();
@@ -199,7 +206,8 @@ impl<'s> RespConnection<'s> {
             if streams.is_empty() {
                 break (&*stream).write_all(streams.output()).map(|()| false);
             }
-            let mut input = Subscribed { reader: &mut *reader, proto: self.proto };
+            let max_value = self.state.config.max_value;
+            let mut input = Subscribed { reader: &mut *reader, proto: self.proto, max_value };
             match streams.run(&stream, stop, &mut input) {
                 Ok(Step::Subscribe(more)) => asked = more,
                 Ok(Step::Unsubscribed) => break Ok(false),

@@ -17,7 +17,7 @@ use std::io::{self, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::Subscription;
 use super::event_log::Take;
@@ -94,15 +94,20 @@ pub struct Streams<'s> {
     bell: Arc<Bell>,
     /// Most bytes a relay's events may wait unwritten (`--subscriber-backlog`).
     limit: usize,
+    /// Counts this connection if it is dropped past `limit` (STATS
+    /// `subscribers_dropped`).
+    dropped: &'s AtomicU64,
     /// The client closed its sending side: its socket stays readable (at its end),
     /// so the wait no longer watches it for input.
     half_closed: bool,
 }
 
 impl<'s> Streams<'s> {
-    /// No buckets yet; `bell` is the connection's, `limit` the backlog.
-    pub fn new(bell: Bell, limit: usize) -> Self {
-        Streams { entries: Vec::new(), output: Vec::new(), bell: Arc::new(bell), limit, half_closed: false }
+    /// No buckets yet; `bell` is the connection's, `limit` the backlog, `dropped`
+    /// the count a drop past it adds to.
+    pub fn new(bell: Bell, limit: usize, dropped: &'s AtomicU64) -> Self {
+        let bell = Arc::new(bell);
+        Streams { entries: Vec::new(), output: Vec::new(), bell, limit, dropped, half_closed: false }
     }
 
     /// Follows a local subscription of `bucket`, rendered as `render`; `held` lives
@@ -212,6 +217,9 @@ impl<'s> Streams<'s> {
             // entries add at most two chunks (their logs keep the rest, and their
             // workers drop them past the backlog).
             if self.output.len() > self.limit.saturating_add(2 * CHUNK) {
+                // The connection's own drop (its replies, a relay's events); a worker
+                // counts those it drops.
+                self.dropped.fetch_add(1, Ordering::Relaxed);
                 return Err(too_far_behind());
             }
             if got || !self.arm() {
@@ -403,7 +411,8 @@ mod tests {
         owner_b_side.write_all(&event).unwrap();
         wait_readable(&owner_a);
         wait_readable(&owner_b);
-        let mut streams = Streams::new(Bell::new().unwrap(), 1 << 20);
+        let dropped = AtomicU64::new(0);
+        let mut streams = Streams::new(Bell::new().unwrap(), 1 << 20, &dropped);
         streams.add_relayed(b"a", owner_a, Vec::new(), b"LOST a\r\n".to_vec(), Box::new(()), Render::Text);
         streams.add_relayed(b"b", owner_b, Vec::new(), b"LOST b\r\n".to_vec(), Box::new(()), Render::Text);
         let step = streams.run(&client, &AtomicBool::new(true), &mut Quiet).unwrap();
