@@ -8,10 +8,11 @@
 //! wakes them, waits for them, and at the end of the grace closes the sockets of
 //! clients that still have not read their replies, then logs how many replies that
 //! lost. It also owns what both doors do with requests read after the stop
-//! ([`refuse_waiting`]). It starts no thread and owns no state of its own.
+//! ([`refuse_waiting`]) and with the replies a closed connection never delivered
+//! ([`count_lost_replies`]). It starts no thread and owns no state of its own.
 
 use std::io;
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::door::Reader;
 use crate::protocol::{ErrorKind, Reply};
 use crate::round::Round;
-use crate::socket;
+use crate::socket::{self, Ledger};
 use crate::state::State;
 
 /// Most request bytes a connection reads after the stop to answer them `shutting
@@ -56,6 +57,29 @@ pub(crate) fn refuse_waiting(
             Err(error) if socket::is_timeout(&error) => return Ok(refused),
             Err(error) => return Err(error),
         }
+    }
+}
+
+/// A connection closed while the server stops: logs and counts (STATS `replies_lost`)
+/// the replies its client never received, by the `ledger` of what it wrote.
+/// `undelivered` is what `socket::close_after_last_reply` returned if the connection
+/// closed through it; otherwise the socket is asked now. `peer` was taken when the
+/// connection started, since a reset socket no longer knows it.
+#[cold]
+pub(crate) fn count_lost_replies(
+    state: &State,
+    ledger: Ledger,
+    stream: &TcpStream,
+    undelivered: Option<usize>,
+    peer: Option<SocketAddr>,
+) {
+    let unsent = undelivered.unwrap_or_else(|| socket::undelivered(stream, false).bytes);
+    let lost = ledger.lost(unsent);
+    if lost > 0 {
+        log::warn!(
+            "closed the connection from {peer:?} at shutdown: about {lost} replies ({unsent} bytes) not received"
+        );
+        state.counters.replies_lost.fetch_add(lost, Ordering::SeqCst);
     }
 }
 

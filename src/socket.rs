@@ -6,7 +6,9 @@
 //! throws away replies still in our send buffer. So a close first says we are done
 //! writing, then reads and drops what the client still sends until the client's
 //! kernel has acknowledged every byte we wrote (after which a reset loses nothing),
-//! within a deadline.
+//! within a deadline. Our FIN counts in the kernel's tally of unacknowledged bytes
+//! ([`undelivered`] takes it out): it is no reply, and a client that resets before
+//! acknowledging it has still received every reply.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -14,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{Dialect, Reply};
-use crate::sys;
+use crate::sys::{self, TcpState};
 
 /// How long a close after `QUIT` (or the HTTP guard) waits for the client to take its
 /// last replies.
@@ -25,19 +27,22 @@ const CLOSE_POLL: Duration = Duration::from_millis(10);
 
 /// Closes a connection whose last reply has been written, without losing it: say we
 /// are done writing, then read and drop what the client still sends until its kernel
-/// has acknowledged everything we wrote, or `deadline` passes. Returns how many bytes
-/// were still unacknowledged then (0: nothing was lost).
+/// has acknowledged every reply byte we wrote, the connection is over (the client
+/// reset it, or closed it and then had more sent to it), or `deadline` passes. Returns
+/// how many reply bytes were still unacknowledged then (0: nothing was lost).
 pub(crate) fn close_after_last_reply(stream: &TcpStream, deadline: Instant) -> usize {
-    let _ = stream.shutdown(Shutdown::Write);
+    // Our FIN takes a place in the kernel's count of unacknowledged bytes; it is no
+    // reply, and it stays counted for good if the client resets before acknowledging it.
+    let fin_queued = stream.shutdown(Shutdown::Write).is_ok();
     let mut scratch = [0u8; 4096];
     let mut reading = true;
     loop {
-        let unsent = sys::unsent_bytes(stream).unwrap_or(0);
-        if unsent == 0 {
-            return 0;
+        let pending = undelivered(stream, fin_queued);
+        if pending.bytes == 0 || pending.over {
+            return pending.bytes;
         }
         let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
-            return unsent;
+            return pending.bytes;
         };
         let wait = left.min(CLOSE_POLL);
         if !reading || stream.set_read_timeout(Some(wait)).is_err() {
@@ -50,9 +55,38 @@ pub(crate) fn close_after_last_reply(stream: &TcpStream, deadline: Instant) -> u
             Ok(0) => reading = false,
             Ok(_) => {}
             Err(error) if is_timeout(&error) || error.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return sys::unsent_bytes(stream).unwrap_or(0),
+            Err(_) => return undelivered(stream, fin_queued).bytes,
         }
     }
+}
+
+/// Reply bytes a connection wrote that its client's kernel has not acknowledged, and
+/// whether it still may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Undelivered {
+    /// Bytes written and not acknowledged, our FIN not counted.
+    pub bytes: usize,
+    /// The connection is over (reset, or closed both ways): none of `bytes` will be
+    /// acknowledged now.
+    pub over: bool,
+}
+
+/// What `stream`'s client has not acknowledged of the replies written to it.
+/// `fin_queued`: we shut down writing on it ourselves, so the kernel counts our FIN
+/// as one more byte (also known from the connection's state while it lasts, but not
+/// once a reset has closed it).
+pub(crate) fn undelivered(stream: &TcpStream, fin_queued: bool) -> Undelivered {
+    let unsent = sys::unsent_bytes(stream).unwrap_or(0);
+    // Unknown, it is taken as open: waited on, never counted as over.
+    let state = sys::tcp_state(stream).unwrap_or(TcpState::Open);
+    undelivered_of(unsent, state, fin_queued)
+}
+
+/// [`undelivered`], from the kernel's count of unacknowledged bytes and the state.
+fn undelivered_of(unsent: usize, state: TcpState, fin_queued: bool) -> Undelivered {
+    let fin_counted = fin_queued || state == TcpState::FinUnacknowledged;
+    let bytes = if fin_counted { unsent.saturating_sub(1) } else { unsent };
+    Undelivered { bytes, over: state == TcpState::Over }
 }
 
 /// A socket read as a [`Read`] that never waits: nothing there yet is `WouldBlock`.
@@ -200,5 +234,21 @@ mod tests {
         ledger.not_written(7);
         assert_eq!(ledger.lost(0), 7);
         assert_eq!(ledger.lost(10_000), 107, "never more than was written");
+    }
+
+    #[test]
+    fn our_fin_is_not_an_undelivered_reply_byte() {
+        let fin_only = undelivered_of(1, TcpState::FinUnacknowledged, true);
+        assert_eq!(fin_only, Undelivered { bytes: 0, over: false });
+        // A reset after every reply byte was acknowledged, but not the FIN: the kernel
+        // counts the FIN for good, and it is still no reply.
+        assert_eq!(undelivered_of(1, TcpState::Over, true), Undelivered { bytes: 0, over: true });
+        assert_eq!(undelivered_of(41, TcpState::Over, true), Undelivered { bytes: 40, over: true });
+        // Reset before we shut down writing: no FIN was ever counted.
+        assert_eq!(undelivered_of(40, TcpState::Over, false), Undelivered { bytes: 40, over: true });
+        // Shut down by the end of the grace, not by us: the state says the FIN is counted.
+        assert_eq!(undelivered_of(41, TcpState::FinUnacknowledged, false).bytes, 40);
+        assert_eq!(undelivered_of(40, TcpState::Open, false), Undelivered { bytes: 40, over: false });
+        assert_eq!(undelivered_of(0, TcpState::FinAcknowledged, true).bytes, 0);
     }
 }

@@ -448,7 +448,9 @@ pub fn wait_for_shutdown_signal() -> io::Result<ShutdownSignal> {
 
 /// Bytes written to `stream` that its peer has not yet acknowledged (Linux's
 /// `SIOCOUTQ`): 0 once the client's kernel holds every reply, after which closing the
-/// socket loses nothing even if the close turns into a reset.
+/// socket loses nothing even if the close turns into a reset. Once we shut down
+/// writing, our FIN is one more byte here until it is acknowledged, and for good if a
+/// reset comes first ([`TcpState`] says while the connection lasts).
 pub fn unsent_bytes(stream: &TcpStream) -> io::Result<usize> {
     let mut unsent: libc::c_int = 0;
     // SAFETY: the descriptor belongs to `stream`; TIOCOUTQ (SIOCOUTQ) writes one int.
@@ -456,6 +458,56 @@ pub fn unsent_bytes(stream: &TcpStream) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(usize::try_from(unsent).unwrap_or(0))
+}
+
+/// Where a TCP connection is in its life, as far as closing it is concerned (Linux's
+/// `tcpi_state`, from `TCP_INFO`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpState {
+    /// Both sides may still send (`ESTABLISHED`, `CLOSE_WAIT`, or a state before them).
+    Open,
+    /// Our FIN is queued or sent and not yet acknowledged (`FIN_WAIT1`, `CLOSING`,
+    /// `LAST_ACK`): [`unsent_bytes`] counts it as one byte.
+    FinUnacknowledged,
+    /// Our FIN was acknowledged (`FIN_WAIT2`, `TIME_WAIT`): everything was delivered.
+    FinAcknowledged,
+    /// The connection is over (`CLOSE`): closed both ways, or reset. Nothing more we
+    /// wrote will be acknowledged.
+    Over,
+}
+
+/// `stream`'s [`TcpState`].
+pub fn tcp_state(stream: &TcpStream) -> io::Result<TcpState> {
+    // SAFETY: tcp_info is plain integers, for which all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the descriptor belongs to `stream`; the kernel writes at most `len`
+    // bytes to `info` and the length it wrote to `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            std::ptr::addr_of_mut!(info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The kernel's numbering (include/net/tcp_states.h).
+    const FIN_WAIT1: u8 = 4;
+    const FIN_WAIT2: u8 = 5;
+    const TIME_WAIT: u8 = 6;
+    const CLOSE: u8 = 7;
+    const LAST_ACK: u8 = 9;
+    const CLOSING: u8 = 11;
+    Ok(match info.tcpi_state {
+        FIN_WAIT1 | CLOSING | LAST_ACK => TcpState::FinUnacknowledged,
+        FIN_WAIT2 | TIME_WAIT => TcpState::FinAcknowledged,
+        CLOSE => TcpState::Over,
+        _ => TcpState::Open,
+    })
 }
 
 /// Fixes `stream`'s kernel send buffer at `bytes` (`SO_SNDBUF`; Linux doubles the

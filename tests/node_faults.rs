@@ -9,6 +9,7 @@
 mod common;
 
 use std::io::Write;
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 use kv::Config;
 
 use common::proc::rss_of;
+use common::resp::{child_resp_addr, command};
+use common::tcp::{ESTABLISHED, FIN_WAIT1, connect_with_receive_buffer, server_side};
 use common::{ChildServer, Conn, DEADLINE, kv_serve, show, start_kv_serve, start_server_with, wait_until};
 
 const OUT_OF_MEMORY: &[u8] = b"ERROR out of memory\r\n";
@@ -237,6 +240,189 @@ fn sighup_killed_the_process_now_it_shuts_down_gracefully() {
     let rest = conn.read_to_close();
     assert!(rest.is_empty() || rest == SHUTTING_DOWN, "the client got {}", show(&rest));
     assert!(!server.log_lines_with("SIGHUP received").is_empty(), "log:\n{}", server.log_text());
+}
+
+/// The receive buffer of the clients below, set before they connect: the window they
+/// offer stays small, so a client that does not read stops the server's sending after
+/// a few kilobytes.
+const SMALL_WINDOW: usize = 4096;
+
+/// Which door a client below uses.
+#[derive(Clone, Copy, PartialEq)]
+enum Door {
+    Text,
+    Resp,
+}
+
+/// A value stored on a child server, and how to read it back through `door`.
+struct Stored {
+    addr: SocketAddrV4,
+    /// The request that reads the value.
+    get: Vec<u8>,
+    /// The length of its reply.
+    reply_len: usize,
+}
+
+/// A child server for the tests below: a 30 s grace (they must end long before it),
+/// and the RESP door open when `door` is it.
+fn server_for(door: Door) -> ChildServer {
+    let mut flags = vec!["--workers", "2", "--shutdown-grace", "30"];
+    if door == Door::Resp {
+        flags.extend(["--resp-port", "0"]);
+    }
+    start_kv_serve(&flags)
+}
+
+/// The reply to reading a value of `len` bytes through `door`.
+fn reply_len(door: Door, len: usize) -> usize {
+    match door {
+        Door::Text => len + "\r\nOK\r\n".len(),
+        Door::Resp => format!("${len}\r\n").len() + len + 2,
+    }
+}
+
+/// Stores `len` bytes under key `key` of bucket `b` through `door`.
+fn store(server: &ChildServer, door: Door, key: &str, len: usize) -> Stored {
+    let value = "x".repeat(len);
+    let (addr, get) = match door {
+        Door::Text => {
+            let mut setup = Conn::connect(server.addr());
+            setup.send(format!("CREATE b\r\nPUT b {key} {value}\r\n").as_bytes());
+            let created = setup.read_line();
+            assert!(created == b"OK\r\n" || created == b"ERROR bucket exists\r\n", "{}", show(&created));
+            setup.expect(b"OK\r\n");
+            (server.addr(), format!("GET b {key}\r\n").into_bytes())
+        }
+        Door::Resp => {
+            let addr = child_resp_addr(server);
+            let mut setup = Conn::connect(addr);
+            setup.send(&command(&[b"HSET", b"b", key.as_bytes(), value.as_bytes()]));
+            setup.expect(b":1\r\n");
+            (addr, command(&[b"HGET", b"b", key.as_bytes()]))
+        }
+    };
+    let SocketAddr::V4(addr) = addr else { panic!("kv listens on IPv4 loopback, not {addr}") };
+    Stored { addr, get, reply_len: reply_len(door, len) }
+}
+
+/// How many bytes of replies `client`'s kernel holds, unread.
+fn held(client: &TcpStream) -> u64 {
+    client.set_nonblocking(true).unwrap();
+    let mut buffer = vec![0u8; 256 * 1024];
+    let held = client.peek(&mut buffer).unwrap_or(0);
+    client.set_nonblocking(false).unwrap();
+    held as u64
+}
+
+/// Sends `count` copies of `stored.get` from `client`, then waits until the server has
+/// written every reply: what the client holds and what the server has sent and not
+/// had acknowledged then add up to all of them. Returns what the client holds.
+fn ask_and_wait_for_every_reply(client: &TcpStream, stored: &Stored, count: usize) -> u64 {
+    (&*client).write_all(&stored.get.repeat(count)).unwrap();
+    let all = (count * stored.reply_len) as u64;
+    let client_addr = client.local_addr().unwrap();
+    let mut took = 0;
+    wait_until("the server has written every reply", || {
+        took = held(client);
+        server_side(SocketAddr::V4(stored.addr), client_addr)
+            .is_some_and(|(_, unacked)| took + unacked == all)
+    });
+    took
+}
+
+/// Regression (the bug hunt's `term_one.py`): a client that received every reply but
+/// reset the connection before its kernel acknowledged kv's FIN (its data crossed
+/// the FIN, here: its window was closed) left the FIN counted as an unacknowledged
+/// byte for good. kv logged `about 1 replies ... were lost` from a peer `None`, and
+/// when its wait had stopped reading first, held the stop for the whole grace.
+fn a_reset_after_every_reply_was_taken_loses_nothing(door: Door) {
+    let mut server = server_for(door);
+    // How much a client with the small window takes: a probe stopped short by a
+    // larger reply.
+    let big = store(&server, door, "big", 60_000);
+    let probe = connect_with_receive_buffer(big.addr, SMALL_WINDOW);
+    let window = ask_and_wait_for_every_reply(&probe, &big, 1);
+    assert!(window > 0 && window < big.reply_len as u64, "the probe took {window} bytes");
+    drop(probe);
+    // A value whose reply fills that window exactly: all of it taken and acknowledged,
+    // the window closed after it, so kv's FIN cannot follow.
+    let len = (1..window as usize).rev().find(|&len| reply_len(door, len) as u64 == window).unwrap();
+    let fits = store(&server, door, "fits", len);
+    let client = connect_with_receive_buffer(fits.addr, SMALL_WINDOW);
+    let client_addr = client.local_addr().unwrap();
+    assert_eq!(ask_and_wait_for_every_reply(&client, &fits, 1), window);
+    wait_until("the client's kernel acknowledged the whole reply", || {
+        server_side(SocketAddr::V4(fits.addr), client_addr) == Some((ESTABLISHED, 0))
+    });
+    server.signal(libc::SIGTERM);
+    wait_until("kv's FIN waits behind the closed window, every reply byte acknowledged", || {
+        server_side(SocketAddr::V4(fits.addr), client_addr) == Some((FIN_WAIT1, 1))
+    });
+    // Unread bytes: the close is a reset.
+    drop(client);
+    let status = server.wait_for_exit(DEADLINE).expect("kv exits long before the 30 s grace");
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log_text());
+    wait_until("kv logs the end of the stop", || {
+        !server.log_lines_with("every request read before the stop was answered").is_empty()
+    });
+    assert!(server.log_lines_with("replies (").is_empty(), "log:\n{}", server.log_text());
+}
+
+#[test]
+fn a_reset_after_every_reply_was_taken_counted_the_fin_as_a_lost_reply_and_held_the_stop() {
+    a_reset_after_every_reply_was_taken_loses_nothing(Door::Text);
+}
+
+#[test]
+fn on_the_resp_door_a_reset_after_every_reply_was_taken_held_the_stop() {
+    a_reset_after_every_reply_was_taken_loses_nothing(Door::Resp);
+}
+
+/// Regression: a client that reset with replies unread while the stop waited for
+/// its acknowledgements held the stop for the whole grace (nothing would ever be
+/// acknowledged again), and the log named its peer `None`. Now the stop goes on at
+/// once, and the log counts the replies' bytes (not kv's FIN) and names the client.
+/// The RESP door counted nothing at all.
+fn a_reset_with_replies_unread_ends_the_wait_and_counts_them(door: Door) {
+    const GETS: usize = 4;
+    let mut server = server_for(door);
+    let stored = store(&server, door, "k", 60_000);
+    let client = connect_with_receive_buffer(stored.addr, SMALL_WINDOW);
+    let client_addr = client.local_addr().unwrap();
+    ask_and_wait_for_every_reply(&client, &stored, GETS);
+    server.signal(libc::SIGTERM);
+    let mut unacked = 0;
+    wait_until("kv closes after its last reply, its FIN behind replies not taken", || {
+        let side = server_side(SocketAddr::V4(stored.addr), client_addr);
+        unacked = side.map_or(0, |(_, unacked)| unacked);
+        side.is_some_and(|(state, unacked)| state == FIN_WAIT1 && unacked > 1)
+    });
+    drop(client);
+    let status = server.wait_for_exit(DEADLINE).expect("kv exits long before the 30 s grace");
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log_text());
+    let needle = format!("closed the connection from Some({client_addr}) at shutdown: about ");
+    wait_until("kv logs the client's lost replies", || !server.log_lines_with(&needle).is_empty());
+    let line = server.log_lines_with(&needle).remove(0);
+    let bytes: u64 = line
+        .split_once(" replies (")
+        .and_then(|(_, rest)| rest.split_once(" bytes)"))
+        .and_then(|(bytes, _)| bytes.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {line:?}"));
+    assert!(
+        bytes >= 1 && bytes < unacked,
+        "{bytes} bytes lost of {unacked} unacknowledged with the FIN: {line}"
+    );
+    assert!(!server.log_lines_with("were lost").is_empty(), "log:\n{}", server.log_text());
+}
+
+#[test]
+fn a_reset_with_replies_unread_held_the_stop_for_the_whole_grace() {
+    a_reset_with_replies_unread_ends_the_wait_and_counts_them(Door::Text);
+}
+
+#[test]
+fn on_the_resp_door_a_reset_with_replies_unread_held_the_stop_and_was_not_counted() {
+    a_reset_with_replies_unread_ends_the_wait_and_counts_them(Door::Resp);
 }
 
 // ---------------------------------------------------------------------------------

@@ -16,7 +16,7 @@
 
 use std::cell::Cell;
 use std::io;
-use std::net::{IpAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -110,6 +110,9 @@ struct Connection<'s> {
     on_probation: bool,
     /// The connection became an event stream (its losses are not replies).
     streaming: bool,
+    /// The client's address and port, taken when the connection starts: after a reset
+    /// the socket no longer knows it. For logs.
+    peer: Option<SocketAddr>,
     /// The client's address, for protected mode, throttling and logs.
     client: Option<IpAddr>,
     /// Protected mode lets this connection in only as a node (`gate::Door`).
@@ -118,10 +121,14 @@ struct Connection<'s> {
     password: Password,
     /// The node's handshake said frames follow it (versions 3 and 4).
     framed_link: bool,
+    /// Reply bytes the client had not acknowledged when the connection closed after
+    /// its last reply (`socket::close_after_last_reply`); `None` until then.
+    undelivered: Option<usize>,
 }
 
 impl<'s> Connection<'s> {
     fn new(stream: Arc<TcpStream>, state: &'s State, seat: &'s Cell<Seat>, inboxes: Inboxes) -> Self {
+        let peer = stream.peer_addr().ok();
         Connection {
             state,
             round: Round::new(&state.workers, inboxes, Forwarder::new(&state.peers)),
@@ -131,10 +138,12 @@ impl<'s> Connection<'s> {
             seat,
             on_probation: seat.get() == Seat::Peer,
             streaming: false,
-            client: stream.peer_addr().ok().map(|addr| addr.ip()),
+            peer,
+            client: peer.map(|addr| addr.ip()),
             nodes_only: false,
             password: Password::new(state),
             framed_link: false,
+            undelivered: None,
             stream,
         }
     }
@@ -199,7 +208,7 @@ impl<'s> Connection<'s> {
             match flow {
                 Flow::Next => {}
                 Flow::Close => {
-                    socket::close_after_last_reply(&self.stream, Instant::now() + socket::CLOSE_DRAIN_TIME);
+                    self.close_after_last_reply(Instant::now() + socket::CLOSE_DRAIN_TIME);
                     return Ok(());
                 }
                 Flow::Stream(handoff) => return self.stream_events(handoff),
@@ -285,7 +294,7 @@ impl<'s> Connection<'s> {
                 warn_limited!(
                     HTTP_GUARD,
                     "closing connection from {:?}: it sent an HTTP request (cross-protocol attack?)",
-                    self.stream.peer_addr().ok()
+                    self.peer
                 );
                 return Ok(Flow::Close);
             }
@@ -603,21 +612,19 @@ impl<'s> Connection<'s> {
     /// Every request read has been answered: close once the client has taken the
     /// replies, or at the end of the shutdown grace.
     fn close_at_stop(&mut self) {
-        socket::close_after_last_reply(&self.stream, self.state.stop_deadline());
+        self.close_after_last_reply(self.state.stop_deadline());
+    }
+
+    /// Closes after the last reply (`socket::close_after_last_reply`), keeping what
+    /// the client had not acknowledged then for [`Connection::count_lost_replies`].
+    fn close_after_last_reply(&mut self, deadline: Instant) {
+        self.undelivered = Some(socket::close_after_last_reply(&self.stream, deadline));
     }
 
     /// At shutdown: logs and counts the replies this client never received.
-    #[cold]
     fn count_lost_replies(&self) {
-        let unsent = sys::unsent_bytes(&self.stream).unwrap_or(0);
-        let lost = self.round.ledger().lost(unsent);
-        if lost > 0 {
-            log::warn!(
-                "closed the connection from {:?} at shutdown: about {lost} replies ({unsent} bytes) not received",
-                self.stream.peer_addr().ok()
-            );
-            self.state.counters.replies_lost.fetch_add(lost, Ordering::SeqCst);
-        }
+        let ledger = self.round.ledger();
+        shutdown::count_lost_replies(self.state, ledger, &self.stream, self.undelivered, self.peer);
     }
 
     /// Flushes the round and writes every reply out.

@@ -20,7 +20,7 @@ mod subscribe;
 mod tooling;
 
 use std::io;
-use std::net::{IpAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -62,6 +62,9 @@ pub(crate) struct RespConnection<'s> {
     /// RESP2 until `HELLO 3`.
     proto: Resp,
     password: Password,
+    /// The client's address and port, taken when the connection starts: after a reset
+    /// the socket no longer knows it. For logs.
+    peer: Option<SocketAddr>,
     client: Option<IpAddr>,
     /// The connection's number, `CLIENT ID` and `HELLO`'s `id`.
     id: u64,
@@ -71,27 +74,45 @@ pub(crate) struct RespConnection<'s> {
     commands: u64,
     /// Scratch for the replies the connection writes itself.
     scratch: Vec<u8>,
+    /// Streaming events (SUBSCRIBE): what is lost then is no reply.
+    streaming: bool,
+    /// Reply bytes the client had not acknowledged when the connection closed after
+    /// its last reply (`socket::close_after_last_reply`); `None` until then.
+    undelivered: Option<usize>,
 }
 
 impl<'s> RespConnection<'s> {
     fn new(stream: Arc<TcpStream>, state: &'s State, id: u64, inboxes: Inboxes) -> Self {
         let mut round = Round::new(&state.workers, inboxes, Forwarder::new(&state.peers));
         round.set_dialect(Dialect::Resp2);
+        let peer = stream.peer_addr().ok();
         RespConnection {
             round,
             state,
             proto: Resp::V2,
             password: Password::new(state),
-            client: stream.peer_addr().ok().map(|addr| addr.ip()),
+            peer,
+            client: peer.map(|addr| addr.ip()),
             id,
             name: None,
             commands: 0,
             scratch: Vec::new(),
+            streaming: false,
+            undelivered: None,
             stream,
         }
     }
 
     fn serve(&mut self) -> io::Result<()> {
+        let served = self.serve_commands();
+        if self.state.is_stopping() && !self.streaming {
+            let ledger = self.round.ledger();
+            shutdown::count_lost_replies(self.state, ledger, &self.stream, self.undelivered, self.peer);
+        }
+        served
+    }
+
+    fn serve_commands(&mut self) -> io::Result<()> {
         if gate::door(self.state, self.client) != Door::Open {
             // Protected mode: the RESP door has no node handshake to let in.
             let reply = gate::refuse_at_door(self.state, self.client);
@@ -130,13 +151,15 @@ impl<'s> RespConnection<'s> {
             match flow {
                 Flow::Next => {}
                 Flow::Close => {
-                    socket::close_after_last_reply(&self.stream, Instant::now() + socket::CLOSE_DRAIN_TIME);
+                    self.close_after_last_reply(Instant::now() + socket::CLOSE_DRAIN_TIME);
                     return Ok(());
                 }
                 Flow::Subscribe(buckets) => {
+                    self.streaming = true;
                     if self.stream_events(&buckets, &mut reader)? {
                         return Ok(());
                     }
+                    self.streaming = false;
                     buffered = true;
                 }
             }
@@ -207,7 +230,13 @@ impl<'s> RespConnection<'s> {
     }
 
     fn close_at_stop(&mut self) {
-        socket::close_after_last_reply(&self.stream, self.state.stop_deadline());
+        self.close_after_last_reply(self.state.stop_deadline());
+    }
+
+    /// Closes after the last reply (`socket::close_after_last_reply`), keeping what
+    /// the client had not acknowledged then for counting lost replies at shutdown.
+    fn close_after_last_reply(&mut self, deadline: Instant) {
+        self.undelivered = Some(socket::close_after_last_reply(&self.stream, deadline));
     }
 
     /// Flushes the round and writes every reply out.

@@ -13,6 +13,8 @@
 //! - [`resp`]: the RESP door: servers with it open, `redis` crate connections in RESP2
 //!   or RESP3, commands framed by hand and reply frames read off a raw connection.
 //! - [`proc`]: what `/proc` says about a process (memory, descriptors, file limits).
+//! - [`tcp`]: a client socket with a small receive buffer, and the server's side of a
+//!   connection as `/proc/net/tcp` lists it (state, unacknowledged bytes).
 //! - [`temp`]: temporary directories, removed when dropped.
 //! - [`lib_paths`]: every `kv::` path below the crate root the tests use, so a move in
 //!   `src/` is a one-line fix there.
@@ -33,6 +35,7 @@ pub mod proc;
 pub mod relay;
 pub mod resp;
 pub mod server;
+pub mod tcp;
 pub mod temp;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
