@@ -431,6 +431,14 @@ fn garbage_after_the_last_record_is_cut_off_and_the_data_loads_intact() {
     let server = serve(&dir, &["--workers", "1"]);
     assert!(!server.log_lines_with("torn").is_empty(), "the cut is logged:\n{}", server.log_text());
     assert_eq!(fs::metadata(&newest).unwrap().len(), good_len, "the garbage is cut off");
+    let mut side = newest.clone().into_os_string();
+    side.push(format!(".torn-{good_len}"));
+    assert_eq!(fs::read(&side).expect("the cut bytes, kept beside the segment"), [0xab; 100]);
+    let cut = server.log_lines_with("torn");
+    assert!(
+        cut.iter().any(|line| line.contains(&*side.to_string_lossy())),
+        "the warning says where: {cut:?}"
+    );
     let mut conn = Conn::connect(server.addr());
     let (buckets, keys) = (names("torn", 1), names("k", 50));
     model.assert_served_by(&mut conn, &buckets, &keys);
@@ -490,6 +498,57 @@ fn damage_mid_log_is_refused_naming_the_file_and_repair_keeps_what_precedes_it()
     stop(server);
     let server = serve(&dir, &["--workers", "1"]);
     before.assert_served_by(&mut Conn::connect(server.addr()), &buckets, &keys);
+}
+
+/// Every file under `dir`, by its path below `dir`, and what it holds: what a refused
+/// start must leave exactly as it was.
+fn contents_under(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    files_ending(dir, "")
+        .into_iter()
+        .map(|path| {
+            let bytes = fs::read(&path).expect("read a data file");
+            (path.strip_prefix(dir).expect("a path under the directory").to_path_buf(), bytes)
+        })
+        .collect()
+}
+
+/// Starts kv with `args` on `dir` expecting a refusal whose stderr holds each of
+/// `words`, and asserts it changed no file.
+fn refused_leaving_all(dir: &TempDir, args: &[&str], words: &[&str]) {
+    let before = contents_under(dir.path());
+    let (status, stderr) = refused(&[&["--data-dir", dir.arg()], args].concat());
+    assert!(!status.success(), "kv started on {:?}", before.keys().collect::<Vec<_>>());
+    for word in words {
+        assert!(stderr.contains(word), "stderr says {word:?}: {stderr}");
+    }
+    let after = contents_under(dir.path());
+    assert!(
+        before == after,
+        "the refused start changed files: {:?} became {:?}",
+        before.keys(),
+        after.keys()
+    );
+}
+
+#[test]
+fn one_flipped_bit_in_a_length_mid_log_is_refused_as_damage_not_cut_off_as_a_torn_tail() {
+    let dir = TempDir::new("length-bit");
+    let mut model = Model::default();
+    let mut lines: Vec<String> = vec!["CREATE l".into()];
+    lines.extend((0..100).map(|i| format!("PUT l k{i} v{i}")));
+    write_and_stop(&dir, &mut model, &lines);
+    let segment = files_ending(dir.path(), ".log").pop().expect("a log file");
+    let mut bytes = fs::read(&segment).unwrap();
+    // Past the 16-byte header, the CREATE's length says where the first PUT starts;
+    // bit 24 of the PUT's length makes it claim 16 MiB more than the file holds.
+    let create_len = u32::from_le_bytes(bytes[20..24].try_into().unwrap()) as usize;
+    let put = 16 + 8 + create_len;
+    bytes[put + 7] ^= 0x01;
+    fs::write(&segment, &bytes).unwrap();
+
+    let name = segment.file_name().unwrap().to_string_lossy().into_owned();
+    refused_leaving_all(&dir, &["--workers", "1"], &[&name, &format!("offset {put}"), "--repair"]);
+    assert_eq!(fs::read(&segment).unwrap(), bytes, "the 99 records after the flipped bit stay");
 }
 
 // ---------------------------------------------------------------------------------

@@ -118,11 +118,13 @@ fn load_file(
     };
     let Some((offset, why, torn)) = damage else { return Ok(bytes.len() as u64) };
     if torn && is_tail {
+        let kept = keep_torn_bytes(&file.path, &bytes, offset)?;
         cut_tail(&file.path, offset)?;
+        let dropped = bytes.len().saturating_sub(offset);
+        let kept = kept.map_or(String::new(), |side| format!(", kept in {}", side.display()));
         warnings.push(format!(
-            "{}: cut off a torn last record at offset {offset} ({} bytes dropped)",
+            "{}: cut off a torn last record at offset {offset} ({dropped} bytes{kept})",
             file.path.display(),
-            bytes.len() - offset
         ));
         return Ok(offset.max(record::HEADER_LEN) as u64);
     }
@@ -139,27 +141,35 @@ fn load_file(
 }
 
 /// Applies every record of `records` to `partition`. Returns where the first bad
-/// record starts, why, and whether it is merely torn (the bytes end inside it).
+/// record starts, why, and whether it is merely torn: the last thing in the file, as a
+/// crash in the middle of a write leaves it.
 fn replay(partition: &mut Partition, records: &[u8]) -> Option<(usize, String, bool)> {
     let mut at = 0;
     while let Some(read) = record::decode(&records[at..]) {
-        match read {
+        let rest = &records[at..];
+        let why = match read {
             Read::Record(op, len) => {
                 apply(partition, op);
                 at += len;
+                continue;
             }
-            Read::Torn => return Some((at, "a record cut short".to_string(), true)),
-            // A bad last record is what a torn write of it can leave too, and so is a
-            // tail of zeros (a file extended but not written before a crash).
-            Read::Damaged(why) => {
-                let rest = &records[at..];
-                let torn = !has_record_after(rest) || rest.iter().all(|&b| b == 0);
-                return Some((at, why, torn));
-            }
-        }
+            Read::Torn => "a record cut short".to_string(),
+            Read::Damaged(why) => why,
+        };
+        // A bad last record is what a torn write of it can leave, and so is a tail of
+        // zeros (a file extended but not written before a crash). A record that
+        // claims more bytes than follow is the last only if no whole record follows
+        // it: one flipped bit in a length must not pass for a crash.
+        let last = !has_record_after(rest) && !record::record_starts_within(&rest[1..], SCAN_BUDGET);
+        let torn = last || rest.iter().all(|&b| b == 0);
+        return Some((at, why, torn));
     }
     None
 }
+
+/// Bytes of checksums [`replay`] may compute looking for a whole record after a bad
+/// one; past it, the bad record is taken for damage, which `--repair` can still mend.
+const SCAN_BUDGET: usize = 256 * 1024 * 1024;
 
 /// True if bytes remain past the end that the damaged record at the start of `bytes`
 /// claims: then it is not the last record, and the damage is not a torn tail.
@@ -182,6 +192,27 @@ pub fn apply(partition: &mut Partition, op: Op<'_>) {
         Op::Delete { bucket, key } => partition.delete(bucket, key),
         Op::Drop { bucket } => partition.drop_bucket(bucket),
     };
+}
+
+/// Writes the bytes of a torn tail, `bytes[offset..]`, to `<segment>.torn-<offset>`
+/// beside it (synced, and the folder too) before the segment is cut: a tail taken for
+/// torn that was not is still there for an operator. Returns the side file's path,
+/// `None` when there is nothing to keep (a segment created empty).
+fn keep_torn_bytes(path: &Path, bytes: &[u8], offset: usize) -> Result<Option<PathBuf>, LoadError> {
+    let tail = bytes.get(offset..).unwrap_or_default();
+    if tail.is_empty() {
+        return Ok(None);
+    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".torn-{offset}"));
+    let side = path.with_file_name(name);
+    fs::write(&side, tail)
+        .and_then(|()| fs::File::open(&side)?.sync_all())
+        .map_err(|error| LoadError::io(&side, error))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir).map_err(|error| LoadError::io(dir, error))?;
+    }
+    Ok(Some(side))
 }
 
 /// Cuts `path` (whose content is `bytes`) back to `offset`, or to a bare header.
@@ -276,5 +307,36 @@ mod tests {
         let (offset, _, torn) = replay(&mut partition, &bytes[record::HEADER_LEN..]).unwrap();
         assert_eq!(offset, 0);
         assert!(!torn);
+    }
+
+    #[test]
+    fn a_flipped_length_bit_mid_file_is_damage_not_a_torn_tail() {
+        let ops: Vec<Op<'_>> = std::iter::once(Op::Create { bucket: b"b" })
+            .chain((0..20).map(|_| Op::Put { bucket: b"b", key: b"k", value: b"value" }))
+            .collect();
+        let whole = segment(&ops);
+        let second = segment(&ops[..1]).len();
+        // Bit 24 claims 16 MiB more than the file holds (read as cut short); bit 31
+        // claims more than any record may (read as damaged): neither is the last record.
+        for bit in [0x01, 0x80] {
+            let mut bytes = whole.clone();
+            bytes[second + 7] ^= bit;
+            let mut partition = Partition::new();
+            let (offset, why, torn) = replay(&mut partition, &bytes[record::HEADER_LEN..]).unwrap();
+            assert_eq!(offset + record::HEADER_LEN, second, "bit {bit:#x}: {why}");
+            assert!(!torn, "bit {bit:#x}: {why} taken for a torn tail, with 19 records after it");
+        }
+    }
+
+    #[test]
+    fn a_big_last_record_cut_short_is_torn_however_much_of_it_is_there() {
+        let value = vec![0x5a; 64 * 1024];
+        let ops = [Op::Create { bucket: b"b" }, Op::Put { bucket: b"b", key: b"k", value: &value }];
+        let whole = segment(&ops);
+        for cut in [whole.len() - 1, whole.len() - 30_000, segment(&ops[..1]).len() + 9] {
+            let mut partition = Partition::new();
+            let (_, _, torn) = replay(&mut partition, &whole[record::HEADER_LEN..cut]).unwrap();
+            assert!(torn, "cut at {cut}");
+        }
     }
 }
