@@ -530,6 +530,46 @@ fn refused_leaving_all(dir: &TempDir, args: &[&str], words: &[&str]) {
     );
 }
 
+/// Buckets `b0`..`b7` with a few keys each, written through `workers` workers (so
+/// every partition has some) and stopped; the model of them.
+fn populate(dir: &TempDir, workers: &str) -> (Model, Vec<String>, Vec<String>) {
+    let (buckets, keys) = (names("b", 8), names("k", 3));
+    let mut lines: Vec<String> = buckets.iter().map(|b| format!("CREATE {b}")).collect();
+    for bucket in &buckets {
+        lines.extend(keys.iter().map(|k| format!("PUT {bucket} {k} {bucket}-{k}")));
+    }
+    let mut model = Model::default();
+    let server = serve(dir, &["--workers", workers]);
+    model.write(&mut Conn::connect(server.addr()), &lines);
+    stop(server);
+    (model, buckets, keys)
+}
+
+#[test]
+fn a_bad_newest_snapshot_is_refused_keeping_the_files_it_would_replace_and_repair_loads_them() {
+    let dir = TempDir::new("bad-snapshot");
+    let (model, buckets, keys) = populate(&dir, "1");
+    let partition = dir.path().join("gen-0001/p000");
+    // A directory where a snapshot should be cannot even be read.
+    fs::create_dir(partition.join("0000000003.snap")).unwrap();
+    refused_leaving_all(&dir, &["--workers", "1"], &["0000000003.snap"]);
+    fs::remove_dir(partition.join("0000000003.snap")).unwrap();
+    // Garbage under a snapshot's name is damage, refused with the segments it would
+    // replace still there...
+    let garbage = partition.join("0000000099.snap");
+    fs::write(&garbage, b"garbage").unwrap();
+    refused_leaving_all(&dir, &["--workers", "1"], &["0000000099.snap", "--repair"]);
+    // ...so that --repair loads them instead, and keeps the garbage aside.
+    let server = serve(&dir, &["--workers", "1", "--repair"]);
+    model.assert_served_by(&mut Conn::connect(server.addr()), &buckets, &keys);
+    assert!(!server.log_lines_with("0000000099.snap.damaged").is_empty(), "{}", server.log_text());
+    stop(server);
+    assert_eq!(fs::read(partition.join("0000000099.snap.damaged")).unwrap(), b"garbage");
+    let server = serve(&dir, &["--workers", "1"]);
+    model.assert_served_by(&mut Conn::connect(server.addr()), &buckets, &keys);
+    stop(server);
+}
+
 #[test]
 fn one_flipped_bit_in_a_length_mid_log_is_refused_as_damage_not_cut_off_as_a_torn_tail() {
     let dir = TempDir::new("length-bit");

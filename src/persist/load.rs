@@ -9,6 +9,7 @@
 //! on with the files after it, whose records are each right about what they name.
 
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use super::record::{self, FileKind, Op, Read};
@@ -24,8 +25,11 @@ pub struct Loaded {
     pub segment_len: u64,
     /// Bytes of every live file.
     pub total: u64,
-    /// Warnings for the log: torn tails cut off, damage repaired, leftovers removed.
+    /// Warnings for the log: torn tails cut off, damage repaired.
     pub warnings: Vec<String>,
+    /// Files the loaded ones replace (see [`files_to_load`]): removed by
+    /// [`remove_leftovers`] once every partition has loaded, never before.
+    pub leftovers: Vec<PathBuf>,
 }
 
 /// One file of a partition's folder.
@@ -36,17 +40,20 @@ struct DataFile {
     path: PathBuf,
 }
 
-/// The snapshot and segments of `dir` to load, in order; removes files a finished
-/// compaction left behind (and unfinished `.tmp` snapshots).
-fn files_to_load(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<DataFile>, LoadError> {
+/// The snapshot and segments of `dir` to load, in order, and the files they replace:
+/// those a finished compaction left behind, and unfinished `.tmp` snapshots. Deletes
+/// nothing: the newest snapshot has not been read yet, and if it turns out damaged the
+/// files it would replace are all that is left.
+fn files_to_load(dir: &Path) -> Result<(Vec<DataFile>, Vec<PathBuf>), LoadError> {
     let mut files = Vec::new();
+    let mut leftovers = Vec::new();
     let entries = fs::read_dir(dir).map_err(|error| LoadError::io(dir, error))?;
     for entry in entries {
         let path = entry.map_err(|error| LoadError::io(dir, error))?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let parsed = super::log::parse_file_name(&name);
-        if parsed.is_none() && name.ends_with(".tmp") {
-            let _ = fs::remove_file(&path);
+        if parsed.is_none() && is_temporary(&name) {
+            leftovers.push(path.clone());
         }
         if let Some((seq, kind)) = parsed {
             files.push(DataFile { seq, kind, path });
@@ -59,26 +66,68 @@ fn files_to_load(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<DataFile>
         Some(snap) if f.kind == FileKind::Snapshot => f.seq == snap,
         Some(snap) => f.seq >= snap,
     });
-    for file in stale {
-        // A compaction published its snapshot and stopped before deleting these.
-        let _ = fs::remove_file(&file.path);
-        warnings.push(format!("removed {}, replaced by a snapshot", file.path.display()));
-    }
+    // A compaction published its snapshot and stopped before deleting these.
+    leftovers.extend(stale.into_iter().map(|file| file.path));
     keep.sort_by_key(|f| (f.seq, f.kind == FileKind::Segment));
-    Ok(keep)
+    Ok((keep, leftovers))
 }
 
-/// Loads the folder of one partition.
+/// Whether `name` is a temporary file kv writes: `<snapshot>.tmp` (a compaction's, left
+/// by a crash or a failure) or `NNNNNNNNNN.tmp` (a repair's). Never anything else.
+fn is_temporary(name: &str) -> bool {
+    name.strip_suffix(".tmp").is_some_and(|stem| {
+        super::log::parse_file_name(stem).is_some()
+            || (!stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// Removes the files loading found replaced, once every partition has loaded; returns
+/// a warning for each removal (and each that failed).
+pub fn remove_leftovers(leftovers: &[PathBuf]) -> Vec<String> {
+    leftovers
+        .iter()
+        .map(|path| match fs::remove_file(path) {
+            Ok(()) => format!("removed {}, replaced by a snapshot", path.display()),
+            Err(error) => format!("could not remove {}, replaced by a snapshot: {error}", path.display()),
+        })
+        .collect()
+}
+
+/// Most damaged snapshots `--repair` falls back from in one partition.
+const MAX_FALLBACKS: usize = 64;
+
+/// Loads the folder of one partition. Writes only to cut a torn tail (its bytes kept
+/// aside), to repair when asked, or to start a first segment; deletes nothing.
 pub fn load_partition(dir: &Path, repair: bool) -> Result<Loaded, LoadError> {
     let mut warnings = Vec::new();
-    let files = files_to_load(dir, &mut warnings)?;
+    // Each round that does not finish moved a damaged snapshot aside, so the next one
+    // finds one fewer.
+    for _ in 0..MAX_FALLBACKS {
+        if let Some(loaded) = load_once(dir, repair, &mut warnings)? {
+            return Ok(loaded);
+        }
+    }
+    Err(LoadError::io(dir, io::Error::other("too many damaged snapshots to fall back from")))
+}
+
+/// One attempt at loading `dir`; `None` when `--repair` moved a damaged snapshot aside
+/// and the folder must be read again, to load the older files it would have replaced.
+fn load_once(dir: &Path, repair: bool, warnings: &mut Vec<String>) -> Result<Option<Loaded>, LoadError> {
+    let (files, leftovers) = files_to_load(dir)?;
+    warn_of_gaps(dir, &files, warnings);
+    // Older files the snapshot replaces are still there: if it is damaged, they are
+    // a better repair than the part of it before the damage.
+    let older = leftovers.iter().any(|path| is_data_file(path));
     let mut partition = Partition::new();
     let mut total = 0;
     let newest_segment = files.iter().filter(|f| f.kind == FileKind::Segment).map(|f| f.seq).max();
     let mut segment_len = 0;
     for file in &files {
         let is_tail = file.kind == FileKind::Segment && Some(file.seq) == newest_segment;
-        let len = load_file(&mut partition, file, is_tail, repair, &mut warnings)?;
+        let fall_back = older && file.kind == FileKind::Snapshot;
+        let Some(len) = load_file(&mut partition, file, is_tail, (repair, fall_back), warnings)? else {
+            return Ok(None);
+        };
         total += len;
         if is_tail {
             segment_len = len;
@@ -87,25 +136,52 @@ pub fn load_partition(dir: &Path, repair: bool) -> Result<Loaded, LoadError> {
     let segment = match newest_segment {
         Some(seq) => seq,
         None => {
-            // A new partition, or one whose every segment a compaction replaced.
-            let next = files.iter().map(|f| f.seq).max().unwrap_or(0) + 1;
+            // A new partition (segment 1), or one whose segments are gone: the one a
+            // snapshot's number names comes next after it.
+            let next = files.iter().map(|f| f.seq).max().unwrap_or(1);
             drop(super::log::create_segment(dir, next).map_err(|error| LoadError::io(dir, error))?);
             segment_len = record::HEADER_LEN as u64;
             total += segment_len;
             next
         }
     };
-    Ok(Loaded { partition, segment, segment_len, total, warnings })
+    let warnings = std::mem::take(warnings);
+    Ok(Some(Loaded { partition, segment, segment_len, total, warnings, leftovers }))
+}
+
+fn is_data_file(path: &Path) -> bool {
+    path.file_name().and_then(|name| name.to_str()).and_then(super::log::parse_file_name).is_some()
+}
+
+/// Warns when the segments to load skip a number: each compaction or rotation starts
+/// the next one, so a gap is a file lost, whose records the load goes on without.
+fn warn_of_gaps(dir: &Path, files: &[DataFile], warnings: &mut Vec<String>) {
+    let mut expected = files.first().map(|f| f.seq);
+    for file in files.iter().filter(|f| f.kind == FileKind::Segment) {
+        if let Some(next) = expected
+            && file.seq > next
+        {
+            warnings.push(format!(
+                "{}: segment(s) {next} to {} are missing; loading goes on without them",
+                dir.display(),
+                file.seq - 1
+            ));
+        }
+        expected = Some(file.seq + 1);
+    }
 }
 
 /// Replays one file into `partition`; returns its good length.
+///
+/// `repair` is `--repair`; with it and `fall_back`, a damaged snapshot is moved aside
+/// whole and `None` returned, for the caller to load the older files instead.
 fn load_file(
     partition: &mut Partition,
     file: &DataFile,
     is_tail: bool,
-    repair: bool,
+    (repair, fall_back): (bool, bool),
     warnings: &mut Vec<String>,
-) -> Result<u64, LoadError> {
+) -> Result<Option<u64>, LoadError> {
     let bytes = fs::read(&file.path).map_err(|error| LoadError::io(&file.path, error))?;
     let damage = match record::check_header(&bytes, file.kind) {
         Err(_) if is_tail && bytes.len() < record::HEADER_LEN => {
@@ -116,7 +192,7 @@ fn load_file(
         Ok(()) => replay(partition, &bytes[record::HEADER_LEN..])
             .map(|(offset, why, torn)| (offset + record::HEADER_LEN, why, torn)),
     };
-    let Some((offset, why, torn)) = damage else { return Ok(bytes.len() as u64) };
+    let Some((offset, why, torn)) = damage else { return Ok(Some(bytes.len() as u64)) };
     if torn && is_tail {
         let kept = keep_torn_bytes(&file.path, &bytes, offset)?;
         cut_tail(&file.path, offset)?;
@@ -126,18 +202,27 @@ fn load_file(
             "{}: cut off a torn last record at offset {offset} ({dropped} bytes{kept})",
             file.path.display(),
         ));
-        return Ok(offset.max(record::HEADER_LEN) as u64);
+        return Ok(Some(offset.max(record::HEADER_LEN) as u64));
     }
     if !repair {
         return Err(LoadError::Damaged { path: file.path.clone(), offset: offset as u64, why });
     }
-    move_aside_keeping(&file.path, &bytes, offset, file.kind)?;
+    if fall_back {
+        let aside = move_aside(&file.path)?;
+        warnings.push(format!(
+            "{}: {why} at offset {offset}; moved it to {} and loaded the older files it replaced",
+            file.path.display(),
+            aside.display()
+        ));
+        return Ok(None);
+    }
+    let aside = move_aside_keeping(&file.path, &bytes, offset, file.kind)?;
     warnings.push(format!(
         "{}: {why} at offset {offset}; kept the {offset} bytes before it, moved the damaged file to {}",
         file.path.display(),
-        aside_path(&file.path).display()
+        aside.display()
     ));
-    Ok(offset.max(record::HEADER_LEN) as u64)
+    Ok(Some(offset.max(record::HEADER_LEN) as u64))
 }
 
 /// Applies every record of `records` to `partition`. Returns where the first bad
@@ -228,17 +313,35 @@ fn cut_tail(path: &Path, offset: usize) -> Result<(), LoadError> {
     file.sync_all().map_err(|error| LoadError::io(path, error))
 }
 
-fn aside_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".damaged");
-    path.with_file_name(name)
+/// `<file>.damaged`, or `<file>.damaged-<n>` if an earlier repair took that name.
+fn aside_path(path: &Path) -> Result<PathBuf, LoadError> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    (0..1000)
+        .map(|n| if n == 0 { format!("{name}.damaged") } else { format!("{name}.damaged-{n}") })
+        .map(|aside| path.with_file_name(aside))
+        .find(|aside| !aside.exists())
+        .ok_or_else(|| LoadError::io(path, io::Error::other("a thousand damaged copies are already aside")))
+}
+
+/// `--repair`: renames a damaged file aside (never over an earlier one); returns where.
+fn move_aside(path: &Path) -> Result<PathBuf, LoadError> {
+    let aside = aside_path(path)?;
+    fs::rename(path, &aside).map_err(|error| LoadError::io(path, error))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir).map_err(|error| LoadError::io(dir, error))?;
+    }
+    Ok(aside)
 }
 
 /// `--repair`: moves the damaged file aside and writes what preceded the damage back
-/// under its name.
-fn move_aside_keeping(path: &Path, bytes: &[u8], offset: usize, kind: FileKind) -> Result<(), LoadError> {
-    let aside = aside_path(path);
-    fs::rename(path, &aside).map_err(|error| LoadError::io(path, error))?;
+/// under its name; returns where the damaged file went.
+fn move_aside_keeping(
+    path: &Path,
+    bytes: &[u8],
+    offset: usize,
+    kind: FileKind,
+) -> Result<PathBuf, LoadError> {
+    let aside = move_aside(path)?;
     let mut kept = bytes[..offset.max(record::HEADER_LEN).min(bytes.len())].to_vec();
     if kept.len() < record::HEADER_LEN {
         kept = record::header(kind).to_vec();
@@ -250,7 +353,7 @@ fn move_aside_keeping(path: &Path, bytes: &[u8], offset: usize, kind: FileKind) 
     if let Some(dir) = path.parent() {
         sync_dir(dir).map_err(|error| LoadError::io(dir, error))?;
     }
-    Ok(())
+    Ok(aside)
 }
 
 #[cfg(test)]

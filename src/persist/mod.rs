@@ -177,6 +177,10 @@ pub fn open(
     let (generation, stored) = current_generation(root, partitions, config.seed)?;
     let gen_dir = root.join(&generation);
     let loaded = load_all(&gen_dir, stored, config.repair)?;
+    // Only now, with every partition loaded, is anything the live data replaces removed.
+    for warning in load::remove_leftovers(&loaded.leftovers) {
+        ::log::warn!("{warning}");
+    }
     let mut placed: Vec<Partition> = (0..partitions).map(|_| Partition::new()).collect();
     let moved = place_buckets(root, loaded.partitions, stored == partitions, place, &mut placed)?;
     let logs = if moved {
@@ -330,6 +334,8 @@ impl Tail {
 struct LoadedAll {
     partitions: Vec<Partition>,
     tails: Vec<Tail>,
+    /// Files the loaded ones replace, for [`load::remove_leftovers`].
+    leftovers: Vec<PathBuf>,
 }
 
 /// Loads every partition of a generation, in parallel.
@@ -353,7 +359,7 @@ fn load_all(gen_dir: &Path, partitions: usize, repair: bool) -> Result<LoadedAll
             })
             .collect()
     });
-    let mut all = LoadedAll { partitions: Vec::new(), tails: Vec::new() };
+    let mut all = LoadedAll { partitions: Vec::new(), tails: Vec::new(), leftovers: Vec::new() };
     for result in results {
         let loaded = result?;
         for warning in &loaded.warnings {
@@ -365,6 +371,7 @@ fn load_all(gen_dir: &Path, partitions: usize, repair: bool) -> Result<LoadedAll
             total: loaded.total,
         });
         all.partitions.push(loaded.partition);
+        all.leftovers.extend(loaded.leftovers);
     }
     Ok(all)
 }
