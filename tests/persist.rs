@@ -546,6 +546,61 @@ fn populate(dir: &TempDir, workers: &str) -> (Model, Vec<String>, Vec<String>) {
 }
 
 #[test]
+fn a_current_that_names_no_generation_here_is_refused_and_nothing_is_deleted() {
+    let dir = TempDir::new("current");
+    let (model, buckets, keys) = populate(&dir, "2");
+    let current = dir.path().join("CURRENT");
+    assert_eq!(fs::read_to_string(&current).unwrap(), "gen-0001\n");
+    // One digit wrong, cut short, emptied, and a path out of the directory.
+    for damaged in ["gen-0002\n", "gen-000", "", "../gen-0001\n"] {
+        fs::write(&current, damaged).unwrap();
+        refused_leaving_all(&dir, &["--workers", "2"], &["CURRENT", "gen-0001", "nothing was"]);
+    }
+    // The operator writes the right name back: everything is there.
+    fs::write(&current, "gen-0001\n").unwrap();
+    let server = serve(&dir, &["--workers", "2"]);
+    model.assert_served_by(&mut Conn::connect(server.addr()), &buckets, &keys);
+    stop(server);
+}
+
+/// Copies the files of folder `from` to `to`, sub-folders too.
+fn copy_folder(from: &Path, to: &Path) {
+    for (path, bytes) in contents_under(from) {
+        let target = to.join(path);
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        fs::write(target, bytes).unwrap();
+    }
+}
+
+#[test]
+fn only_files_and_generations_named_as_kv_names_them_are_removed_and_each_removal_is_logged() {
+    let dir = TempDir::new("leftovers");
+    let (model, buckets, keys) = populate(&dir, "1");
+    let root = dir.path();
+    // An operator's copies, and what kv itself leaves: a switch to another generation
+    // that never finished, and a compaction's unfinished snapshot.
+    copy_folder(&root.join("gen-0001"), &root.join("gen-0001.bak"));
+    copy_folder(&root.join("gen-0001"), &root.join("gen-7"));
+    copy_folder(&root.join("gen-0001"), &root.join("gen-0002"));
+    let partition = root.join("gen-0001/p000");
+    fs::write(partition.join("0000000009.snap.tmp"), b"half a snapshot").unwrap();
+    fs::write(partition.join("notes.tmp"), b"an operator's").unwrap();
+    let kept = contents_under(&root.join("gen-0001.bak"));
+
+    let server = serve(&dir, &["--workers", "1"]);
+    model.assert_served_by(&mut Conn::connect(server.addr()), &buckets, &keys);
+    assert!(!root.join("gen-0002").exists(), "the unfinished generation is removed");
+    let removed = server.log_lines_with("removed");
+    assert!(removed.iter().any(|line| line.contains("gen-0002")), "its removal is logged: {removed:?}");
+    assert!(!partition.join("0000000009.snap.tmp").exists(), "the unfinished snapshot is removed");
+    assert!(removed.iter().any(|line| line.contains("0000000009.snap.tmp")), "logged: {removed:?}");
+    assert_eq!(contents_under(&root.join("gen-0001.bak")), kept, "the backup copy is left as it was");
+    assert!(root.join("gen-7").is_dir(), "a name kv does not give is left alone");
+    assert!(partition.join("notes.tmp").exists(), "a .tmp kv does not write is left alone");
+    stop(server);
+}
+
+#[test]
 fn a_bad_newest_snapshot_is_refused_keeping_the_files_it_would_replace_and_repair_loads_them() {
     let dir = TempDir::new("bad-snapshot");
     let (model, buckets, keys) = populate(&dir, "1");
