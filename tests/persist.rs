@@ -601,6 +601,32 @@ fn only_files_and_generations_named_as_kv_names_them_are_removed_and_each_remova
 }
 
 #[test]
+fn partition_folders_that_disagree_with_the_manifest_are_refused_and_nothing_is_deleted() {
+    let dir = TempDir::new("manifest");
+    let (model, buckets, keys) = populate(&dir, "2");
+    let generation = dir.path().join("gen-0001");
+    let manifest = generation.join("MANIFEST");
+    let original = fs::read_to_string(&manifest).unwrap();
+    assert!(original.contains("partitions 2\n"), "{original}");
+    // Fewer than there are would leave p001 unloaded; more would load an empty p002.
+    for (count, named) in [("1", "p001"), ("3", "p002")] {
+        fs::write(&manifest, original.replace("partitions 2", &format!("partitions {count}"))).unwrap();
+        for workers in ["1", "2"] {
+            refused_leaving_all(&dir, &["--workers", workers], &["MANIFEST", named, "nothing was"]);
+        }
+    }
+    fs::write(&manifest, &original).unwrap();
+    // A partition folder gone is refused too, not loaded as empty.
+    fs::rename(generation.join("p001"), generation.join("p001.moved")).unwrap();
+    refused_leaving_all(&dir, &["--workers", "2"], &["MANIFEST", "p001 is missing"]);
+    fs::rename(generation.join("p001.moved"), generation.join("p001")).unwrap();
+
+    let server = serve(&dir, &["--workers", "2"]);
+    model.assert_served_by(&mut Conn::connect(server.addr()), &buckets, &keys);
+    stop(server);
+}
+
+#[test]
 fn a_bad_newest_snapshot_is_refused_keeping_the_files_it_would_replace_and_repair_loads_them() {
     let dir = TempDir::new("bad-snapshot");
     let (model, buckets, keys) = populate(&dir, "1");

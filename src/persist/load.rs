@@ -30,6 +30,8 @@ pub struct Loaded {
     /// Files the loaded ones replace (see [`files_to_load`]): removed by
     /// [`remove_leftovers`] once every partition has loaded, never before.
     pub leftovers: Vec<PathBuf>,
+    /// Whether the folder held a snapshot or segment before loading.
+    pub found_files: bool,
 }
 
 /// One file of a partition's folder.
@@ -146,7 +148,8 @@ fn load_once(dir: &Path, repair: bool, warnings: &mut Vec<String>) -> Result<Opt
         }
     };
     let warnings = std::mem::take(warnings);
-    Ok(Some(Loaded { partition, segment, segment_len, total, warnings, leftovers }))
+    let found_files = !files.is_empty();
+    Ok(Some(Loaded { partition, segment, segment_len, total, warnings, leftovers, found_files }))
 }
 
 fn is_data_file(path: &Path) -> bool {

@@ -238,9 +238,9 @@ fn generation_name(number: u64) -> String {
 }
 
 /// The live generation's name and partition count, creating the first one for a new
-/// directory. Deletes nothing: a `CURRENT` that names no generation here, or a
-/// manifest that cannot be read, stops kv with the file to look at, every generation
-/// left as it was.
+/// directory. Deletes nothing: a `CURRENT` that names no generation here, a manifest
+/// that cannot be read, or partition folders that do not match the manifest stop kv
+/// with the file to look at, every generation left as it was.
 fn current_generation(root: &Path, partitions: usize, seed: u64) -> Result<(String, usize), LoadError> {
     let current = root.join("CURRENT");
     let generation = match fs::read_to_string(&current) {
@@ -266,6 +266,7 @@ fn current_generation(root: &Path, partitions: usize, seed: u64) -> Result<(Stri
     check_named_generation(root, &current, &generation)?;
     let manifest = root.join(&generation).join("MANIFEST");
     let stored = read_manifest(&manifest)?;
+    check_partition_dirs(&root.join(&generation), &manifest, stored)?;
     Ok((generation, stored))
 }
 
@@ -302,6 +303,45 @@ fn read_manifest(manifest: &Path) -> Result<usize, LoadError> {
         path: manifest.to_path_buf(),
         why: "not a kv manifest of this version".into(),
     })
+}
+
+/// Checks that the partition folders of `gen_dir` (named as [`partition_name`] names
+/// them) are exactly `p000` up to the manifest's count: a count that says fewer would
+/// leave some unloaded, one that says more would load empty partitions in their place.
+fn check_partition_dirs(gen_dir: &Path, manifest: &Path, stored: usize) -> Result<(), LoadError> {
+    let entries = fs::read_dir(gen_dir).map_err(|error| LoadError::io(gen_dir, error))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|error| LoadError::io(gen_dir, error))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(p) = partition_number(&name) {
+            found.push(p);
+        }
+    }
+    found.sort_unstable();
+    let extra: Vec<String> = found.iter().filter(|&&p| p >= stored).map(|&p| partition_name(p)).collect();
+    let missing: Vec<String> =
+        (0..stored).filter(|p| found.binary_search(p).is_err()).take(10).map(partition_name).collect();
+    if extra.is_empty() && missing.is_empty() {
+        return Ok(());
+    }
+    let mut why = format!("says {stored} partition(s), but");
+    if !missing.is_empty() {
+        why.push_str(&format!(" {} is missing", missing.join(", ")));
+    }
+    if !extra.is_empty() {
+        let and = if missing.is_empty() { "" } else { " and" };
+        why.push_str(&format!("{and} {} is there too", extra.join(", ")));
+    }
+    why.push_str("; nothing was loaded or deleted. Correct the manifest or the folders to match");
+    Err(LoadError::Manifest { path: manifest.to_path_buf(), why })
+}
+
+/// The number of a partition folder named as [`partition_name`] names them.
+fn partition_number(name: &str) -> Option<usize> {
+    let digits = name.strip_prefix('p')?;
+    let number: usize = digits.bytes().all(|b| b.is_ascii_digit()).then(|| digits.parse().ok())??;
+    (partition_name(number) == name).then_some(number)
 }
 
 /// The name of some generation folder in `root`, if there is one.
@@ -401,10 +441,7 @@ fn load_all(gen_dir: &Path, partitions: usize, repair: bool) -> Result<LoadedAll
         let handles: Vec<_> = (0..partitions)
             .map(|p| {
                 let dir = partition_dir(gen_dir, p);
-                scope.spawn(move || {
-                    fs::create_dir_all(&dir).map_err(|error| LoadError::io(&dir, error))?;
-                    load::load_partition(&dir, repair)
-                })
+                scope.spawn(move || load::load_partition(&dir, repair))
             })
             .collect();
         handles
@@ -417,8 +454,12 @@ fn load_all(gen_dir: &Path, partitions: usize, repair: bool) -> Result<LoadedAll
             .collect()
     });
     let mut all = LoadedAll { partitions: Vec::new(), tails: Vec::new(), leftovers: Vec::new() };
-    for result in results {
+    let mut empty = Vec::new();
+    for (p, result) in results.into_iter().enumerate() {
         let loaded = result?;
+        if !loaded.found_files {
+            empty.push(partition_dir(gen_dir, p).display().to_string());
+        }
         for warning in &loaded.warnings {
             ::log::warn!("{warning}");
         }
@@ -429,6 +470,11 @@ fn load_all(gen_dir: &Path, partitions: usize, repair: bool) -> Result<LoadedAll
         });
         all.partitions.push(loaded.partition);
         all.leftovers.extend(loaded.leftovers);
+    }
+    if !empty.is_empty() && empty.len() < partitions {
+        // Every partition gets a segment at its first load: one without any, beside
+        // others with theirs, lost its files.
+        ::log::warn!("{} held no data files, though other partitions of it do", empty.join(", "));
     }
     Ok(all)
 }
