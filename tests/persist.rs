@@ -7,7 +7,10 @@
 //! for writes acknowledged more than 3 s before the kill); a torn tail cut off; damage
 //! in the middle of a log refused, then repaired with `--repair`; compaction under
 //! concurrent overwrites keeping the directory small and losing nothing, also across a
-//! `kill -9`; `--workers` changed between runs; a directory in use, a file for a
+//! `kill -9`; a flipped length bit mid-log refused, not cut; a damaged `CURRENT`, a
+//! manifest that disagrees with its partition folders and a bad newest snapshot each
+//! refused with no file changed (and the snapshot's older files loaded by `--repair`);
+//! only generations and leftovers kv names removed at start, each logged; `--workers` changed between runs; a directory in use, a file for a
 //! directory and an unknown `--fsync` refused; a write the disk refuses (a file-size
 //! limit) answered with an error while reads go on, and writes working again once the
 //! limit is raised; a two-node cluster whose owner restarts; a worker crash in the

@@ -2,11 +2,17 @@
 //! begun since, in order.
 //!
 //! A torn tail (the newest segment ending inside a record, or in a record whose
-//! checksum fails) is what a crash mid-write leaves: it is cut off with a warning, as
-//! Redis's `aof-load-truncated` does. Damage anywhere else is refused, naming the file
-//! and offset, unless the operator asked to repair: then what precedes the damage in
-//! that file is kept, the damaged file is moved aside (never deleted), and loading goes
-//! on with the files after it, whose records are each right about what they name.
+//! checksum fails, with no whole record anywhere after it) is what a crash mid-write
+//! leaves: it is cut off with a warning, as Redis's `aof-load-truncated` does, and the
+//! bytes cut off are kept in `<segment>.torn-<offset>`. Damage anywhere else is
+//! refused, naming the file and offset, unless the operator asked to repair: then what
+//! precedes the damage in that file is kept, the damaged file is moved aside (never
+//! deleted), and loading goes on with the files after it, whose records are each right
+//! about what they name. A damaged snapshot whose older files are still there is moved
+//! aside whole, and those files loaded instead.
+//!
+//! Loading deletes nothing: the files a snapshot replaces are only listed, and removed
+//! by the caller once every partition has loaded.
 
 use std::fs;
 use std::io;

@@ -17,6 +17,10 @@
 //! DIR/foreign/NNNNNNNNNN.snap    buckets this node no longer owns, kept, never loaded
 //! ```
 //!
+//! Opening deletes nothing until the generation `CURRENT` names is there, its manifest
+//! matches its partition folders and every partition has loaded; then it removes what
+//! the loaded data replaces, and only files and generations named as kv names them.
+//!
 //! A generation fixes the number of partitions. Started with another `--workers`, kv
 //! loads the old generation, moves every bucket to its new owner, writes a snapshot of
 //! each new partition into a new generation, and switches `CURRENT` to it: one rename.
