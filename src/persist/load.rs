@@ -162,21 +162,25 @@ fn is_data_file(path: &Path) -> bool {
     path.file_name().and_then(|name| name.to_str()).and_then(super::log::parse_file_name).is_some()
 }
 
-/// Warns when the segments to load skip a number: each compaction or rotation starts
-/// the next one, so a gap is a file lost, whose records the load goes on without.
+/// Warns when the segments to load do not run on without a gap from where they must
+/// start: segment 1 for a partition without a snapshot, segment N after snapshot N
+/// (compaction starts it before writing the snapshot). A gap is a file lost, and the
+/// load goes on without its records.
 fn warn_of_gaps(dir: &Path, files: &[DataFile], warnings: &mut Vec<String>) {
-    let mut expected = files.first().map(|f| f.seq);
+    let Some(first) = files.first() else { return };
+    let mut expected = if first.kind == FileKind::Snapshot { first.seq } else { 1 };
+    let mut missing = Vec::new();
     for file in files.iter().filter(|f| f.kind == FileKind::Segment) {
-        if let Some(next) = expected
-            && file.seq > next
-        {
-            warnings.push(format!(
-                "{}: segment(s) {next} to {} are missing; loading goes on without them",
-                dir.display(),
-                file.seq - 1
-            ));
+        if file.seq > expected {
+            missing.push(format!("{expected} to {}", file.seq - 1));
         }
-        expected = Some(file.seq + 1);
+        expected = file.seq + 1;
+    }
+    if first.kind == FileKind::Snapshot && expected == first.seq {
+        missing.push(format!("{expected}, the one after the snapshot,"));
+    }
+    for gap in missing {
+        warnings.push(format!("{}: segment(s) {gap} missing; loading goes on without them", dir.display()));
     }
 }
 
@@ -449,6 +453,32 @@ mod tests {
             let mut partition = Partition::new();
             let (_, _, torn) = replay(&mut partition, &whole[record::HEADER_LEN..cut]).unwrap();
             assert!(torn, "cut at {cut}");
+        }
+    }
+
+    fn gaps_in(files: &[(u64, FileKind)]) -> Vec<String> {
+        let files: Vec<DataFile> =
+            files.iter().map(|&(seq, kind)| DataFile { seq, kind, path: PathBuf::new() }).collect();
+        let mut warnings = Vec::new();
+        warn_of_gaps(Path::new("p"), &files, &mut warnings);
+        warnings
+    }
+
+    #[test]
+    fn segments_missing_before_after_or_between_are_warned_of() {
+        use FileKind::{Segment as Log, Snapshot as Snap};
+        for whole in [&[][..], &[(1, Log)], &[(1, Log), (2, Log)], &[(2, Snap), (2, Log), (3, Log)]] {
+            assert_eq!(gaps_in(whole), Vec::<String>::new(), "{whole:?}");
+        }
+        let gappy: [(&[(u64, FileKind)], &str); 4] = [
+            (&[(3, Log)], "segment(s) 1 to 2 missing"),
+            (&[(1, Log), (4, Log)], "segment(s) 2 to 3 missing"),
+            (&[(2, Snap), (3, Log)], "segment(s) 2 to 2 missing"),
+            (&[(2, Snap)], "segment(s) 2, the one after the snapshot, missing"),
+        ];
+        for (files, said) in gappy {
+            let warnings = gaps_in(files);
+            assert!(warnings.len() == 1 && warnings[0].contains(said), "{files:?}: {warnings:?}");
         }
     }
 }
