@@ -251,7 +251,7 @@ fn replay(partition: &mut Partition, records: &[u8]) -> Option<(usize, String, b
                 at += len;
                 continue;
             }
-            Read::Torn => "a record cut short".to_string(),
+            Read::Torn => "a record longer than the rest of the file".to_string(),
             Read::Damaged(why) => why,
         };
         // A bad last record is what a torn write of it can leave, and so is a tail of
@@ -260,6 +260,7 @@ fn replay(partition: &mut Partition, records: &[u8]) -> Option<(usize, String, b
         // it: one flipped bit in a length must not pass for a crash.
         let last = !has_record_after(rest) && !record::record_starts_within(&rest[1..], SCAN_BUDGET);
         let torn = last || rest.iter().all(|&b| b == 0);
+        let why = if torn { why } else { format!("{why}, with whole records after it") };
         return Some((at, why, torn));
     }
     None
