@@ -70,8 +70,8 @@ impl Housekeeping {
         Ok(Housekeeping { stop: Some(stop_tx), stopping, threads })
     }
 
-    /// Stops every thread (a compaction under way is abandoned, its files left as
-    /// they were) and waits for them.
+    /// Stops every thread (a compaction under way is abandoned: its unfinished
+    /// snapshot is removed, every other file left as it was) and waits for them.
     pub fn stop(&mut self) {
         self.stopping.store(true, Ordering::Relaxed);
         self.stop.take();
@@ -183,7 +183,8 @@ fn needs_compaction(worker: &WorkerShared, compact_min: u64) -> bool {
 }
 
 /// One compaction of `worker`'s partition. Ok(false): abandoned because the server
-/// is stopping.
+/// is stopping. On an error or an abandon the snapshot's temporary file is removed
+/// (`SnapshotWriter` does it when dropped), so retries do not fill the disk.
 fn compact(worker: &WorkerShared, stopping: &AtomicBool) -> io::Result<bool> {
     // Synced first, so that the sync `rotate` makes under the lock has little left.
     worker.sync_now();

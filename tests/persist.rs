@@ -7,7 +7,10 @@
 //! for writes acknowledged more than 3 s before the kill); a torn tail cut off; damage
 //! in the middle of a log refused, then repaired with `--repair`; compaction under
 //! concurrent overwrites keeping the directory small and losing nothing, also across a
-//! `kill -9`; `--workers` changed between runs; a directory in use, a file for a
+//! `kill -9`; a flipped length bit mid-log refused, not cut; a damaged `CURRENT`, a
+//! manifest that disagrees with its partition folders and a bad newest snapshot each
+//! refused with no file changed (and the snapshot's older files loaded by `--repair`);
+//! only generations and leftovers kv names removed at start, each logged; `--workers` changed between runs; a directory in use, a file for a
 //! directory and an unknown `--fsync` refused; a write the disk refuses (a file-size
 //! limit) answered with an error while reads go on, and writes working again once the
 //! limit is raised; a two-node cluster whose owner restarts; a worker crash in the
@@ -431,6 +434,14 @@ fn garbage_after_the_last_record_is_cut_off_and_the_data_loads_intact() {
     let server = serve(&dir, &["--workers", "1"]);
     assert!(!server.log_lines_with("torn").is_empty(), "the cut is logged:\n{}", server.log_text());
     assert_eq!(fs::metadata(&newest).unwrap().len(), good_len, "the garbage is cut off");
+    let mut side = newest.clone().into_os_string();
+    side.push(format!(".torn-{good_len}"));
+    assert_eq!(fs::read(&side).expect("the cut bytes, kept beside the segment"), [0xab; 100]);
+    let cut = server.log_lines_with("torn");
+    assert!(
+        cut.iter().any(|line| line.contains(&*side.to_string_lossy())),
+        "the warning says where: {cut:?}"
+    );
     let mut conn = Conn::connect(server.addr());
     let (buckets, keys) = (names("torn", 1), names("k", 50));
     model.assert_served_by(&mut conn, &buckets, &keys);
@@ -490,6 +501,178 @@ fn damage_mid_log_is_refused_naming_the_file_and_repair_keeps_what_precedes_it()
     stop(server);
     let server = serve(&dir, &["--workers", "1"]);
     before.assert_served_by(&mut Conn::connect(server.addr()), &buckets, &keys);
+}
+
+/// Every file under `dir`, by its path below `dir`, and what it holds: what a refused
+/// start must leave exactly as it was.
+fn contents_under(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    files_ending(dir, "")
+        .into_iter()
+        .map(|path| {
+            let bytes = fs::read(&path).expect("read a data file");
+            (path.strip_prefix(dir).expect("a path under the directory").to_path_buf(), bytes)
+        })
+        .collect()
+}
+
+/// Starts kv with `args` on `dir` expecting a refusal whose stderr holds each of
+/// `words`, and asserts it changed no file.
+fn refused_leaving_all(dir: &TempDir, args: &[&str], words: &[&str]) {
+    let before = contents_under(dir.path());
+    let (status, stderr) = refused(&[&["--data-dir", dir.arg()], args].concat());
+    assert!(!status.success(), "kv started on {:?}", before.keys().collect::<Vec<_>>());
+    for word in words {
+        assert!(stderr.contains(word), "stderr says {word:?}: {stderr}");
+    }
+    let after = contents_under(dir.path());
+    assert!(
+        before == after,
+        "the refused start changed files: {:?} became {:?}",
+        before.keys(),
+        after.keys()
+    );
+}
+
+/// Buckets `b0`..`b7` with a few keys each, written through `workers` workers (so
+/// every partition has some) and stopped; the model of them.
+fn populate(dir: &TempDir, workers: &str) -> (Model, Vec<String>, Vec<String>) {
+    let (buckets, keys) = (names("b", 8), names("k", 3));
+    let mut lines: Vec<String> = buckets.iter().map(|b| format!("CREATE {b}")).collect();
+    for bucket in &buckets {
+        lines.extend(keys.iter().map(|k| format!("PUT {bucket} {k} {bucket}-{k}")));
+    }
+    let mut model = Model::default();
+    let server = serve(dir, &["--workers", workers]);
+    model.write(&mut Conn::connect(server.addr()), &lines);
+    stop(server);
+    (model, buckets, keys)
+}
+
+#[test]
+fn a_current_that_names_no_generation_here_is_refused_and_nothing_is_deleted() {
+    let dir = TempDir::new("current");
+    let (model, buckets, keys) = populate(&dir, "2");
+    let current = dir.path().join("CURRENT");
+    assert_eq!(fs::read_to_string(&current).unwrap(), "gen-0001\n");
+    // One digit wrong, cut short, emptied, and a path out of the directory.
+    for damaged in ["gen-0002\n", "gen-000", "", "../gen-0001\n"] {
+        fs::write(&current, damaged).unwrap();
+        refused_leaving_all(&dir, &["--workers", "2"], &["CURRENT", "gen-0001", "nothing was"]);
+    }
+    // The operator writes the right name back: everything is there.
+    fs::write(&current, "gen-0001\n").unwrap();
+    let server = serve(&dir, &["--workers", "2"]);
+    model.assert_served_by(&mut Conn::connect(server.addr()), &buckets, &keys);
+    stop(server);
+}
+
+/// Copies the files of folder `from` to `to`, sub-folders too.
+fn copy_folder(from: &Path, to: &Path) {
+    for (path, bytes) in contents_under(from) {
+        let target = to.join(path);
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        fs::write(target, bytes).unwrap();
+    }
+}
+
+#[test]
+fn only_files_and_generations_named_as_kv_names_them_are_removed_and_each_removal_is_logged() {
+    let dir = TempDir::new("leftovers");
+    let (model, buckets, keys) = populate(&dir, "1");
+    let root = dir.path();
+    // An operator's copies, and what kv itself leaves: a switch to another generation
+    // that never finished, and a compaction's unfinished snapshot.
+    copy_folder(&root.join("gen-0001"), &root.join("gen-0001.bak"));
+    copy_folder(&root.join("gen-0001"), &root.join("gen-7"));
+    copy_folder(&root.join("gen-0001"), &root.join("gen-0002"));
+    let partition = root.join("gen-0001/p000");
+    fs::write(partition.join("0000000009.snap.tmp"), b"half a snapshot").unwrap();
+    fs::write(partition.join("notes.tmp"), b"an operator's").unwrap();
+    let kept = contents_under(&root.join("gen-0001.bak"));
+
+    let server = serve(&dir, &["--workers", "1"]);
+    model.assert_served_by(&mut Conn::connect(server.addr()), &buckets, &keys);
+    assert!(!root.join("gen-0002").exists(), "the unfinished generation is removed");
+    let removed = server.log_lines_with("removed");
+    assert!(removed.iter().any(|line| line.contains("gen-0002")), "its removal is logged: {removed:?}");
+    assert!(!partition.join("0000000009.snap.tmp").exists(), "the unfinished snapshot is removed");
+    assert!(removed.iter().any(|line| line.contains("0000000009.snap.tmp")), "logged: {removed:?}");
+    assert_eq!(contents_under(&root.join("gen-0001.bak")), kept, "the backup copy is left as it was");
+    assert!(root.join("gen-7").is_dir(), "a name kv does not give is left alone");
+    assert!(partition.join("notes.tmp").exists(), "a .tmp kv does not write is left alone");
+    stop(server);
+}
+
+#[test]
+fn partition_folders_that_disagree_with_the_manifest_are_refused_and_nothing_is_deleted() {
+    let dir = TempDir::new("manifest");
+    let (model, buckets, keys) = populate(&dir, "2");
+    let generation = dir.path().join("gen-0001");
+    let manifest = generation.join("MANIFEST");
+    let original = fs::read_to_string(&manifest).unwrap();
+    assert!(original.contains("partitions 2\n"), "{original}");
+    // Fewer than there are would leave p001 unloaded; more would load an empty p002.
+    for (count, named) in [("1", "p001"), ("3", "p002")] {
+        fs::write(&manifest, original.replace("partitions 2", &format!("partitions {count}"))).unwrap();
+        for workers in ["1", "2"] {
+            refused_leaving_all(&dir, &["--workers", workers], &["MANIFEST", named, "nothing was"]);
+        }
+    }
+    fs::write(&manifest, &original).unwrap();
+    // A partition folder gone is refused too, not loaded as empty.
+    fs::rename(generation.join("p001"), generation.join("p001.moved")).unwrap();
+    refused_leaving_all(&dir, &["--workers", "2"], &["MANIFEST", "p001 is missing"]);
+    fs::rename(generation.join("p001.moved"), generation.join("p001")).unwrap();
+
+    let server = serve(&dir, &["--workers", "2"]);
+    model.assert_served_by(&mut Conn::connect(server.addr()), &buckets, &keys);
+    stop(server);
+}
+
+#[test]
+fn a_bad_newest_snapshot_is_refused_keeping_the_files_it_would_replace_and_repair_loads_them() {
+    let dir = TempDir::new("bad-snapshot");
+    let (model, buckets, keys) = populate(&dir, "1");
+    let partition = dir.path().join("gen-0001/p000");
+    // A directory where a snapshot should be cannot even be read.
+    fs::create_dir(partition.join("0000000003.snap")).unwrap();
+    refused_leaving_all(&dir, &["--workers", "1"], &["0000000003.snap"]);
+    fs::remove_dir(partition.join("0000000003.snap")).unwrap();
+    // Garbage under a snapshot's name is damage, refused with the segments it would
+    // replace still there...
+    let garbage = partition.join("0000000099.snap");
+    fs::write(&garbage, b"garbage").unwrap();
+    refused_leaving_all(&dir, &["--workers", "1"], &["0000000099.snap", "--repair"]);
+    // ...so that --repair loads them instead, and keeps the garbage aside.
+    let server = serve(&dir, &["--workers", "1", "--repair"]);
+    model.assert_served_by(&mut Conn::connect(server.addr()), &buckets, &keys);
+    assert!(!server.log_lines_with("0000000099.snap.damaged").is_empty(), "{}", server.log_text());
+    stop(server);
+    assert_eq!(fs::read(partition.join("0000000099.snap.damaged")).unwrap(), b"garbage");
+    let server = serve(&dir, &["--workers", "1"]);
+    model.assert_served_by(&mut Conn::connect(server.addr()), &buckets, &keys);
+    stop(server);
+}
+
+#[test]
+fn one_flipped_bit_in_a_length_mid_log_is_refused_as_damage_not_cut_off_as_a_torn_tail() {
+    let dir = TempDir::new("length-bit");
+    let mut model = Model::default();
+    let mut lines: Vec<String> = vec!["CREATE l".into()];
+    lines.extend((0..100).map(|i| format!("PUT l k{i} v{i}")));
+    write_and_stop(&dir, &mut model, &lines);
+    let segment = files_ending(dir.path(), ".log").pop().expect("a log file");
+    let mut bytes = fs::read(&segment).unwrap();
+    // Past the 16-byte header, the CREATE's length says where the first PUT starts;
+    // bit 24 of the PUT's length makes it claim 16 MiB more than the file holds.
+    let create_len = u32::from_le_bytes(bytes[20..24].try_into().unwrap()) as usize;
+    let put = 16 + 8 + create_len;
+    bytes[put + 7] ^= 0x01;
+    fs::write(&segment, &bytes).unwrap();
+
+    let name = segment.file_name().unwrap().to_string_lossy().into_owned();
+    refused_leaving_all(&dir, &["--workers", "1"], &[&name, &format!("offset {put}"), "--repair"]);
+    assert_eq!(fs::read(&segment).unwrap(), bytes, "the 99 records after the flipped bit stay");
 }
 
 // ---------------------------------------------------------------------------------

@@ -2,13 +2,20 @@
 //! begun since, in order.
 //!
 //! A torn tail (the newest segment ending inside a record, or in a record whose
-//! checksum fails) is what a crash mid-write leaves: it is cut off with a warning, as
-//! Redis's `aof-load-truncated` does. Damage anywhere else is refused, naming the file
-//! and offset, unless the operator asked to repair: then what precedes the damage in
-//! that file is kept, the damaged file is moved aside (never deleted), and loading goes
-//! on with the files after it, whose records are each right about what they name.
+//! checksum fails, with no whole record anywhere after it) is what a crash mid-write
+//! leaves: it is cut off with a warning, as Redis's `aof-load-truncated` does, and the
+//! bytes cut off are kept in `<segment>.torn-<offset>`. Damage anywhere else is
+//! refused, naming the file and offset, unless the operator asked to repair: then what
+//! precedes the damage in that file is kept, the damaged file is moved aside (never
+//! deleted), and loading goes on with the files after it, whose records are each right
+//! about what they name. A damaged snapshot whose older files are still there is moved
+//! aside whole, and those files loaded instead.
+//!
+//! Loading deletes nothing: the files a snapshot replaces are only listed, and removed
+//! by the caller once every partition has loaded.
 
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use super::record::{self, FileKind, Op, Read};
@@ -24,8 +31,13 @@ pub struct Loaded {
     pub segment_len: u64,
     /// Bytes of every live file.
     pub total: u64,
-    /// Warnings for the log: torn tails cut off, damage repaired, leftovers removed.
+    /// Warnings for the log: torn tails cut off, damage repaired.
     pub warnings: Vec<String>,
+    /// Files the loaded ones replace (see [`files_to_load`]): removed by
+    /// [`remove_leftovers`] once every partition has loaded, never before.
+    pub leftovers: Vec<PathBuf>,
+    /// Whether the folder held a snapshot or segment before loading.
+    pub found_files: bool,
 }
 
 /// One file of a partition's folder.
@@ -36,17 +48,20 @@ struct DataFile {
     path: PathBuf,
 }
 
-/// The snapshot and segments of `dir` to load, in order; removes files a finished
-/// compaction left behind (and unfinished `.tmp` snapshots).
-fn files_to_load(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<DataFile>, LoadError> {
+/// The snapshot and segments of `dir` to load, in order, and the files they replace:
+/// those a finished compaction left behind, and unfinished `.tmp` snapshots. Deletes
+/// nothing: the newest snapshot has not been read yet, and if it turns out damaged the
+/// files it would replace are all that is left.
+fn files_to_load(dir: &Path) -> Result<(Vec<DataFile>, Vec<PathBuf>), LoadError> {
     let mut files = Vec::new();
+    let mut leftovers = Vec::new();
     let entries = fs::read_dir(dir).map_err(|error| LoadError::io(dir, error))?;
     for entry in entries {
         let path = entry.map_err(|error| LoadError::io(dir, error))?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let parsed = super::log::parse_file_name(&name);
-        if parsed.is_none() && name.ends_with(".tmp") {
-            let _ = fs::remove_file(&path);
+        if parsed.is_none() && is_temporary(&name) {
+            leftovers.push(path.clone());
         }
         if let Some((seq, kind)) = parsed {
             files.push(DataFile { seq, kind, path });
@@ -59,26 +74,68 @@ fn files_to_load(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<DataFile>
         Some(snap) if f.kind == FileKind::Snapshot => f.seq == snap,
         Some(snap) => f.seq >= snap,
     });
-    for file in stale {
-        // A compaction published its snapshot and stopped before deleting these.
-        let _ = fs::remove_file(&file.path);
-        warnings.push(format!("removed {}, replaced by a snapshot", file.path.display()));
-    }
+    // A compaction published its snapshot and stopped before deleting these.
+    leftovers.extend(stale.into_iter().map(|file| file.path));
     keep.sort_by_key(|f| (f.seq, f.kind == FileKind::Segment));
-    Ok(keep)
+    Ok((keep, leftovers))
 }
 
-/// Loads the folder of one partition.
+/// Whether `name` is a temporary file kv writes: `<snapshot>.tmp` (a compaction's, left
+/// by a crash or a failure) or `NNNNNNNNNN.tmp` (a repair's). Never anything else.
+fn is_temporary(name: &str) -> bool {
+    name.strip_suffix(".tmp").is_some_and(|stem| {
+        super::log::parse_file_name(stem).is_some()
+            || (!stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// Removes the files loading found replaced, once every partition has loaded; returns
+/// a warning for each removal (and each that failed).
+pub fn remove_leftovers(leftovers: &[PathBuf]) -> Vec<String> {
+    leftovers
+        .iter()
+        .map(|path| match fs::remove_file(path) {
+            Ok(()) => format!("removed {}, replaced by a snapshot", path.display()),
+            Err(error) => format!("could not remove {}, replaced by a snapshot: {error}", path.display()),
+        })
+        .collect()
+}
+
+/// Most damaged snapshots `--repair` falls back from in one partition.
+const MAX_FALLBACKS: usize = 64;
+
+/// Loads the folder of one partition. Writes only to cut a torn tail (its bytes kept
+/// aside), to repair when asked, or to start a first segment; deletes nothing.
 pub fn load_partition(dir: &Path, repair: bool) -> Result<Loaded, LoadError> {
     let mut warnings = Vec::new();
-    let files = files_to_load(dir, &mut warnings)?;
+    // Each round that does not finish moved a damaged snapshot aside, so the next one
+    // finds one fewer.
+    for _ in 0..MAX_FALLBACKS {
+        if let Some(loaded) = load_once(dir, repair, &mut warnings)? {
+            return Ok(loaded);
+        }
+    }
+    Err(LoadError::io(dir, io::Error::other("too many damaged snapshots to fall back from")))
+}
+
+/// One attempt at loading `dir`; `None` when `--repair` moved a damaged snapshot aside
+/// and the folder must be read again, to load the older files it would have replaced.
+fn load_once(dir: &Path, repair: bool, warnings: &mut Vec<String>) -> Result<Option<Loaded>, LoadError> {
+    let (files, leftovers) = files_to_load(dir)?;
+    warn_of_gaps(dir, &files, warnings);
+    // Older files the snapshot replaces are still there: if it is damaged, they are
+    // a better repair than the part of it before the damage.
+    let older = leftovers.iter().any(|path| is_data_file(path));
     let mut partition = Partition::new();
     let mut total = 0;
     let newest_segment = files.iter().filter(|f| f.kind == FileKind::Segment).map(|f| f.seq).max();
     let mut segment_len = 0;
     for file in &files {
         let is_tail = file.kind == FileKind::Segment && Some(file.seq) == newest_segment;
-        let len = load_file(&mut partition, file, is_tail, repair, &mut warnings)?;
+        let fall_back = older && file.kind == FileKind::Snapshot;
+        let Some(len) = load_file(&mut partition, file, is_tail, (repair, fall_back), warnings)? else {
+            return Ok(None);
+        };
         total += len;
         if is_tail {
             segment_len = len;
@@ -87,25 +144,57 @@ pub fn load_partition(dir: &Path, repair: bool) -> Result<Loaded, LoadError> {
     let segment = match newest_segment {
         Some(seq) => seq,
         None => {
-            // A new partition, or one whose every segment a compaction replaced.
-            let next = files.iter().map(|f| f.seq).max().unwrap_or(0) + 1;
+            // A new partition (segment 1), or one whose segments are gone: the one a
+            // snapshot's number names comes next after it.
+            let next = files.iter().map(|f| f.seq).max().unwrap_or(1);
             drop(super::log::create_segment(dir, next).map_err(|error| LoadError::io(dir, error))?);
             segment_len = record::HEADER_LEN as u64;
             total += segment_len;
             next
         }
     };
-    Ok(Loaded { partition, segment, segment_len, total, warnings })
+    let warnings = std::mem::take(warnings);
+    let found_files = !files.is_empty();
+    Ok(Some(Loaded { partition, segment, segment_len, total, warnings, leftovers, found_files }))
+}
+
+fn is_data_file(path: &Path) -> bool {
+    path.file_name().and_then(|name| name.to_str()).and_then(super::log::parse_file_name).is_some()
+}
+
+/// Warns when the segments to load do not run on without a gap from where they must
+/// start: segment 1 for a partition without a snapshot, segment N after snapshot N
+/// (compaction starts it before writing the snapshot). A gap is a file lost, and the
+/// load goes on without its records.
+fn warn_of_gaps(dir: &Path, files: &[DataFile], warnings: &mut Vec<String>) {
+    let Some(first) = files.first() else { return };
+    let mut expected = if first.kind == FileKind::Snapshot { first.seq } else { 1 };
+    let mut missing = Vec::new();
+    for file in files.iter().filter(|f| f.kind == FileKind::Segment) {
+        if file.seq > expected {
+            missing.push(format!("{expected} to {}", file.seq - 1));
+        }
+        expected = file.seq + 1;
+    }
+    if first.kind == FileKind::Snapshot && expected == first.seq {
+        missing.push(format!("{expected}, the one after the snapshot,"));
+    }
+    for gap in missing {
+        warnings.push(format!("{}: segment(s) {gap} missing; loading goes on without them", dir.display()));
+    }
 }
 
 /// Replays one file into `partition`; returns its good length.
+///
+/// `repair` is `--repair`; with it and `fall_back`, a damaged snapshot is moved aside
+/// whole and `None` returned, for the caller to load the older files instead.
 fn load_file(
     partition: &mut Partition,
     file: &DataFile,
     is_tail: bool,
-    repair: bool,
+    (repair, fall_back): (bool, bool),
     warnings: &mut Vec<String>,
-) -> Result<u64, LoadError> {
+) -> Result<Option<u64>, LoadError> {
     let bytes = fs::read(&file.path).map_err(|error| LoadError::io(&file.path, error))?;
     let damage = match record::check_header(&bytes, file.kind) {
         Err(_) if is_tail && bytes.len() < record::HEADER_LEN => {
@@ -116,50 +205,70 @@ fn load_file(
         Ok(()) => replay(partition, &bytes[record::HEADER_LEN..])
             .map(|(offset, why, torn)| (offset + record::HEADER_LEN, why, torn)),
     };
-    let Some((offset, why, torn)) = damage else { return Ok(bytes.len() as u64) };
+    let Some((offset, why, torn)) = damage else { return Ok(Some(bytes.len() as u64)) };
     if torn && is_tail {
+        let kept = keep_torn_bytes(&file.path, &bytes, offset)?;
         cut_tail(&file.path, offset)?;
+        let dropped = bytes.len().saturating_sub(offset);
+        let kept = kept.map_or(String::new(), |side| format!(", kept in {}", side.display()));
         warnings.push(format!(
-            "{}: cut off a torn last record at offset {offset} ({} bytes dropped)",
+            "{}: cut off a torn last record at offset {offset} ({dropped} bytes{kept})",
             file.path.display(),
-            bytes.len() - offset
         ));
-        return Ok(offset.max(record::HEADER_LEN) as u64);
+        return Ok(Some(offset.max(record::HEADER_LEN) as u64));
     }
     if !repair {
         return Err(LoadError::Damaged { path: file.path.clone(), offset: offset as u64, why });
     }
-    move_aside_keeping(&file.path, &bytes, offset, file.kind)?;
+    if fall_back {
+        let aside = move_aside(&file.path)?;
+        warnings.push(format!(
+            "{}: {why} at offset {offset}; moved it to {} and loaded the older files it replaced",
+            file.path.display(),
+            aside.display()
+        ));
+        return Ok(None);
+    }
+    let aside = move_aside_keeping(&file.path, &bytes, offset, file.kind)?;
     warnings.push(format!(
         "{}: {why} at offset {offset}; kept the {offset} bytes before it, moved the damaged file to {}",
         file.path.display(),
-        aside_path(&file.path).display()
+        aside.display()
     ));
-    Ok(offset.max(record::HEADER_LEN) as u64)
+    Ok(Some(offset.max(record::HEADER_LEN) as u64))
 }
 
 /// Applies every record of `records` to `partition`. Returns where the first bad
-/// record starts, why, and whether it is merely torn (the bytes end inside it).
+/// record starts, why, and whether it is merely torn: the last thing in the file, as a
+/// crash in the middle of a write leaves it.
 fn replay(partition: &mut Partition, records: &[u8]) -> Option<(usize, String, bool)> {
     let mut at = 0;
     while let Some(read) = record::decode(&records[at..]) {
-        match read {
+        let rest = &records[at..];
+        let why = match read {
             Read::Record(op, len) => {
                 apply(partition, op);
                 at += len;
+                continue;
             }
-            Read::Torn => return Some((at, "a record cut short".to_string(), true)),
-            // A bad last record is what a torn write of it can leave too, and so is a
-            // tail of zeros (a file extended but not written before a crash).
-            Read::Damaged(why) => {
-                let rest = &records[at..];
-                let torn = !has_record_after(rest) || rest.iter().all(|&b| b == 0);
-                return Some((at, why, torn));
-            }
-        }
+            Read::Torn => "a record longer than the rest of the file".to_string(),
+            Read::Damaged(why) => why,
+        };
+        // A bad last record is what a torn write of it can leave, and so is a tail of
+        // zeros (a file extended but not written before a crash). A record that
+        // claims more bytes than follow is the last only if no whole record follows
+        // it: one flipped bit in a length must not pass for a crash.
+        let last = !has_record_after(rest) && !record::record_starts_within(&rest[1..], SCAN_BUDGET);
+        let torn = last || rest.iter().all(|&b| b == 0);
+        let why = if torn { why } else { format!("{why}, with whole records after it") };
+        return Some((at, why, torn));
     }
     None
 }
+
+/// Bytes of checksums [`replay`] may compute looking for a whole record after a bad
+/// one; past it, the bad record is taken for damage, which `--repair` can still mend.
+const SCAN_BUDGET: usize = 256 * 1024 * 1024;
 
 /// True if bytes remain past the end that the damaged record at the start of `bytes`
 /// claims: then it is not the last record, and the damage is not a torn tail.
@@ -184,6 +293,27 @@ pub fn apply(partition: &mut Partition, op: Op<'_>) {
     };
 }
 
+/// Writes the bytes of a torn tail, `bytes[offset..]`, to `<segment>.torn-<offset>`
+/// beside it (synced, and the folder too) before the segment is cut: a tail taken for
+/// torn that was not is still there for an operator. Returns the side file's path,
+/// `None` when there is nothing to keep (a segment created empty).
+fn keep_torn_bytes(path: &Path, bytes: &[u8], offset: usize) -> Result<Option<PathBuf>, LoadError> {
+    let tail = bytes.get(offset..).unwrap_or_default();
+    if tail.is_empty() {
+        return Ok(None);
+    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".torn-{offset}"));
+    let side = path.with_file_name(name);
+    fs::write(&side, tail)
+        .and_then(|()| fs::File::open(&side)?.sync_all())
+        .map_err(|error| LoadError::io(&side, error))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir).map_err(|error| LoadError::io(dir, error))?;
+    }
+    Ok(Some(side))
+}
+
 /// Cuts `path` (whose content is `bytes`) back to `offset`, or to a bare header.
 fn cut_tail(path: &Path, offset: usize) -> Result<(), LoadError> {
     let file = fs::OpenOptions::new().write(true).open(path).map_err(|error| LoadError::io(path, error))?;
@@ -197,17 +327,35 @@ fn cut_tail(path: &Path, offset: usize) -> Result<(), LoadError> {
     file.sync_all().map_err(|error| LoadError::io(path, error))
 }
 
-fn aside_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".damaged");
-    path.with_file_name(name)
+/// `<file>.damaged`, or `<file>.damaged-<n>` if an earlier repair took that name.
+fn aside_path(path: &Path) -> Result<PathBuf, LoadError> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    (0..1000)
+        .map(|n| if n == 0 { format!("{name}.damaged") } else { format!("{name}.damaged-{n}") })
+        .map(|aside| path.with_file_name(aside))
+        .find(|aside| !aside.exists())
+        .ok_or_else(|| LoadError::io(path, io::Error::other("a thousand damaged copies are already aside")))
+}
+
+/// `--repair`: renames a damaged file aside (never over an earlier one); returns where.
+fn move_aside(path: &Path) -> Result<PathBuf, LoadError> {
+    let aside = aside_path(path)?;
+    fs::rename(path, &aside).map_err(|error| LoadError::io(path, error))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir).map_err(|error| LoadError::io(dir, error))?;
+    }
+    Ok(aside)
 }
 
 /// `--repair`: moves the damaged file aside and writes what preceded the damage back
-/// under its name.
-fn move_aside_keeping(path: &Path, bytes: &[u8], offset: usize, kind: FileKind) -> Result<(), LoadError> {
-    let aside = aside_path(path);
-    fs::rename(path, &aside).map_err(|error| LoadError::io(path, error))?;
+/// under its name; returns where the damaged file went.
+fn move_aside_keeping(
+    path: &Path,
+    bytes: &[u8],
+    offset: usize,
+    kind: FileKind,
+) -> Result<PathBuf, LoadError> {
+    let aside = move_aside(path)?;
     let mut kept = bytes[..offset.max(record::HEADER_LEN).min(bytes.len())].to_vec();
     if kept.len() < record::HEADER_LEN {
         kept = record::header(kind).to_vec();
@@ -219,7 +367,7 @@ fn move_aside_keeping(path: &Path, bytes: &[u8], offset: usize, kind: FileKind) 
     if let Some(dir) = path.parent() {
         sync_dir(dir).map_err(|error| LoadError::io(dir, error))?;
     }
-    Ok(())
+    Ok(aside)
 }
 
 #[cfg(test)]
@@ -276,5 +424,62 @@ mod tests {
         let (offset, _, torn) = replay(&mut partition, &bytes[record::HEADER_LEN..]).unwrap();
         assert_eq!(offset, 0);
         assert!(!torn);
+    }
+
+    #[test]
+    fn a_flipped_length_bit_mid_file_is_damage_not_a_torn_tail() {
+        let ops: Vec<Op<'_>> = std::iter::once(Op::Create { bucket: b"b" })
+            .chain((0..20).map(|_| Op::Put { bucket: b"b", key: b"k", value: b"value" }))
+            .collect();
+        let whole = segment(&ops);
+        let second = segment(&ops[..1]).len();
+        // Bit 24 claims 16 MiB more than the file holds (read as cut short); bit 31
+        // claims more than any record may (read as damaged): neither is the last record.
+        for bit in [0x01, 0x80] {
+            let mut bytes = whole.clone();
+            bytes[second + 7] ^= bit;
+            let mut partition = Partition::new();
+            let (offset, why, torn) = replay(&mut partition, &bytes[record::HEADER_LEN..]).unwrap();
+            assert_eq!(offset + record::HEADER_LEN, second, "bit {bit:#x}: {why}");
+            assert!(!torn, "bit {bit:#x}: {why} taken for a torn tail, with 19 records after it");
+        }
+    }
+
+    #[test]
+    fn a_big_last_record_cut_short_is_torn_however_much_of_it_is_there() {
+        let value = vec![0x5a; 64 * 1024];
+        let ops = [Op::Create { bucket: b"b" }, Op::Put { bucket: b"b", key: b"k", value: &value }];
+        let whole = segment(&ops);
+        for cut in [whole.len() - 1, whole.len() - 30_000, segment(&ops[..1]).len() + 9] {
+            let mut partition = Partition::new();
+            let (_, _, torn) = replay(&mut partition, &whole[record::HEADER_LEN..cut]).unwrap();
+            assert!(torn, "cut at {cut}");
+        }
+    }
+
+    fn gaps_in(files: &[(u64, FileKind)]) -> Vec<String> {
+        let files: Vec<DataFile> =
+            files.iter().map(|&(seq, kind)| DataFile { seq, kind, path: PathBuf::new() }).collect();
+        let mut warnings = Vec::new();
+        warn_of_gaps(Path::new("p"), &files, &mut warnings);
+        warnings
+    }
+
+    #[test]
+    fn segments_missing_before_after_or_between_are_warned_of() {
+        use FileKind::{Segment as Log, Snapshot as Snap};
+        for whole in [&[][..], &[(1, Log)], &[(1, Log), (2, Log)], &[(2, Snap), (2, Log), (3, Log)]] {
+            assert_eq!(gaps_in(whole), Vec::<String>::new(), "{whole:?}");
+        }
+        let gappy: [(&[(u64, FileKind)], &str); 4] = [
+            (&[(3, Log)], "segment(s) 1 to 2 missing"),
+            (&[(1, Log), (4, Log)], "segment(s) 2 to 3 missing"),
+            (&[(2, Snap), (3, Log)], "segment(s) 2 to 2 missing"),
+            (&[(2, Snap)], "segment(s) 2, the one after the snapshot, missing"),
+        ];
+        for (files, said) in gappy {
+            let warnings = gaps_in(files);
+            assert!(warnings.len() == 1 && warnings[0].contains(said), "{files:?}: {warnings:?}");
+        }
     }
 }

@@ -17,6 +17,10 @@
 //! DIR/foreign/NNNNNNNNNN.snap    buckets this node no longer owns, kept, never loaded
 //! ```
 //!
+//! Opening deletes nothing until the generation `CURRENT` names is there, its manifest
+//! matches its partition folders and every partition has loaded; then it removes what
+//! the loaded data replaces, and only files and generations named as kv names them.
+//!
 //! A generation fixes the number of partitions. Started with another `--workers`, kv
 //! loads the old generation, moves every bucket to its new owner, writes a snapshot of
 //! each new partition into a new generation, and switches `CURRENT` to it: one rename.
@@ -177,6 +181,11 @@ pub fn open(
     let (generation, stored) = current_generation(root, partitions, config.seed)?;
     let gen_dir = root.join(&generation);
     let loaded = load_all(&gen_dir, stored, config.repair)?;
+    // Only now, with every partition loaded, is anything the live data replaces removed.
+    for warning in load::remove_leftovers(&loaded.leftovers) {
+        ::log::warn!("{warning}");
+    }
+    remove_other_generations(root, &generation);
     let mut placed: Vec<Partition> = (0..partitions).map(|_| Partition::new()).collect();
     let moved = place_buckets(root, loaded.partitions, stored == partitions, place, &mut placed)?;
     let logs = if moved {
@@ -210,12 +219,32 @@ fn lock_dir(root: &Path) -> Result<File, LoadError> {
 
 /// The folder of partition `p` in a generation.
 fn partition_dir(gen_dir: &Path, p: usize) -> PathBuf {
-    gen_dir.join(format!("p{p:03}"))
+    gen_dir.join(partition_name(p))
+}
+
+/// The name of partition `p`'s folder: `p000`, `p001`, ...
+fn partition_name(p: usize) -> String {
+    format!("p{p:03}")
+}
+
+/// Whether `name` is one kv itself gives a generation: `gen-` and its number in at
+/// least four digits, no leading zero beyond those (`gen-0001`, `gen-12345`). Only
+/// these are ever removed; `gen-0001.bak` is an operator's, and left alone.
+fn is_generation_name(name: &str) -> bool {
+    name.strip_prefix("gen-")
+        .filter(|digits| digits.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|digits| digits.parse::<u64>().ok())
+        .is_some_and(|number| generation_name(number) == name)
+}
+
+fn generation_name(number: u64) -> String {
+    format!("gen-{number:04}")
 }
 
 /// The live generation's name and partition count, creating the first one for a new
-/// directory. Removes generations `CURRENT` does not name (superseded, or a switch
-/// that never finished).
+/// directory. Deletes nothing: a `CURRENT` that names no generation here, a manifest
+/// that cannot be read, or partition folders that do not match the manifest stop kv
+/// with the file to look at, every generation left as it was.
 fn current_generation(root: &Path, partitions: usize, seed: u64) -> Result<(String, usize), LoadError> {
     let current = root.join("CURRENT");
     let generation = match fs::read_to_string(&current) {
@@ -231,32 +260,92 @@ fn current_generation(root: &Path, partitions: usize, seed: u64) -> Result<(Stri
                     ),
                 });
             }
-            let name = "gen-0001".to_string();
+            let name = generation_name(1);
             create_generation(root, &name, partitions, seed)?;
             switch_current(root, &name)?;
             name
         }
         Err(error) => return Err(LoadError::io(&current, error)),
     };
-    if !generation.starts_with("gen-") || generation.contains('/') {
-        return Err(LoadError::Manifest {
-            path: current,
-            why: format!("names {generation:?}, not a generation"),
-        });
-    }
-    remove_other_generations(root, &generation);
+    check_named_generation(root, &current, &generation)?;
     let manifest = root.join(&generation).join("MANIFEST");
-    let text = fs::read_to_string(&manifest).map_err(|error| LoadError::io(&manifest, error))?;
+    let stored = read_manifest(&manifest)?;
+    check_partition_dirs(&root.join(&generation), &manifest, stored)?;
+    Ok((generation, stored))
+}
+
+/// Checks that `CURRENT` (at `current`) names a generation folder that is there.
+fn check_named_generation(root: &Path, current: &Path, generation: &str) -> Result<(), LoadError> {
+    let problem = if !is_generation_name(generation) {
+        format!("names {generation:?}, not a generation (gen-NNNN)")
+    } else if !root.join(generation).is_dir() {
+        format!("names {generation}, but there is no folder {generation}")
+    } else {
+        return Ok(());
+    };
+    let mut here = generations_in(root);
+    here.sort();
+    let here = if here.is_empty() { "none".to_string() } else { here.join(", ") };
+    Err(LoadError::Manifest {
+        path: current.to_path_buf(),
+        why: format!(
+            "{problem}; nothing was loaded or deleted. Generations here: {here}. Write the live \
+             generation's name into CURRENT to load it"
+        ),
+    })
+}
+
+/// The partition count a manifest states.
+fn read_manifest(manifest: &Path) -> Result<usize, LoadError> {
+    let text = fs::read_to_string(manifest).map_err(|error| LoadError::io(manifest, error))?;
     let mut lines = text.lines();
     let stored = match (lines.next(), lines.next().and_then(|l| l.strip_prefix("partitions "))) {
         (Some(MANIFEST_FIRST_LINE), Some(n)) => n.trim().parse::<usize>().ok().filter(|&n| n > 0),
         _ => None,
     };
-    let stored = stored.ok_or_else(|| LoadError::Manifest {
-        path: manifest,
+    stored.ok_or_else(|| LoadError::Manifest {
+        path: manifest.to_path_buf(),
         why: "not a kv manifest of this version".into(),
-    })?;
-    Ok((generation, stored))
+    })
+}
+
+/// Checks that the partition folders of `gen_dir` (named as [`partition_name`] names
+/// them) are exactly `p000` up to the manifest's count: a count that says fewer would
+/// leave some unloaded, one that says more would load empty partitions in their place.
+fn check_partition_dirs(gen_dir: &Path, manifest: &Path, stored: usize) -> Result<(), LoadError> {
+    let entries = fs::read_dir(gen_dir).map_err(|error| LoadError::io(gen_dir, error))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|error| LoadError::io(gen_dir, error))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(p) = partition_number(&name) {
+            found.push(p);
+        }
+    }
+    found.sort_unstable();
+    let extra: Vec<String> = found.iter().filter(|&&p| p >= stored).map(|&p| partition_name(p)).collect();
+    let missing: Vec<String> =
+        (0..stored).filter(|p| found.binary_search(p).is_err()).take(10).map(partition_name).collect();
+    if extra.is_empty() && missing.is_empty() {
+        return Ok(());
+    }
+    let mut why = format!("says {stored} partition(s), but");
+    if !missing.is_empty() {
+        why.push_str(&format!(" {} is missing", missing.join(", ")));
+    }
+    if !extra.is_empty() {
+        let and = if missing.is_empty() { "" } else { " and" };
+        why.push_str(&format!("{and} {} is there too", extra.join(", ")));
+    }
+    why.push_str("; nothing was loaded or deleted. Correct the manifest or the folders to match");
+    Err(LoadError::Manifest { path: manifest.to_path_buf(), why })
+}
+
+/// The number of a partition folder named as [`partition_name`] names them.
+fn partition_number(name: &str) -> Option<usize> {
+    let digits = name.strip_prefix('p')?;
+    let number: usize = digits.bytes().all(|b| b.is_ascii_digit()).then(|| digits.parse().ok())??;
+    (partition_name(number) == name).then_some(number)
 }
 
 /// The name of some generation folder in `root`, if there is one.
@@ -268,12 +357,28 @@ fn any_generation(root: &Path) -> Option<String> {
         .find(|name| name.starts_with("gen-"))
 }
 
+/// The folders of `root` named as kv names generations.
+fn generations_in(root: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(root) else { return Vec::new() };
+    entries
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| is_generation_name(name))
+        .collect()
+}
+
+/// Removes every generation but `live`, once `live` has loaded: superseded ones, and
+/// a switch that never finished. Only folders named as kv names them; each removal is
+/// logged.
 fn remove_other_generations(root: &Path, live: &str) {
-    let Ok(entries) = fs::read_dir(root) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("gen-") && name != live {
-            let _ = fs::remove_dir_all(entry.path());
+    for name in generations_in(root) {
+        if name == live {
+            continue;
+        }
+        let path = root.join(&name);
+        match fs::remove_dir_all(&path) {
+            Ok(()) => ::log::info!("removed {}, a generation {live} replaces", path.display()),
+            Err(error) => ::log::warn!("could not remove {}, replaced by {live}: {error}", path.display()),
         }
     }
 }
@@ -330,6 +435,8 @@ impl Tail {
 struct LoadedAll {
     partitions: Vec<Partition>,
     tails: Vec<Tail>,
+    /// Files the loaded ones replace, for [`load::remove_leftovers`].
+    leftovers: Vec<PathBuf>,
 }
 
 /// Loads every partition of a generation, in parallel.
@@ -338,10 +445,7 @@ fn load_all(gen_dir: &Path, partitions: usize, repair: bool) -> Result<LoadedAll
         let handles: Vec<_> = (0..partitions)
             .map(|p| {
                 let dir = partition_dir(gen_dir, p);
-                scope.spawn(move || {
-                    fs::create_dir_all(&dir).map_err(|error| LoadError::io(&dir, error))?;
-                    load::load_partition(&dir, repair)
-                })
+                scope.spawn(move || load::load_partition(&dir, repair))
             })
             .collect();
         handles
@@ -353,9 +457,13 @@ fn load_all(gen_dir: &Path, partitions: usize, repair: bool) -> Result<LoadedAll
             })
             .collect()
     });
-    let mut all = LoadedAll { partitions: Vec::new(), tails: Vec::new() };
-    for result in results {
+    let mut all = LoadedAll { partitions: Vec::new(), tails: Vec::new(), leftovers: Vec::new() };
+    let mut empty = Vec::new();
+    for (p, result) in results.into_iter().enumerate() {
         let loaded = result?;
+        if !loaded.found_files {
+            empty.push(partition_dir(gen_dir, p).display().to_string());
+        }
         for warning in &loaded.warnings {
             ::log::warn!("{warning}");
         }
@@ -365,6 +473,12 @@ fn load_all(gen_dir: &Path, partitions: usize, repair: bool) -> Result<LoadedAll
             total: loaded.total,
         });
         all.partitions.push(loaded.partition);
+        all.leftovers.extend(loaded.leftovers);
+    }
+    if !empty.is_empty() && empty.len() < partitions {
+        // Every partition gets a segment at its first load: one without any, beside
+        // others with theirs, lost its files.
+        ::log::warn!("{} held no data files, though other partitions of it do", empty.join(", "));
     }
     Ok(all)
 }
@@ -428,7 +542,7 @@ fn keep_foreign(root: &Path, foreign: &Partition) -> Result<(), LoadError> {
 /// Writes `placed` as the next generation and switches to it; returns its name.
 fn next_generation(root: &Path, current: &str, placed: &[Partition], seed: u64) -> Result<String, LoadError> {
     let number: u64 = current.trim_start_matches("gen-").parse().unwrap_or(0);
-    let name = format!("gen-{:04}", number.saturating_add(1));
+    let name = generation_name(number.saturating_add(1));
     create_generation(root, &name, placed.len(), seed)?;
     for (p, partition) in placed.iter().enumerate() {
         let dir = partition_dir(&root.join(&name), p);

@@ -154,6 +154,39 @@ pub fn decode(bytes: &[u8]) -> Option<Read<'_>> {
     Some(parse_body(&framed[FRAME_LEN..]).map_or_else(Read::Damaged, |op| Read::Record(op, framed.len())))
 }
 
+/// True if a whole, valid record starts at some offset of `bytes`. Cheap tests of its
+/// lengths come before its checksum, and checksums over `budget` bytes in all: past
+/// that, the answer is true, the cautious one for a caller deciding whether what
+/// precedes is the last thing in a file.
+pub fn record_starts_within(bytes: &[u8], budget: usize) -> bool {
+    let mut spent = 0usize;
+    for at in 0..bytes.len() {
+        let Some(framed) = plausible_frame(&bytes[at..]) else { continue };
+        spent = spent.saturating_add(framed.len());
+        if spent > budget {
+            return true;
+        }
+        if crc32fast::hash(&framed[4..]) == le32(framed, 0) as u32 && parse_body(&framed[FRAME_LEN..]).is_ok()
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// The bytes of the record at the start of `bytes` if its lengths add up and it fits.
+fn plausible_frame(bytes: &[u8]) -> Option<&[u8]> {
+    let body_len = le32(bytes.get(..FRAME_LEN)?, 4);
+    if !(BODY_HEAD_LEN..=MAX_BODY).contains(&body_len) {
+        return None;
+    }
+    let framed = bytes.get(..FRAME_LEN + body_len)?;
+    let body = &framed[FRAME_LEN..];
+    let parts = [le32(body, 1), le32(body, 5), le32(body, 9)];
+    let sum = parts.iter().try_fold(BODY_HEAD_LEN, |sum, &part| sum.checked_add(part));
+    (matches!(body[0], 1..=4) && sum == Some(body_len)).then_some(framed)
+}
+
 /// The op of a body whose checksum held.
 fn parse_body(body: &[u8]) -> Result<Op<'_>, String> {
     let (blen, klen, vlen) = (le32(body, 1), le32(body, 5), le32(body, 9));
@@ -237,5 +270,20 @@ mod tests {
         newer[8] = 2;
         assert!(check_header(&newer, FileKind::Segment).unwrap_err().contains("version 2"));
         assert!(check_header(b"KVDA", FileKind::Segment).is_err());
+    }
+
+    #[test]
+    fn a_whole_record_is_found_at_any_offset_and_garbage_holds_none() {
+        let mut record = Vec::new();
+        encode(&Op::Put { bucket: b"b", key: b"key", value: b"value" }, &mut record);
+        for lead in [0, 1, 7, 300] {
+            let bytes = [vec![0xab; lead], record.clone()].concat();
+            assert!(record_starts_within(&bytes, usize::MAX), "after {lead} bytes");
+        }
+        assert!(!record_starts_within(&record[1..], usize::MAX), "a record cut at its start");
+        assert!(!record_starts_within(&[0xab; 4096], usize::MAX));
+        assert!(!record_starts_within(&[0; 4096], usize::MAX));
+        // A budget too small for one checksum answers true: the cautious answer.
+        assert!(record_starts_within(&record, 1));
     }
 }
