@@ -202,7 +202,8 @@ impl<'s> Round<'s> {
     /// theirs as `how` says (`protocol/gather.rs`). They are pushed one after the
     /// other, with nothing else between them; every [`MAX_REQUESTS_PER_ROUND`] of
     /// them the round is flushed, so a command of many parts holds no more than a
-    /// round of replies and what it has gathered (at most [`MAX_GATHERED_BYTES`]).
+    /// round of replies and what it has gathered (about [`MAX_GATHERED_BYTES`] plus
+    /// one part, and as much again while the gathered reply is written out).
     pub fn push_group(&mut self, parts: usize, how: Gather) {
         debug_assert_eq!(self.parts_to_push, 0, "a group inside a group");
         self.groups.push((self.order.len(), parts, how));
@@ -331,11 +332,11 @@ impl<'s> Round<'s> {
         result
     }
 
-    /// Called by a connection loop after each request it pushes: flushes a round
+    /// Called by a connection loop after each command it pushes: flushes a round
     /// that has reached [`MAX_REQUESTS_PER_ROUND`] and writes the output to `sink`
     /// once it passes [`OUT_HIGH_WATER`], so that one read's pipeline, however deep,
-    /// keeps neither unbounded. Checked between commands, so the parts of one RESP
-    /// command share a round.
+    /// keeps neither unbounded. (Within a command of many parts, the round is flushed
+    /// as it fills: [`Round::push_group`].)
     pub fn keep_bounded(&mut self, sink: &mut impl Write) -> io::Result<()> {
         if self.order.len() >= MAX_REQUESTS_PER_ROUND {
             self.flush();
@@ -474,7 +475,14 @@ impl<'s> Round<'s> {
                 self.out_replies += 1;
             }
         }
-        groups.clear();
+        // A group pushed after the last request of this round (a full exchange was
+        // flushed at its first part) starts in the next one.
+        let done = order.len();
+        groups.retain_mut(|(at, _, _)| {
+            let waiting = *at >= done;
+            *at = at.saturating_sub(done);
+            waiting
+        });
         self.groups = groups;
         self.grown |= self.out.len() > IDLE_KEEP_BYTES
             || self.pushed > IDLE_KEEP_BYTES
@@ -767,6 +775,35 @@ mod tests {
         assert_eq!(output(&mut round), expected);
         drop(round);
         threads.into_iter().for_each(|t| t.join().unwrap());
+    }
+
+    /// Regression: a group whose first part went to a peer whose exchange was full
+    /// flushed the round before that part, and the group was forgotten: each part
+    /// got its own reply, and every reply after them was out of step.
+    #[test]
+    fn a_group_whose_first_part_flushes_a_full_exchange_is_still_one_reply() {
+        // The peer is a closed port: every forwarded request is answered with an error.
+        let text = "me 127.0.0.1:1 a\nthem 127.0.0.1:9 b\n";
+        let cluster = crate::router::Cluster::parse("test", text).unwrap();
+        let peers = Peers::start(&cluster, 0, &crate::config::PeerConfig::default(), None).unwrap();
+        let mut round = Round::new(&[], Vec::new().into(), Forwarder::new(&peers));
+        round.set_dialect(Dialect::Resp2);
+        let get = Command::HGet { bucket: b"s", key: b"k" };
+        let mut singles = 0;
+        while !round.forwarder.is_full_for(0, request_size(&get)) && singles < 100_000 {
+            round.push_peer(0, &get);
+            singles += 1;
+        }
+        round.push_group(2, Gather::Array);
+        round.push_peer(0, &get);
+        round.push_peer(0, &get);
+        round.push_local(Reply::Pong);
+        round.flush();
+        let out = output(&mut round);
+        let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), singles + 2, "{singles} singles, one group, one PONG");
+        assert_eq!(lines[singles + 1], b"+PONG\r");
+        assert!(lines[singles].starts_with(b"-ERR peer them"), "{}", String::from_utf8_lossy(lines[singles]));
     }
 
     #[test]
