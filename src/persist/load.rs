@@ -15,7 +15,7 @@
 //! by the caller once every partition has loaded.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::record::{self, FileKind, Op, Read};
@@ -302,16 +302,29 @@ fn keep_torn_bytes(path: &Path, bytes: &[u8], offset: usize) -> Result<Option<Pa
     if tail.is_empty() {
         return Ok(None);
     }
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".torn-{offset}"));
-    let side = path.with_file_name(name);
-    fs::write(&side, tail)
-        .and_then(|()| fs::File::open(&side)?.sync_all())
+    let side = torn_path(path, offset)?;
+    let write = |mut file: fs::File| file.write_all(tail).and_then(|()| file.sync_all());
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&side)
+        .and_then(write)
         .map_err(|error| LoadError::io(&side, error))?;
     if let Some(dir) = path.parent() {
         sync_dir(dir).map_err(|error| LoadError::io(dir, error))?;
     }
     Ok(Some(side))
+}
+
+/// A name for the torn tail of `path` at `offset` that no earlier one has: a tail
+/// torn again at the same place after a restart must not replace the first one kept.
+fn torn_path(path: &Path, offset: usize) -> Result<PathBuf, LoadError> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    (0..1000)
+        .map(|n| if n == 0 { format!("{name}.torn-{offset}") } else { format!("{name}.torn-{offset}-{n}") })
+        .map(|side| path.with_file_name(side))
+        .find(|side| !side.exists())
+        .ok_or_else(|| LoadError::io(path, io::Error::other("a thousand torn tails are already kept")))
 }
 
 /// Cuts `path` (whose content is `bytes`) back to `offset`, or to a bare header.
@@ -443,6 +456,19 @@ mod tests {
             assert_eq!(offset + record::HEADER_LEN, second, "bit {bit:#x}: {why}");
             assert!(!torn, "bit {bit:#x}: {why} taken for a torn tail, with 19 records after it");
         }
+    }
+
+    #[test]
+    fn a_tail_torn_again_at_the_same_offset_is_kept_beside_the_first() {
+        let dir = std::env::temp_dir().join(format!("kv-torn-twice-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let segment = dir.join("0000000001.log");
+        let kept = [b"first tail".as_slice(), b"second tail"]
+            .map(|tail| keep_torn_bytes(&segment, &[b"head".as_slice(), tail].concat(), 4).unwrap().unwrap());
+        assert_ne!(kept[0], kept[1]);
+        assert_eq!(fs::read(&kept[0]).unwrap(), b"first tail");
+        assert_eq!(fs::read(&kept[1]).unwrap(), b"second tail");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -354,7 +354,7 @@ fn any_generation(root: &Path) -> Option<String> {
         .ok()?
         .flatten()
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .find(|name| name.starts_with("gen-"))
+        .find(|name| is_generation_name(name))
 }
 
 /// The folders of `root` named as kv names generations.
