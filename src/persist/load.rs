@@ -302,7 +302,7 @@ fn keep_torn_bytes(path: &Path, bytes: &[u8], offset: usize) -> Result<Option<Pa
     if tail.is_empty() {
         return Ok(None);
     }
-    let side = torn_path(path, offset)?;
+    let side = unused_sibling(path, &format!(".torn-{offset}"))?;
     let write = |mut file: fs::File| file.write_all(tail).and_then(|()| file.sync_all());
     fs::OpenOptions::new()
         .write(true)
@@ -314,17 +314,6 @@ fn keep_torn_bytes(path: &Path, bytes: &[u8], offset: usize) -> Result<Option<Pa
         sync_dir(dir).map_err(|error| LoadError::io(dir, error))?;
     }
     Ok(Some(side))
-}
-
-/// A name for the torn tail of `path` at `offset` that no earlier one has: a tail
-/// torn again at the same place after a restart must not replace the first one kept.
-fn torn_path(path: &Path, offset: usize) -> Result<PathBuf, LoadError> {
-    let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-    (0..1000)
-        .map(|n| if n == 0 { format!("{name}.torn-{offset}") } else { format!("{name}.torn-{offset}-{n}") })
-        .map(|side| path.with_file_name(side))
-        .find(|side| !side.exists())
-        .ok_or_else(|| LoadError::io(path, io::Error::other("a thousand torn tails are already kept")))
 }
 
 /// Cuts `path` (whose content is `bytes`) back to `offset`, or to a bare header.
@@ -340,19 +329,23 @@ fn cut_tail(path: &Path, offset: usize) -> Result<(), LoadError> {
     file.sync_all().map_err(|error| LoadError::io(path, error))
 }
 
-/// `<file>.damaged`, or `<file>.damaged-<n>` if an earlier repair took that name.
-fn aside_path(path: &Path) -> Result<PathBuf, LoadError> {
+/// `<file><suffix>`, or `<file><suffix>-<n>` if that name is taken: what kv keeps
+/// aside (a damaged file, `.damaged`; a torn tail, `.torn-<offset>`) never replaces
+/// what an earlier repair or restart kept.
+fn unused_sibling(path: &Path, suffix: &str) -> Result<PathBuf, LoadError> {
     let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
     (0..1000)
-        .map(|n| if n == 0 { format!("{name}.damaged") } else { format!("{name}.damaged-{n}") })
-        .map(|aside| path.with_file_name(aside))
-        .find(|aside| !aside.exists())
-        .ok_or_else(|| LoadError::io(path, io::Error::other("a thousand damaged copies are already aside")))
+        .map(|n| if n == 0 { format!("{name}{suffix}") } else { format!("{name}{suffix}-{n}") })
+        .map(|sibling| path.with_file_name(sibling))
+        .find(|sibling| !sibling.exists())
+        .ok_or_else(|| {
+            LoadError::io(path, io::Error::other(format!("a thousand {name}{suffix} files are kept already")))
+        })
 }
 
 /// `--repair`: renames a damaged file aside (never over an earlier one); returns where.
 fn move_aside(path: &Path) -> Result<PathBuf, LoadError> {
-    let aside = aside_path(path)?;
+    let aside = unused_sibling(path, ".damaged")?;
     fs::rename(path, &aside).map_err(|error| LoadError::io(path, error))?;
     if let Some(dir) = path.parent() {
         sync_dir(dir).map_err(|error| LoadError::io(dir, error))?;
