@@ -3,12 +3,13 @@
 //! written, for counting what a close at the end of the shutdown grace lost.
 //!
 //! Closing a socket that still has unread input makes the kernel send a reset, which
-//! throws away replies still in our send buffer. So a close first says we are done
-//! writing, then reads and drops what the client still sends until the client's
-//! kernel has acknowledged every byte we wrote (after which a reset loses nothing),
-//! within a deadline. Our FIN counts in the kernel's tally of unacknowledged bytes
-//! ([`undelivered`] takes it out): it is no reply, and a client that resets before
-//! acknowledging it has still received every reply.
+//! throws away replies still in our send buffer; so does data arriving after our FIN
+//! on a socket whose reading a stop has shut. So a close reads and drops what the
+//! client still sends until the client's kernel has acknowledged every byte we wrote
+//! (after which a reset loses nothing), within a deadline, and only then says we are
+//! done writing. Our FIN, once sent, counts in the kernel's tally of unacknowledged
+//! bytes ([`undelivered`] takes it out): it is no reply, and a client that resets
+//! before acknowledging it has still received every reply.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -25,19 +26,29 @@ pub(crate) const CLOSE_DRAIN_TIME: Duration = Duration::from_secs(1);
 /// How often a close looks again at what the client has not yet acknowledged.
 const CLOSE_POLL: Duration = Duration::from_millis(10);
 
-/// Closes a connection whose last reply has been written, without losing it: say we
-/// are done writing, then read and drop what the client still sends until its kernel
-/// has acknowledged every reply byte we wrote, the connection is over (the client
-/// reset it, or closed it and then had more sent to it), or `deadline` passes. Returns
-/// how many reply bytes were still unacknowledged then (0: nothing was lost).
+/// Closes a connection whose last reply has been written, without losing it: read and
+/// drop what the client still sends until its kernel has acknowledged every reply
+/// byte we wrote, the connection is over (the client reset it), or `deadline` passes;
+/// only then say we are done writing. Returns how many reply bytes were still
+/// unacknowledged then (0: nothing was lost).
+///
+/// The FIN waits for the acknowledgements because a stop has already shut our
+/// reading (`shutdown.rs`): once a socket whose reading is shut has sent its FIN, the
+/// kernel answers any further data from the client with a reset, which throws away
+/// every reply not yet acknowledged. A client that pipelines while kv stops would lose
+/// the replies to writes kv applied. Before the FIN its data is only queued.
 pub(crate) fn close_after_last_reply(stream: &TcpStream, deadline: Instant) -> usize {
-    // Our FIN takes a place in the kernel's count of unacknowledged bytes; it is no
-    // reply, and it stays counted for good if the client resets before acknowledging it.
-    let fin_queued = stream.shutdown(Shutdown::Write).is_ok();
+    let unacknowledged = wait_for_acknowledgements(stream, deadline);
+    let _ = stream.shutdown(Shutdown::Write);
+    unacknowledged
+}
+
+/// The wait of [`close_after_last_reply`], our FIN not yet sent.
+fn wait_for_acknowledgements(stream: &TcpStream, deadline: Instant) -> usize {
     let mut scratch = [0u8; 4096];
     let mut reading = true;
     loop {
-        let pending = undelivered(stream, fin_queued);
+        let pending = undelivered(stream, false);
         if pending.bytes == 0 || pending.over {
             return pending.bytes;
         }
@@ -55,7 +66,7 @@ pub(crate) fn close_after_last_reply(stream: &TcpStream, deadline: Instant) -> u
             Ok(0) => reading = false,
             Ok(_) => {}
             Err(error) if is_timeout(&error) || error.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return undelivered(stream, fin_queued).bytes,
+            Err(_) => return undelivered(stream, false).bytes,
         }
     }
 }
