@@ -2,9 +2,9 @@
 //! begun since, in order.
 //!
 //! A torn tail (the newest segment ending inside a record, or in a record whose
-//! checksum fails, with no whole record anywhere after it) is what a crash mid-write
-//! leaves: it is cut off with a warning, as Redis's `aof-load-truncated` does, and the
-//! bytes cut off are kept in `<segment>.torn-<offset>`. Damage anywhere else is
+//! checksum fails, with no run of whole records after it to the end) is what a crash
+//! mid-write leaves: it is cut off with a warning, as Redis's `aof-load-truncated`
+//! does, and the bytes cut off are kept in `<segment>.torn-<offset>`. Damage anywhere else is
 //! refused, naming the file and offset, unless the operator asked to repair: then what
 //! precedes the damage in that file is kept, the damaged file is moved aside (never
 //! deleted), and loading goes on with the files after it, whose records are each right
@@ -256,9 +256,10 @@ fn replay(partition: &mut Partition, records: &[u8]) -> Option<(usize, String, b
         };
         // A bad last record is what a torn write of it can leave, and so is a tail of
         // zeros (a file extended but not written before a crash). A record that
-        // claims more bytes than follow is the last only if no whole record follows
-        // it: one flipped bit in a length must not pass for a crash.
-        let last = !has_record_after(rest) && !record::record_starts_within(&rest[1..], SCAN_BUDGET);
+        // claims more bytes than follow is the last only if no run of whole records
+        // follows it to the end: one flipped bit in a length must not pass for a crash,
+        // and a value that holds a record, cut short by a crash, must not pass for one.
+        let last = !has_record_after(rest) && !record::records_run_to_the_end(&rest[1..], SCAN_BUDGET);
         let torn = last || rest.iter().all(|&b| b == 0);
         let why = if torn { why } else { format!("{why}, with whole records after it") };
         return Some((at, why, torn));

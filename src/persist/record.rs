@@ -154,11 +154,14 @@ pub fn decode(bytes: &[u8]) -> Option<Read<'_>> {
     Some(parse_body(&framed[FRAME_LEN..]).map_or_else(Read::Damaged, |op| Read::Record(op, framed.len())))
 }
 
-/// True if a whole, valid record starts at some offset of `bytes`. Cheap tests of its
-/// lengths come before its checksum, and checksums over `budget` bytes in all: past
-/// that, the answer is true, the cautious one for a caller deciding whether what
-/// precedes is the last thing in a file.
-pub fn record_starts_within(bytes: &[u8], budget: usize) -> bool {
+/// True if, from some offset of `bytes`, whole valid records run to its end (the last
+/// of them may be cut short, as a crash leaves one): what the records after a damaged
+/// length look like. A lone record inside other bytes (a value that holds a record,
+/// in a write a crash cut short) does not count. Cheap tests of a record's lengths
+/// come before its checksum, and checksums over `budget` bytes in all: past that, the
+/// answer is true, the cautious one for a caller deciding whether what precedes is the
+/// last thing in a file.
+pub fn records_run_to_the_end(bytes: &[u8], budget: usize) -> bool {
     let mut spent = 0usize;
     for at in 0..bytes.len() {
         let Some(framed) = plausible_frame(&bytes[at..]) else { continue };
@@ -166,12 +169,38 @@ pub fn record_starts_within(bytes: &[u8], budget: usize) -> bool {
         if spent > budget {
             return true;
         }
-        if crc32fast::hash(&framed[4..]) == le32(framed, 0) as u32 && parse_body(&framed[FRAME_LEN..]).is_ok()
+        if crc32fast::hash(&framed[4..]) != le32(framed, 0) as u32
+            || parse_body(&framed[FRAME_LEN..]).is_err()
         {
-            return true;
+            continue;
+        }
+        match run_to_the_end(&bytes[at + framed.len()..], &mut spent, budget) {
+            Some(true) => return true,
+            Some(false) => {}
+            None => return true,
         }
     }
     false
+}
+
+/// Whether the records from the start of `bytes` run to its end, whole or with a last
+/// one cut short; `None` when checking them would pass `budget` (with what was
+/// `spent` before).
+fn run_to_the_end(bytes: &[u8], spent: &mut usize, budget: usize) -> Option<bool> {
+    let mut at = 0;
+    loop {
+        match decode(&bytes[at..]) {
+            None | Some(Read::Torn) => return Some(true),
+            Some(Read::Damaged(_)) => return Some(false),
+            Some(Read::Record(_, len)) => {
+                *spent = spent.saturating_add(len);
+                if *spent > budget {
+                    return None;
+                }
+                at += len;
+            }
+        }
+    }
 }
 
 /// The bytes of the record at the start of `bytes` if its lengths add up and it fits.
@@ -273,17 +302,35 @@ mod tests {
     }
 
     #[test]
-    fn a_whole_record_is_found_at_any_offset_and_garbage_holds_none() {
+    fn records_running_to_the_end_are_found_at_any_offset_and_garbage_holds_none() {
         let mut record = Vec::new();
         encode(&Op::Put { bucket: b"b", key: b"key", value: b"value" }, &mut record);
         for lead in [0, 1, 7, 300] {
             let bytes = [vec![0xab; lead], record.clone()].concat();
-            assert!(record_starts_within(&bytes, usize::MAX), "after {lead} bytes");
+            assert!(records_run_to_the_end(&bytes, usize::MAX), "after {lead} bytes");
+            // Followed by more records, the last of them cut short by a crash.
+            let more = [bytes.clone(), record.clone(), record[..record.len() - 3].to_vec()].concat();
+            assert!(records_run_to_the_end(&more, usize::MAX), "after {lead} bytes, then more");
         }
-        assert!(!record_starts_within(&record[1..], usize::MAX), "a record cut at its start");
-        assert!(!record_starts_within(&[0xab; 4096], usize::MAX));
-        assert!(!record_starts_within(&[0; 4096], usize::MAX));
+        assert!(!records_run_to_the_end(&record[1..], usize::MAX), "a record cut at its start");
+        assert!(!records_run_to_the_end(&[0xab; 4096], usize::MAX));
+        assert!(!records_run_to_the_end(&[0; 4096], usize::MAX));
         // A budget too small for one checksum answers true: the cautious answer.
-        assert!(record_starts_within(&record, 1));
+        assert!(records_run_to_the_end(&record, 1));
+    }
+
+    /// A value holding a whole record, in a write a crash cut short, is no sign of
+    /// records after a damaged length: what follows the inner record in the value
+    /// does not read as records.
+    #[test]
+    fn a_record_inside_other_bytes_is_not_records_running_to_the_end() {
+        let mut inner = Vec::new();
+        encode(&Op::Put { bucket: b"b", key: b"key", value: b"value" }, &mut inner);
+        let value = [b"before ".to_vec(), inner, vec![0xab; 5000]].concat();
+        let mut outer = Vec::new();
+        encode(&Op::Put { bucket: b"b", key: b"big", value: &value }, &mut outer);
+        for cut in [40, 200, outer.len() - 1] {
+            assert!(!records_run_to_the_end(&outer[1..cut], usize::MAX), "cut at {cut}");
+        }
     }
 }
