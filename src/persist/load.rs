@@ -123,16 +123,15 @@ pub fn load_partition(dir: &Path, repair: bool) -> Result<Loaded, LoadError> {
 fn load_once(dir: &Path, repair: bool, warnings: &mut Vec<String>) -> Result<Option<Loaded>, LoadError> {
     let (files, leftovers) = files_to_load(dir)?;
     warn_of_gaps(dir, &files, warnings);
-    // Older files the snapshot replaces are still there: if it is damaged, they are
-    // a better repair than the part of it before the damage.
-    let older = leftovers.iter().any(|path| is_data_file(path));
+    // Older files the snapshot replaces are all still there: if it is damaged, they
+    // are a better repair than the part of it before the damage.
     let mut partition = Partition::new();
     let mut total = 0;
     let newest_segment = files.iter().filter(|f| f.kind == FileKind::Segment).map(|f| f.seq).max();
     let mut segment_len = 0;
     for file in &files {
         let is_tail = file.kind == FileKind::Segment && Some(file.seq) == newest_segment;
-        let fall_back = older && file.kind == FileKind::Snapshot;
+        let fall_back = file.kind == FileKind::Snapshot && older_files_replace(&leftovers, file.seq);
         let Some(len) = load_file(&mut partition, file, is_tail, (repair, fall_back), warnings)? else {
             return Ok(None);
         };
@@ -158,8 +157,22 @@ fn load_once(dir: &Path, repair: bool, warnings: &mut Vec<String>) -> Result<Opt
     Ok(Some(Loaded { partition, segment, segment_len, total, warnings, leftovers, found_files }))
 }
 
-fn is_data_file(path: &Path) -> bool {
-    path.file_name().and_then(|name| name.to_str()).and_then(super::log::parse_file_name).is_some()
+/// True if `older` (files a compaction left behind) make a whole chain to load in
+/// place of damaged snapshot `seq`: an older snapshot (or, with none, segment 1) and
+/// every segment from it to the newest of them, without a gap. A crash while they
+/// were being removed can leave only some of them, and loading those would drop more
+/// than the damaged snapshot's part before its damage keeps. (Segments missing after
+/// the chain's end, up to `seq`, are warned of when it loads.)
+fn older_files_replace(older: &[PathBuf], seq: u64) -> bool {
+    let parsed: Vec<(u64, FileKind)> = older
+        .iter()
+        .filter_map(|path| path.file_name()?.to_str().and_then(super::log::parse_file_name))
+        .filter(|&(older_seq, _)| older_seq < seq)
+        .collect();
+    let base =
+        parsed.iter().filter(|(_, kind)| *kind == FileKind::Snapshot).map(|&(n, _)| n).max().unwrap_or(1);
+    let newest = parsed.iter().filter(|(_, kind)| *kind == FileKind::Segment).map(|&(n, _)| n).max();
+    newest.is_some_and(|newest| (base..=newest).all(|n| parsed.contains(&(n, FileKind::Segment))))
 }
 
 /// Warns when the segments to load do not run on without a gap from where they must
@@ -450,6 +463,21 @@ mod tests {
             assert_eq!(offset + record::HEADER_LEN, second, "bit {bit:#x}: {why}");
             assert!(!torn, "bit {bit:#x}: {why} taken for a torn tail, with 19 records after it");
         }
+    }
+
+    #[test]
+    fn only_a_whole_chain_of_older_files_replaces_a_damaged_snapshot() {
+        let paths = |names: &[&str]| names.iter().map(PathBuf::from).collect::<Vec<_>>();
+        let complete = paths(&["0000000003.snap", "0000000003.log", "0000000004.log"]);
+        assert!(older_files_replace(&complete, 5));
+        assert!(older_files_replace(&paths(&["0000000001.log", "0000000002.log"]), 3));
+        assert!(older_files_replace(&paths(&["0000000002.snap", "0000000002.log"]), 99));
+        // A crash while they were removed left some of them only.
+        assert!(!older_files_replace(&paths(&["0000000004.log"]), 5));
+        assert!(!older_files_replace(&paths(&["0000000003.snap", "0000000004.log"]), 5));
+        assert!(!older_files_replace(&paths(&["0000000003.snap"]), 5));
+        assert!(!older_files_replace(&paths(&["0000000002.log"]), 3));
+        assert!(!older_files_replace(&[], 5));
     }
 
     #[test]
