@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::process::Command;
 use std::thread;
 
-use common::{ChildServer, Finished, kv_binary, run_to_end, show, start_server, wait_until};
+use common::{ChildServer, Finished, free_port, kv_binary, run_to_end, show, start_server, wait_until};
 use kv::Client;
 
 /// `kv` with `args`, run to its end with no input.
@@ -27,11 +27,6 @@ fn stdout(finished: &Finished) -> String {
 
 fn stderr(finished: &Finished) -> String {
     String::from_utf8_lossy(&finished.stderr).into_owned()
-}
-
-/// A port that was free a moment ago: bound, then released.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
 }
 
 fn client(addr: &str) -> Client {

@@ -101,7 +101,10 @@ impl ChildServer {
             Ok(addr) => server.addr = addr,
             Err(_) => {
                 let status = server.child.try_wait().ok().flatten();
-                panic!("kv never logged `kv listening on ADDR` (exit status so far: {status:?})");
+                panic!(
+                    "kv never logged `kv listening on ADDR` (exit status so far: {status:?}); its log:\n{}",
+                    server.log_text()
+                );
             }
         }
         server

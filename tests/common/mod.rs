@@ -71,11 +71,33 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-/// A loopback port nothing listens on right now: bound to port 0, then released.
-/// Another process could take it in between; on a test machine that is rare enough.
+/// Where [`free_port`] looks: below Linux's ephemeral range (32768 and up by
+/// default), so that no `connect` and no bind to port 0 (the tests make thousands)
+/// can take a port between the moment it is found free and the moment a child kv
+/// binds it, as happened with ports from the ephemeral range.
+const FREE_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port nothing listens on right now, and one no other call in this
+/// process returned: each test binary starts at its own place in [`FREE_PORTS`]
+/// (after its process id) and walks on from there.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener.local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(FREE_PORTS.end - FREE_PORTS.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = FREE_PORTS.start + offset as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FREE_PORTS:?}");
 }
 
 /// `127.0.0.1` and a [`free_port`].
