@@ -281,11 +281,12 @@ impl ServerHandle {
         let Some(supervisor) = self.supervisor.take() else {
             return;
         };
-        log::info!("shutting down ({reason:?})");
         let state = &self.state;
         // The deadline first: a connection that sees the flag reads it.
         state.stop_deadline();
         state.shutting_down.store(true, Ordering::SeqCst);
+        // After the flag: whoever reads this line knows every connection will see it.
+        log::info!("shutting down ({reason:?})");
         state.peers.shutdown();
         // The acceptor is blocked in accept(): a connection to ourselves wakes it.
         let _ = TcpStream::connect_timeout(&wake_address(self.addr), Duration::from_secs(1));

@@ -393,7 +393,7 @@ fn a_reset_with_replies_unread_ends_the_wait_and_counts_them(door: Door) {
     let (state, unacked) = server_side(SocketAddr::V4(stored.addr), client_addr).unwrap();
     assert!(state == ESTABLISHED && unacked > 0, "state {state}, {unacked} bytes unacknowledged");
     server.signal(libc::SIGTERM);
-    wait_until("kv begins its stop", || !server.log_lines_with("shutting down").is_empty());
+    wait_until("kv has begun its stop", || !server.log_lines_with("kv::server] shutting down").is_empty());
     drop(client);
     let status = server.wait_for_exit(DEADLINE).expect("kv exits long before the 30 s grace");
     assert_eq!(status.code(), Some(0), "log:\n{}", server.log_text());
@@ -435,7 +435,7 @@ fn a_client_that_keeps_sending_while_kv_stops_receives_every_reply_to_what_kv_re
             .is_some_and(|(_, unacked)| held(&client) + unacked == replies as u64)
     });
     server.signal(libc::SIGTERM);
-    wait_until("kv begins its stop", || !server.log_lines_with("shutting down").is_empty());
+    wait_until("kv has begun its stop", || !server.log_lines_with("kv::server] shutting down").is_empty());
     // The client goes on sending for a while, as a pipelining client does, then reads.
     let sender = client.try_clone().unwrap();
     let sending = thread::spawn(move || {
