@@ -478,23 +478,8 @@ pub enum TcpState {
 
 /// `stream`'s [`TcpState`].
 pub fn tcp_state(stream: &TcpStream) -> io::Result<TcpState> {
-    // SAFETY: tcp_info is plain integers, for which all zeroes is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: the descriptor belongs to `stream`; the kernel writes at most `len`
-    // bytes to `info` and the length it wrote to `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            std::ptr::addr_of_mut!(info).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: tcp_info is plain integers.
+    let info: libc::tcp_info = unsafe { socket_option(stream, libc::IPPROTO_TCP, libc::TCP_INFO) }?;
     // The kernel's numbering (include/net/tcp_states.h).
     const FIN_WAIT1: u8 = 4;
     const FIN_WAIT2: u8 = 5;
@@ -530,23 +515,29 @@ pub fn set_send_buffer(stream: &TcpStream, bytes: usize) -> io::Result<()> {
 
 /// `stream`'s kernel send buffer size as the kernel reports it (`SO_SNDBUF`).
 pub fn send_buffer(stream: &TcpStream) -> io::Result<usize> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_SNDBUF is an int.
+    let value: libc::c_int = unsafe { socket_option(stream, libc::SOL_SOCKET, libc::SO_SNDBUF) }?;
+    Ok(usize::try_from(value).unwrap_or(0))
+}
+
+/// Reads socket option `name` at `level` of `stream` (`getsockopt`) as a `T`.
+///
+/// # Safety
+/// `T` must be the type the kernel writes for that option, made of plain integers
+/// (an `int`, `tcp_info`): any bytes, zeroes included, are a valid `T`.
+unsafe fn socket_option<T: Copy>(stream: &TcpStream, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
+    let mut value = std::mem::MaybeUninit::<T>::zeroed();
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
     // SAFETY: the descriptor belongs to `stream`; the kernel writes at most `len`
-    // bytes to `value` and the actual length to `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            std::ptr::addr_of_mut!(value).cast(),
-            &mut len,
-        )
-    };
+    // bytes to `value` and the length it wrote to `len`.
+    let rc =
+        unsafe { libc::getsockopt(stream.as_raw_fd(), level, name, value.as_mut_ptr().cast(), &mut len) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(usize::try_from(value).unwrap_or(0))
+    // SAFETY: zeroed first, so bytes the kernel did not write are zeroes, and the
+    // caller vouches that any bytes are a valid `T`.
+    Ok(unsafe { value.assume_init() })
 }
 
 /// Fills `buffer` from the kernel's random source (`getrandom(2)`, blocking only until
