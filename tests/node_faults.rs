@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::sync::mpsc;
 use std::thread;
@@ -445,19 +445,11 @@ fn a_client_that_keeps_sending_while_kv_stops_receives_every_reply_to_what_kv_re
         }
     });
     sending.join().unwrap();
-    client.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut received = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let ended = loop {
-        match (&client).read(&mut chunk) {
-            Ok(0) => break "end of stream".to_string(),
-            Ok(n) => received.extend_from_slice(&chunk[..n]),
-            Err(error) => break error.to_string(),
-        }
-    };
+    let (received, reset) = Conn::from_stream(client).read_until_gone();
     assert!(
         received.len() >= replies && received[..replies].chunks(4).all(|reply| reply == b"OK\r\n"),
-        "every reply to what kv read before its stop ({ended} after {} bytes)",
+        "every reply to what kv read before its stop ({} after {} bytes)",
+        if reset { "a reset" } else { "end of stream" },
         received.len()
     );
     // A late PUT that a read begun before the stop took is answered too, as any
