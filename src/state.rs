@@ -57,7 +57,7 @@ pub(crate) struct State {
 #[derive(Debug)]
 pub(crate) struct DataState {
     /// Held for the server's life: a second process refuses the directory.
-    pub _lock: std::fs::File,
+    pub _lock: crate::persist::DirLock,
     pub load_time: std::time::Duration,
 }
 

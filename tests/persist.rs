@@ -832,6 +832,12 @@ fn a_second_process_on_the_same_directory_is_refused() {
     let (status, stderr) = refused(&["--data-dir", dir.arg()]);
     assert!(!status.success(), "a second kv started on {}", dir.arg());
     assert!(stderr.contains("in use"), "stderr says the directory is in use: {stderr}");
+    // An operator who deletes LOCK as litter does not let a second kv in: the
+    // directory itself is locked too.
+    std::fs::remove_file(dir.path().join("LOCK")).unwrap();
+    let (status, stderr) = refused(&["--data-dir", dir.arg()]);
+    assert!(!status.success(), "a second kv started on {} once LOCK was deleted", dir.arg());
+    assert!(stderr.contains("in use"), "stderr says the directory is in use: {stderr}");
     // The first goes on serving, and its data is its own.
     Conn::connect(first.addr()).roundtrip(b"GET mine k\r\n", b"\r\nOK\r\n");
     stop(first);

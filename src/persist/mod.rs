@@ -10,7 +10,7 @@
 //! go out: the writes are applied and written, only not known to be on disk).
 //!
 //! ```text
-//! DIR/LOCK                      held by the running process (a second one refuses)
+//! DIR, DIR/LOCK                 both locked by the running process (a second one refuses)
 //! DIR/CURRENT                   the name of the live generation, replaced atomically
 //! DIR/gen-0001/MANIFEST         "kv-data 1" and the number of partitions
 //! DIR/gen-0001/p000/0000000003.snap, 0000000003.log, 0000000004.log
@@ -157,7 +157,7 @@ pub struct Opened {
     /// How long loading took.
     pub load_time: Duration,
     /// Held for the process's life: a second process refuses the directory.
-    pub lock: File,
+    pub lock: DirLock,
 }
 
 const MANIFEST_FIRST_LINE: &str = "kv-data 1";
@@ -202,18 +202,37 @@ pub fn open(
     Ok(Opened { logs, partitions: placed, load_time: started.elapsed(), lock })
 }
 
-fn lock_dir(root: &Path) -> Result<File, LoadError> {
+/// What keeps a second kv out of a data directory while this one runs: a lock on the
+/// directory itself, and one on its `LOCK` file. An operator can delete `LOCK` (it
+/// looks like litter); the folder holding the data cannot be swapped from under kv
+/// without moving the data too. The `LOCK` file's lock stays so that an older kv,
+/// which takes only that one, is kept out as well. Both are released when kv exits.
+#[derive(Debug)]
+pub struct DirLock {
+    _dir: File,
+    _file: File,
+}
+
+fn lock_dir(root: &Path) -> Result<DirLock, LoadError> {
+    let dir = File::open(root).map_err(|error| LoadError::io(root, error))?;
+    take_lock(&dir, root, root)?;
     let path = root.join("LOCK");
-    let lock = OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
         .map_err(|error| LoadError::io(&path, error))?;
-    match sys::try_lock_exclusive(&lock) {
-        Ok(true) => Ok(lock),
+    take_lock(&file, &path, root)?;
+    Ok(DirLock { _dir: dir, _file: file })
+}
+
+/// Locks `file` (at `path`) for the data directory `root`.
+fn take_lock(file: &File, path: &Path, root: &Path) -> Result<(), LoadError> {
+    match sys::try_lock_exclusive(file) {
+        Ok(true) => Ok(()),
         Ok(false) => Err(LoadError::InUse(root.to_path_buf())),
-        Err(error) => Err(LoadError::io(&path, error)),
+        Err(error) => Err(LoadError::io(path, error)),
     }
 }
 
