@@ -36,8 +36,6 @@ pub struct Loaded {
     /// Files the loaded ones replace (see [`files_to_load`]): removed by
     /// [`remove_leftovers`] once every partition has loaded, never before.
     pub leftovers: Vec<PathBuf>,
-    /// Whether the folder held a snapshot or segment before loading.
-    pub found_files: bool,
 }
 
 /// One file of a partition's folder.
@@ -122,7 +120,14 @@ pub fn load_partition(dir: &Path, repair: bool) -> Result<Loaded, LoadError> {
 /// and the folder must be read again, to load the older files it would have replaced.
 fn load_once(dir: &Path, repair: bool, warnings: &mut Vec<String>) -> Result<Option<Loaded>, LoadError> {
     let (files, leftovers) = files_to_load(dir)?;
-    warn_of_gaps(dir, &files, warnings);
+    let gaps = gaps(&files);
+    if !gaps.is_empty() {
+        if !repair {
+            return Err(LoadError::Missing { path: dir.to_path_buf(), what: gaps.join(", ") });
+        }
+        warnings
+            .extend(gaps.iter().map(|gap| format!("{}: {gap}; loading goes on without them", dir.display())));
+    }
     // Older files the snapshot replaces are all still there: if it is damaged, they
     // are a better repair than the part of it before the damage.
     let mut partition = Partition::new();
@@ -153,8 +158,7 @@ fn load_once(dir: &Path, repair: bool, warnings: &mut Vec<String>) -> Result<Opt
         }
     };
     let warnings = std::mem::take(warnings);
-    let found_files = !files.is_empty();
-    Ok(Some(Loaded { partition, segment, segment_len, total, warnings, leftovers, found_files }))
+    Ok(Some(Loaded { partition, segment, segment_len, total, warnings, leftovers }))
 }
 
 /// True if `older` (files a compaction left behind) make a whole chain to load in
@@ -175,26 +179,37 @@ fn older_files_replace(older: &[PathBuf], seq: u64) -> bool {
     newest.is_some_and(|newest| (base..=newest).all(|n| parsed.contains(&(n, FileKind::Segment))))
 }
 
-/// Warns when the segments to load do not run on without a gap from where they must
-/// start: segment 1 for a partition without a snapshot, segment N after snapshot N
-/// (compaction starts it before writing the snapshot). A gap is a file lost, and the
-/// load goes on without its records.
-fn warn_of_gaps(dir: &Path, files: &[DataFile], warnings: &mut Vec<String>) {
-    let Some(first) = files.first() else { return };
+/// The stretches of segments missing from `files`, which must run on without a gap
+/// from where they start: segment 1 for a partition without a snapshot, segment N
+/// after snapshot N (compaction starts it before writing the snapshot). A gap is a file
+/// lost, and with it acknowledged writes, so it stops the load unless `--repair`.
+fn gaps(files: &[DataFile]) -> Vec<String> {
+    let Some(first) = files.first() else { return Vec::new() };
     let mut expected = if first.kind == FileKind::Snapshot { first.seq } else { 1 };
     let mut missing = Vec::new();
     for file in files.iter().filter(|f| f.kind == FileKind::Segment) {
         if file.seq > expected {
-            missing.push(format!("{expected} to {}", file.seq - 1));
+            missing.push(format!("segment(s) {expected} to {} missing", file.seq - 1));
         }
         expected = file.seq + 1;
     }
     if first.kind == FileKind::Snapshot && expected == first.seq {
-        missing.push(format!("{expected}, the one after the snapshot,"));
+        let snapshot = super::log::file_name(first.seq, FileKind::Snapshot);
+        missing.push(format!("segment {expected}, the one after snapshot {snapshot}, missing"));
     }
-    for gap in missing {
-        warnings.push(format!("{}: segment(s) {gap} missing; loading goes on without them", dir.display()));
+    missing
+}
+
+/// Whether `dir` holds any data file (a snapshot or a segment, current or replaced).
+pub fn has_data_files(dir: &Path) -> Result<bool, LoadError> {
+    let entries = fs::read_dir(dir).map_err(|error| LoadError::io(dir, error))?;
+    for entry in entries {
+        let name = entry.map_err(|error| LoadError::io(dir, error))?.file_name();
+        if name.to_str().and_then(super::log::parse_file_name).is_some() {
+            return Ok(true);
+        }
     }
+    Ok(false)
 }
 
 /// Replays one file into `partition`; returns its good length.
@@ -508,13 +523,11 @@ mod tests {
     fn gaps_in(files: &[(u64, FileKind)]) -> Vec<String> {
         let files: Vec<DataFile> =
             files.iter().map(|&(seq, kind)| DataFile { seq, kind, path: PathBuf::new() }).collect();
-        let mut warnings = Vec::new();
-        warn_of_gaps(Path::new("p"), &files, &mut warnings);
-        warnings
+        gaps(&files)
     }
 
     #[test]
-    fn segments_missing_before_after_or_between_are_warned_of() {
+    fn segments_missing_before_after_or_between_are_found() {
         use FileKind::{Segment as Log, Snapshot as Snap};
         for whole in [&[][..], &[(1, Log)], &[(1, Log), (2, Log)], &[(2, Snap), (2, Log), (3, Log)]] {
             assert_eq!(gaps_in(whole), Vec::<String>::new(), "{whole:?}");
@@ -523,11 +536,10 @@ mod tests {
             (&[(3, Log)], "segment(s) 1 to 2 missing"),
             (&[(1, Log), (4, Log)], "segment(s) 2 to 3 missing"),
             (&[(2, Snap), (3, Log)], "segment(s) 2 to 2 missing"),
-            (&[(2, Snap)], "segment(s) 2, the one after the snapshot, missing"),
+            (&[(2, Snap)], "segment 2, the one after snapshot 0000000002.snap, missing"),
         ];
         for (files, said) in gappy {
-            let warnings = gaps_in(files);
-            assert!(warnings.len() == 1 && warnings[0].contains(said), "{files:?}: {warnings:?}");
+            assert_eq!(gaps_in(files), vec![said.to_string()], "{files:?}");
         }
     }
 }

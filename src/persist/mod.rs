@@ -108,6 +108,9 @@ pub enum LoadError {
     NotADirectory(PathBuf),
     /// Damage that is not a torn tail; `--repair` keeps what precedes it.
     Damaged { path: PathBuf, offset: u64, why: String },
+    /// Data files missing (a segment from a partition's sequence, or a partition's
+    /// every file): the writes they held are lost; `--repair` loads the rest.
+    Missing { path: PathBuf, what: String },
     /// A manifest this build cannot read.
     Manifest { path: PathBuf, why: String },
 }
@@ -133,6 +136,12 @@ impl fmt::Display for LoadError {
                 path.display()
             ),
             LoadError::Manifest { path, why } => write!(f, "{}: {why}", path.display()),
+            LoadError::Missing { path, what } => write!(
+                f,
+                "{}: {what}: the writes they held are lost; start with --repair to load the rest \
+                 without them",
+                path.display()
+            ),
         }
     }
 }
@@ -460,6 +469,7 @@ struct LoadedAll {
 
 /// Loads every partition of a generation, in parallel.
 fn load_all(gen_dir: &Path, partitions: usize, repair: bool) -> Result<LoadedAll, LoadError> {
+    check_every_partition_has_files(gen_dir, partitions, repair)?;
     let results: Vec<Result<load::Loaded, LoadError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..partitions)
             .map(|p| {
@@ -477,12 +487,8 @@ fn load_all(gen_dir: &Path, partitions: usize, repair: bool) -> Result<LoadedAll
             .collect()
     });
     let mut all = LoadedAll { partitions: Vec::new(), tails: Vec::new(), leftovers: Vec::new() };
-    let mut empty = Vec::new();
-    for (p, result) in results.into_iter().enumerate() {
+    for result in results {
         let loaded = result?;
-        if !loaded.found_files {
-            empty.push(partition_dir(gen_dir, p).display().to_string());
-        }
         for warning in &loaded.warnings {
             ::log::warn!("{warning}");
         }
@@ -494,12 +500,28 @@ fn load_all(gen_dir: &Path, partitions: usize, repair: bool) -> Result<LoadedAll
         all.partitions.push(loaded.partition);
         all.leftovers.extend(loaded.leftovers);
     }
-    if !empty.is_empty() && empty.len() < partitions {
-        // Every partition gets a segment at its first load: one without any, beside
-        // others with theirs, lost its files.
-        ::log::warn!("{} held no data files, though other partitions of it do", empty.join(", "));
-    }
     Ok(all)
+}
+
+/// Every partition gets a segment at its first load: one without any, beside others
+/// with theirs, lost its files. That stops the load (before any partition writes a
+/// thing, so the next start sees the same) unless `--repair`, which warns and goes on.
+fn check_every_partition_has_files(gen_dir: &Path, partitions: usize, repair: bool) -> Result<(), LoadError> {
+    let mut empty = Vec::new();
+    for p in 0..partitions {
+        if !load::has_data_files(&partition_dir(gen_dir, p))? {
+            empty.push(partition_name(p));
+        }
+    }
+    if empty.is_empty() || empty.len() == partitions {
+        return Ok(());
+    }
+    let what = format!("partition(s) {} hold no data files, though the others do", empty.join(", "));
+    if !repair {
+        return Err(LoadError::Missing { path: gen_dir.to_path_buf(), what });
+    }
+    ::log::warn!("{}: {what}; loading goes on without them", gen_dir.display());
+    Ok(())
 }
 
 /// Moves every loaded bucket to `placed[place(bucket)]`. Buckets no partition owns go
