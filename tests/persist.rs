@@ -647,6 +647,8 @@ fn a_bad_newest_snapshot_is_refused_keeping_the_files_it_would_replace_and_repai
     let server = serve(&dir, &["--workers", "1", "--repair"]);
     model.assert_served_by(&mut Conn::connect(server.addr()), &buckets, &keys);
     assert!(!server.log_lines_with("0000000099.snap.damaged").is_empty(), "{}", server.log_text());
+    // The older files it loaded instead run without a gap: no warning says otherwise.
+    assert!(server.log_lines_with("missing").is_empty(), "{}", server.log_text());
     stop(server);
     assert_eq!(fs::read(partition.join("0000000099.snap.damaged")).unwrap(), b"garbage");
     let server = serve(&dir, &["--workers", "1"]);

@@ -121,12 +121,8 @@ pub fn load_partition(dir: &Path, repair: bool) -> Result<Loaded, LoadError> {
 fn load_once(dir: &Path, repair: bool, warnings: &mut Vec<String>) -> Result<Option<Loaded>, LoadError> {
     let (files, leftovers) = files_to_load(dir)?;
     let gaps = gaps(&files);
-    if !gaps.is_empty() {
-        if !repair {
-            return Err(LoadError::Missing { path: dir.to_path_buf(), what: gaps.join(", ") });
-        }
-        warnings
-            .extend(gaps.iter().map(|gap| format!("{}: {gap}; loading goes on without them", dir.display())));
+    if !gaps.is_empty() && !repair {
+        return Err(LoadError::Missing { path: dir.to_path_buf(), what: gaps.join(", ") });
     }
     // Older files the snapshot replaces are all still there: if it is damaged, they
     // are a better repair than the part of it before the damage.
@@ -148,8 +144,8 @@ fn load_once(dir: &Path, repair: bool, warnings: &mut Vec<String>) -> Result<Opt
     let segment = match newest_segment {
         Some(seq) => seq,
         None => {
-            // A new partition (segment 1), or one whose segments are gone: the one a
-            // snapshot's number names comes next after it.
+            // A new partition (segment 1), or (with --repair) one whose segments are
+            // gone: the one a snapshot's number names comes next after it.
             let next = files.iter().map(|f| f.seq).max().unwrap_or(1);
             drop(super::log::create_segment(dir, next).map_err(|error| LoadError::io(dir, error))?);
             segment_len = record::HEADER_LEN as u64;
@@ -157,6 +153,9 @@ fn load_once(dir: &Path, repair: bool, warnings: &mut Vec<String>) -> Result<Opt
             next
         }
     };
+    // Said only of the attempt that loads: one that fell back from a damaged snapshot
+    // may have found a gap after it that the older files do not have.
+    warnings.extend(gaps.iter().map(|gap| format!("{}: {gap}; loading goes on without them", dir.display())));
     let warnings = std::mem::take(warnings);
     Ok(Some(Loaded { partition, segment, segment_len, total, warnings, leftovers }))
 }
