@@ -389,6 +389,12 @@ impl BucketLog {
         Flushed { removed: before - self.readers.len(), dropped, woke: false, looked: true }
     }
 
+    /// Readers blocked in [`Cursor::take`] waiting for events.
+    #[cfg(test)]
+    pub fn waiting(&self) -> usize {
+        self.log.state.lock().waiting
+    }
+
     /// Bytes the log now holds, and its capacity.
     #[cfg(test)]
     pub fn held(&self) -> (usize, usize) {
