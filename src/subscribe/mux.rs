@@ -13,6 +13,7 @@
 //! sends is the caller's ([`MuxInput`]): it may answer, unsubscribe buckets, or hand
 //! back buckets to subscribe to.
 
+use std::collections::HashSet;
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -90,6 +91,9 @@ enum Filled {
 /// Every bucket one connection follows, and what waits to be written to it.
 pub struct Streams<'s> {
     entries: Vec<Entry<'s>>,
+    /// The buckets of `entries`, so that a bucket is looked up without a scan: one
+    /// `SUBSCRIBE` may name hundreds of thousands, each looked up as it is added.
+    followed: HashSet<Vec<u8>>,
     output: Vec<u8>,
     bell: Arc<Bell>,
     /// Most bytes a relay's events may wait unwritten (`--subscriber-backlog`).
@@ -107,7 +111,16 @@ impl<'s> Streams<'s> {
     /// the count a drop past it adds to.
     pub fn new(bell: Bell, limit: usize, dropped: &'s AtomicU64) -> Self {
         let bell = Arc::new(bell);
-        Streams { entries: Vec::new(), output: Vec::new(), bell, limit, dropped, half_closed: false }
+        let followed = HashSet::new();
+        Streams {
+            entries: Vec::new(),
+            followed,
+            output: Vec::new(),
+            bell,
+            limit,
+            dropped,
+            half_closed: false,
+        }
     }
 
     /// Follows a local subscription of `bucket`, rendered as `render`; `held` lives
@@ -137,23 +150,41 @@ impl<'s> Streams<'s> {
     }
 
     fn push(&mut self, bucket: &[u8], feed: Feed, held: Box<dyn Held + 's>, render: Render, raw: Vec<u8>) {
+        self.followed.insert(bucket.to_vec());
         self.entries.push(Entry { bucket: bucket.to_vec(), render, feed, _held: held, raw });
     }
 
-    /// Stops following `bucket`; false if it was not followed.
-    pub fn remove(&mut self, bucket: &[u8]) -> bool {
-        let before = self.entries.len();
-        self.entries.retain(|entry| entry.bucket != bucket);
-        self.entries.len() < before
+    /// Stops following each of `buckets`, in one pass over the entries (a pass per
+    /// bucket would be time n squared for `UNSUBSCRIBE` of n). Returns, for each, how
+    /// many buckets are followed after it: one not followed, or named again, leaves the
+    /// count as it was.
+    pub fn remove_each<'b>(&mut self, buckets: impl IntoIterator<Item = &'b [u8]>) -> Vec<usize> {
+        let mut gone = HashSet::new();
+        let mut left = self.entries.len();
+        let counts = buckets
+            .into_iter()
+            .map(|bucket| {
+                if let Some(bucket) = self.followed.take(bucket) {
+                    gone.insert(bucket);
+                    left -= 1;
+                }
+                left
+            })
+            .collect();
+        if !gone.is_empty() {
+            self.entries.retain(|entry| !gone.contains(&entry.bucket));
+        }
+        counts
     }
 
     /// Stops following every bucket; returns their names, in the order followed.
     pub fn remove_all(&mut self) -> Vec<Vec<u8>> {
+        self.followed.clear();
         self.entries.drain(..).map(|entry| entry.bucket).collect()
     }
 
     pub fn follows(&self, bucket: &[u8]) -> bool {
-        self.entries.iter().any(|entry| entry.bucket == bucket)
+        self.followed.contains(bucket)
     }
 
     /// Buckets followed.
@@ -263,7 +294,8 @@ impl<'s> Streams<'s> {
                 }
                 Filled::Dropped => {
                     got = true;
-                    self.entries.remove(i);
+                    let entry = self.entries.remove(i);
+                    self.followed.remove(&entry.bucket);
                     if self.entries.is_empty() {
                         return Ok((true, true));
                     }
