@@ -1270,6 +1270,43 @@ fn subscribe_through_the_other_node_relays_its_events() {
     }
 }
 
+/// Regression: the backlog was counted per bucket, so a connection following many
+/// buckets that stopped reading was never dropped while each bucket stayed under it:
+/// 40 buckets with 7 MiB of events each held 290 MiB for one client (8 MiB backlog),
+/// bounded only by the number of buckets. It is now counted for the connection.
+#[test]
+fn a_stuck_subscriber_of_many_buckets_is_dropped_once_their_events_together_pass_its_backlog() {
+    const BUCKETS: usize = 20;
+    let backlog = 256 * 1024;
+    let server =
+        start_resp_server_with(Config { workers: 2, subscriber_backlog: backlog, ..Config::default() });
+    let mut setup = Conn::connect(server.addr());
+    let names: Vec<String> = (0..BUCKETS).map(|i| format!("m{i}")).collect();
+    for name in &names {
+        setup.roundtrip(format!("CREATE {name}\r\n").as_bytes(), b"OK\r\n");
+    }
+    let SocketAddr::V4(door) = resp_addr(&server) else { panic!("the RESP door listens on IPv4") };
+    let mut stuck = Conn::from_stream(common::tcp::connect_with_receive_buffer(door, 4096));
+    let mut subscribe = vec![&b"SUBSCRIBE"[..]];
+    subscribe.extend(names.iter().map(String::as_bytes));
+    stuck.send(&command(&subscribe));
+    common::wait_until("every subscription is registered", || setup.stat("subscribers") == BUCKETS as u64);
+    // Half the backlog into each bucket: no bucket passes it, all of them together
+    // pass it ten times over (and the socket buffers, a few hundred KiB).
+    let value = "v".repeat(1_000);
+    let mut writer = Conn::connect(server.addr());
+    for name in &names {
+        let requests: Vec<u8> = (0..backlog / 2 / 1_000)
+            .flat_map(|i| format!("PUT {name} k{i} {value}\r\n").into_bytes())
+            .collect();
+        let count = backlog / 2 / 1_000;
+        assert_eq!(writer.pipeline(requests, count * 4), b"OK\r\n".repeat(count));
+    }
+    common::wait_until("the stuck subscriber is dropped", || setup.stat("subscribers_dropped") >= 1);
+    common::wait_until("none of its subscriptions is held", || setup.stat("subscribers") == 0);
+    let (_, _) = stuck.read_until_gone();
+}
+
 /// A connection following two buckets that stops reading is dropped once one bucket's
 /// events wait past the backlog, and its connection closes: it holds neither its
 /// thread nor the logs' memory.

@@ -247,7 +247,7 @@ impl<'s> Streams<'s> {
             // A relay keeps draining its owner while the client is stuck; local
             // entries add at most two chunks (their logs keep the rest, and their
             // workers drop them past the backlog).
-            if self.output.len() > self.limit.saturating_add(2 * CHUNK) {
+            if self.unsent() > self.limit.saturating_add(2 * CHUNK) {
                 // The connection's own drop (its replies, a relay's events); a worker
                 // counts those it drops.
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -258,6 +258,23 @@ impl<'s> Streams<'s> {
             }
             self.wait(client)?;
         }
+    }
+
+    /// Bytes of events the client has not been sent: its output, and, while the
+    /// client leaves some of that unwritten, what its local buckets' logs hold past
+    /// its cursors. Each bucket's worker drops it past the backlog in that bucket
+    /// alone; this counts them together, so that following many buckets does not
+    /// multiply what one client may leave unread.
+    fn unsent(&self) -> usize {
+        if self.output.is_empty() {
+            return 0;
+        }
+        let logs = self.entries.iter().map(|entry| match &entry.feed {
+            Feed::Local(subscription) => subscription.cursor.behind(),
+            Feed::Relayed { .. } => 0,
+        });
+        let logs = usize::try_from(logs.sum::<u64>()).unwrap_or(usize::MAX);
+        self.output.len().saturating_add(logs)
     }
 
     /// At shutdown: renders what every entry has now (the events of writes
