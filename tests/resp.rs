@@ -1270,6 +1270,33 @@ fn subscribe_through_the_other_node_relays_its_events() {
     }
 }
 
+/// Regression: a subscriber took at most 64 KiB of its bucket's log at a time and
+/// rendered only whole events, so an event over 64 KiB (a value up to `--max-value`,
+/// 1 MiB) was never rendered: that subscriber, on either door, got neither it nor any
+/// event after it, and its thread went on looking.
+#[test]
+fn an_event_larger_than_a_chunk_reaches_subscribers_of_both_doors_and_the_next_follows() {
+    let server = start_resp_server();
+    let mut writer = raw_resp_conn(resp_addr(&server), Proto::Resp2);
+    writer.roundtrip(&command(&[b"HSET", b"big", b"k", b"v"]), b":1\r\n");
+    let mut resp_sub = raw_resp_conn(resp_addr(&server), Proto::Resp2);
+    resp_sub.send(&command(&[b"SUBSCRIBE", b"big"]));
+    resp_sub.expect(&confirmation(Proto::Resp2, b"subscribe", b"big", 1));
+    let mut text_sub = Conn::connect(server.addr());
+    text_sub.send(b"SUBSCRIBE big\r\n");
+    let mut stats = Conn::connect(server.addr());
+    common::wait_until("both subscriptions are registered", || stats.stat("subscribers") == 2);
+
+    let value = vec![b'x'; 200 * 1024];
+    writer.roundtrip(&command(&[b"HSET", b"big", b"k", &value]), b":0\r\n");
+    writer.roundtrip(&command(&[b"HSET", b"big", b"after", b"1"]), b":1\r\n");
+    let event = [&b"k SET TO "[..], &value].concat();
+    resp_sub.expect(&message_frame(Proto::Resp2, b"big", &event));
+    resp_sub.expect(&message_frame(Proto::Resp2, b"big", b"after SET TO 1"));
+    text_sub.expect(&[&event[..], b"\r\n"].concat());
+    text_sub.expect(b"after SET TO 1\r\n");
+}
+
 /// Regression: the backlog was counted per bucket, so a connection following many
 /// buckets that stopped reading was never dropped while each bucket stayed under it:
 /// 40 buckets with 7 MiB of events each held 290 MiB for one client (8 MiB backlog),

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::Subscription;
 use super::event_log::Take;
-use super::stream::{CHUNK, CLIENT_CHECK_INTERVAL, Render, too_far_behind, write_some};
+use super::stream::{CHUNK, CLIENT_CHECK_INTERVAL, Render, take_limit, too_far_behind, write_some};
 use crate::sys::{self, Bell, PollFd};
 
 /// Anything an entry holds for its life and lets go of when it ends (its count in
@@ -386,10 +386,11 @@ impl Entry<'_> {
                     return Err(too_far_behind());
                 }
                 // A client that has not taken a chunk gets no more: the log keeps it.
-                if out.len() + self.raw.len() >= CHUNK {
+                let limit = take_limit(&self.raw);
+                if out.len() >= CHUNK || self.raw.len() >= limit {
                     return Ok((Take::Nothing, false));
                 }
-                subscription.cursor.take_now(&mut self.raw, CHUNK)
+                subscription.cursor.take_now(&mut self.raw, limit)
             }
             Feed::Relayed { owner, .. } => read_owner(owner, &mut self.raw),
         };
