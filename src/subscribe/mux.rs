@@ -111,10 +111,9 @@ impl<'s> Streams<'s> {
     /// the count a drop past it adds to.
     pub fn new(bell: Bell, limit: usize, dropped: &'s AtomicU64) -> Self {
         let bell = Arc::new(bell);
-        let followed = HashSet::new();
         Streams {
             entries: Vec::new(),
-            followed,
+            followed: HashSet::new(),
             output: Vec::new(),
             bell,
             limit,
