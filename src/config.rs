@@ -238,6 +238,13 @@ pub fn is_node_name(name: &str) -> bool {
 }
 
 impl Config {
+    /// The largest value a read may return: a text `PUT` stores up to `--max-line`
+    /// bytes, the RESP door (here or at a node forwarding to this one) up to
+    /// `--max-value`.
+    pub fn largest_value(&self) -> usize {
+        self.max_line.max(self.max_value)
+    }
+
     /// Checks every setting; the first one wrong is the error.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let at_least_one = [

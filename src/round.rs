@@ -36,6 +36,18 @@ const KEEP_BUFFER_BYTES: usize = 256 * 1024;
 /// among hundreds of requests.
 const MAX_REQUESTS_PER_ROUND: usize = 256;
 
+/// Most bytes of values one round's replies may hold, as far as the requests tell:
+/// once the next request's reply could take the round past it, the round is flushed
+/// first ([`Round::push_worker`], [`Round::push_peer`]). A value read counts as the
+/// largest value the server takes ([`Round::limit_replies`]), a whole-bucket read
+/// (`HGETALL`, `HKEYS`, `HVALS`) as all of it, so it is a round of its own. Without it
+/// 256 GETs of a 1 MiB value (`--max-value`), each asked in a few bytes, made one
+/// round of 256 MiB, and 256 `HGETALL`s as many copies of the bucket; a client that
+/// then stopped reading kept twice that resident. 16 MiB is what the round limit alone
+/// gives for values of 64 KiB: with `--max-value 64K` GETs keep their 256 per round, at
+/// the default 1 MiB they go 16 to a round.
+const ROUND_REPLY_BUDGET: usize = 16 * 1024 * 1024;
+
 /// Once this many reply bytes wait, they are written before more requests are
 /// dispatched ([`Round::keep_bounded`]), so a pipeline of large GETs is not buffered
 /// whole.
@@ -108,6 +120,10 @@ pub(crate) struct Round<'s> {
     grown: bool,
     /// Request bytes pushed to the workers this round.
     pushed: usize,
+    /// The most bytes of values this round's replies may hold ([`ROUND_REPLY_BUDGET`]).
+    reply_bound: usize,
+    /// The largest value a read may return ([`Round::limit_replies`]).
+    largest_value: usize,
     /// How replies are written: the connection's dialect.
     dialect: Dialect,
     /// Each reply goes out as a reply frame (the connection is another node's).
@@ -143,6 +159,8 @@ impl<'s> Round<'s> {
             ledger: Ledger::default(),
             grown: false,
             pushed: 0,
+            reply_bound: 0,
+            largest_value: 0,
             dialect: Dialect::Text,
             framed: false,
             groups: Vec::new(),
@@ -172,6 +190,13 @@ impl<'s> Round<'s> {
             .collect();
         self.cursors = vec![0; count];
         self.replies = Some(reply_rx);
+    }
+
+    /// Values may be up to `largest_value` bytes (the larger of `--max-line` and
+    /// `--max-value`): a round holds no more value reads than fit
+    /// [`ROUND_REPLY_BUDGET`]. Until this is called only the request count bounds it.
+    pub fn limit_replies(&mut self, largest_value: usize) {
+        self.largest_value = largest_value;
     }
 
     /// The dialect replies are written in from now on. Flushes first if it changes, so
@@ -250,6 +275,7 @@ impl<'s> Round<'s> {
 
     /// A request for worker `w`.
     pub fn push_worker(&mut self, w: usize, command: &Command<'_>) {
+        self.make_room_for(command);
         if self.batches.is_empty() {
             self.make_batches();
         }
@@ -282,9 +308,20 @@ impl<'s> Round<'s> {
         if self.forwarder.is_full_for(p, request_size(command)) {
             self.flush();
         }
+        self.make_room_for(command);
         self.forwarder.push(p, command, self.dialect);
         self.order.push(Source::Peer(p as u32));
         self.pushed_one();
+    }
+
+    /// Flushes the round first if `command`'s reply could take it past
+    /// [`ROUND_REPLY_BUDGET`]; then counts that reply in.
+    fn make_room_for(&mut self, command: &Command<'_>) {
+        let bound = reply_bound(command, self.largest_value);
+        if !self.order.is_empty() && self.reply_bound.saturating_add(bound) > ROUND_REPLY_BUDGET {
+            self.flush();
+        }
+        self.reply_bound = self.reply_bound.saturating_add(bound);
     }
 
     /// Appends a reply straight to the output: for requests answered after a flush,
@@ -488,6 +525,7 @@ impl<'s> Round<'s> {
             || self.pushed > IDLE_KEEP_BYTES
             || self.parts.capacity() > IDLE_KEEP_BYTES;
         self.pushed = 0;
+        self.reply_bound = 0;
         order.clear();
         self.order = order;
         self.local.clear();
@@ -597,6 +635,17 @@ fn request_size(command: &Command<'_>) -> usize {
         _ => (command.bucket(), 0),
     };
     bucket.map_or(0, <[u8]>::len) + rest + 17
+}
+
+/// The most bytes of values `command`'s reply may hold when no value is over
+/// `largest_value`: one value for a read of one key, the whole budget for a read of a
+/// whole bucket (bounded only by the bucket), none for the rest.
+fn reply_bound(command: &Command<'_>, largest_value: usize) -> usize {
+    match command {
+        Command::Get { .. } | Command::HGet { .. } => largest_value,
+        Command::HGetAll { .. } | Command::HKeys { .. } | Command::HVals { .. } => ROUND_REPLY_BUDGET,
+        _ => 0,
+    }
 }
 
 /// Frees an empty buffer's memory if it holds more than [`IDLE_KEEP_BYTES`].

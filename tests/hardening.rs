@@ -22,7 +22,8 @@ use kv::Config;
 
 use common::fuzzing::{self, RefFrame, Rng, reference_frames, words_of};
 use common::lib_paths::DEFAULT_MAX_LINE;
-use common::proc::{file_limits_of, rss_of};
+use common::proc::{file_limits_of, peak_rss_of, rss_of};
+use common::resp::{bulk, child_resp_addr, command};
 use common::{
     ChildServer, Conn, assert_same_bytes_in, kv_serve, show, start_kv_serve, start_server_with,
     wait_for_connections, wait_until,
@@ -388,6 +389,61 @@ fn client_pipelining_50_mib_of_gets_without_reading_keeps_server_memory_bounded(
     // `other`, `newcomer` and the one polling.
     wait_for_connections(addr, 3);
     newcomer.roundtrip(b"PING\r\n", b"PONG\r\n");
+}
+
+/// Regression: a round took 256 requests whatever their replies, so 256 GETs of a
+/// 512 KiB value (the RESP door takes up to 1 MiB) made a 128 MiB round, and 256
+/// `HGETALL`s as many copies of the bucket; the server held each twice (the batch's
+/// replies and the output) and peaked near 300 MiB here. A round now ends once its
+/// replies could pass 16 MiB of values, and a whole-bucket read is a round of its own.
+#[test]
+fn a_pipeline_of_large_reads_makes_no_round_larger_than_its_reply_budget_on_either_door() {
+    const PEAK_BOUND: u64 = 100 * 1024 * 1024;
+    const READS: usize = 300;
+    let server = start_kv_serve(&["--workers", "2", "--resp-port", "0"]);
+    let (text, resp) = (server.addr(), child_resp_addr(&server));
+    let value = vec![b'v'; 512 * 1024];
+    let mut setup = Conn::connect(resp);
+    setup.roundtrip(&command(&[b"HSET", b"big", b"k", &value]), b":1\r\n");
+
+    // 60 KiB of PINGs first grow the server's read buffer to its 64 KiB, so the
+    // reads after them come in whole reads of hundreds of requests.
+    let warm_up = b"PING\r\n".repeat(10_000);
+    let text_get = LargeReads {
+        what: "text GET",
+        addr: text,
+        read: b"GET big k\r\n".to_vec(),
+        pong: b"PONG\r\n".to_vec(),
+        reply: [&value[..], b"\r\nOK\r\n"].concat(),
+    };
+    let resp_read =
+        |what, read| LargeReads { what, addr: resp, read, pong: b"+PONG\r\n".to_vec(), reply: vec![] };
+    let hget =
+        LargeReads { reply: bulk(&value), ..resp_read("RESP HGET", command(&[b"HGET", b"big", b"k"])) };
+    let hgetall = LargeReads {
+        reply: [&b"*2\r\n"[..], &bulk(b"k"), &bulk(&value)].concat(),
+        ..resp_read("RESP HGETALL", command(&[b"HGETALL", b"big"]))
+    };
+    for reads in [text_get, hget, hgetall] {
+        let mut conn = Conn::connect(reads.addr);
+        conn.send(&[warm_up.clone(), reads.read.repeat(READS)].concat());
+        conn.expect(&reads.pong.repeat(10_000));
+        for _ in 0..READS {
+            conn.expect(&reads.reply);
+        }
+        let (peak, what) = (peak_rss_of(server.pid()), reads.what);
+        eprintln!("after {READS} pipelined {what}s of 512 KiB: server peak RSS {} MiB", peak >> 20);
+        assert!(peak < PEAK_BOUND, "{what}: server RSS peaked at {} MiB", peak >> 20);
+    }
+}
+
+/// One kind of large read pipelined at a door, and what each is answered.
+struct LargeReads {
+    what: &'static str,
+    addr: SocketAddr,
+    read: Vec<u8>,
+    pong: Vec<u8>,
+    reply: Vec<u8>,
 }
 
 // ---------------------------------------------------------------------------------

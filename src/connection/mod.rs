@@ -129,9 +129,11 @@ struct Connection<'s> {
 impl<'s> Connection<'s> {
     fn new(stream: Arc<TcpStream>, state: &'s State, seat: &'s Cell<Seat>, inboxes: Inboxes) -> Self {
         let peer = stream.peer_addr().ok();
+        let mut round = Round::new(&state.workers, inboxes, Forwarder::new(&state.peers));
+        round.limit_replies(state.config.largest_value());
         Connection {
             state,
-            round: Round::new(&state.workers, inboxes, Forwarder::new(&state.peers)),
+            round,
             mode: Mode::Client,
             first_line: true,
             commands: 0,

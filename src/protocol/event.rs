@@ -121,6 +121,13 @@ impl Event<'_> {
 }
 
 impl<'a> Event<'a> {
+    /// The length of the event frame starting `bytes`, once its length prefix is
+    /// there: how much of a log must be held to read that event whole.
+    pub fn frame_len(bytes: &[u8]) -> Option<usize> {
+        let head = bytes.get(..4)?;
+        Some(4 + u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize)
+    }
+
     /// Reads the event frame at the start of `bytes`.
     pub fn read_frame(bytes: &'a [u8]) -> EventFrame<'a> {
         let Some(head) = bytes.get(..FRAME_HEAD) else { return EventFrame::Partial };

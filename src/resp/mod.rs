@@ -85,6 +85,7 @@ impl<'s> RespConnection<'s> {
     fn new(stream: Arc<TcpStream>, state: &'s State, id: u64, inboxes: Inboxes) -> Self {
         let mut round = Round::new(&state.workers, inboxes, Forwarder::new(&state.peers));
         round.set_dialect(Dialect::Resp2);
+        round.limit_replies(state.config.largest_value());
         let peer = stream.peer_addr().ok();
         RespConnection {
             round,

@@ -135,10 +135,10 @@ fn unsubscribe(args: &Args<'_>, proto: Resp, streams: &mut Streams<'_>) -> Asked
             write_unsubscribed(streams.output(), Some(bucket), (all.len() - i - 1) as i64, proto);
         }
     } else {
-        for bucket in (1..args.len()).filter_map(|i| args.get(i)) {
-            streams.remove(bucket);
-            let left = streams.len() as i64;
-            write_unsubscribed(streams.output(), Some(bucket), left, proto);
+        let named = || (1..args.len()).filter_map(|i| args.get(i));
+        let counts = streams.remove_each(named());
+        for (bucket, left) in named().zip(counts) {
+            write_unsubscribed(streams.output(), Some(bucket), left as i64, proto);
         }
     }
     if streams.is_empty() { Asked::End(Step::Unsubscribed) } else { Asked::Go }

@@ -153,6 +153,14 @@ impl Cursor {
         self.take_locked(&state, out, max).unwrap_or(Take::Nothing)
     }
 
+    /// Bytes of events in the log not yet rendered for the client: how far behind
+    /// this reader is (0 before it is registered).
+    pub fn behind(&self) -> u64 {
+        let Some(log) = self.log.get() else { return 0 };
+        let head = log.state.lock().head();
+        head.saturating_sub(self.written.load(Ordering::Acquire))
+    }
+
     /// Appends to `out` the events after the cursor there are now, while `out` is
     /// under `max` bytes (all of them once the log has ended), without waiting.
     pub fn take_now(&self, out: &mut Vec<u8>, max: usize) -> Take {

@@ -13,6 +13,7 @@
 //! sends is the caller's ([`MuxInput`]): it may answer, unsubscribe buckets, or hand
 //! back buckets to subscribe to.
 
+use std::collections::HashSet;
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::Subscription;
 use super::event_log::Take;
-use super::stream::{CHUNK, CLIENT_CHECK_INTERVAL, Render, too_far_behind, write_some};
+use super::stream::{CHUNK, CLIENT_CHECK_INTERVAL, Render, take_limit, too_far_behind, write_some};
 use crate::sys::{self, Bell, PollFd};
 
 /// Anything an entry holds for its life and lets go of when it ends (its count in
@@ -90,6 +91,9 @@ enum Filled {
 /// Every bucket one connection follows, and what waits to be written to it.
 pub struct Streams<'s> {
     entries: Vec<Entry<'s>>,
+    /// The buckets of `entries`, so that a bucket is looked up without a scan: one
+    /// `SUBSCRIBE` may name hundreds of thousands, each looked up as it is added.
+    followed: HashSet<Vec<u8>>,
     output: Vec<u8>,
     bell: Arc<Bell>,
     /// Most bytes a relay's events may wait unwritten (`--subscriber-backlog`).
@@ -107,7 +111,15 @@ impl<'s> Streams<'s> {
     /// the count a drop past it adds to.
     pub fn new(bell: Bell, limit: usize, dropped: &'s AtomicU64) -> Self {
         let bell = Arc::new(bell);
-        Streams { entries: Vec::new(), output: Vec::new(), bell, limit, dropped, half_closed: false }
+        Streams {
+            entries: Vec::new(),
+            followed: HashSet::new(),
+            output: Vec::new(),
+            bell,
+            limit,
+            dropped,
+            half_closed: false,
+        }
     }
 
     /// Follows a local subscription of `bucket`, rendered as `render`; `held` lives
@@ -137,23 +149,41 @@ impl<'s> Streams<'s> {
     }
 
     fn push(&mut self, bucket: &[u8], feed: Feed, held: Box<dyn Held + 's>, render: Render, raw: Vec<u8>) {
+        self.followed.insert(bucket.to_vec());
         self.entries.push(Entry { bucket: bucket.to_vec(), render, feed, _held: held, raw });
     }
 
-    /// Stops following `bucket`; false if it was not followed.
-    pub fn remove(&mut self, bucket: &[u8]) -> bool {
-        let before = self.entries.len();
-        self.entries.retain(|entry| entry.bucket != bucket);
-        self.entries.len() < before
+    /// Stops following each of `buckets`, in one pass over the entries (a pass per
+    /// bucket would be time n squared for `UNSUBSCRIBE` of n). Returns, for each, how
+    /// many buckets are followed after it: one not followed, or named again, leaves the
+    /// count as it was.
+    pub fn remove_each<'b>(&mut self, buckets: impl IntoIterator<Item = &'b [u8]>) -> Vec<usize> {
+        let mut gone = HashSet::new();
+        let mut left = self.entries.len();
+        let counts = buckets
+            .into_iter()
+            .map(|bucket| {
+                if let Some(bucket) = self.followed.take(bucket) {
+                    gone.insert(bucket);
+                    left -= 1;
+                }
+                left
+            })
+            .collect();
+        if !gone.is_empty() {
+            self.entries.retain(|entry| !gone.contains(&entry.bucket));
+        }
+        counts
     }
 
     /// Stops following every bucket; returns their names, in the order followed.
     pub fn remove_all(&mut self) -> Vec<Vec<u8>> {
+        self.followed.clear();
         self.entries.drain(..).map(|entry| entry.bucket).collect()
     }
 
     pub fn follows(&self, bucket: &[u8]) -> bool {
-        self.entries.iter().any(|entry| entry.bucket == bucket)
+        self.followed.contains(bucket)
     }
 
     /// Buckets followed.
@@ -216,7 +246,7 @@ impl<'s> Streams<'s> {
             // A relay keeps draining its owner while the client is stuck; local
             // entries add at most two chunks (their logs keep the rest, and their
             // workers drop them past the backlog).
-            if self.output.len() > self.limit.saturating_add(2 * CHUNK) {
+            if self.unsent() > self.limit.saturating_add(2 * CHUNK) {
                 // The connection's own drop (its replies, a relay's events); a worker
                 // counts those it drops.
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -227,6 +257,23 @@ impl<'s> Streams<'s> {
             }
             self.wait(client)?;
         }
+    }
+
+    /// Bytes of events the client has not been sent: its output, and, while the
+    /// client leaves some of that unwritten, what its local buckets' logs hold past
+    /// its cursors. Each bucket's worker drops it past the backlog in that bucket
+    /// alone; this counts them together, so that following many buckets does not
+    /// multiply what one client may leave unread.
+    fn unsent(&self) -> usize {
+        if self.output.is_empty() {
+            return 0;
+        }
+        let logs = self.entries.iter().map(|entry| match &entry.feed {
+            Feed::Local(subscription) => subscription.cursor.behind(),
+            Feed::Relayed { .. } => 0,
+        });
+        let logs = usize::try_from(logs.sum::<u64>()).unwrap_or(usize::MAX);
+        self.output.len().saturating_add(logs)
     }
 
     /// At shutdown: renders what every entry has now (the events of writes
@@ -263,7 +310,8 @@ impl<'s> Streams<'s> {
                 }
                 Filled::Dropped => {
                     got = true;
-                    self.entries.remove(i);
+                    let entry = self.entries.remove(i);
+                    self.followed.remove(&entry.bucket);
                     if self.entries.is_empty() {
                         return Ok((true, true));
                     }
@@ -337,10 +385,11 @@ impl Entry<'_> {
                     return Err(too_far_behind());
                 }
                 // A client that has not taken a chunk gets no more: the log keeps it.
-                if out.len() + self.raw.len() >= CHUNK {
+                let limit = take_limit(&self.raw);
+                if out.len() >= CHUNK || self.raw.len() >= limit {
                     return Ok((Take::Nothing, false));
                 }
-                subscription.cursor.take_now(&mut self.raw, CHUNK)
+                subscription.cursor.take_now(&mut self.raw, limit)
             }
             Feed::Relayed { owner, .. } => read_owner(owner, &mut self.raw),
         };

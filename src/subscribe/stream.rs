@@ -6,7 +6,8 @@
 //!
 //! The loop is "write what the client takes, drop it when too far behind": a client
 //! that does not read must pin neither this thread nor more than the backlog limit of
-//! memory (a local subscription holds at most [`CHUNK`] of its own; the rest stays in
+//! memory (a local subscription holds at most [`CHUNK`] of its own, or one larger
+//! event; the rest stays in
 //! the log it shares). A relay's writes wait at most [`WRITE_WAIT`], so the loop keeps
 //! draining the owner while the client is stuck; how far behind is too far is the
 //! source's call ([`Source::too_far_behind`]). Input from the client is read and
@@ -108,6 +109,14 @@ pub(super) fn too_far_behind() -> io::Error {
     io::Error::other("subscriber dropped: too far behind")
 }
 
+/// How many bytes of its log a local subscription may hold taken but not rendered,
+/// `raw` being what it holds: a chunk, or the whole event frame at its front if that is
+/// longer. Only whole events are rendered, and a value may be up to `--max-value`
+/// (1 MiB): capped at a chunk, such an event could never be rendered.
+pub(super) fn take_limit(raw: &[u8]) -> usize {
+    CHUNK.max(Event::frame_len(raw).unwrap_or(0))
+}
+
 /// Writes `source`'s events to `client`, rendered as `render` says, until the source
 /// ends, the client goes away or falls too far behind, or `stop` is set (shutdown).
 ///
@@ -135,7 +144,7 @@ pub(super) fn stream(
         let wait = if pending.is_empty() { CLIENT_CHECK_INTERVAL } else { WRITE_WAIT };
         // A client that has not taken a chunk gets no more from a source that keeps the
         // backlog: the next turn's write waits for it instead.
-        let filled = if source.holds_backlog() && pending.len() + raw.len() >= CHUNK {
+        let filled = if source.holds_backlog() && (pending.len() >= CHUNK || raw.len() >= take_limit(&raw)) {
             Fill::Nothing
         } else {
             source.fill(&mut raw, wait)?
@@ -180,7 +189,8 @@ fn flush_at_stop(
     mut raw: Vec<u8>,
 ) -> io::Result<()> {
     for _ in 0..STOP_FILLS {
-        if pending.len() + raw.len() >= CHUNK || !matches!(source.fill(&mut raw, STOP_WAIT)?, Fill::Got) {
+        let full = pending.len() >= CHUNK || raw.len() >= take_limit(&raw);
+        if full || !matches!(source.fill(&mut raw, STOP_WAIT)?, Fill::Got) {
             break;
         }
     }
@@ -212,7 +222,7 @@ pub(super) fn write_some(client: &TcpStream, bytes: &[u8]) -> io::Result<usize> 
 /// and the worker says when the client is too far behind.
 impl Source for Subscription {
     fn fill(&mut self, out: &mut Vec<u8>, wait: Duration) -> io::Result<Fill> {
-        Ok(match self.cursor.take(out, CHUNK, wait) {
+        Ok(match self.cursor.take(out, take_limit(out), wait) {
             Take::Got => Fill::Got,
             Take::Nothing => Fill::Nothing,
             // The worker let it go: the bucket was dropped (DROPPED was the last

@@ -27,9 +27,20 @@ pub fn all_threads_stopped(pid: u32) -> bool {
 
 /// The resident set size of process `pid`, in bytes.
 pub fn rss_of(pid: u32) -> u64 {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// The most resident memory process `pid` has had since it started (`VmHWM`), in
+/// bytes: a peak no poll could miss.
+pub fn peak_rss_of(pid: u32) -> u64 {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// A `/proc/<pid>/status` figure given in kB, such as `VmRSS:`, in bytes.
+fn status_bytes(pid: u32, name: &str) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
-    let line = status.lines().find(|line| line.starts_with("VmRSS:")).expect("VmRSS in /proc/<pid>/status");
-    let kib: u64 = line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmRSS value");
+    let line = status.lines().find(|line| line.starts_with(name)).expect("the figure in /proc/<pid>/status");
+    let kib: u64 = line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("a number of kB");
     kib * 1024
 }
 
