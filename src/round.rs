@@ -13,6 +13,7 @@
 
 use std::io::{self, Write};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crossbeam_channel::Receiver;
 
@@ -38,14 +39,15 @@ const MAX_REQUESTS_PER_ROUND: usize = 256;
 
 /// Most bytes of values one round's replies may hold, as far as the requests tell:
 /// once the next request's reply could take the round past it, the round is flushed
-/// first ([`Round::push_worker`], [`Round::push_peer`]). A value read counts as the
-/// largest value the server takes ([`Round::limit_replies`]), a whole-bucket read
-/// (`HGETALL`, `HKEYS`, `HVALS`) as all of it, so it is a round of its own. Without it
-/// 256 GETs of a 1 MiB value (`--max-value`), each asked in a few bytes, made one
-/// round of 256 MiB, and 256 `HGETALL`s as many copies of the bucket; a client that
-/// then stopped reading kept twice that resident. 16 MiB is what the round limit alone
-/// gives for values of 64 KiB: with `--max-value 64K` GETs keep their 256 per round, at
-/// the default 1 MiB they go 16 to a round.
+/// first ([`Round::push_worker`], [`Round::push_peer`]). A read of one key counts as
+/// the longest value it could return: the longest its partition has held, or one
+/// written earlier in the round, never more than the server takes
+/// ([`Round::limit_replies`]); a read of a peer's bucket counts as the latter. A
+/// whole-bucket read (`HGETALL`, `HKEYS`, `HVALS`) counts as all of it, so it is a
+/// round of its own. Without it 256 GETs of a 1 MiB value, each asked in a few bytes,
+/// made one round of 256 MiB, and 256 `HGETALL`s as many copies of the bucket; a
+/// client that then stopped reading kept twice that resident. With values of 64 KiB
+/// or less (and with small values above all) reads keep their 256 to a round.
 const ROUND_REPLY_BUDGET: usize = 16 * 1024 * 1024;
 
 /// Once this many reply bytes wait, they are written before more requests are
@@ -124,6 +126,9 @@ pub(crate) struct Round<'s> {
     reply_bound: usize,
     /// The largest value a read may return ([`Round::limit_replies`]).
     largest_value: usize,
+    /// The longest value a write of this round stores: a read after it in the same
+    /// round may return it before its partition's count says so.
+    written_this_round: usize,
     /// How replies are written: the connection's dialect.
     dialect: Dialect,
     /// Each reply goes out as a reply frame (the connection is another node's).
@@ -161,6 +166,7 @@ impl<'s> Round<'s> {
             pushed: 0,
             reply_bound: 0,
             largest_value: 0,
+            written_this_round: 0,
             dialect: Dialect::Text,
             framed: false,
             groups: Vec::new(),
@@ -275,7 +281,8 @@ impl<'s> Round<'s> {
 
     /// A request for worker `w`.
     pub fn push_worker(&mut self, w: usize, command: &Command<'_>) {
-        self.make_room_for(command);
+        let held = self.workers[w].stats.largest_value.load(Ordering::Relaxed);
+        self.make_room_for(command, held);
         if self.batches.is_empty() {
             self.make_batches();
         }
@@ -308,16 +315,21 @@ impl<'s> Round<'s> {
         if self.forwarder.is_full_for(p, request_size(command)) {
             self.flush();
         }
-        self.make_room_for(command);
+        self.make_room_for(command, usize::MAX);
         self.forwarder.push(p, command, self.dialect);
         self.order.push(Source::Peer(p as u32));
         self.pushed_one();
     }
 
     /// Flushes the round first if `command`'s reply could take it past
-    /// [`ROUND_REPLY_BUDGET`]; then counts that reply in.
-    fn make_room_for(&mut self, command: &Command<'_>) {
-        let bound = reply_bound(command, self.largest_value);
+    /// [`ROUND_REPLY_BUDGET`]; then counts that reply in. `held` is the longest value
+    /// the owner's partition has held (`usize::MAX` when unknown: a peer's).
+    fn make_room_for(&mut self, command: &Command<'_>, held: usize) {
+        if let Some(value) = written_value(command) {
+            self.written_this_round = self.written_this_round.max(value.len());
+        }
+        let longest = held.max(self.written_this_round).min(self.largest_value);
+        let bound = reply_bound(command, longest);
         if !self.order.is_empty() && self.reply_bound.saturating_add(bound) > ROUND_REPLY_BUDGET {
             self.flush();
         }
@@ -526,6 +538,7 @@ impl<'s> Round<'s> {
             || self.parts.capacity() > IDLE_KEEP_BYTES;
         self.pushed = 0;
         self.reply_bound = 0;
+        self.written_this_round = 0;
         order.clear();
         self.order = order;
         self.local.clear();
@@ -638,13 +651,23 @@ fn request_size(command: &Command<'_>) -> usize {
 }
 
 /// The most bytes of values `command`'s reply may hold when no value is over
-/// `largest_value`: one value for a read of one key, the whole budget for a read of a
-/// whole bucket (bounded only by the bucket), none for the rest.
-fn reply_bound(command: &Command<'_>, largest_value: usize) -> usize {
+/// `longest`: one value for a read of one key, the whole budget for a read of a whole
+/// bucket (bounded only by the bucket), none for the rest.
+fn reply_bound(command: &Command<'_>, longest: usize) -> usize {
     match command {
-        Command::Get { .. } | Command::HGet { .. } => largest_value,
+        Command::Get { .. } | Command::HGet { .. } => longest,
         Command::HGetAll { .. } | Command::HKeys { .. } | Command::HVals { .. } => ROUND_REPLY_BUDGET,
         _ => 0,
+    }
+}
+
+/// The value `command` stores, if it is a write of one.
+fn written_value<'c>(command: &Command<'c>) -> Option<&'c [u8]> {
+    match command {
+        Command::Put { value, .. } | Command::HSet { value, .. } | Command::SetString { value, .. } => {
+            Some(value)
+        }
+        _ => None,
     }
 }
 

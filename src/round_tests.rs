@@ -226,3 +226,39 @@ fn a_group_gathering_more_than_the_limit_is_answered_with_an_error_and_the_round
     drop(round);
     threads.into_iter().for_each(|t| t.join().unwrap());
 }
+
+#[test]
+fn reads_count_against_the_reply_budget_as_the_longest_value_their_partition_held() {
+    let Workers { shared, inboxes, threads } = workers(1);
+    let peers = Peers::none();
+    let mut round = Round::new(&shared, inboxes.into(), Forwarder::new(&peers));
+    round.limit_replies(1 << 20);
+    let get = crate::protocol::parse(b"GET b k");
+    round.push_worker(0, &crate::protocol::parse(b"CREATE b"));
+    round.push_worker(0, &crate::protocol::parse(format!("PUT b k {}", "v".repeat(1000)).as_bytes()));
+    // Small values: reads keep their full rounds.
+    for _ in 0..200 {
+        round.push_worker(0, &get);
+    }
+    assert_eq!(round.order.len(), 202, "no flush for 200 reads of 1,000 bytes");
+    round.flush();
+    let _ = output(&mut round);
+    // A value of 1 MiB written in the round: the reads after it count as 1 MiB each.
+    let big = format!("PUT b big {}", "v".repeat((1 << 20) - 16));
+    round.push_worker(0, &crate::protocol::parse(big.as_bytes()));
+    for _ in 0..20 {
+        round.push_worker(0, &get);
+    }
+    assert!(round.order.len() < 20, "flushed at 16 MiB of possible replies: {}", round.order.len());
+    round.flush();
+    let _ = output(&mut round);
+    // The partition has held it since: a new round counts its reads the same way.
+    assert!(shared[0].stats.largest_value.load(Ordering::Relaxed) >= (1 << 20) - 16);
+    for _ in 0..20 {
+        round.push_worker(0, &get);
+    }
+    assert!(round.order.len() < 20, "flushed at 16 MiB of possible replies: {}", round.order.len());
+    round.flush();
+    drop(round);
+    threads.into_iter().for_each(|t| t.join().unwrap());
+}

@@ -57,6 +57,9 @@ pub struct WorkerStats {
     pub compactions: AtomicU64,
     /// Bytes the partition holds, as the store counts them (`--max-memory`).
     pub memory: AtomicUsize,
+    /// The longest value the partition has held ([`Partition::largest_value`]), for a
+    /// connection bounding its round's replies without the partition's lock.
+    pub largest_value: AtomicUsize,
 }
 
 /// What outlives a worker thread: its partition, its log and its counters.
@@ -114,6 +117,7 @@ impl WorkerShared {
         subscriptions.flush();
         self.stats.buckets.store(partition.bucket_count(), Ordering::Relaxed);
         self.stats.keys.store(partition.key_count(), Ordering::Relaxed);
+        self.stats.largest_value.store(partition.largest_value(), Ordering::Relaxed);
         self.stats.subscribers_dropped.store(subscriptions.dropped_total(), Ordering::Relaxed);
         partition.publish_memory();
         self.stats.memory.store(partition.memory_used(), Ordering::Relaxed);

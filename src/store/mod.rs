@@ -45,6 +45,10 @@ pub struct Partition {
     node_total: Arc<AtomicUsize>,
     /// What this partition last added to `node_total`.
     published: usize,
+    /// The longest value stored here since the partition was made (deletes do not
+    /// lower it): the most one read of one key can return, which bounds how many
+    /// such reads a connection's round takes (`round.rs`).
+    largest_value: usize,
 }
 
 /// What an empty bucket costs beyond its name: its entry in the partition's map.
@@ -119,6 +123,7 @@ impl Partition {
         let new = bucket.put_within(key, value, room).ok_or(WriteError::OutOfMemory)?;
         self.bytes = self.bytes - before + bucket.heap_bytes();
         self.keys += usize::from(new);
+        self.largest_value = self.largest_value.max(value.len());
         Ok(())
     }
 
@@ -143,7 +148,13 @@ impl Partition {
         let new = found.put_within(key, value, room).ok_or(WriteError::OutOfMemory)?;
         self.bytes = self.bytes - before + found.heap_bytes();
         self.keys += usize::from(new);
+        self.largest_value = self.largest_value.max(value.len());
         Ok(new)
+    }
+
+    /// The longest value stored in this partition since it was made.
+    pub fn largest_value(&self) -> usize {
+        self.largest_value
     }
 
     /// Removes `key` from `bucket`; returns whether it was there.
@@ -203,6 +214,7 @@ impl Partition {
 
     /// Puts a bucket taken from another partition in, replacing one of the same name.
     pub fn insert_bucket(&mut self, name: Box<[u8]>, bucket: Bucket) {
+        bucket.pairs_from(0, usize::MAX, |_, value| self.largest_value = self.largest_value.max(value.len()));
         self.next_id += 1;
         self.keys += bucket.len();
         self.bytes += BUCKET_ENTRY_BYTES + name.len() + bucket.heap_bytes();
