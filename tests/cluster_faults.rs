@@ -347,6 +347,27 @@ fn local_requests_behind_a_stalled_peer_keep_their_order() {
     pair.relay.set(Mode::Pass);
 }
 
+/// Regression: a peer's socket write timeout bounded each write call, not the exchange,
+/// so a peer that read a large request slowly, but kept reading, held the client for
+/// as long as it read (31 s for 24 MiB with `--peer-timeout 1`) instead of failing
+/// the request at the timeout.
+#[test]
+fn a_large_request_to_a_peer_that_reads_slowly_fails_within_the_peer_timeout() {
+    // Long lines on both nodes; 16 MiB is more than loopback buffers take at once.
+    let long_lines = ["--max-line", "33554432"];
+    let pair = start_pair("trickle", &long_lines, &long_lines);
+    let mut client = Conn::connect(pair.a.addr());
+    client.roundtrip(b"CREATE shopping\r\n", b"OK\r\n");
+    pair.relay.set(Mode::Trickle);
+    client.send(&[b"PUT shopping k ", &vec![b'v'; 16 << 20][..], b"\r\n"].concat());
+    let sent = Instant::now();
+    client.expect(b"ERROR peer b unavailable: outcome unknown\r\n");
+    let took = sent.elapsed();
+    assert!(took < Duration::from_secs(4), "answered after {took:?} with --peer-timeout 1");
+    pair.relay.set(Mode::Pass);
+    client.roundtrip(b"CREATE apple\r\n", b"OK\r\n");
+}
+
 /// Sanity of the relay itself: passes bytes both ways untouched.
 #[test]
 fn the_relay_passes_bytes_untouched() {
