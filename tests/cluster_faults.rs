@@ -423,6 +423,31 @@ fn a_request_an_owner_reads_after_its_stop_is_answered_unavailable() {
     assert_eq!(show(&next_reply()), show(unavailable));
 }
 
+/// Regression: a node stopped while a client's request waited on a stalled owner, with
+/// `--peer-timeout` longer than `--shutdown-grace`, exited under that connection and
+/// logged "every request read before the stop was answered"; the client got no reply.
+#[test]
+fn a_stop_that_outlasts_a_wait_on_a_peer_does_not_claim_every_request_answered() {
+    let (a_addr, b_addr) = (free_loopback_addr(), free_loopback_addr());
+    let file = temp_file("grace", &format!("a {a_addr} a-m\nb {b_addr} n-z\n"));
+    let mut b = start_node(&file, "b", b_addr, &[]);
+    let flags = ["--peer-timeout", "30", "--shutdown-grace", "1"];
+    let mut a = start_cluster_node(cluster_node_command(file.path(), "a", &flags), a_addr);
+    let mut client = Conn::connect(a_addr);
+    client.roundtrip(b"CREATE shopping\r\n", b"OK\r\n");
+    b.signal(libc::SIGSTOP);
+    client.send(b"PUT shopping k 1\r\n");
+    let mut control = Conn::connect(a_addr);
+    wait_until("a has forwarded the PUT", || control.stat("forwarded_total") == 2);
+    a.signal(libc::SIGTERM);
+    assert!(a.wait_for_exit(common::DEADLINE).is_some(), "a exits after its grace");
+    wait_until("a's last line is logged", || !a.log_lines_with("kv::server] stopped").is_empty());
+    b.signal(libc::SIGCONT);
+    let claimed = a.log_lines_with("every request read before the stop was answered");
+    assert!(claimed.is_empty(), "{claimed:?}; the log:\n{}", a.log_text());
+    assert!(!a.log_lines_with("replies to requests read before the stop were lost").is_empty());
+}
+
 /// Sanity of the relay itself: passes bytes both ways untouched.
 #[test]
 fn the_relay_passes_bytes_untouched() {
