@@ -97,7 +97,7 @@ impl Exchange {
             peer.discard(conn);
             return Err((failure, Sent::Nothing));
         }
-        match conn.send(&self.requests) {
+        match conn.send(&self.requests, deadline) {
             Ok(()) => {
                 self.conn = Some(conn);
                 Ok(())

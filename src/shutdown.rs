@@ -113,12 +113,32 @@ pub(crate) fn close_connections(state: &State) {
             let _ = stream.shutdown(Shutdown::Both);
         }
         drop(open);
-        wait_for_connections(state, Instant::now() + AFTER_GRACE);
+        if !wait_for_connections(state, Instant::now() + AFTER_GRACE) {
+            count_stuck_connections(state);
+        }
     }
     match state.counters.replies_lost.load(Ordering::SeqCst) {
         0 => log::info!("every request read before the stop was answered"),
         lost => log::warn!("about {lost} replies to requests read before the stop were lost"),
     }
+}
+
+/// Counts the connections still open after the grace and [`AFTER_GRACE`]: closing
+/// their sockets did not end them, because they wait on something else than their
+/// client, such as another node's reply to a forwarded request (`--peer-timeout` may be
+/// longer than the grace). The process exits under them, so each loses at least the
+/// reply it waits for; counted as one each rather than claiming every request was
+/// answered.
+#[cold]
+fn count_stuck_connections(state: &State) {
+    let counters = &state.counters;
+    let stuck =
+        counters.connections.load(Ordering::SeqCst) + counters.peer_connections.load(Ordering::SeqCst);
+    log::warn!(
+        "{stuck} connection(s) still waiting on a reply (from a worker or another node) after the grace: \
+         their replies are lost"
+    );
+    counters.replies_lost.fetch_add(stuck as u64, Ordering::SeqCst);
 }
 
 /// Waits until no connection is open or `deadline` passes; true if none is open.

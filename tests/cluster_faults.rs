@@ -13,7 +13,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::lib_paths::{Command, Dialect, push_peer_frame};
 use common::relay::{Mode, Relay};
+use common::tcp::{connect_with_receive_buffer, server_side};
 use common::temp::TempFile;
 use common::{ChildServer, Conn, free_loopback_addr, show, wait_until};
 use common::{cluster_node_command, start_cluster_node};
@@ -345,6 +347,108 @@ fn local_requests_behind_a_stalled_peer_keep_their_order() {
     // Not an assertion, a figure for docs/CLUSTER.md: about --peer-timeout (1 s).
     eprintln!("local replies behind a stalled peer took {:?}", started.elapsed());
     pair.relay.set(Mode::Pass);
+}
+
+/// Regression: a peer's socket write timeout bounded each write call, not the exchange,
+/// so a peer that read a large request slowly, but kept reading, held the client for
+/// as long as it read (31 s for 24 MiB with `--peer-timeout 1`) instead of failing
+/// the request at the timeout.
+#[test]
+fn a_large_request_to_a_peer_that_reads_slowly_fails_within_the_peer_timeout() {
+    // Long lines on both nodes; 16 MiB is more than loopback buffers take at once.
+    let long_lines = ["--max-line", "33554432"];
+    let pair = start_pair("trickle", &long_lines, &long_lines);
+    let mut client = Conn::connect(pair.a.addr());
+    client.roundtrip(b"CREATE shopping\r\n", b"OK\r\n");
+    pair.relay.set(Mode::Trickle);
+    client.send(&[b"PUT shopping k ", &vec![b'v'; 16 << 20][..], b"\r\n"].concat());
+    let sent = Instant::now();
+    client.expect(b"ERROR peer b unavailable: outcome unknown\r\n");
+    // Reading the rest at the trickle's pace would take over a minute; the margin over
+    // the timeout is for a debug build taking the 16 MiB line on a busy machine.
+    let took = sent.elapsed();
+    assert!(took < Duration::from_secs(10), "answered after {took:?} with --peer-timeout 1");
+    pair.relay.set(Mode::Pass);
+    client.roundtrip(b"CREATE apple\r\n", b"OK\r\n");
+}
+
+/// Regression: a forwarded request the owner read after its stop began was answered
+/// `ERROR shutting down`, and the forwarding node relayed that line: its client, whose
+/// own node was not stopping, was told what means "this server is closing your
+/// connection", for a request that only did not reach a serving owner.
+#[test]
+fn a_request_an_owner_reads_after_its_stop_is_answered_unavailable() {
+    let (a_addr, b_addr) = (free_loopback_addr(), free_loopback_addr());
+    let file = temp_file("stopping-b", &format!("a {a_addr} a-m\nb {b_addr} n-z\n"));
+    let mut b = start_node(&file, "b", b_addr, &["--max-line", "2000000"]);
+    let value = vec![b'v'; 1_000_000];
+    let mut setup = Conn::connect(b_addr);
+    setup.roundtrip(b"CREATE shopping\r\n", b"OK\r\n");
+    setup.roundtrip(&[b"PUT shopping k ", &value[..], b"\r\n"].concat(), b"OK\r\n");
+
+    // Play node a on a link with a small receive buffer: b's link is busy writing the
+    // GETs' 12 MB of replies, and reads nothing more until they are taken.
+    let SocketAddr::V4(b_v4) = b_addr else { panic!("b listens on IPv4 loopback") };
+    let stream = connect_with_receive_buffer(b_v4, 4096);
+    let link_addr = stream.local_addr().unwrap();
+    let mut link = Conn::from_stream(stream);
+    let (gets, mut requests) = (12, b"KV-PEER-HELLO 3 a b\n".to_vec());
+    for _ in 0..gets {
+        push_peer_frame(&Command::Get { bucket: b"shopping", key: b"k" }, Dialect::Text, &mut requests);
+    }
+    link.send(&requests);
+    wait_until("b's link is writing replies", || {
+        server_side(b_addr, link_addr).is_some_and(|(_, sent)| sent > 0)
+    });
+    let mut put = Vec::new();
+    push_peer_frame(
+        &Command::Put { bucket: b"shopping", key: b"late", value: b"1" },
+        Dialect::Text,
+        &mut put,
+    );
+    link.send(&put);
+    b.signal(libc::SIGTERM);
+    wait_until("b has begun its stop", || !b.log_lines_with("kv::server] shutting down").is_empty());
+
+    link.expect(b"OK\r\n");
+    let mut next_reply = || {
+        let len = u32::from_le_bytes(link.read_exact_bytes(4).try_into().unwrap());
+        link.read_exact_bytes(len as usize)
+    };
+    let (got, unavailable) = ([&value[..], b"\r\nOK\r\n"].concat(), b"ERROR peer b unavailable\r\n");
+    // The GETs read before the stop are answered; any read after it is turned away, as
+    // the PUT is.
+    for i in 0..gets {
+        let reply = next_reply();
+        assert!(reply == got || reply == unavailable, "GET {i}: {}", show(&reply[..reply.len().min(80)]));
+    }
+    assert_eq!(show(&next_reply()), show(unavailable));
+}
+
+/// Regression: a node stopped while a client's request waited on a stalled owner, with
+/// `--peer-timeout` longer than `--shutdown-grace`, exited under that connection and
+/// logged "every request read before the stop was answered"; the client got no reply.
+#[test]
+fn a_stop_that_outlasts_a_wait_on_a_peer_does_not_claim_every_request_answered() {
+    let (a_addr, b_addr) = (free_loopback_addr(), free_loopback_addr());
+    let file = temp_file("grace", &format!("a {a_addr} a-m\nb {b_addr} n-z\n"));
+    let mut b = start_node(&file, "b", b_addr, &[]);
+    let flags = ["--peer-timeout", "30", "--shutdown-grace", "1"];
+    let mut a = start_cluster_node(cluster_node_command(file.path(), "a", &flags), a_addr);
+    let mut client = Conn::connect(a_addr);
+    client.roundtrip(b"CREATE shopping\r\n", b"OK\r\n");
+    b.signal(libc::SIGSTOP);
+    wait_until("b is stopped", || common::proc::all_threads_stopped(b.pid()));
+    client.send(b"PUT shopping k 1\r\n");
+    let mut control = Conn::connect(a_addr);
+    wait_until("a has forwarded the PUT", || control.stat("forwarded_total") == 2);
+    a.signal(libc::SIGTERM);
+    assert!(a.wait_for_exit(common::DEADLINE).is_some(), "a exits after its grace");
+    wait_until("a's last line is logged", || !a.log_lines_with("kv::server] stopped").is_empty());
+    b.signal(libc::SIGCONT);
+    let claimed = a.log_lines_with("every request read before the stop was answered");
+    assert!(claimed.is_empty(), "{claimed:?}; the log:\n{}", a.log_text());
+    assert!(!a.log_lines_with("replies to requests read before the stop were lost").is_empty());
 }
 
 /// Sanity of the relay itself: passes bytes both ways untouched.

@@ -1,6 +1,7 @@
 //! A node's link after a version-3 or 4 handshake: request frames in, reply frames out
 //! (`protocol/peer_frame.rs`), through the same round, workers and shutdown rules as a
-//! client's lines.
+//! client's lines, except that a request read after the stop is answered `ERROR peer
+//! <this node> unavailable`, what the other node's client is to be told of it.
 //!
 //! The other node forwards here only what this node owns, so a request for a bucket
 //! owned elsewhere is a routing mismatch, answered and never forwarded again. Each
@@ -134,7 +135,12 @@ impl Connection<'_> {
             self.commands += 1;
             self.round.set_dialect(dialect);
             if stopping {
-                self.round.push_local(Reply::Error(ErrorKind::ShuttingDown));
+                // The asking client is another node's, and that node is not stopping:
+                // to it a request this node read after its stop is one its owner turned
+                // away unread, `ERROR peer <this node> unavailable` (docs/CLUSTER.md).
+                // `ERROR shutting down`, relayed, would say its own node was closing.
+                let node = self.state.config.node.as_str();
+                self.round.push_local(Reply::Error(ErrorKind::PeerUnavailable { peer: node }));
                 continue;
             }
             if let Flow::Stream(handoff) = self.dispatch_frame(&command) {

@@ -144,8 +144,9 @@ pub enum HelloReply {
 #[derive(Debug)]
 pub struct PeerConn {
     pub stream: TcpStream,
-    /// The read timeout currently set on the socket.
+    /// The read and write timeouts currently set on the socket.
     read_timeout: Duration,
+    write_timeout: Duration,
     /// The line to open the connection's first write with: the version-1 handshake,
     /// or the version-2 proof once the challenge is answered (`handshake.rs`).
     pub hello: Vec<u8>,
@@ -158,9 +159,18 @@ pub struct PeerConn {
 }
 
 impl PeerConn {
-    /// A new connection whose handshake line `hello` is still to be sent.
-    pub fn new(stream: TcpStream, read_timeout: Duration, hello: Vec<u8>) -> PeerConn {
-        PeerConn { stream, read_timeout, hello, hello_pending: true, reused: false, wrote: false }
+    /// A new connection whose handshake line `hello` is still to be sent; `timeout` is
+    /// what its socket's read and write timeouts are set to.
+    pub fn new(stream: TcpStream, timeout: Duration, hello: Vec<u8>) -> PeerConn {
+        PeerConn {
+            stream,
+            read_timeout: timeout,
+            write_timeout: timeout,
+            hello,
+            hello_pending: true,
+            reused: false,
+            wrote: false,
+        }
     }
 
     /// True if some byte of the last [`PeerConn::send`] may have reached the peer. A
@@ -181,18 +191,21 @@ impl PeerConn {
     }
 
     /// Writes `requests`, preceded by the handshake line if the connection is new, as
-    /// one write where the kernel takes it all. [`PeerConn::wrote_any`] says afterwards
-    /// whether any of it left.
-    pub fn send(&mut self, requests: &[u8]) -> Result<(), Failure> {
+    /// one write where the kernel takes it all, and fails once the soft deadline has
+    /// passed. [`PeerConn::wrote_any`] says afterwards whether any of it left.
+    pub fn send(&mut self, requests: &[u8], deadline: Deadline) -> Result<(), Failure> {
         self.wrote = false;
         let hello: &[u8] = if self.hello_pending { &self.hello } else { &[] };
         let (mut hello_at, mut request_at) = (0, 0);
         while request_at < requests.len() || hello_at < hello.len() {
+            limit_write(&self.stream, &mut self.write_timeout, deadline)?;
             let slices = [IoSlice::new(&hello[hello_at..]), IoSlice::new(&requests[request_at..])];
             let written = match self.stream.write_vectored(&slices) {
                 Ok(0) => return Err(Failure::Closed),
                 Ok(written) => written,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                // As for reads: the socket's timeout may end up to TIMEOUT_SLACK early.
+                Err(error) if crate::socket::is_timeout(&error) && Instant::now() < deadline.soft => continue,
                 Err(error) => return Err(error.into()),
             };
             self.wrote = true;
@@ -291,6 +304,23 @@ impl PeerConn {
             Err(error) => Err(error.into()),
         }
     }
+}
+
+/// Sets `stream`'s write timeout, now `timeout`, to the time left before the soft
+/// deadline, or fails once it has passed. A socket's timeout bounds one write call
+/// only, and a peer that reads slowly lets each call take a little: with the fixed
+/// `--peer-timeout`, a large exchange to such a peer went on for as long as the peer
+/// kept reading, far past the deadline.
+fn limit_write(stream: &TcpStream, timeout: &mut Duration, deadline: Deadline) -> Result<(), Failure> {
+    let left = deadline.soft.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(Failure::TimedOut);
+    }
+    if timeout.abs_diff(left) > TIMEOUT_SLACK {
+        stream.set_write_timeout(Some(left))?;
+        *timeout = left;
+    }
+    Ok(())
 }
 
 /// True for the line a node at its connection cap answers with.

@@ -318,7 +318,7 @@ impl Peer {
         };
         let mut request = Vec::new();
         protocol::push_peer_frame(&Command::Subscribe { bucket }, dialect, &mut request);
-        conn.send(&request)?;
+        conn.send(&request, deadline)?;
         let (mut buffer, mut spans) = (Vec::new(), Vec::new());
         if let HelloReply::Refused(line) = conn.read_frames(&mut buffer, &mut spans, 1, deadline)? {
             return refused(&line);
@@ -341,7 +341,7 @@ impl Peer {
         let mut conn = self.connect(deadline)?;
         let mut request = Vec::new();
         protocol::push_peer_frame(&Command::Ping, Dialect::Text, &mut request);
-        conn.send(&request)?;
+        conn.send(&request, deadline)?;
         let (mut replies, mut spans) = (Vec::new(), Vec::new());
         match conn.read_replies(&mut replies, &mut spans, 1, deadline)? {
             HelloReply::Refused(line) => {

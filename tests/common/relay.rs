@@ -33,7 +33,13 @@ pub enum Mode {
     DropReplies = 1,
     /// Nothing is read either way: the other side looks frozen (a SIGSTOPped node).
     Stall = 2,
+    /// Replies pass; requests are read [`TRICKLE_BYTES`] per [`TICK`]: a peer that
+    /// reads slowly (a slow link, an owner busy elsewhere) but keeps reading.
+    Trickle = 3,
 }
+
+/// Request bytes passed per [`TICK`] in [`Mode::Trickle`]: about 100 KiB a second.
+const TRICKLE_BYTES: usize = 1024;
 
 #[derive(Default)]
 struct Shared {
@@ -150,7 +156,9 @@ fn pump(from: TcpStream, mut to: TcpStream, replies: bool, shared: &Arc<Shared>)
                 thread::sleep(TICK);
                 continue;
             }
-            let n = match (&from).read(&mut buffer) {
+            let trickle = !replies && shared.mode.load(Ordering::SeqCst) == Mode::Trickle as u8;
+            let want = if trickle { TRICKLE_BYTES } else { buffer.len() };
+            let n = match (&from).read(&mut buffer[..want]) {
                 Ok(0) => break to.shutdown(Shutdown::Write).unwrap_or(()),
                 Ok(n) => n,
                 Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
@@ -171,6 +179,9 @@ fn pump(from: TcpStream, mut to: TcpStream, replies: bool, shared: &Arc<Shared>)
             }
             if to.write_all(&buffer[..n]).is_err() {
                 break to.shutdown(Shutdown::Write).unwrap_or(());
+            }
+            if trickle {
+                thread::sleep(TICK);
             }
         }
     })
