@@ -24,7 +24,9 @@ pub enum Gather {
 
 /// Writes the reply gathered from the parts in `parts` (part `i` ends at `ends[i]`) to
 /// `out`. If a part failed, the first failure is the reply, as Redis answers a command
-/// with one error.
+/// with one error; when other parts were served, it says so, since a write to
+/// them happened and an error must not hide that (`-ERR peer b unavailable; other keys
+/// of the command were served, writes to them applied`). A bare error means no part was.
 ///
 /// ```
 /// use kv::protocol::{Gather, gather};
@@ -38,7 +40,12 @@ pub fn gather(how: Gather, parts: &[u8], ends: &[usize], out: &mut Vec<u8>) {
     let part = |i: usize| &parts[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
     let count = ends.len();
     if let Some(failed) = (0..count).map(part).find(|p| p.first() == Some(&b'-')) {
-        out.extend_from_slice(failed);
+        if (0..count).all(|i| part(i).first() == Some(&b'-')) {
+            out.extend_from_slice(failed);
+            return;
+        }
+        out.extend_from_slice(failed.strip_suffix(b"\r\n").unwrap_or(failed));
+        out.extend_from_slice(b"; other keys of the command were served, writes to them applied\r\n");
         return;
     }
     match how {
@@ -94,10 +101,14 @@ mod tests {
     }
 
     #[test]
-    fn the_first_failed_part_is_the_reply() {
+    fn the_first_failed_part_is_the_reply_saying_how_many_others_were_served() {
         let parts: [&[u8]; 3] = [b":1\r\n", b"-ERR peer n1 unavailable\r\n", b"-ERR out of memory\r\n"];
+        let partly: &[u8] =
+            b"-ERR peer n1 unavailable; other keys of the command were served, writes to them applied\r\n";
+        let none: [&[u8]; 2] = [b"-ERR peer n1 unavailable\r\n", b"-ERR out of memory\r\n"];
         for how in [Gather::Sum, Gather::Array, Gather::AllOk, Gather::Type] {
-            assert_eq!(gathered(how, &parts), b"-ERR peer n1 unavailable\r\n", "{how:?}");
+            assert_eq!(gathered(how, &parts), partly, "{how:?}");
+            assert_eq!(gathered(how, &none), b"-ERR peer n1 unavailable\r\n", "{how:?}");
         }
     }
 }
