@@ -1134,10 +1134,19 @@ fn hello_3_with_auth_authenticates_and_switches_to_resp3() {
         &command(&[b"HELLO", b"3", b"AUTH", b"default", b"nope"]),
         b"-WRONGPASS invalid password\r\n",
     );
-    conn.send(&command(&[b"HELLO", b"3", b"AUTH", b"default", b"hunter2", b"SETNAME", b"me"]));
+    // A refused HELLO changes nothing, not even the name it carried.
+    conn.roundtrip(
+        &command(&[b"HELLO", b"3", b"SETNAME", b"sneaky"]),
+        b"-NOAUTH authentication required\r\n",
+    );
+    conn.send(&command(&[b"HELLO", b"3", b"AUTH", b"default", b"hunter2"]));
     let hello = read_frame(&mut conn);
     assert!(hello.starts_with(b"%7\r\n$6\r\nserver\r\n$2\r\nkv\r\n"), "{}", show(&hello));
     conn.roundtrip(&command(&[b"HGET", b"b", b"k"]), b"_\r\n");
+    conn.roundtrip(&command(&[b"CLIENT", b"GETNAME"]), b"_\r\n");
+    conn.send(&command(&[b"HELLO", b"3", b"AUTH", b"default", b"hunter2", b"SETNAME", b"me"]));
+    let hello = read_frame(&mut conn);
+    assert!(hello.starts_with(b"%7\r\n"), "{}", show(&hello));
     conn.roundtrip(&command(&[b"CLIENT", b"GETNAME"]), b"$2\r\nme\r\n");
 }
 

@@ -66,6 +66,9 @@ impl RespConnection<'_> {
                 return Flow::Next;
             }
         };
+        // Taken only once the whole command is accepted: a HELLO refused (not signed
+        // in, a bad option) changes nothing.
+        let mut name = None;
         let mut i = 2;
         while i < args.len() {
             let option = args.get(i).unwrap_or_default().to_ascii_lowercase();
@@ -78,8 +81,8 @@ impl RespConnection<'_> {
                     }
                     i += 3;
                 }
-                (b"setname", Some(name), _) => {
-                    self.name = Some(name.to_vec());
+                (b"setname", Some(given), _) => {
+                    name = Some(given);
                     i += 2;
                 }
                 _ => {
@@ -91,6 +94,9 @@ impl RespConnection<'_> {
         if !self.password.is_authenticated() {
             self.round.push_local(Reply::Error(ErrorKind::AuthenticationRequired));
             return Flow::Next;
+        }
+        if let Some(name) = name {
+            self.name = Some(name.to_vec());
         }
         self.proto = proto;
         self.round.set_dialect(if proto == Resp::V3 { Dialect::Resp3 } else { Dialect::Resp2 });
