@@ -325,15 +325,16 @@ impl<'s> Round<'s> {
     /// [`ROUND_REPLY_BUDGET`]; then counts that reply in. `held` is the longest value
     /// the owner's partition has held (`usize::MAX` when unknown: a peer's).
     fn make_room_for(&mut self, command: &Command<'_>, held: usize) {
-        if let Some(value) = written_value(command) {
-            self.written_this_round = self.written_this_round.max(value.len());
-        }
         let longest = held.max(self.written_this_round).min(self.largest_value);
         let bound = reply_bound(command, longest);
         if !self.order.is_empty() && self.reply_bound.saturating_add(bound) > ROUND_REPLY_BUDGET {
             self.flush();
         }
         self.reply_bound = self.reply_bound.saturating_add(bound);
+        // After the flush, which starts the count of the round this write joins.
+        if let Some(value) = written_value(command) {
+            self.written_this_round = self.written_this_round.max(value.len());
+        }
     }
 
     /// Appends a reply straight to the output: for requests answered after a flush,

@@ -883,7 +883,8 @@ fn a_dead_owner_is_peer_unavailable_and_the_connection_keeps_serving() {
         // the dead node answers that part's error, saying the other part was served:
         // for a DEL, that its bucket is gone.
         ok(con, &[b"HSET", b"apples", b"k", b"v"]);
-        let partly = "ERR peer b unavailable; other keys of the command were served, writes to them applied";
+        let partly =
+            "ERR peer b unavailable; the command's other parts were served, writes among them applied";
         assert_eq!(error(con, &[b"EXISTS", b"apples", b"nuts"]), partly);
         ok(con, &[b"HSET", b"grapes", b"k", b"v"]);
         assert_eq!(error(con, &[b"DEL", b"grapes", b"nuts"]), partly);
@@ -1134,11 +1135,17 @@ fn hello_3_with_auth_authenticates_and_switches_to_resp3() {
         &command(&[b"HELLO", b"3", b"AUTH", b"default", b"nope"]),
         b"-WRONGPASS invalid password\r\n",
     );
-    // A refused HELLO changes nothing, not even the name it carried.
+    // A refused HELLO changes nothing: not the name it carried, nor signing in with a
+    // right password beside a bad option.
     conn.roundtrip(
         &command(&[b"HELLO", b"3", b"SETNAME", b"sneaky"]),
         b"-NOAUTH authentication required\r\n",
     );
+    conn.roundtrip(
+        &command(&[b"HELLO", b"3", b"AUTH", b"default", b"hunter2", b"BOGUS"]),
+        b"-ERR syntax error\r\n",
+    );
+    conn.roundtrip(&command(&[b"HGET", b"b", b"k"]), b"-NOAUTH authentication required\r\n");
     conn.send(&command(&[b"HELLO", b"3", b"AUTH", b"default", b"hunter2"]));
     let hello = read_frame(&mut conn);
     assert!(hello.starts_with(b"%7\r\n$6\r\nserver\r\n$2\r\nkv\r\n"), "{}", show(&hello));

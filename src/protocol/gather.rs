@@ -23,10 +23,12 @@ pub enum Gather {
 }
 
 /// Writes the reply gathered from the parts in `parts` (part `i` ends at `ends[i]`) to
-/// `out`. If a part failed, the first failure is the reply, as Redis answers a command
-/// with one error; when other parts were served, it says so, since a write to
-/// them happened and an error must not hide that (`-ERR peer b unavailable; other keys
-/// of the command were served, writes to them applied`). A bare error means no part was.
+/// `out`. If a part failed, the reply is one error, as Redis answers a command: a
+/// failure that may have been applied (`outcome unknown`, `applied but not synced`)
+/// before one that was not, else the first. When other parts were served, it says so,
+/// since a write among them happened and an error must not hide that (`-ERR peer b
+/// unavailable; the command's other parts were served, writes among them applied`). A
+/// plain `unavailable` with no note means no part was applied.
 ///
 /// ```
 /// use kv::protocol::{Gather, gather};
@@ -39,13 +41,19 @@ pub enum Gather {
 pub fn gather(how: Gather, parts: &[u8], ends: &[usize], out: &mut Vec<u8>) {
     let part = |i: usize| &parts[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
     let count = ends.len();
-    if let Some(failed) = (0..count).map(part).find(|p| p.first() == Some(&b'-')) {
-        if (0..count).all(|i| part(i).first() == Some(&b'-')) {
-            out.extend_from_slice(failed);
+    let failed = |reply: &&[u8]| reply.first() == Some(&b'-');
+    let mut failures = (0..count).map(part).filter(failed);
+    if let Some(first) = failures.next() {
+        let reply = std::iter::once(first)
+            .chain(failures)
+            .find(|reply| may_have_been_applied(reply))
+            .unwrap_or(first);
+        if (0..count).map(part).all(|p| failed(&p)) {
+            out.extend_from_slice(reply);
             return;
         }
-        out.extend_from_slice(failed.strip_suffix(b"\r\n").unwrap_or(failed));
-        out.extend_from_slice(b"; other keys of the command were served, writes to them applied\r\n");
+        out.extend_from_slice(reply.strip_suffix(b"\r\n").unwrap_or(reply));
+        out.extend_from_slice(b"; the command's other parts were served, writes among them applied\r\n");
         return;
     }
     match how {
@@ -65,6 +73,13 @@ pub fn gather(how: Gather, parts: &[u8], ends: &[usize], out: &mut Vec<u8>) {
             write_simple(out, word);
         }
     }
+}
+
+/// Whether a part's error says its write may have happened: kv's errors that do end
+/// with one of these (`protocol/reply.rs`).
+fn may_have_been_applied(reply: &[u8]) -> bool {
+    let text = reply.strip_suffix(b"\r\n").unwrap_or(reply);
+    text.ends_with(b"outcome unknown") || text.windows(30).any(|w| w == b"applied but not synced to disk")
 }
 
 /// The value of a `:<n>\r\n` reply; anything else counts 0.
@@ -101,10 +116,20 @@ mod tests {
     }
 
     #[test]
-    fn the_first_failed_part_is_the_reply_saying_how_many_others_were_served() {
+    fn a_failure_that_may_have_been_applied_is_the_reply_before_one_that_was_not() {
+        let unknown: &[u8] = b"-ERR peer n2 unavailable: outcome unknown\r\n";
+        let not_synced: &[u8] = b"-ERR applied but not synced to disk: Input/output error\r\n";
+        for maybe in [unknown, not_synced] {
+            let parts: [&[u8]; 2] = [b"-ERR peer n1 unavailable\r\n", maybe];
+            assert_eq!(gathered(Gather::Sum, &parts), maybe);
+        }
+    }
+
+    #[test]
+    fn the_first_failed_part_is_the_reply_saying_whether_others_were_served() {
         let parts: [&[u8]; 3] = [b":1\r\n", b"-ERR peer n1 unavailable\r\n", b"-ERR out of memory\r\n"];
         let partly: &[u8] =
-            b"-ERR peer n1 unavailable; other keys of the command were served, writes to them applied\r\n";
+            b"-ERR peer n1 unavailable; the command's other parts were served, writes among them applied\r\n";
         let none: [&[u8]; 2] = [b"-ERR peer n1 unavailable\r\n", b"-ERR out of memory\r\n"];
         for how in [Gather::Sum, Gather::Array, Gather::AllOk, Gather::Type] {
             assert_eq!(gathered(how, &parts), partly, "{how:?}");

@@ -66,19 +66,15 @@ impl RespConnection<'_> {
                 return Flow::Next;
             }
         };
-        // Taken only once the whole command is accepted: a HELLO refused (not signed
-        // in, a bad option) changes nothing.
-        let mut name = None;
+        // Both taken only once every option parsed: a HELLO with a bad option changes
+        // nothing, neither signing in nor the name; one not signed in, not the name.
+        let (mut password, mut name) = (None, None);
         let mut i = 2;
         while i < args.len() {
             let option = args.get(i).unwrap_or_default().to_ascii_lowercase();
             match (option.as_slice(), args.get(i + 1), args.get(i + 2)) {
-                (b"auth", Some(_user), Some(password)) => {
-                    let (reply, close) = self.password.attempt(self.state, self.client, password);
-                    if reply != Reply::Ok {
-                        self.round.push_local(reply);
-                        return if close { Flow::Close } else { Flow::Next };
-                    }
+                (b"auth", Some(_user), Some(given)) => {
+                    password = Some(given);
                     i += 3;
                 }
                 (b"setname", Some(given), _) => {
@@ -89,6 +85,13 @@ impl RespConnection<'_> {
                     self.push_own(|out, _| write_syntax_error(out));
                     return Flow::Next;
                 }
+            }
+        }
+        if let Some(password) = password {
+            let (reply, close) = self.password.attempt(self.state, self.client, password);
+            if reply != Reply::Ok {
+                self.round.push_local(reply);
+                return if close { Flow::Close } else { Flow::Next };
             }
         }
         if !self.password.is_authenticated() {
