@@ -659,24 +659,33 @@ fn a_bad_newest_snapshot_is_refused_keeping_the_files_it_would_replace_and_repai
 #[test]
 fn a_lost_segment_or_a_partition_without_files_is_refused_and_repair_loads_the_rest() {
     let dir = TempDir::new("lost-files");
-    let (_, buckets, keys) = populate(&dir, "2");
+    let (model, buckets, keys) = populate(&dir, "2");
     let generation = dir.path().join("gen-0001");
     // p000's only segment, renamed one further on: segment 1 is now lost, and with it
     // the writes it held (they are there under the new name, for the check below).
     let segments = files_ending(&generation.join("p000"), ".log");
     assert_eq!(segments.len(), 1, "{segments:?}");
-    let later = generation.join("p000/0000000002.log");
-    fs::rename(&segments[0], &later).unwrap();
+    fs::rename(&segments[0], generation.join("p000/0000000002.log")).unwrap();
     refused_leaving_all(&dir, &["--workers", "2"], &["p000", "segment(s) 1 to 1 missing", "--repair"]);
-    fs::rename(&later, &segments[0]).unwrap();
+    // --repair loads the rest and closes the gap, so the next start needs no --repair.
+    let server = serve(&dir, &["--workers", "2", "--repair"]);
+    assert!(!server.log_lines_with("wrote snapshot 2").is_empty(), "{}", server.log_text());
+    model.assert_served_by(&mut Conn::connect(server.addr()), &buckets, &keys);
+    stop(server);
+    let server = serve(&dir, &["--workers", "2"]);
+    model.assert_served_by(&mut Conn::connect(server.addr()), &buckets, &keys);
+    stop(server);
+
     // p001 emptied while p000 keeps its files: refused before either writes a thing.
-    let aside = dir.path().join("p001-aside");
-    fs::rename(generation.join("p001"), &aside).unwrap();
+    fs::rename(generation.join("p001"), dir.path().join("p001-aside")).unwrap();
     fs::create_dir(generation.join("p001")).unwrap();
     refused_leaving_all(&dir, &["--workers", "2"], &["p001", "no data files", "--repair"]);
-    // --repair loads the rest, and says what it went on without.
+    // --repair loads the rest, and says what it went on without; the next start
+    // needs no --repair either.
     let server = serve(&dir, &["--workers", "2", "--repair"]);
     assert!(!server.log_lines_with("p001 hold no data files").is_empty(), "{}", server.log_text());
+    stop(server);
+    let server = serve(&dir, &["--workers", "2"]);
     let mut conn = Conn::connect(server.addr());
     let mut still_there = |bucket: &String| {
         conn.send(format!("GET {bucket} {}\r\n", keys[0]).as_bytes());

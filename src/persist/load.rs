@@ -153,9 +153,18 @@ fn load_once(dir: &Path, repair: bool, warnings: &mut Vec<String>) -> Result<Opt
             next
         }
     };
-    // Said only of the attempt that loads: one that fell back from a damaged snapshot
-    // may have found a gap after it that the older files do not have.
-    warnings.extend(gaps.iter().map(|gap| format!("{}: {gap}; loading goes on without them", dir.display())));
+    let mut leftovers = leftovers;
+    if !gaps.is_empty() {
+        // Said only of the attempt that loads: one that fell back from a damaged
+        // snapshot may have found a gap after it that the older files do not have.
+        warnings
+            .extend(gaps.iter().map(|gap| format!("{}: {gap}; loading goes on without them", dir.display())));
+        total = close_gaps(dir, segment, &partition, &files, &mut leftovers)? + segment_len;
+        warnings.push(format!(
+            "{}: wrote snapshot {segment} of what was loaded, so that the next start finds no gap",
+            dir.display()
+        ));
+    }
     let warnings = std::mem::take(warnings);
     Ok(Some(Loaded { partition, segment, segment_len, total, warnings, leftovers }))
 }
@@ -197,6 +206,26 @@ fn gaps(files: &[DataFile]) -> Vec<String> {
         missing.push(format!("segment {expected}, the one after snapshot {snapshot}, missing"));
     }
     missing
+}
+
+/// After `--repair` loaded past a gap: writes what was loaded as snapshot `segment`
+/// (the segment appended to from now on), so that the files before it, listed in
+/// `leftovers` to be removed once every partition has loaded, no longer count and the
+/// next start finds no gap; without it every start would be refused again until a
+/// compaction. The segment's records are also in the snapshot, and replaying them on
+/// top of it changes nothing: each sets what it names, as after a compaction. Returns
+/// the snapshot's length.
+fn close_gaps(
+    dir: &Path,
+    segment: u64,
+    partition: &Partition,
+    files: &[DataFile],
+    leftovers: &mut Vec<PathBuf>,
+) -> Result<u64, LoadError> {
+    let written =
+        super::snapshot::write_whole(dir, segment, partition).map_err(|error| LoadError::io(dir, error))?;
+    leftovers.extend(files.iter().filter(|file| file.seq < segment).map(|file| file.path.clone()));
+    Ok(written)
 }
 
 /// Whether `dir` holds any data file (a snapshot or a segment, current or replaced).

@@ -290,6 +290,14 @@ fn current_generation(root: &Path, partitions: usize, seed: u64) -> Result<(Stri
             }
             let name = generation_name(1);
             create_generation(root, &name, partitions, seed)?;
+            // Every partition has its segment 1 before CURRENT names the generation: a
+            // start cut short before that point begins again from nothing, and never
+            // leaves some partitions with files and others without (which reads as a
+            // partition whose files were lost).
+            for p in 0..partitions {
+                let dir = partition_dir(&root.join(&name), p);
+                log::create_segment(&dir, 1).map_err(|error| LoadError::io(&dir, error))?;
+            }
             switch_current(root, &name)?;
             name
         }
