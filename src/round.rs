@@ -281,8 +281,8 @@ impl<'s> Round<'s> {
 
     /// A request for worker `w`.
     pub fn push_worker(&mut self, w: usize, command: &Command<'_>) {
-        let held = self.workers[w].stats.largest_value.load(Ordering::Relaxed);
-        self.make_room_for(command, held);
+        let stats = &self.workers[w].stats;
+        self.make_room_for(command, || stats.largest_value.load(Ordering::Relaxed));
         if self.batches.is_empty() {
             self.make_batches();
         }
@@ -315,18 +315,25 @@ impl<'s> Round<'s> {
         if self.forwarder.is_full_for(p, request_size(command)) {
             self.flush();
         }
-        self.make_room_for(command, usize::MAX);
+        self.make_room_for(command, || usize::MAX);
         self.forwarder.push(p, command, self.dialect);
         self.order.push(Source::Peer(p as u32));
         self.pushed_one();
     }
 
     /// Flushes the round first if `command`'s reply could take it past
-    /// [`ROUND_REPLY_BUDGET`]; then counts that reply in. `held` is the longest value
-    /// the owner's partition has held (`usize::MAX` when unknown: a peer's).
-    fn make_room_for(&mut self, command: &Command<'_>, held: usize) {
-        let longest = held.max(self.written_this_round).min(self.largest_value);
-        let bound = reply_bound(command, longest);
+    /// [`ROUND_REPLY_BUDGET`]; then counts that reply in. `held` says the longest value
+    /// the owner's partition has held (`usize::MAX` when unknown: a peer's); it is
+    /// asked only for a read of one key.
+    fn make_room_for(&mut self, command: &Command<'_>, held: impl FnOnce() -> usize) {
+        let bound = match command {
+            Command::Get { .. } | Command::HGet { .. } => {
+                held().max(self.written_this_round).min(self.largest_value)
+            }
+            // A whole bucket, bounded only by the bucket: a round of its own.
+            Command::HGetAll { .. } | Command::HKeys { .. } | Command::HVals { .. } => ROUND_REPLY_BUDGET,
+            _ => 0,
+        };
         if !self.order.is_empty() && self.reply_bound.saturating_add(bound) > ROUND_REPLY_BUDGET {
             self.flush();
         }
@@ -649,17 +656,6 @@ fn request_size(command: &Command<'_>) -> usize {
         _ => (command.bucket(), 0),
     };
     bucket.map_or(0, <[u8]>::len) + rest + 17
-}
-
-/// The most bytes of values `command`'s reply may hold when no value is over
-/// `longest`: one value for a read of one key, the whole budget for a read of a whole
-/// bucket (bounded only by the bucket), none for the rest.
-fn reply_bound(command: &Command<'_>, longest: usize) -> usize {
-    match command {
-        Command::Get { .. } | Command::HGet { .. } => longest,
-        Command::HGetAll { .. } | Command::HKeys { .. } | Command::HVals { .. } => ROUND_REPLY_BUDGET,
-        _ => 0,
-    }
 }
 
 /// The value `command` stores, if it is a write of one.

@@ -130,8 +130,10 @@ impl<'a> Event<'a> {
 
     /// Reads the event frame at the start of `bytes`.
     pub fn read_frame(bytes: &'a [u8]) -> EventFrame<'a> {
-        let Some(head) = bytes.get(..FRAME_HEAD) else { return EventFrame::Partial };
-        let body = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let (Some(head), Some(len)) = (bytes.get(..FRAME_HEAD), Self::frame_len(bytes)) else {
+            return EventFrame::Partial;
+        };
+        let body = len - 4;
         let key_len = u32::from_le_bytes([head[5], head[6], head[7], head[8]]) as usize;
         if body < FRAME_HEAD - 4 || key_len > body - (FRAME_HEAD - 4) {
             return EventFrame::Bad;

@@ -6,6 +6,7 @@
 //! gathers their replies into the one reply Redis would give. The parts' replies are
 //! already RESP; gathering reads them back only as far as it must.
 
+use super::reply::{NOT_SYNCED, OUTCOME_UNKNOWN};
 use super::resp_write::{write_array_len, write_integer, write_simple};
 
 /// How a group's part replies become one.
@@ -42,13 +43,9 @@ pub fn gather(how: Gather, parts: &[u8], ends: &[usize], out: &mut Vec<u8>) {
     let part = |i: usize| &parts[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
     let count = ends.len();
     let failed = |reply: &&[u8]| reply.first() == Some(&b'-');
-    let mut failures = (0..count).map(part).filter(failed);
-    if let Some(first) = failures.next() {
-        let reply = std::iter::once(first)
-            .chain(failures)
-            .find(|reply| may_have_been_applied(reply))
-            .unwrap_or(first);
-        if (0..count).map(part).all(|p| failed(&p)) {
+    if let Some(first) = (0..count).map(part).find(failed) {
+        let reply = (0..count).map(part).filter(failed).find(|r| may_have_been_applied(r)).unwrap_or(first);
+        if !(0..count).map(part).any(|p| !failed(&p)) {
             out.extend_from_slice(reply);
             return;
         }
@@ -75,11 +72,11 @@ pub fn gather(how: Gather, parts: &[u8], ends: &[usize], out: &mut Vec<u8>) {
     }
 }
 
-/// Whether a part's error says its write may have happened: kv's errors that do end
-/// with one of these (`protocol/reply.rs`).
+/// Whether a part's error says its write may have happened, in the words
+/// `protocol/reply.rs` writes it with.
 fn may_have_been_applied(reply: &[u8]) -> bool {
     let text = reply.strip_suffix(b"\r\n").unwrap_or(reply);
-    text.ends_with(b"outcome unknown") || text.windows(30).any(|w| w == b"applied but not synced to disk")
+    text.ends_with(OUTCOME_UNKNOWN) || text.windows(NOT_SYNCED.len()).any(|w| w == NOT_SYNCED)
 }
 
 /// The value of a `:<n>\r\n` reply; anything else counts 0.

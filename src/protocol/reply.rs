@@ -57,6 +57,15 @@ pub fn is_auth_failure(error_text: &[u8]) -> bool {
     error_text.starts_with(AUTHENTICATION_FAILED)
 }
 
+/// How the error of a forwarded write that may have been applied ends
+/// ([`ErrorKind::PeerOutcomeUnknown`]); `gather.rs` reads it back in the parts of a
+/// multi-key reply.
+pub const OUTCOME_UNKNOWN: &[u8] = b" unavailable: outcome unknown";
+
+/// How the error of a write applied but not known to be on disk begins
+/// ([`ErrorKind::NotSynced`]); read back the same way.
+pub const NOT_SYNCED: &[u8] = b"applied but not synced to disk: ";
+
 /// One reply to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply<'a> {
@@ -320,12 +329,10 @@ impl ErrorKind<'_> {
             ErrorKind::PersistenceFailed { reason } => {
                 line(out, &[e, b"persistence failed: ", reason.as_bytes()])
             }
-            ErrorKind::NotSynced { reason } => {
-                line(out, &[e, b"applied but not synced to disk: ", reason.as_bytes()])
-            }
+            ErrorKind::NotSynced { reason } => line(out, &[e, NOT_SYNCED, reason.as_bytes()]),
             ErrorKind::PersistenceOff => line(out, &[e, b"persistence is off (no --data-dir)"]),
             ErrorKind::PeerOutcomeUnknown { peer } => {
-                line(out, &[e, b"peer ", peer.as_bytes(), b" unavailable: outcome unknown"])
+                line(out, &[e, b"peer ", peer.as_bytes(), OUTCOME_UNKNOWN])
             }
             ErrorKind::OutOfMemory => line(out, &[e, b"out of memory"]),
             ErrorKind::NotRepresentable => {

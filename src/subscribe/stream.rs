@@ -7,8 +7,7 @@
 //! The loop is "write what the client takes, drop it when too far behind": a client
 //! that does not read must pin neither this thread nor more than the backlog limit of
 //! memory (a local subscription holds at most [`CHUNK`] of its own, or one larger
-//! event; the rest stays in
-//! the log it shares). A relay's writes wait at most [`WRITE_WAIT`], so the loop keeps
+//! event; the rest stays in the log it shares). A relay's writes wait at most [`WRITE_WAIT`], so the loop keeps
 //! draining the owner while the client is stuck; how far behind is too far is the
 //! source's call ([`Source::too_far_behind`]). Input from the client is read and
 //! ignored, and a client whose connection was reset is noticed within
