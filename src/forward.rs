@@ -59,8 +59,9 @@ struct Exchange {
     spans: Vec<(usize, usize)>,
     /// How many replies have been taken by [`Forwarder::next_reply`].
     cursor: usize,
-    /// The connection the requests went out on, until the replies are in.
-    conn: Option<PeerConn>,
+    /// The connection the requests went out on, and when this peer's time is up,
+    /// until the replies are in.
+    conn: Option<(PeerConn, Deadline)>,
 }
 
 impl Exchange {
@@ -99,7 +100,7 @@ impl Exchange {
         }
         match conn.send(&self.requests, deadline) {
             Ok(()) => {
-                self.conn = Some(conn);
+                self.conn = Some((conn, deadline));
                 Ok(())
             }
             Err(failure) => {
@@ -241,14 +242,22 @@ impl<'p> Forwarder<'p> {
     }
 
     /// Sends every queued request and reads every reply: first one write per peer, then
-    /// the replies peer by peer, all within the request timeout. Failures become
-    /// `ERROR peer <name> unavailable` replies; this never fails as a whole.
+    /// the replies peer by peer. Failures become `ERROR peer <name> unavailable`
+    /// replies; this never fails as a whole.
+    ///
+    /// Each peer has the request timeout from when its turn to be sent to comes. With
+    /// one deadline for the round, a peer that stalled the send (a full pool, a connect
+    /// that hangs, a large request it does not read) used up the time of the peers
+    /// after it: their requests failed unsent, and each such round counted a failure
+    /// against them, so one stalled node got healthy ones marked down. A round waits
+    /// longer when several peers stall; replies are read in the order sent, and a peer
+    /// whose time passed while another was waited on still has the replies it already
+    /// sent read ([`PeerConn::read_more`]).
     pub fn exchange(&mut self) {
         if !self.pending {
             return;
         }
         self.pending = false;
-        let deadline = Deadline::after(self.peers.timeout());
         for (peer, exchange) in self.peers.iter().zip(&mut self.exchanges) {
             if exchange.writes.is_empty() {
                 continue;
@@ -259,12 +268,12 @@ impl<'p> Forwarder<'p> {
                 exchange.answer_unavailable(peer, Sent::Nothing);
                 continue;
             }
-            if let Err((failure, sent)) = exchange.send(peer, deadline) {
+            if let Err((failure, sent)) = exchange.send(peer, Deadline::after(self.peers.timeout())) {
                 exchange.fail(peer, &failure, sent);
             }
         }
         for (peer, exchange) in self.peers.iter().zip(&mut self.exchanges) {
-            if let Some(conn) = exchange.conn.take() {
+            if let Some((conn, deadline)) = exchange.conn.take() {
                 exchange.receive(peer, conn, deadline);
             }
         }
@@ -298,7 +307,7 @@ impl Drop for Forwarder<'_> {
         // Only a panic between send and receive leaves a connection here; its pool slot
         // must still be given back.
         for (peer, exchange) in self.peers.iter().zip(&mut self.exchanges) {
-            if let Some(conn) = exchange.conn.take() {
+            if let Some((conn, _)) = exchange.conn.take() {
                 peer.discard(conn);
             }
         }
@@ -496,6 +505,30 @@ mod tests {
         assert_eq!(stats.get("peer.them.state"), Some("down"));
         assert_eq!(stats.get("peer_errors_total"), Some("3"));
         drop(listener);
+    }
+
+    #[test]
+    fn a_peer_that_stalls_its_send_leaves_the_next_peer_its_own_time() {
+        // `them` has one connection allowed and the test holds it, so the round's send
+        // to `them` waits its whole timeout for a free one; `other` answers at once.
+        let stalled = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (healthy, fake) = fake_peer([&b"OK\r\n"[..], &frames(&[b"OK\r\n", b"v\r\nOK\r\n"])].concat());
+        let text = format!("me 127.0.0.1:1 a\nthem {} b\nother {healthy} c\n", stalled.local_addr().unwrap());
+        let cluster = Cluster::parse("test", &text).unwrap();
+        let config = PeerConfig { timeout: Duration::from_millis(200), connections: 1, ..PeerConfig::default() };
+        let peers = Peers::start(&cluster, 0, &config, None).unwrap();
+        let held = peers.get(0).checkout(Deadline::after(Duration::from_secs(5))).unwrap();
+        let mut forwarder = Forwarder::new(&peers);
+        forwarder.push(0, &protocol::parse(b"GET b k"), Dialect::Text);
+        forwarder.push(1, &protocol::parse(b"PUT c k v"), Dialect::Text);
+        forwarder.push(1, &protocol::parse(b"GET c k"), Dialect::Text);
+        forwarder.exchange();
+        assert_eq!(next(&mut forwarder, 0), b"ERROR peer them unavailable\r\n");
+        assert_eq!(next(&mut forwarder, 1), b"OK\r\n", "the healthy peer was sent to and answered");
+        assert_eq!(next(&mut forwarder, 1), b"v\r\nOK\r\n");
+        assert_eq!(fake.join().unwrap(), b"KV-PEER-HELLO 3 me other\nPUT c k v\nGET c k\n");
+        assert_eq!(peers.get(1).errors(), 0, "no failure is counted against the healthy peer");
+        peers.get(0).discard(held);
     }
 
     #[test]
