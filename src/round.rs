@@ -40,14 +40,16 @@ const MAX_REQUESTS_PER_ROUND: usize = 256;
 /// Most bytes of values one round's replies may hold, as far as the requests tell:
 /// once the next request's reply could take the round past it, the round is flushed
 /// first ([`Round::push_worker`], [`Round::push_peer`]). A read of one key counts as
-/// the longest value it could return: the longest its partition has held, or one
-/// written earlier in the round, never more than the server takes
+/// the longest value it could return: its partition's bound on the longest value it
+/// holds (`Partition::largest_value`, which falls again once long values are gone), or
+/// one written earlier in the round, never more than the server takes
 /// ([`Round::limit_replies`]); a read of a peer's bucket counts as the latter. A
 /// whole-bucket read (`HGETALL`, `HKEYS`, `HVALS`) counts as all of it, so it is a
 /// round of its own. Without it 256 GETs of a 1 MiB value, each asked in a few bytes,
 /// made one round of 256 MiB, and 256 `HGETALL`s as many copies of the bucket; a
 /// client that then stopped reading kept twice that resident. With values of 64 KiB
-/// or less (and with small values above all) reads keep their 256 to a round.
+/// or less (and with small values above all) reads keep their 256 to a round; after
+/// a longer value has left, with values under 64 KiB (the bound is a size class's top).
 const ROUND_REPLY_BUDGET: usize = 16 * 1024 * 1024;
 
 /// Once this many reply bytes wait, they are written before more requests are
@@ -322,9 +324,9 @@ impl<'s> Round<'s> {
     }
 
     /// Flushes the round first if `command`'s reply could take it past
-    /// [`ROUND_REPLY_BUDGET`]; then counts that reply in. `held` says the longest value
-    /// the owner's partition has held (`usize::MAX` when unknown: a peer's); it is
-    /// asked only for a read of one key.
+    /// [`ROUND_REPLY_BUDGET`]; then counts that reply in. `held` says at least the
+    /// longest value the owner's partition holds, as the worker last published it
+    /// (`usize::MAX` when unknown: a peer's); it is asked only for a read of one key.
     fn make_room_for(&mut self, command: &Command<'_>, held: impl FnOnce() -> usize) {
         let bound = match command {
             Command::Get { .. } | Command::HGet { .. } => {

@@ -228,7 +228,7 @@ fn a_group_gathering_more_than_the_limit_is_answered_with_an_error_and_the_round
 }
 
 #[test]
-fn reads_count_against_the_reply_budget_as_the_longest_value_their_partition_held() {
+fn reads_count_against_the_reply_budget_as_the_longest_value_their_partition_holds() {
     let Workers { shared, inboxes, threads } = workers(1);
     let peers = Peers::none();
     let mut round = Round::new(&shared, inboxes.into(), Forwarder::new(&peers));
@@ -252,12 +252,24 @@ fn reads_count_against_the_reply_budget_as_the_longest_value_their_partition_hel
     assert!(round.order.len() < 20, "flushed at 16 MiB of possible replies: {}", round.order.len());
     round.flush();
     let _ = output(&mut round);
-    // The partition has held it since: a new round counts its reads the same way.
+    // The partition holds it still: a new round counts its reads the same way.
     assert!(shared[0].stats.largest_value.load(Ordering::Relaxed) >= (1 << 20) - 16);
     for _ in 0..20 {
         round.push_worker(0, &get);
     }
     assert!(round.order.len() < 20, "flushed at 16 MiB of possible replies: {}", round.order.len());
+    round.flush();
+    let _ = output(&mut round);
+    // Once it is deleted the figure falls back to the small value's size class, and
+    // small reads have their full rounds again.
+    round.push_worker(0, &crate::protocol::parse(b"DELETE b big"));
+    round.flush();
+    let _ = output(&mut round);
+    assert_eq!(shared[0].stats.largest_value.load(Ordering::Relaxed), 1023);
+    for _ in 0..200 {
+        round.push_worker(0, &get);
+    }
+    assert_eq!(round.order.len(), 200, "no flush for 200 reads once the long value is gone");
     round.flush();
     drop(round);
     threads.into_iter().for_each(|t| t.join().unwrap());

@@ -57,8 +57,9 @@ pub struct WorkerStats {
     pub compactions: AtomicU64,
     /// Bytes the partition holds, as the store counts them (`--max-memory`).
     pub memory: AtomicUsize,
-    /// The longest value the partition has held ([`Partition::largest_value`]), for a
-    /// connection bounding its round's replies without the partition's lock.
+    /// At least the longest value the partition holds ([`Partition::largest_value`]:
+    /// it falls once long values are gone), for a connection bounding its round's
+    /// replies without the partition's lock.
     pub largest_value: AtomicUsize,
 }
 

@@ -283,14 +283,15 @@ impl Bucket {
     /// Stores `value` under `key`, replacing any value there. Returns true if the key
     /// is new.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> bool {
-        self.put_within(key, value, usize::MAX).unwrap_or(false)
+        matches!(self.put_within(key, value, usize::MAX), Some(None))
     }
 
     /// [`Bucket::put`], unless that would make the bucket allocate more than `room`
-    /// bytes: then nothing changes and the answer is `None`. An overwrite of the same
-    /// length needs no room; an arena that would double past `room` grows only as far
-    /// as `room` allows.
-    pub fn put_within(&mut self, key: &[u8], value: &[u8], room: usize) -> Option<bool> {
+    /// bytes: then nothing changes and the answer is `None`. Otherwise the answer is
+    /// the length of the value replaced, `None` for a new key (the partition counts
+    /// values by length, `sizes.rs`). An overwrite of the same length needs no room; an
+    /// arena that would double past `room` grows only as far as `room` allows.
+    pub fn put_within(&mut self, key: &[u8], value: &[u8], room: usize) -> Option<Option<usize>> {
         let hash = self.hasher.hash_one(key);
         let needed = record_len(key.len(), value.len());
         if let Some(i) = self.find(key, hash) {
@@ -306,7 +307,7 @@ impl Bucket {
                 self.garbage += record.size;
                 self.maybe_compact();
             }
-            return Some(false);
+            return Some(Some(record.value_len));
         }
         let grown = (self.len + 1 > max_len(self.slots.len())).then(|| self.grown_slots());
         let table_bytes = grown.map_or(0, |n| (n - self.slots.len()) * 8);
@@ -317,7 +318,7 @@ impl Bucket {
         let offset = self.append(key, value);
         Self::place(&mut self.slots, hash, make_slot(hash, offset));
         self.len += 1;
-        Some(true)
+        Some(None)
     }
 
     /// Makes room in the arena for `needed` more bytes, allocating at most `room`
@@ -343,10 +344,14 @@ impl Bucket {
 
     /// Removes `key`. Returns true if it was there.
     pub fn delete(&mut self, key: &[u8]) -> bool {
-        let Some(mut hole) = self.find(key, self.hasher.hash_one(key)) else {
-            return false;
-        };
-        self.garbage += self.record(slot_offset(self.slots[hole])).size;
+        self.remove(key).is_some()
+    }
+
+    /// Removes `key`. Returns the length of the value it held, if it was there.
+    pub fn remove(&mut self, key: &[u8]) -> Option<usize> {
+        let mut hole = self.find(key, self.hasher.hash_one(key))?;
+        let record = self.record(slot_offset(self.slots[hole]));
+        self.garbage += record.size;
         // Backward-shift deletion: move later slots of the same run into the hole
         // when their home is at or before it, so no probe ever stops early.
         let n = self.slots.len();
@@ -375,7 +380,16 @@ impl Bucket {
         } else {
             self.maybe_compact();
         }
-        true
+        Some(record.value_len)
+    }
+
+    /// Calls `each` with the length of every value in the bucket, in no order: from
+    /// the table, so without hashing a key (unlike [`Bucket::pairs_from`], which must
+    /// tell live records from garbage).
+    pub fn each_value_len(&self, mut each: impl FnMut(usize)) {
+        for &slot in self.slots.iter().filter(|&&slot| slot != 0) {
+            each(self.record(slot_offset(slot)).value_len);
+        }
     }
 
     /// Calls `each` with the live pairs whose records start at arena offset `from` or
@@ -509,10 +523,10 @@ mod tests {
                     // to be compacted.
                     let len = ((r >> 32) % 40) as usize + if step % 997 == 0 { 300 } else { 1 };
                     let value = vec![b'a' + (step % 26) as u8; len];
-                    let new = bucket.put(&key, &value);
-                    assert_eq!(new, model.insert(key.clone(), value).is_none());
+                    let replaced = bucket.put_within(&key, &value, usize::MAX);
+                    assert_eq!(replaced, Some(model.insert(key.clone(), value).map(|old| old.len())));
                 }
-                6..=7 => assert_eq!(bucket.delete(&key), model.remove(&key).is_some()),
+                6..=7 => assert_eq!(bucket.remove(&key), model.remove(&key).map(|old| old.len())),
                 _ => assert_eq!(bucket.get(&key), model.get(&key).map(|v| &v[..])),
             }
             assert_eq!(bucket.len(), model.len());
@@ -520,6 +534,12 @@ mod tests {
         for (key, value) in &model {
             assert_eq!(bucket.get(key), Some(&value[..]));
         }
+        let mut lengths = Vec::new();
+        bucket.each_value_len(|len| lengths.push(len));
+        let mut expected: Vec<usize> = model.values().map(Vec::len).collect();
+        lengths.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(lengths, expected, "each_value_len sees every live value once");
         // Garbage never exceeds half the arena (beyond the small-arena threshold).
         assert!(bucket.garbage * 2 <= bucket.arena.len().max(MIN_COMPACT));
         for key in model.keys() {

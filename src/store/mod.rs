@@ -13,6 +13,7 @@
 //! as it is.
 
 mod bucket;
+mod sizes;
 
 pub use bucket::Bucket;
 
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bucket::Hasher;
+use sizes::ValueSizes;
 
 /// The answer to an operation on a bucket that was never created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,10 +47,13 @@ pub struct Partition {
     node_total: Arc<AtomicUsize>,
     /// What this partition last added to `node_total`.
     published: usize,
-    /// The longest value stored here since the partition was made (deletes do not
-    /// lower it): the most one read of one key can return, which bounds how many
-    /// such reads a connection's round takes (`round.rs`).
-    largest_value: usize,
+    /// The values held, counted by size class: with `longest_stored`, the bound on
+    /// the longest value one read of one key can return ([`Partition::largest_value`]),
+    /// which falls when long values are overwritten, deleted or dropped.
+    sizes: ValueSizes,
+    /// The longest value stored here since the partition was made. It never falls,
+    /// but it is exact while that value is held, where `sizes` may be up to twice it.
+    longest_stored: usize,
 }
 
 /// What an empty bucket costs beyond its name: its entry in the partition's map.
@@ -120,11 +125,22 @@ impl Partition {
     ) -> Result<(), WriteError> {
         let (_, bucket) = self.buckets.get_mut(bucket).ok_or(WriteError::NoSuchBucket)?;
         let before = bucket.heap_bytes();
-        let new = bucket.put_within(key, value, room).ok_or(WriteError::OutOfMemory)?;
+        let replaced = bucket.put_within(key, value, room).ok_or(WriteError::OutOfMemory)?;
         self.bytes = self.bytes - before + bucket.heap_bytes();
-        self.keys += usize::from(new);
-        self.largest_value = self.largest_value.max(value.len());
+        self.count_put(value.len(), replaced);
         Ok(())
+    }
+
+    /// Counts a value of `len` bytes stored in place of one of `replaced` bytes (`None`:
+    /// under a new key).
+    #[inline]
+    fn count_put(&mut self, len: usize, replaced: Option<usize>) {
+        match replaced {
+            Some(old) => self.sizes.remove(old),
+            None => self.keys += 1,
+        }
+        self.sizes.add(len);
+        self.longest_stored = self.longest_stored.max(len);
     }
 
     /// The bucket called `name`, if it exists.
@@ -145,28 +161,30 @@ impl Partition {
         let room = self.room();
         let (_, found) = self.buckets.get_mut(bucket).ok_or(WriteError::NoSuchBucket)?;
         let before = found.heap_bytes();
-        let new = found.put_within(key, value, room).ok_or(WriteError::OutOfMemory)?;
+        let replaced = found.put_within(key, value, room).ok_or(WriteError::OutOfMemory)?;
         self.bytes = self.bytes - before + found.heap_bytes();
-        self.keys += usize::from(new);
-        self.largest_value = self.largest_value.max(value.len());
-        Ok(new)
+        self.count_put(value.len(), replaced);
+        Ok(replaced.is_none())
     }
 
-    /// The longest value stored in this partition since it was made.
+    /// At least the longest value this partition holds: the most one read of one key
+    /// can return, which bounds how many such reads a connection's round takes
+    /// (`round.rs`). Never below it (the round's memory bound rests on that), and less
+    /// than twice it, so it falls again once long values are gone. O(size classes):
+    /// for publishing once per batch, not per request.
     pub fn largest_value(&self) -> usize {
-        self.largest_value
+        self.sizes.bound().min(self.longest_stored)
     }
 
     /// Removes `key` from `bucket`; returns whether it was there.
     pub fn remove(&mut self, bucket: &[u8], key: &[u8]) -> Result<bool, NoSuchBucket> {
         let (_, bucket) = self.buckets.get_mut(bucket).ok_or(NoSuchBucket)?;
         let before = bucket.heap_bytes();
-        let removed = bucket.delete(key);
-        if removed {
-            self.keys -= 1;
-            self.bytes = self.bytes - before + bucket.heap_bytes();
-        }
-        Ok(removed)
+        let Some(len) = bucket.remove(key) else { return Ok(false) };
+        self.keys -= 1;
+        self.bytes = self.bytes - before + bucket.heap_bytes();
+        self.sizes.remove(len);
+        Ok(true)
     }
 
     /// Removes `key` from `bucket`; a missing key is not an error.
@@ -174,11 +192,13 @@ impl Partition {
         self.remove(bucket, key).map(|_| ())
     }
 
-    /// Removes `bucket` and every key in it.
+    /// Removes `bucket` and every key in it: O(its keys), to count their values out of
+    /// the size classes (as many as the puts that counted them in).
     pub fn drop_bucket(&mut self, bucket: &[u8]) -> Result<(), NoSuchBucket> {
         let (name, (_, dropped)) = self.buckets.remove_entry(bucket).ok_or(NoSuchBucket)?;
         self.keys -= dropped.len();
         self.bytes -= BUCKET_ENTRY_BYTES + name.len() + dropped.heap_bytes();
+        self.sizes.remove_bucket(&dropped);
         Ok(())
     }
 
@@ -201,6 +221,7 @@ impl Partition {
     pub fn take_buckets(&mut self) -> Vec<(Box<[u8]>, Bucket)> {
         self.keys = 0;
         self.bytes = 0;
+        self.sizes = ValueSizes::default();
         self.buckets.drain().map(|(name, (_, bucket))| (name, bucket)).collect()
     }
 
@@ -209,12 +230,16 @@ impl Partition {
         let (_, bucket) = self.buckets.remove(name)?;
         self.keys -= bucket.len();
         self.bytes -= BUCKET_ENTRY_BYTES + name.len() + bucket.heap_bytes();
+        self.sizes.remove_bucket(&bucket);
         Some(bucket)
     }
 
     /// Puts a bucket taken from another partition in, replacing one of the same name.
     pub fn insert_bucket(&mut self, name: Box<[u8]>, bucket: Bucket) {
-        bucket.pairs_from(0, usize::MAX, |_, value| self.largest_value = self.largest_value.max(value.len()));
+        bucket.each_value_len(|len| {
+            self.sizes.add(len);
+            self.longest_stored = self.longest_stored.max(len);
+        });
         self.next_id += 1;
         self.keys += bucket.len();
         self.bytes += BUCKET_ENTRY_BYTES + name.len() + bucket.heap_bytes();
@@ -222,6 +247,7 @@ impl Partition {
         if let Some((_, old)) = self.buckets.insert(name, (self.next_id, bucket)) {
             self.keys -= old.len();
             self.bytes -= BUCKET_ENTRY_BYTES + name_len + old.heap_bytes();
+            self.sizes.remove_bucket(&old);
         }
     }
 
@@ -370,6 +396,129 @@ mod tests {
         }
         p.drop_bucket(b"a").unwrap();
         assert_eq!(p.memory_used(), 0);
+    }
+
+    const MIB: usize = 1 << 20;
+
+    /// A partition holding 100-byte values in bucket `small` and in bucket `big`, and one
+    /// value of 1 MiB under `big`'s key `k`.
+    fn with_one_long_value() -> Partition {
+        let mut p = Partition::new();
+        p.create(b"small");
+        p.create(b"big");
+        p.put(b"small", b"k", &[b's'; 100]).unwrap();
+        p.put(b"big", b"s", &[b's'; 100]).unwrap();
+        p.put(b"big", b"k", &vec![b'v'; MIB]).unwrap();
+        assert!(p.largest_value() >= MIB);
+        p
+    }
+
+    #[test]
+    fn largest_value_falls_when_the_long_value_leaves_whichever_way_it_goes() {
+        type Leave = fn(&mut Partition);
+        let ways: [(&str, Leave); 8] = [
+            ("overwritten", |p| p.put(b"big", b"k", b"short").unwrap()),
+            ("upserted over", |p| assert_eq!(p.upsert_within_limit(b"big", b"k", b"short"), Ok(false))),
+            ("deleted", |p| p.delete(b"big", b"k").unwrap()),
+            ("removed", |p| assert_eq!(p.remove(b"big", b"k"), Ok(true))),
+            ("dropped with its bucket", |p| p.drop_bucket(b"big").unwrap()),
+            ("taken out with its bucket", |p| assert!(p.take_bucket(b"big").is_some())),
+            ("replaced with its bucket", |p| p.insert_bucket(b"big"[..].into(), Bucket::default())),
+            ("taken out with every bucket", |p| {
+                let taken = p.take_buckets();
+                p.insert_bucket(
+                    b"small"[..].into(),
+                    taken.into_iter().find(|(n, _)| &**n == b"small").unwrap().1,
+                );
+            }),
+        ];
+        for (how, leave) in ways {
+            let mut p = with_one_long_value();
+            leave(&mut p);
+            // 100 bytes is in the class of 64 to 127.
+            assert_eq!(p.largest_value(), 127, "1 MiB value {how}");
+        }
+        let mut p = with_one_long_value();
+        p.delete(b"big", b"k").unwrap();
+        p.delete(b"big", b"s").unwrap();
+        p.drop_bucket(b"small").unwrap();
+        assert_eq!(p.largest_value(), 0, "nothing held");
+    }
+
+    #[test]
+    fn a_bucket_moved_to_another_partition_takes_its_long_value_along() {
+        let mut from = with_one_long_value();
+        let mut to = Partition::new();
+        let bucket = from.take_bucket(b"big").unwrap();
+        to.insert_bucket(b"big"[..].into(), bucket);
+        assert_eq!(from.largest_value(), 127);
+        assert!(to.largest_value() >= MIB);
+        assert_eq!(to.get(b"big", b"k").map(|v| v.map(<[u8]>::len)), Ok(Some(MIB)));
+        // While the longest value ever stored is still held, the figure is exact.
+        assert_eq!(with_one_long_value().largest_value(), MIB);
+    }
+
+    /// A tiny deterministic generator for the model test.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    /// What the model says the longest value of a partition is.
+    fn longest(model: &HashMap<(u8, u8), usize>) -> usize {
+        model.values().copied().max().unwrap_or(0)
+    }
+
+    #[test]
+    fn largest_value_is_never_below_the_longest_value_held_and_falls_to_within_twice_it() {
+        const BUCKETS: [&[u8]; 3] = [b"a", b"b", b"c"];
+        let long = vec![b'v'; 200_000];
+        // Two partitions, buckets moving between them; each modelled as (bucket, key) to
+        // the value's length.
+        let mut parts = [Partition::new(), Partition::new()];
+        let mut models: [HashMap<(u8, u8), usize>; 2] = [HashMap::new(), HashMap::new()];
+        let mut home = [0usize; 3];
+        let mut state = 0x9e37_79b9_7f4a_7c15;
+        for step in 0..5000 {
+            let r = next(&mut state);
+            let (b, key) = ((r % 3) as u8, ((r >> 8) % 20) as u8);
+            let p = home[b as usize];
+            let name = BUCKETS[b as usize];
+            parts[p].create(name);
+            match (r >> 16) % 20 {
+                0..=10 => {
+                    // Mostly short values, now and then a long one in any class.
+                    let len = match (r >> 24) % 16 {
+                        0 => ((r >> 32) as usize) % long.len(),
+                        _ => ((r >> 32) % 64) as usize,
+                    };
+                    parts[p].put(name, &[key], &long[..len]).unwrap();
+                    models[p].insert((b, key), len);
+                }
+                11..=17 => {
+                    parts[p].delete(name, &[key]).unwrap();
+                    models[p].remove(&(b, key));
+                }
+                18 => {
+                    parts[p].drop_bucket(name).unwrap();
+                    models[p].retain(|&(held, _), _| held != b);
+                }
+                _ => {
+                    let bucket = parts[p].take_bucket(name).unwrap();
+                    parts[1 - p].insert_bucket(name.into(), bucket);
+                    let moved: Vec<_> = models[p].extract_if(|&(held, _), _| held == b).collect();
+                    models[1 - p].extend(moved);
+                    home[b as usize] = 1 - p;
+                }
+            }
+            for (part, model) in parts.iter().zip(&models) {
+                let (bound, held) = (part.largest_value(), longest(model));
+                assert!(bound >= held, "step {step}: bound {bound} below a value of {held}");
+                assert!(bound <= (2 * held).saturating_sub(1), "step {step}: bound {bound} for {held}");
+            }
+        }
     }
 
     #[test]
