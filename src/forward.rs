@@ -515,7 +515,8 @@ mod tests {
         let (healthy, fake) = fake_peer([&b"OK\r\n"[..], &frames(&[b"OK\r\n", b"v\r\nOK\r\n"])].concat());
         let text = format!("me 127.0.0.1:1 a\nthem {} b\nother {healthy} c\n", stalled.local_addr().unwrap());
         let cluster = Cluster::parse("test", &text).unwrap();
-        let config = PeerConfig { timeout: Duration::from_millis(200), connections: 1, ..PeerConfig::default() };
+        let config =
+            PeerConfig { timeout: Duration::from_millis(200), connections: 1, ..PeerConfig::default() };
         let peers = Peers::start(&cluster, 0, &config, None).unwrap();
         let held = peers.get(0).checkout(Deadline::after(Duration::from_secs(5))).unwrap();
         let mut forwarder = Forwarder::new(&peers);

@@ -170,8 +170,8 @@ impl Partition {
     /// At least the longest value this partition holds: the most one read of one key
     /// can return, which bounds how many such reads a connection's round takes
     /// (`round.rs`). Never below it (the round's memory bound rests on that), and less
-    /// than twice it, so it falls again once long values are gone. O(size classes):
-    /// for publishing once per batch, not per request.
+    /// than twice it, so it falls again once long values are gone. Read by the worker
+    /// when it publishes, once per batch.
     pub fn largest_value(&self) -> usize {
         self.sizes.bound().min(self.longest_stored)
     }

@@ -16,19 +16,22 @@ fn class(len: usize) -> usize {
 
 /// Counts of the values a partition holds, by size class.
 ///
-/// A write changes one or two counters (no allocation, no scan); only
-/// [`ValueSizes::bound`] looks over the counters, from the top, which the worker does
-/// once per batch when it publishes its figures (`worker.rs`). The bound is the longest
+/// A write changes one or two counters and, when a class fills or empties, one bit of
+/// `occupied` (no allocation, no scan), so [`ValueSizes::bound`] is one instruction:
+/// it is published after every batch (`worker.rs`), and at pipeline depth 1 a batch is
+/// one request. The bound is the longest
 /// length of the highest class that holds a value: never below the longest value held
 /// (the round's memory bound depends on that), and less than twice it.
 #[derive(Debug, Clone)]
 pub(super) struct ValueSizes {
     counts: [usize; CLASSES],
+    /// Bit `k` set while class `k` holds a value.
+    occupied: u128,
 }
 
 impl Default for ValueSizes {
     fn default() -> Self {
-        ValueSizes { counts: [0; CLASSES] }
+        ValueSizes { counts: [0; CLASSES], occupied: 0 }
     }
 }
 
@@ -36,7 +39,9 @@ impl ValueSizes {
     /// Counts a value of `len` bytes in.
     #[inline]
     pub(super) fn add(&mut self, len: usize) {
-        self.counts[class(len)] += 1;
+        let k = class(len);
+        self.counts[k] += 1;
+        self.occupied |= 1 << k;
     }
 
     /// Counts out a value of `len` bytes that was counted in. (Counting out one that
@@ -44,7 +49,11 @@ impl ValueSizes {
     /// keeps the bound high rather than letting it fall below a value still held.)
     #[inline]
     pub(super) fn remove(&mut self, len: usize) {
-        self.counts[class(len)] -= 1;
+        let k = class(len);
+        self.counts[k] -= 1;
+        if self.counts[k] == 0 {
+            self.occupied &= !(1 << k);
+        }
     }
 
     /// Counts out every value of `bucket`: O(its keys), as many as the puts that
@@ -55,10 +64,12 @@ impl ValueSizes {
 
     /// At least the longest value counted, and less than twice it; 0 when none.
     pub(super) fn bound(&self) -> usize {
-        match self.counts.iter().rposition(|&count| count > 0) {
-            None | Some(0) => 0,
-            Some(k) => usize::MAX >> (usize::BITS as usize - k),
+        // No value, or only empty ones (class 0).
+        if self.occupied <= 1 {
+            return 0;
         }
+        let k = (u128::BITS - 1 - self.occupied.leading_zeros()) as usize;
+        usize::MAX >> (usize::BITS as usize - k)
     }
 }
 
